@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs espgw's build and test dependencies from Debian 12's archive.
+# Idempotent: packages already present are skipped; nothing is fetched from
+# anywhere but apt.
+set -euo pipefail
+
+PKGS=(
+  build-essential pkg-config meson ninja-build
+  libdpdk-dev dpdk dpdk-doc
+  libipsec-mb-dev libssl-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  libyaml-cpp-dev nlohmann-json3-dev libmnl-dev libcli11-dev libfmt-dev
+  python3-scapy python3-pytest python3-yaml python3-matplotlib tshark
+  libpcap-dev iproute2 procps
+)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#PKGS[@]} packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "setup: need root (or sudo) to install: ${missing[*]}" >&2; exit 1; }
+  SUDO=sudo
+fi
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+# tshark asks whether non-root users may capture; answer no, quietly.
+echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections 2>/dev/null || true
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+echo "setup: done"

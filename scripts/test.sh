@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Builds espgw and runs every test: the GoogleTest suites (through meson) and
+# the interop tests against independent ESP implementations (pytest, scapy).
+# Ends with one line: "N passed, N failed".
+#
+#   scripts/test.sh                 # debugoptimized build in build/
+#   scripts/test.sh --sanitize      # also an ASan+UBSan build (build-asan/) of
+#                                   # the concurrency-sensitive suites
+#   BUILD_DIR=... JOBS=... env vars override the defaults.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BUILD_DIR=${BUILD_DIR:-build}
+SANITIZE=0
+for a in "$@"; do
+  case "$a" in
+    --sanitize) SANITIZE=1 ;;
+    *) echo "usage: $0 [--sanitize]" >&2; exit 2 ;;
+  esac
+done
+
+bash scripts/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
+
+PY=/usr/bin/python3   # Debian's interpreter: it has scapy and pytest
+REPORTS="$ROOT/$BUILD_DIR/test-reports"
+
+build() {  # dir [meson options...]
+  local dir=$1; shift
+  if [ ! -f "$dir/build.ninja" ]; then
+    meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
+  fi
+  meson compile -C "$dir" ${JOBS:+-j $JOBS} || return 1
+}
+
+status=0
+if ! build "$BUILD_DIR"; then
+  echo "build failed"
+  echo "0 passed, 1 failed"
+  exit 1
+fi
+rm -rf "$REPORTS"; mkdir -p "$REPORTS"
+
+# GoogleTest suites (meson writes a JUnit report with one case per TEST()).
+meson test -C "$BUILD_DIR" --no-suite slow-interop --print-errorlogs --num-processes 2 \
+  --timeout-multiplier 3 || status=1
+cp "$BUILD_DIR/meson-logs/testlog.junit.xml" "$REPORTS/gtest.xml" 2>/dev/null
+
+if [ "$SANITIZE" = 1 ]; then
+  ASAN_DIR="$BUILD_DIR-asan"
+  if build "$ASAN_DIR" -Db_sanitize=address,undefined -Db_lundef=false -Dbench=false; then
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+      meson test -C "$ASAN_DIR" --suite sanitize --print-errorlogs --num-processes 1 \
+      --timeout-multiplier 6 || status=1
+    cp "$ASAN_DIR/meson-logs/testlog.junit.xml" "$REPORTS/gtest-asan.xml" 2>/dev/null
+  else
+    echo "sanitizer build failed"; status=1
+    echo '<testsuites><testsuite name="asan-build"><testcase name="build"><failure/></testcase></testsuite></testsuites>' \
+      >"$REPORTS/gtest-asan.xml"
+  fi
+fi
+
+# Interop tests (scapy, tshark) against the binaries just built.
+if ls tests/interop/test_*.py >/dev/null 2>&1; then
+  ESPGW_BUILD="$ROOT/$BUILD_DIR" $PY -m pytest -q -p no:cacheprovider tests/interop \
+    --junitxml="$REPORTS/pytest.xml"
+  rc=$?
+  # 5 = no tests collected: not a failure of ours, but say so.
+  [ $rc -ne 0 ] && [ $rc -ne 5 ] && status=1
+fi
+
+$PY scripts/junit_summary.py "$REPORTS"/*.xml || status=1
+exit $status
