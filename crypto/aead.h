@@ -3,6 +3,8 @@
 // Keying: key material = AES key || 4-byte salt (20 or 36 bytes). The
 // 12-byte GCM nonce is salt || 8-byte explicit IV; the ICV is 16 bytes; the
 // AAD is SPI || seq (8 bytes) or SPI || seq-high || seq-low (12 bytes, ESN).
+// Both backends accept any AAD length (0 included; the GCM spec test cases use
+// 20 bytes) and any payload length (0 included).
 //
 // The key schedule runs once, when the context is built (control side). The
 // burst calls are the hot path: no allocation, no exceptions, no locks.
@@ -35,6 +37,13 @@ std::string_view to_string(Backend b);
 // The best backend this CPU supports (IPsec-MB when it has AES-NI + PCLMUL).
 Backend best_backend();
 
+// Whether `b` can be used on this CPU (OpenSSL: always).
+bool backend_available(Backend b);
+
+// The code path IPsec-MB selected at run time ("avx512", "avx2", "avx",
+// "sse", "no-aesni", or "unavailable"); for logs and benchmark reports.
+std::string_view ipsecmb_arch();
+
 class AeadContext;
 
 // One AEAD operation over contiguous regions of one packet. In place when
@@ -43,16 +52,21 @@ struct AeadOp {
   const AeadContext* ctx;
   const uint8_t* iv;   // 8-byte explicit IV
   const uint8_t* aad;  // aad_len bytes
-  uint32_t aad_len;    // 8, or 12 with ESN (any length <= 16 is accepted)
+  uint32_t aad_len;    // 8, or 12 with ESN (any length is accepted; aad may be null when 0)
   const uint8_t* src;
   uint8_t* dst;
-  uint32_t len;        // bytes of plaintext/ciphertext, may be 0
+  uint32_t len;        // bytes of plaintext/ciphertext, may be 0 (src/dst may then be null)
   uint8_t* icv;        // 16 bytes: written by encrypt, checked by decrypt
 };
 
 // Per-SA, per-direction key state. Built and destroyed by the control thread;
 // read concurrently by any number of workers (const calls are thread-safe).
 // Key material (and the expanded schedule) is wiped on destruction.
+// IPsec-MB: the expanded key is read-only; per-op GCM state is on the stack.
+// OpenSSL: a few pre-keyed EVP contexts per AeadContext are claimed per op
+// with a non-blocking atomic exchange; when all are busy the op uses the
+// calling thread's own EVP context, keyed for that op (slower, never blocks;
+// allocation only on a thread's first such op).
 class AeadContext {
  public:
   // Throws std::invalid_argument when keymat.size() != keymat_len(algo) or the
@@ -73,15 +87,25 @@ class AeadContext {
   struct State;
 
  private:
+  bool ossl_aead(const uint8_t nonce[12], const AeadOp& op, int enc) const;
+  bool ossl_aead_unslotted(const uint8_t nonce[12], const AeadOp& op, int enc) const;
+  friend struct AeadTestPeer;  // tests only: reaches the OpenSSL fallback path
+  void free_state() noexcept;
+  friend void encrypt_burst(const AeadOp* ops, uint32_t n);
+  friend uint32_t decrypt_burst(const AeadOp* ops, uint32_t n, uint8_t* ok);
+
   AeadAlgo algo_;
   Backend backend_;
   uint8_t salt_[kSaltLen];
   State* state_;  // owned
 };
 
-// Bursts of up to kMaxBurst ops; each op carries its own context, so one
-// burst may mix SAs and backends. decrypt_burst writes ok[i] = 1 when the ICV
-// of op i verified, 0 otherwise, and returns the number that verified.
+// Bursts of ops (sized for kMaxBurst; any n works, n == 0 included); each op
+// carries its own context, so one burst may mix SAs and backends. Ops run in
+// order, prefetching the next op's data. decrypt_burst writes ok[i] = 1 when
+// the ICV of op i verified, 0 otherwise, and returns the number that verified.
+// A failed op's dst holds unauthenticated output: in-place decryption
+// destroys the ciphertext either way, so drop the packet.
 void encrypt_burst(const AeadOp* ops, uint32_t n);
 uint32_t decrypt_burst(const AeadOp* ops, uint32_t n, uint8_t* ok);
 

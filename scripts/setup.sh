@@ -6,7 +6,7 @@ set -euo pipefail
 
 PKGS=(
   build-essential pkg-config meson ninja-build
-  libdpdk-dev dpdk dpdk-doc
+  libdpdk-dev dpdk dpdk-doc dpdk-dev
   libipsec-mb-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libyaml-cpp-dev nlohmann-json3-dev libmnl-dev libcli11-dev libfmt-dev

@@ -1,0 +1,221 @@
+#include "control/control_server.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <stdexcept>
+#include <vector>
+
+namespace espgw::control {
+namespace {
+std::runtime_error sys_error(const std::string& what) {
+  return std::runtime_error(what + ": " + std::strerror(errno));
+}
+}  // namespace
+
+ControlServer::ControlServer(std::string path, const std::string& group_name, Handler handler)
+    : path_(std::move(path)), handler_(std::move(handler)) {
+  sockaddr_un addr{};
+  if (path_.empty() || path_.size() >= sizeof(addr.sun_path))
+    throw std::runtime_error("control socket path '" + path_ + "' is empty or longer than " +
+                             std::to_string(sizeof(addr.sun_path) - 1) + " bytes");
+  std::error_code ec;
+  auto dir = std::filesystem::path(path_).parent_path();
+  if (!dir.empty()) std::filesystem::create_directories(dir, ec);
+
+  // A live daemon already owns the path: refuse rather than steal it.
+  int probe = socket(AF_UNIX, SOCK_STREAM, 0);
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path_.c_str(), sizeof(addr.sun_path) - 1);
+  if (probe >= 0 && connect(probe, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    close(probe);
+    throw std::runtime_error("control socket " + path_ + " is in use by another espgw");
+  }
+  if (probe >= 0) close(probe);
+  unlink(path_.c_str());
+
+  listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (listen_fd_ < 0) throw sys_error("control socket");
+  mode_t old = umask(0117);  // 0660 from the start: no window with wider access
+  int rc = bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  umask(old);
+  if (rc < 0) {
+    close(listen_fd_);
+    throw sys_error("bind " + path_);
+  }
+  if (!group_name.empty()) {
+    struct group* g = getgrnam(group_name.c_str());
+    if (!g || chown(path_.c_str(), static_cast<uid_t>(-1), g->gr_gid) < 0) {
+      close(listen_fd_);
+      unlink(path_.c_str());
+      throw std::runtime_error("control socket group '" + group_name + "': " +
+                               (g ? std::strerror(errno) : "no such group"));
+    }
+  }
+  chmod(path_.c_str(), 0660);
+  if (listen(listen_fd_, 64) < 0) throw sys_error("listen " + path_);
+  epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epoll_fd_ < 0) throw sys_error("epoll_create1");
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = listen_fd_;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, listen_fd_, &ev);
+}
+
+ControlServer::~ControlServer() {
+  for (auto& [fd, c] : clients_) close(fd);
+  if (epoll_fd_ >= 0) close(epoll_fd_);
+  if (listen_fd_ >= 0) {
+    close(listen_fd_);
+    unlink(path_.c_str());
+  }
+}
+
+void ControlServer::poll(int timeout_ms) {
+  epoll_event evs[32];
+  int n = epoll_wait(epoll_fd_, evs, 32, timeout_ms);
+  for (int i = 0; i < n; i++) {
+    int fd = evs[i].data.fd;
+    if (fd == listen_fd_) {
+      accept_clients();
+      continue;
+    }
+    if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
+      // Serve what it sent before hanging up, then close.
+      if (evs[i].events & EPOLLIN) read_client(fd);
+      close_client(fd);
+      continue;
+    }
+    if (evs[i].events & EPOLLIN) read_client(fd);
+    if (clients_.count(fd) && (evs[i].events & EPOLLOUT)) write_client(fd);
+  }
+}
+
+void ControlServer::accept_clients() {
+  for (;;) {
+    int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    clients_[fd] = Client{};
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP;
+    ev.data.fd = fd;
+    epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+  }
+}
+
+void ControlServer::read_client(int fd) {
+  auto it = clients_.find(fd);
+  if (it == clients_.end()) return;
+  Client& c = it->second;
+  char buf[16384];
+  bool eof = false;
+  for (;;) {
+    ssize_t r = read(fd, buf, sizeof(buf));
+    if (r == 0) {
+      // Peer closed its side: answer complete lines already read, then go.
+      eof = true;
+      break;
+    }
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EINTR) break;
+      close_client(fd);
+      return;
+    }
+    c.in.append(buf, static_cast<size_t>(r));
+    if (c.in.size() > kMaxRequest && c.in.find('\n') == std::string::npos) {
+      queue(fd, c, {{"ok", false}, {"error", "request longer than " + std::to_string(kMaxRequest) + " bytes"}});
+      c.in.clear();
+      write_client(fd);
+      close_client(fd);
+      return;
+    }
+  }
+  size_t pos;
+  while ((pos = c.in.find('\n')) != std::string::npos) {
+    std::string line = c.in.substr(0, pos);
+    c.in.erase(0, pos + 1);
+    if (line.empty() || line == "\r") continue;
+    nlohmann::json reply;
+    nlohmann::json req = nlohmann::json::parse(line, nullptr, false);
+    if (req.is_discarded()) {
+      reply = {{"ok", false}, {"error", "malformed JSON"}};
+    } else if (!req.is_object()) {
+      reply = {{"ok", false}, {"error", "a request is a JSON object"}};
+    } else if (req.value("op", "") == "subscribe") {
+      c.subscribed = true;
+      reply = {{"ok", true}, {"subscribed", true}};
+    } else {
+      try {
+        reply = handler_(req);
+      } catch (const std::exception& e) {
+        reply = {{"ok", false}, {"error", e.what()}};
+      }
+    }
+    if (req.is_object() && req.contains("id")) reply["id"] = req["id"];
+    queue(fd, c, reply);
+    if (!clients_.count(fd)) return;
+  }
+  write_client(fd);
+  if (eof) close_client(fd);  // a half-finished line from a client that left is dropped
+}
+
+void ControlServer::queue(int fd, Client& c, const nlohmann::json& msg) {
+  c.out += msg.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  c.out += '\n';
+  if (c.out.size() > kMaxPendingOut) {  // a client that never reads
+    close_client(fd);
+    return;
+  }
+  update_interest(fd, c);
+}
+
+void ControlServer::write_client(int fd) {
+  auto it = clients_.find(fd);
+  if (it == clients_.end()) return;
+  Client& c = it->second;
+  while (!c.out.empty()) {
+    ssize_t w = send(fd, c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EAGAIN || errno == EINTR) break;
+      close_client(fd);
+      return;
+    }
+    c.out.erase(0, static_cast<size_t>(w));
+  }
+  update_interest(fd, c);
+}
+
+void ControlServer::update_interest(int fd, const Client& c) {
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLRDHUP | (c.out.empty() ? 0u : uint32_t(EPOLLOUT));
+  ev.data.fd = fd;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
+}
+
+void ControlServer::close_client(int fd) {
+  if (!clients_.erase(fd)) return;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+  close(fd);
+}
+
+void ControlServer::broadcast_event(const nlohmann::json& event) {
+  std::vector<int> fds;
+  for (auto& [fd, c] : clients_)
+    if (c.subscribed) fds.push_back(fd);
+  for (int fd : fds) {
+    auto it = clients_.find(fd);
+    if (it == clients_.end()) continue;
+    queue(fd, it->second, event);
+    write_client(fd);
+  }
+}
+
+}  // namespace espgw::control

@@ -1,0 +1,58 @@
+// The control socket: a Unix stream socket speaking JSON lines, one request
+// one reply (docs/control-api.md). Non-blocking and polled by the control
+// thread; a slow or dead client never blocks it: each client has bounded
+// input and output buffers and is dropped when it overflows them.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <functional>
+#include <map>
+#include <string>
+
+namespace espgw::control {
+
+class ControlServer {
+ public:
+  using Handler = std::function<nlohmann::json(const nlohmann::json& request)>;
+
+  static constexpr size_t kMaxRequest = 64 * 1024;     // bytes per line
+  static constexpr size_t kMaxPendingOut = 4 << 20;    // per client
+
+  // Creates the socket (mode 0660, group `group` when not empty); throws
+  // std::runtime_error with the reason when it cannot.
+  ControlServer(std::string path, const std::string& group, Handler handler);
+  ~ControlServer();
+  ControlServer(const ControlServer&) = delete;
+  ControlServer& operator=(const ControlServer&) = delete;
+
+  // Waits up to timeout_ms for activity and serves what is ready.
+  void poll(int timeout_ms);
+
+  // Sends one JSON line to every subscribed client (events).
+  void broadcast_event(const nlohmann::json& event);
+
+  const std::string& path() const { return path_; }
+  size_t clients() const { return clients_.size(); }
+
+ private:
+  struct Client {
+    std::string in;
+    std::string out;
+    bool subscribed = false;
+  };
+  void accept_clients();
+  void read_client(int fd);
+  void write_client(int fd);
+  void close_client(int fd);
+  void queue(int fd, Client& c, const nlohmann::json& msg);
+  void update_interest(int fd, const Client& c);
+
+  std::string path_;
+  Handler handler_;
+  int listen_fd_ = -1;
+  int epoll_fd_ = -1;
+  std::map<int, Client> clients_;
+};
+
+}  // namespace espgw::control

@@ -1,0 +1,557 @@
+#include "control/gateway.h"
+
+#include <fmt/format.h>
+#include <rte_cycles.h>
+#include <rte_eal.h>
+#include <rte_errno.h>
+#include <rte_ethdev.h>
+#include <rte_jhash.h>
+#include <rte_lcore.h>
+#include <rte_malloc.h>
+#include <rte_mbuf.h>
+
+#include <csignal>
+#include <cstring>
+#include <regex>
+#include <stdexcept>
+
+#include "control/control_server.h"
+#include "dataplane/packet_util.h"
+
+namespace espgw::control {
+namespace dp = espgw::dataplane;
+using nlohmann::json;
+
+namespace {
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop.store(true); }
+
+std::runtime_error dpdk_error(const std::string& what, int rc) {
+  return std::runtime_error(fmt::format("{}: {}", what, rte_strerror(rc < 0 ? -rc : rc)));
+}
+
+bool is_pci_address(const std::string& dev) {
+  static const std::regex pci(R"(^([0-9a-fA-F]{4}:)?[0-9a-fA-F]{2}:[0-9a-fA-F]{2}\.[0-7](,.*)?$)");
+  return std::regex_match(dev, pci);
+}
+
+std::string device_name(const std::string& dev) { return dev.substr(0, dev.find(',')); }
+
+uint32_t prefix_mask(uint8_t len) { return len == 0 ? 0 : ~uint32_t{0} << (32 - len); }
+
+crypto::AeadAlgo to_algo(SaAlgo a) {
+  return a == SaAlgo::kAes128Gcm ? crypto::AeadAlgo::kAes128Gcm : crypto::AeadAlgo::kAes256Gcm;
+}
+
+json pbc(const dp::PacketByteCount& c) { return {{"packets", c.packets}, {"bytes", c.bytes}}; }
+
+void add(dp::PacketByteCount& a, const dp::PacketByteCount& b) {
+  a.packets += b.packets;
+  a.bytes += b.bytes;
+}
+}  // namespace
+
+Gateway::Gateway(GatewayConfig cfg, std::vector<std::string> extra_eal)
+    : cfg_(std::move(cfg)), extra_eal_(std::move(extra_eal)) {}
+
+Gateway::~Gateway() {
+  stop();
+  server_.reset();
+  if (dp_) {
+    for (uint16_t p = 0; p < dp_->nb_ports; p++) {
+      rte_eth_dev_stop(dp_->ports[p].port_id);
+      rte_eth_dev_close(dp_->ports[p].port_id);
+    }
+    if (dp_->inbound) rte_hash_free(dp_->inbound);
+    for (uint16_t w = 0; w < dp_->nb_workers; w++) rte_free(dp_->counters[w]);
+    rte_free(dp_->qsbr);
+  }
+  routes_.reset();
+  inbound_.clear();  // wipes keys (AeadContext destructors)
+  tunnels_.clear();
+  if (dp_ && dp_->pool) rte_mempool_free(dp_->pool);
+  dp_.reset();
+  if (eal_up_) rte_eal_cleanup();
+}
+
+void Gateway::request_stop() { g_stop.store(true); }
+
+void Gateway::init_eal() {
+  std::vector<std::string> args{"espgw"};
+  args.insert(args.end(), cfg_.eal_args.begin(), cfg_.eal_args.end());
+  for (const auto& p : cfg_.ports) {
+    args.push_back(is_pci_address(p.device) ? "-a" : "--vdev");
+    args.push_back(p.device);
+  }
+  if (cfg_.exception.enabled) {
+    args.push_back("--vdev");
+    args.push_back(cfg_.exception.device);
+  }
+  args.insert(args.end(), extra_eal_.begin(), extra_eal_.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int rc = rte_eal_init(static_cast<int>(args.size()), argv.data());
+  if (rc < 0) throw dpdk_error("EAL initialisation failed (see the EAL messages above; eal: in the config)", rte_errno);
+  eal_up_ = true;
+
+  if (cfg_.worker_lcores.empty()) {
+    unsigned l;
+    RTE_LCORE_FOREACH_WORKER(l) worker_lcores_.push_back(l);
+  } else {
+    for (uint32_t l : cfg_.worker_lcores) {
+      if (!rte_lcore_is_enabled(l) || l == rte_get_main_lcore())
+        throw std::runtime_error(fmt::format(
+            "workers: lcore {} is not an enabled worker lcore (main lcore is {}; give EAL -l/--lcores covering it)", l,
+            rte_get_main_lcore()));
+      worker_lcores_.push_back(l);
+    }
+  }
+  if (worker_lcores_.empty())
+    throw std::runtime_error("no worker lcore: give EAL at least two lcores (e.g. eal: [-l, \"0,1\", ...]); the main "
+                             "lcore runs the control thread");
+  if (worker_lcores_.size() > dp::kMaxWorkers) throw std::runtime_error("too many workers");
+}
+
+void Gateway::init_ports() {
+  auto& d = *dp_;
+  d.nb_workers = static_cast<uint16_t>(worker_lcores_.size());
+  d.pool = rte_pktmbuf_pool_create("espgw_mbufs", cfg_.mbufs, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
+                                   static_cast<int>(rte_socket_id()));
+  if (!d.pool) throw dpdk_error(fmt::format("mbuf pool of {} mbufs", cfg_.mbufs), rte_errno);
+
+  struct Want {
+    std::string device;
+    dp::PortKind kind;
+    const PortConfig* pc;
+  };
+  std::vector<Want> want;
+  for (const auto& p : cfg_.ports)
+    want.push_back({p.device, p.role == PortRole::kProtected ? dp::PortKind::kProtected : dp::PortKind::kUnprotected, &p});
+  if (cfg_.exception.enabled) want.push_back({cfg_.exception.device, dp::PortKind::kException, nullptr});
+  if (want.size() > dp::kMaxPorts) throw std::runtime_error("too many ports");
+
+  for (size_t i = 0; i < want.size(); i++) {
+    const Want& w = want[i];
+    const std::string what = w.pc ? fmt::format("ports[{}] ({})", i, w.pc->name) : std::string("exception.device");
+    uint16_t pid;
+    if (rte_eth_dev_get_port_by_name(device_name(w.device).c_str(), &pid) != 0)
+      throw std::runtime_error(fmt::format("{}: no DPDK port named '{}' after EAL init (device '{}')", what,
+                                           device_name(w.device), w.device));
+    rte_eth_dev_info info{};
+    int rc = rte_eth_dev_info_get(pid, &info);
+    if (rc != 0) throw dpdk_error(what + ": device info", rc);
+    uint16_t nrx = std::min<uint16_t>(d.nb_workers, info.max_rx_queues);
+    uint16_t ntx = d.nb_workers;
+    if (info.max_tx_queues < ntx)
+      throw std::runtime_error(fmt::format(
+          "{}: needs one TX queue per worker ({}), device offers {} (net_pcap: give one tx_pcap/tx_iface per worker)",
+          what, ntx, info.max_tx_queues));
+    rte_eth_conf conf{};
+    if (nrx > 1 && info.flow_type_rss_offloads) {
+      conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+      conf.rx_adv_conf.rss_conf.rss_hf = (RTE_ETH_RSS_IP | RTE_ETH_RSS_UDP) & info.flow_type_rss_offloads;
+    }
+    rc = rte_eth_dev_configure(pid, nrx, ntx, &conf);
+    if (rc != 0) throw dpdk_error(what + ": configure", rc);
+    uint16_t nrxd = w.pc ? w.pc->rx_desc : 1024, ntxd = w.pc ? w.pc->tx_desc : 1024;
+    rte_eth_dev_adjust_nb_rx_tx_desc(pid, &nrxd, &ntxd);
+    int socket = rte_eth_dev_socket_id(pid);
+    if (socket < 0) socket = static_cast<int>(rte_socket_id());
+    for (uint16_t q = 0; q < nrx; q++)
+      if ((rc = rte_eth_rx_queue_setup(pid, q, nrxd, socket, nullptr, d.pool)) != 0)
+        throw dpdk_error(fmt::format("{}: RX queue {}", what, q), rc);
+    for (uint16_t q = 0; q < ntx; q++)
+      if ((rc = rte_eth_tx_queue_setup(pid, q, ntxd, socket, nullptr)) != 0)
+        throw dpdk_error(fmt::format("{}: TX queue {}", what, q), rc);
+    if (w.pc && w.pc->mac) {
+      rte_ether_addr a;
+      memcpy(a.addr_bytes, w.pc->mac->b, 6);
+      if ((rc = rte_eth_dev_default_mac_addr_set(pid, &a)) != 0) throw dpdk_error(what + ": set mac", rc);
+    }
+    if (w.pc && w.pc->mtu != 1500) {
+      rc = rte_eth_dev_set_mtu(pid, w.pc->mtu);
+      if (rc != 0) fmt::print(stderr, "espgw: {}: cannot set MTU {} on the device ({}); using it as the IP MTU anyway\n",
+                              what, w.pc->mtu, rte_strerror(-rc));
+    }
+    if ((rc = rte_eth_dev_start(pid)) != 0) throw dpdk_error(what + ": start", rc);
+    port_ids_.push_back(pid);
+
+    dp::Port& p = d.ports[d.nb_ports];
+    p.port_id = pid;
+    p.kind = w.kind;
+    p.nb_rx_queues = nrx;
+    p.mtu = w.pc ? w.pc->mtu : 1500;
+    rte_eth_macaddr_get(pid, &p.mac);
+    p.nb_addrs = 0;
+    if (w.pc) {
+      if (w.pc->addresses.size() > dp::kMaxPortAddrs)
+        throw std::runtime_error(fmt::format("{}: at most {} addresses per port", what, dp::kMaxPortAddrs));
+      for (uint32_t a : w.pc->addresses) p.addrs[p.nb_addrs++] = a;
+    }
+    if (w.kind == dp::PortKind::kProtected && d.protected_port == dp::kNoPort) {
+      d.protected_port = d.nb_ports;
+      d.lan_peer.ip = w.pc->peer_ip.value_or(0);
+      d.lan_peer.is_static = w.pc->peer_mac.has_value();
+      if (w.pc->peer_mac) {
+        rte_ether_addr a;
+        memcpy(a.addr_bytes, w.pc->peer_mac->b, 6);
+        d.lan_peer.mac.store(dp::pack_mac(a));
+      }
+    }
+    if (w.kind == dp::PortKind::kException) d.exception_port = d.nb_ports;
+    d.nb_ports++;
+  }
+  if (d.protected_port == dp::kNoPort) throw std::runtime_error("ports: no protected port");
+}
+
+uint16_t Gateway::tunnel_index(const std::string& name) const {
+  for (size_t i = 0; i < tunnels_.size(); i++)
+    if (tunnels_[i].name == name) return static_cast<uint16_t>(i);
+  throw std::runtime_error("unknown tunnel '" + name + "'");
+}
+
+void Gateway::init_tables() {
+  auto& d = *dp_;
+  // RCU: one thread id per worker (= worker index).
+  size_t sz = rte_rcu_qsbr_get_memsize(d.nb_workers);
+  d.qsbr = static_cast<rte_rcu_qsbr*>(rte_zmalloc("espgw_qsbr", sz, RTE_CACHE_LINE_SIZE));
+  if (!d.qsbr || rte_rcu_qsbr_init(d.qsbr, d.nb_workers) != 0) throw std::runtime_error("RCU init failed");
+  for (uint16_t w = 0; w < d.nb_workers; w++) {
+    d.counters[w] = static_cast<dp::WorkerCounters*>(
+        rte_zmalloc_socket("espgw_counters", sizeof(dp::WorkerCounters), RTE_CACHE_LINE_SIZE,
+                           static_cast<int>(rte_lcore_to_socket_id(worker_lcores_[w]))));
+    if (!d.counters[w]) throw std::runtime_error("no memory for worker counters");
+  }
+  d.icmp_tokens_per_s = std::max<uint64_t>(1, cfg_.icmp_rate_limit_pps / d.nb_workers);
+  if (cfg_.icmp_rate_limit_pps == 0) d.icmp_tokens_per_s = 0;
+
+  rte_hash_parameters hp{};
+  hp.name = "espgw_inbound_sa";
+  hp.entries = 2 * dp::kMaxSas;
+  hp.key_len = sizeof(dp::InboundKey);
+  hp.hash_func = rte_jhash;
+  hp.socket_id = static_cast<int>(rte_socket_id());
+  hp.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF;  // lock-free readers, one writer
+  d.inbound = rte_hash_create(&hp);
+  if (!d.inbound) throw dpdk_error("inbound SA hash", rte_errno);
+
+  // Tunnels.
+  if (cfg_.tunnels.size() > dp::kMaxTunnels) throw std::runtime_error("too many tunnels");
+  auto port_index = [&](const std::string& name) -> uint16_t {
+    for (size_t i = 0; i < cfg_.ports.size(); i++)
+      if (cfg_.ports[i].name == name) return static_cast<uint16_t>(i);
+    throw std::runtime_error("unknown port '" + name + "'");
+  };
+  tunnels_.resize(cfg_.tunnels.size());
+  for (size_t i = 0; i < cfg_.tunnels.size(); i++) {
+    const TunnelConfig& tc = cfg_.tunnels[i];
+    dp::Tunnel& t = d.tunnels[i];
+    t.out_sa.store(nullptr);
+    t.port = port_index(tc.port);
+    t.mtu = tc.mtu ? tc.mtu : cfg_.ports[t.port].mtu;
+    t.max_inner = dp::esp_max_inner(t.mtu, false);
+    t.max_inner_udp = dp::esp_max_inner(t.mtu, true);
+    t.mss_clamp = tc.mss_clamp;
+    t.remote = tc.remote;
+    t.next_hop.ip = tc.gateway.value_or(tc.remote);
+    t.next_hop.is_static = tc.next_hop_mac.has_value();
+    if (tc.next_hop_mac) {
+      rte_ether_addr a;
+      memcpy(a.addr_bytes, tc.next_hop_mac->b, 6);
+      t.next_hop.mac.store(dp::pack_mac(a));
+    }
+    tunnels_[i].name = tc.name;
+    tunnels_[i].admin_up = tc.up;
+  }
+  d.nb_tunnels = static_cast<uint16_t>(cfg_.tunnels.size());
+
+  // SAs (static keying from the file).
+  uint32_t slot = 0;
+  for (size_t i = 0; i < cfg_.sas.size(); i++) {
+    const SaConfig& sc = cfg_.sas[i];
+    if (slot >= dp::kMaxSas) throw std::runtime_error("too many SAs");
+    uint16_t ti = tunnel_index(sc.tunnel);
+    const TunnelConfig& tc = cfg_.tunnels[ti];
+    auto aead = std::make_unique<crypto::AeadContext>(to_algo(sc.algo), sc.keymat);
+    if (sc.direction == SaDirection::kOutbound) {
+      auto sa = std::make_unique<dp::OutboundSa>();
+      sa->spi = sc.spi;
+      sa->esn = sc.esn;
+      sa->next_seq.store(sc.initial_seq);
+      sa->outer_src = tc.local;
+      sa->outer_dst = tc.remote;
+      if (tc.udp_encap) {
+        sa->udp_src_port = tc.udp_src_port;
+        sa->udp_dst_port = tc.udp_dst_port;
+      }
+      sa->ttl = tc.ttl;
+      sa->dscp = tc.dscp;
+      sa->df = tc.df == DfPolicyConfig::kSet ? dp::DfPolicy::kSet
+               : tc.df == DfPolicyConfig::kClear ? dp::DfPolicy::kClear
+                                                 : dp::DfPolicy::kCopy;
+      sa->aead = aead.get();
+      sa->tunnel = ti;
+      sa->seq_limit = sc.esn ? ~uint64_t{0} : dp::kSeqLimitNoEsn;
+      sa->slot = slot++;
+      // A later outbound SA for the same tunnel replaces an earlier one
+      // (nothing runs yet, so no RCU wait is needed here).
+      tunnels_[ti].out_aead = std::move(aead);
+      tunnels_[ti].out_sa = std::move(sa);
+      d.tunnels[ti].out_sa.store(tunnels_[ti].out_sa.get(), std::memory_order_release);
+    } else {
+      auto sa = std::make_unique<dp::InboundSa>();
+      sa->spi = sc.spi;
+      sa->local_addr = tc.local;
+      sa->esn = sc.esn;
+      sa->udp_port = tc.udp_encap ? tc.udp_src_port : 0;  // the peer sends to our port
+      sa->aead = aead.get();
+      sa->tunnel = ti;
+      if (!sa->replay.reset(sc.replay_window, sc.esn))
+        throw std::runtime_error(fmt::format("sas[{}].replay_window: {} not in 0 or 32..4096", i, sc.replay_window));
+      sa->slot = slot++;
+      if (sc.local_selectors.size() > dp::kMaxSelectors || sc.remote_selectors.size() > dp::kMaxSelectors)
+        throw std::runtime_error(fmt::format("sas[{}]: at most {} selectors per side", i, dp::kMaxSelectors));
+      for (const auto& s : sc.local_selectors) sa->local_sel[sa->nb_local_sel++] = {s.addr, prefix_mask(s.len)};
+      for (const auto& s : sc.remote_selectors) sa->remote_sel[sa->nb_remote_sel++] = {s.addr, prefix_mask(s.len)};
+      if (sa->nb_remote_sel && !sa->nb_local_sel) sa->local_sel[sa->nb_local_sel++] = {0, 0};
+      if (sa->nb_local_sel && !sa->nb_remote_sel) sa->remote_sel[sa->nb_remote_sel++] = {0, 0};
+      dp::InboundKey key{sa->spi, sa->local_addr};
+      int rc = rte_hash_add_key_data(d.inbound, &key, sa.get());
+      if (rc != 0) throw dpdk_error(fmt::format("sas[{}]: inbound SA table", i), rc);
+      inbound_.push_back({std::move(aead), std::move(sa)});
+    }
+  }
+
+  // Routes: tunnels first (id = index), up while admin-up with an outbound SA.
+  lpm::RouteTableConfig rc;
+  rc.max_routes = 1 << 16;
+  rc.max_tunnels = dp::kMaxTunnels;
+  rc.qsbr = d.qsbr;
+  rc.name = "espgw";
+  routes_ = std::make_unique<lpm::RouteTable>(rc);
+  for (uint16_t t = 0; t < d.nb_tunnels; t++)
+    routes_->add_tunnel(t, tunnels_[t].admin_up && tunnels_[t].out_sa != nullptr);
+  for (size_t i = 0; i < cfg_.routes.size(); i++) {
+    const RouteConfig& r = cfg_.routes[i];
+    std::vector<lpm::NextHop> hops;
+    for (const auto& h : r.via) hops.push_back({tunnel_index(h.tunnel), h.priority});
+    try {
+      routes_->add_route({r.prefix.addr, r.prefix.len}, hops);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(fmt::format("routes[{}]: {}", i, e.what()));
+    }
+  }
+  d.fib = &routes_->fib();
+}
+
+void Gateway::launch_workers() {
+  auto& d = *dp_;
+  worker_args_.resize(d.nb_workers);
+  mbufs_at_start_ = mbufs_in_use();
+  for (uint16_t w = 0; w < d.nb_workers; w++) {
+    worker_args_[w] = {&d, w};
+    int rc = rte_eal_remote_launch(dp::worker_main, &worker_args_[w], worker_lcores_[w]);
+    if (rc != 0) {
+      d.stop.store(true);
+      rte_eal_mp_wait_lcore();
+      throw dpdk_error(fmt::format("launch worker on lcore {}", worker_lcores_[w]), rc);
+    }
+  }
+  workers_running_ = true;
+  start_tsc_ = rte_rdtsc();
+}
+
+void Gateway::start() {
+  dp_ = std::make_unique<dp::Dataplane>();
+  init_eal();
+  init_ports();
+  init_tables();
+  if (!cfg_.control.socket_path.empty())
+    server_ = std::make_unique<ControlServer>(cfg_.control.socket_path, cfg_.control.socket_group,
+                                              [this](const json& r) { return handle(r); });
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  launch_workers();
+}
+
+void Gateway::run() {
+  uint64_t hz = rte_get_tsc_hz();
+  uint64_t next_stats = rte_rdtsc() + cfg_.stats_interval_s * hz;
+  while (!g_stop.load()) {
+    if (server_)
+      server_->poll(10);
+    else
+      rte_delay_us_sleep(10000);
+    if (cfg_.stats_interval_s && rte_rdtsc() >= next_stats) {
+      fmt::print("{}", format_stats());
+      std::fflush(stdout);
+      next_stats = rte_rdtsc() + cfg_.stats_interval_s * hz;
+    }
+  }
+}
+
+void Gateway::stop() {
+  if (!workers_running_) return;
+  dp_->stop.store(true);
+  rte_eal_mp_wait_lcore();
+  workers_running_ = false;
+}
+
+unsigned Gateway::mbufs_in_use() const {
+  return dp_ && dp_->pool ? rte_mempool_in_use_count(dp_->pool) : 0;
+}
+
+void Gateway::refresh_tunnel_state(uint16_t t) {
+  bool up = tunnels_[t].admin_up && dp_->tunnels[t].out_sa.load() != nullptr;
+  if (routes_->tunnel_up(t) == up) return;
+  routes_->set_tunnel_up(t, up);
+  // When this returns, every worker has finished the burst it was in: no
+  // packet routed by the old state is still on its way.
+  rte_rcu_qsbr_synchronize(dp_->qsbr, RTE_QSBR_THRID_INVALID);
+  if (server_) server_->broadcast_event({{"event", "tunnel-state"}, {"tunnel", tunnels_[t].name}, {"up", up}});
+}
+
+void Gateway::set_tunnel_admin(const std::string& name, bool up) {
+  uint16_t t = tunnel_index(name);
+  tunnels_[t].admin_up = up;
+  refresh_tunnel_state(t);
+}
+
+dp::WorkerCounters Gateway::sum_counters() const {
+  dp::WorkerCounters s;
+  memset(static_cast<void*>(&s), 0, sizeof(s));
+  for (uint16_t w = 0; w < dp_->nb_workers; w++) {
+    const dp::WorkerCounters& c = *dp_->counters[w];
+    for (int p = 0; p < dp::kMaxPorts; p++) {
+      add(s.port[p].rx, c.port[p].rx);
+      add(s.port[p].tx, c.port[p].tx);
+    }
+    for (int t = 0; t < dp::kMaxTunnels; t++) {
+      add(s.tunnel[t].out, c.tunnel[t].out);
+      add(s.tunnel[t].in, c.tunnel[t].in);
+      s.tunnel[t].asymmetric += c.tunnel[t].asymmetric;
+    }
+    for (uint32_t i = 0; i < dp::kMaxSas; i++) add(s.sa[i], c.sa[i]);
+    for (int r = 0; r < static_cast<int>(dp::DropReason::kCount); r++) s.drop[r] += c.drop[r];
+    s.exception_to_host += c.exception_to_host;
+    s.exception_from_host += c.exception_from_host;
+    s.arp_replies += c.arp_replies;
+    s.icmp_sent += c.icmp_sent;
+    s.fragments += c.fragments;
+    s.mss_clamped += c.mss_clamped;
+    s.loops += c.loops;
+    s.busy_loops += c.busy_loops;
+  }
+  return s;
+}
+
+json Gateway::stats_json() const {
+  dp::WorkerCounters s = sum_counters();
+  json j;
+  j["ok"] = true;
+  json ports = json::array();
+  for (uint16_t p = 0; p < dp_->nb_ports; p++) {
+    const char* kind = dp_->ports[p].kind == dp::PortKind::kProtected     ? "protected"
+                       : dp_->ports[p].kind == dp::PortKind::kUnprotected ? "unprotected"
+                                                                          : "exception";
+    std::string name = p < cfg_.ports.size() ? cfg_.ports[p].name : "exception";
+    ports.push_back({{"name", name}, {"kind", kind}, {"rx", pbc(s.port[p].rx)}, {"tx", pbc(s.port[p].tx)}});
+  }
+  j["ports"] = ports;
+  json tunnels = json::array();
+  for (uint16_t t = 0; t < dp_->nb_tunnels; t++) {
+    const dp::OutboundSa* sa = dp_->tunnels[t].out_sa.load();
+    json tj = {{"name", tunnels_[t].name},
+               {"up", routes_->tunnel_up(t)},
+               {"admin_up", tunnels_[t].admin_up},
+               {"out", pbc(s.tunnel[t].out)},
+               {"in", pbc(s.tunnel[t].in)},
+               {"asymmetric", s.tunnel[t].asymmetric}};
+    if (sa) tj["out_spi"] = fmt::format("0x{:08x}", sa->spi);
+    tunnels.push_back(tj);
+  }
+  j["tunnels"] = tunnels;
+  json sas = json::array();
+  for (const auto& tc : tunnels_)
+    if (tc.out_sa) {
+      sas.push_back({{"spi", fmt::format("0x{:08x}", tc.out_sa->spi)}, {"direction", "out"}, {"tunnel", tc.name},
+                     {"next_seq", tc.out_sa->next_seq.load()}, {"traffic", pbc(s.sa[tc.out_sa->slot])}});
+    }
+  for (const auto& in : inbound_)
+    sas.push_back({{"spi", fmt::format("0x{:08x}", in.sa->spi)}, {"direction", "in"},
+                   {"tunnel", tunnels_[in.sa->tunnel].name}, {"traffic", pbc(s.sa[in.sa->slot])}});
+  j["sas"] = sas;
+  json drops = json::object();
+  uint64_t total_drops = 0;
+  for (int r = 0; r < static_cast<int>(dp::DropReason::kCount); r++) {
+    drops[dp::drop_reason_name(static_cast<dp::DropReason>(r))] = s.drop[r];
+    total_drops += s.drop[r];
+  }
+  j["drops"] = drops;
+  j["drops_total"] = total_drops;
+  j["exception"] = {{"to_host", s.exception_to_host}, {"from_host", s.exception_from_host}};
+  j["arp_replies"] = s.arp_replies;
+  j["icmp_sent"] = s.icmp_sent;
+  j["fragments"] = s.fragments;
+  j["mss_clamped"] = s.mss_clamped;
+  j["workers"] = dp_->nb_workers;
+  j["mbufs"] = {{"in_use", mbufs_in_use()}, {"in_use_at_start", mbufs_at_start_}};
+  return j;
+}
+
+std::string Gateway::format_stats() const {
+  json j = stats_json();
+  std::string out;
+  out += fmt::format("{:<12} {:>7} {:>14} {:>14} {:>14} {:>14} {:>10}\n", "tunnel", "state", "out pkts", "out bytes",
+                     "in pkts", "in bytes", "asymmetric");
+  for (const auto& t : j["tunnels"])
+    out += fmt::format("{:<12} {:>7} {:>14} {:>14} {:>14} {:>14} {:>10}\n", t["name"].get<std::string>(),
+                       t["up"].get<bool>() ? "up" : "down", t["out"]["packets"].get<uint64_t>(),
+                       t["out"]["bytes"].get<uint64_t>(), t["in"]["packets"].get<uint64_t>(),
+                       t["in"]["bytes"].get<uint64_t>(), t["asymmetric"].get<uint64_t>());
+  out += fmt::format("{:<12} {:>14} {:>14} {:>14} {:>14}\n", "port", "rx pkts", "rx bytes", "tx pkts", "tx bytes");
+  for (const auto& p : j["ports"])
+    out += fmt::format("{:<12} {:>14} {:>14} {:>14} {:>14}\n", p["name"].get<std::string>(),
+                       p["rx"]["packets"].get<uint64_t>(), p["rx"]["bytes"].get<uint64_t>(),
+                       p["tx"]["packets"].get<uint64_t>(), p["tx"]["bytes"].get<uint64_t>());
+  std::string drops;
+  for (auto& [k, v] : j["drops"].items())
+    if (v.get<uint64_t>()) drops += fmt::format(" {}={}", k, v.get<uint64_t>());
+  out += "drops:" + (drops.empty() ? std::string(" none") : drops) + "\n";
+  return out;
+}
+
+json Gateway::handle(const json& req) {
+  if (!req.contains("op") || !req["op"].is_string()) throw std::runtime_error("missing field 'op' (a string)");
+  const std::string op = req["op"];
+  auto str_field = [&](const char* name) -> std::string {
+    if (!req.contains(name) || !req[name].is_string())
+      throw std::runtime_error(fmt::format("missing field '{}' (a string)", name));
+    return req[name];
+  };
+  if (op == "ping") return {{"ok", true}};
+  if (op == "stats") return stats_json();
+  if (op == "tunnel-down" || op == "tunnel-up") {
+    set_tunnel_admin(str_field("tunnel"), op == "tunnel-up");
+    return {{"ok", true}};
+  }
+  if (op == "tunnels") {
+    json j = stats_json();
+    return {{"ok", true}, {"tunnels", j["tunnels"]}};
+  }
+  if (op == "routes") {
+    json routes = json::array();
+    for (const auto& r : routes_->list()) {
+      json hops = json::array();
+      for (const auto& h : r.hops) hops.push_back({{"tunnel", tunnels_[h.tunnel].name}, {"priority", h.priority}});
+      routes.push_back({{"prefix", lpm::to_string(r.prefix)},
+                        {"via", hops},
+                        {"active", r.active == lpm::kNoRoute ? json(nullptr) : json(tunnels_[r.active].name)}});
+    }
+    return {{"ok", true}, {"routes", routes}};
+  }
+  throw std::runtime_error("unknown operation '" + op + "'");
+}
+
+}  // namespace espgw::control

@@ -1,0 +1,88 @@
+// The gateway: builds the data plane from a GatewayConfig (EAL, ports,
+// queues, RCU, SA tables, FIB), launches one worker per lcore and runs the
+// control thread on the main lcore until asked to stop.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "control/config.h"
+#include "crypto/aead.h"
+#include "dataplane/dataplane.h"
+#include "lpm/route_table.h"
+
+namespace espgw::control {
+
+class ControlServer;
+
+class Gateway {
+ public:
+  // `extra_eal`: raw EAL arguments given after `--` on the command line,
+  // appended to the config's list.
+  Gateway(GatewayConfig cfg, std::vector<std::string> extra_eal = {});
+  ~Gateway();
+  Gateway(const Gateway&) = delete;
+  Gateway& operator=(const Gateway&) = delete;
+
+  // EAL init, ports, tables, workers. Throws std::runtime_error with the
+  // reason; nothing keeps running when it throws.
+  void start();
+  // Control loop: serves the socket until request_stop() (or a signal).
+  void run();
+  static void request_stop();
+  // Stops workers, prints nothing; counters stay readable.
+  void stop();
+
+  // Control operations (also reachable through the socket).
+  nlohmann::json handle(const nlohmann::json& request);
+  void set_tunnel_admin(const std::string& name, bool up);
+
+  nlohmann::json stats_json() const;
+  std::string format_stats() const;
+  // Mbufs of the pool in use now, and right after the ports started (the
+  // RX rings' share): equal when nothing leaked.
+  unsigned mbufs_in_use() const;
+  unsigned mbufs_in_use_at_start() const { return mbufs_at_start_; }
+
+ private:
+  struct TunnelCtl {
+    std::string name;
+    bool admin_up = true;
+    std::unique_ptr<crypto::AeadContext> out_aead;
+    std::unique_ptr<dataplane::OutboundSa> out_sa;
+  };
+  struct InboundCtl {
+    std::unique_ptr<crypto::AeadContext> aead;
+    std::unique_ptr<dataplane::InboundSa> sa;
+  };
+
+  void init_eal();
+  void init_ports();
+  void init_tables();
+  void launch_workers();
+  void refresh_tunnel_state(uint16_t t);
+  uint16_t tunnel_index(const std::string& name) const;
+  dataplane::WorkerCounters sum_counters() const;
+
+  GatewayConfig cfg_;
+  std::vector<std::string> extra_eal_;
+  bool eal_up_ = false;
+  bool workers_running_ = false;
+  std::vector<uint16_t> port_ids_;
+  std::unique_ptr<dataplane::Dataplane> dp_;
+  std::unique_ptr<lpm::RouteTable> routes_;
+  std::vector<TunnelCtl> tunnels_;
+  std::vector<InboundCtl> inbound_;
+  std::vector<dataplane::WorkerArgs> worker_args_;
+  std::vector<unsigned> worker_lcores_;
+  std::unique_ptr<ControlServer> server_;
+  unsigned mbufs_at_start_ = 0;
+  uint64_t start_tsc_ = 0;
+};
+
+}  // namespace espgw::control

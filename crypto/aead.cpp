@@ -1,0 +1,348 @@
+// AES-GCM AEAD contexts: IPsec-MB direct GCM calls (hot path) and an OpenSSL 3
+// EVP backend (fallback on CPUs without AES-NI/PCLMULQDQ, and test oracle).
+#include "crypto/aead.h"
+
+#include <intel-ipsec-mb.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+
+#include <atomic>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+namespace espgw::crypto {
+
+namespace {
+
+// ---------------------------------------------------------------------------
+// IPsec-MB: one process-wide manager, used only for its direct GCM function
+// pointers (which are stateless: all per-op state lives in a caller-provided
+// gcm_context_data). Built once, thread-safely, on first use.
+struct ImbRuntime {
+  IMB_MGR* mgr = nullptr;
+  IMB_ARCH arch = IMB_ARCH_NONE;
+  bool usable = false;  // AES-NI + PCLMULQDQ path selected
+
+  ImbRuntime() {
+    mgr = alloc_mb_mgr(0);
+    if (mgr == nullptr) return;
+    init_mb_mgr_auto(mgr, &arch);
+    if (imb_get_errno(mgr) != 0) {
+      free_mb_mgr(mgr);
+      mgr = nullptr;
+      arch = IMB_ARCH_NONE;
+      return;
+    }
+    const bool cpu_ok = __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul");
+    usable = cpu_ok && arch >= IMB_ARCH_SSE;
+  }
+  ~ImbRuntime() {
+    if (mgr != nullptr) free_mb_mgr(mgr);
+  }
+};
+
+const ImbRuntime& imb() {
+  static const ImbRuntime rt;  // C++11 magic statics: thread-safe lazy init
+  return rt;
+}
+
+// ---------------------------------------------------------------------------
+// OpenSSL: ciphers fetched once; one EVP_CIPHER_CTX per thread and algorithm,
+// allocated on the thread's first op, re-keyed on every op (cipher == NULL in
+// EVP_CipherInit_ex keeps the provider context, so no allocation per op), and
+// re-keyed with an all-zero key after the op so that no SA's expanded key
+// outlives its AeadContext in a thread's cache.
+const EVP_CIPHER* ossl_cipher(AeadAlgo a) {
+  struct Ciphers {
+    EVP_CIPHER* c128 = EVP_CIPHER_fetch(nullptr, "AES-128-GCM", nullptr);
+    EVP_CIPHER* c256 = EVP_CIPHER_fetch(nullptr, "AES-256-GCM", nullptr);
+    ~Ciphers() {
+      EVP_CIPHER_free(c128);
+      EVP_CIPHER_free(c256);
+    }
+  };
+  static const Ciphers c;
+  return a == AeadAlgo::kAes128Gcm ? c.c128 : c.c256;
+}
+
+struct ThreadCtx {
+  EVP_CIPHER_CTX* ctx[2] = {nullptr, nullptr};
+  ~ThreadCtx() {
+    for (auto* c : ctx) EVP_CIPHER_CTX_free(c);  // frees and cleanses
+  }
+};
+
+EVP_CIPHER_CTX* thread_ctx(AeadAlgo a) {
+  thread_local ThreadCtx tc;
+  const int i = a == AeadAlgo::kAes128Gcm ? 0 : 1;
+  if (tc.ctx[i] == nullptr) {
+    EVP_CIPHER_CTX* c = EVP_CIPHER_CTX_new();
+    if (c == nullptr) return nullptr;
+    if (EVP_CipherInit_ex(c, ossl_cipher(a), nullptr, nullptr, nullptr, 1) != 1) {
+      EVP_CIPHER_CTX_free(c);
+      return nullptr;
+    }
+    tc.ctx[i] = c;
+  }
+  return tc.ctx[i];
+}
+
+constexpr uint8_t kZeroKey[32] = {};
+
+inline bool ct_equal16(const uint8_t* a, const uint8_t* b) {
+  uint64_t a0, a1, b0, b1;
+  std::memcpy(&a0, a, 8);
+  std::memcpy(&a1, a + 8, 8);
+  std::memcpy(&b0, b, 8);
+  std::memcpy(&b1, b + 8, 8);
+  return ((a0 ^ b0) | (a1 ^ b1)) == 0;  // no early exit
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// OpenSSL backend: a few pre-keyed EVP_CIPHER_CTX slots per context, taken
+// with a non-blocking atomic exchange (never waits: when every slot is busy
+// the op falls back to the calling thread's cached context, re-keyed for that
+// op). A slot only needs its IV set per op, so the common path does no key
+// schedule and no allocation.
+inline constexpr int kOsslSlots = 4;
+
+struct alignas(64) AeadContext::State {
+  gcm_key_data imb_key;          // IPsec-MB expanded keys + hash-key powers (64-B aligned)
+  aes_gcm_enc_dec_t imb_enc;     // direct GCM entry points for this algo/arch
+  aes_gcm_enc_dec_t imb_dec;
+  uint8_t raw_key[32];           // OpenSSL backend: the AES key
+  struct alignas(64) Slot {
+    std::atomic<uint8_t> busy{0};
+    EVP_CIPHER_CTX* ctx = nullptr;
+  };
+  Slot slot[kOsslSlots];         // OpenSSL backend only
+};
+
+static_assert(alignof(AeadContext::State) >= 64);
+
+std::string_view to_string(AeadAlgo a) {
+  switch (a) {
+    case AeadAlgo::kAes128Gcm: return "aes128-gcm";
+    case AeadAlgo::kAes256Gcm: return "aes256-gcm";
+  }
+  return "unknown";
+}
+
+std::string_view to_string(Backend b) {
+  switch (b) {
+    case Backend::kIpsecMb: return "ipsec-mb";
+    case Backend::kOpenssl: return "openssl";
+  }
+  return "unknown";
+}
+
+bool backend_available(Backend b) {
+  switch (b) {
+    case Backend::kIpsecMb: return imb().usable;
+    case Backend::kOpenssl: return true;
+  }
+  return false;
+}
+
+Backend best_backend() {
+  return imb().usable ? Backend::kIpsecMb : Backend::kOpenssl;
+}
+
+std::string_view ipsecmb_arch() {
+  const ImbRuntime& rt = imb();
+  if (rt.mgr == nullptr) return "unavailable";
+  switch (rt.arch) {
+    case IMB_ARCH_NOAESNI: return "no-aesni";
+    case IMB_ARCH_SSE: return "sse";
+    case IMB_ARCH_AVX: return "avx";
+    case IMB_ARCH_AVX2: return "avx2";
+    case IMB_ARCH_AVX512: return "avx512";
+    default: return "unknown";
+  }
+}
+
+AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend backend)
+    : algo_(algo), backend_(backend), salt_{}, state_(nullptr) {
+  if (algo != AeadAlgo::kAes128Gcm && algo != AeadAlgo::kAes256Gcm)
+    throw std::invalid_argument("AeadContext: unknown AEAD algorithm");
+  const size_t want = keymat_len(algo);
+  if (keymat.size() != want)
+    throw std::invalid_argument("AeadContext: " + std::string(to_string(algo)) +
+                                " needs " + std::to_string(want) +
+                                " bytes of key material (key || 4-byte salt), got " +
+                                std::to_string(keymat.size()));
+  if (backend != Backend::kIpsecMb && backend != Backend::kOpenssl)
+    throw std::invalid_argument("AeadContext: unknown backend");
+  if (!backend_available(backend))
+    throw std::invalid_argument("AeadContext: backend " + std::string(to_string(backend)) +
+                                " is not usable on this CPU (needs AES-NI and PCLMULQDQ)");
+  if (backend == Backend::kOpenssl && ossl_cipher(algo) == nullptr)
+    throw std::invalid_argument("AeadContext: OpenSSL cannot fetch " +
+                                std::string(to_string(algo)));
+
+  const size_t klen = key_len(algo);
+  state_ = new State{};  // aligned new (alignas(64))
+  std::memcpy(salt_, keymat.data() + klen, kSaltLen);
+  if (backend == Backend::kIpsecMb) {
+    IMB_MGR* mgr = imb().mgr;
+    if (algo == AeadAlgo::kAes128Gcm) {
+      IMB_AES128_GCM_PRE(mgr, keymat.data(), &state_->imb_key);
+      state_->imb_enc = mgr->gcm128_enc;
+      state_->imb_dec = mgr->gcm128_dec;
+    } else {
+      IMB_AES256_GCM_PRE(mgr, keymat.data(), &state_->imb_key);
+      state_->imb_enc = mgr->gcm256_enc;
+      state_->imb_dec = mgr->gcm256_dec;
+    }
+    // PRE cannot fail on valid pointers; the manager's errno is not read
+    // here because the manager is shared by every thread.
+    if (state_->imb_enc == nullptr || state_->imb_dec == nullptr) {
+      free_state();
+      throw std::invalid_argument("AeadContext: IPsec-MB has no AES-GCM functions for this CPU");
+    }
+  } else {
+    std::memcpy(state_->raw_key, keymat.data(), klen);
+    for (auto& sl : state_->slot) {
+      sl.ctx = EVP_CIPHER_CTX_new();
+      if (sl.ctx == nullptr ||
+          EVP_CipherInit_ex(sl.ctx, ossl_cipher(algo), nullptr, state_->raw_key, nullptr, 1) != 1) {
+        free_state();
+        throw std::invalid_argument("AeadContext: OpenSSL context setup failed for " +
+                                    std::string(to_string(algo)));
+      }
+    }
+  }
+}
+
+void AeadContext::free_state() noexcept {
+  if (state_ != nullptr) {
+    for (auto& sl : state_->slot) EVP_CIPHER_CTX_free(sl.ctx);  // cleanses the key schedule
+    OPENSSL_cleanse(state_, sizeof(State));
+    delete state_;
+    state_ = nullptr;
+  }
+  OPENSSL_cleanse(salt_, sizeof(salt_));
+}
+
+AeadContext::~AeadContext() { free_state(); }
+
+namespace {
+
+inline void make_nonce(uint8_t nonce[12], const uint8_t salt[kSaltLen], const uint8_t* iv) {
+  std::memcpy(nonce, salt, kSaltLen);
+  std::memcpy(nonce + kSaltLen, iv, kIvLen);
+}
+
+// One AEAD pass on an EVP context that already holds the key (key == NULL)
+// or is keyed here. Returns false on any EVP failure or (decrypt) tag mismatch.
+// `enc`: 1 encrypt (writes icv), 0 decrypt (checks icv, in constant time
+// inside OpenSSL).
+bool ossl_run(EVP_CIPHER_CTX* c, const uint8_t* key, const uint8_t nonce[12], const AeadOp& op,
+              int enc) {
+  bool ok = EVP_CipherInit_ex(c, nullptr, nullptr, key, nonce, enc) == 1;
+  int outl = 0;
+  if (ok && op.aad_len > 0)
+    ok = EVP_CipherUpdate(c, nullptr, &outl, op.aad, static_cast<int>(op.aad_len)) == 1;
+  if (ok && op.len > 0)
+    ok = EVP_CipherUpdate(c, op.dst, &outl, op.src, static_cast<int>(op.len)) == 1;
+  if (ok && enc == 0)
+    ok = EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, kIcvLen, op.icv) == 1;
+  uint8_t tail[16];
+  if (ok) ok = EVP_CipherFinal_ex(c, tail, &outl) == 1;
+  if (ok && enc == 1)
+    ok = EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, kIcvLen, op.icv) == 1;
+  return ok;
+}
+
+}  // namespace
+
+bool AeadContext::ossl_aead(const uint8_t nonce[12], const AeadOp& op, int enc) const {
+  for (auto& sl : state_->slot) {
+    if (sl.busy.load(std::memory_order_relaxed) == 0 &&
+        sl.busy.exchange(1, std::memory_order_acquire) == 0) {
+      const bool ok = ossl_run(sl.ctx, nullptr, nonce, op, enc);
+      sl.busy.store(0, std::memory_order_release);
+      return ok;
+    }
+  }
+  return ossl_aead_unslotted(nonce, op, enc);
+}
+
+// Every slot busy (more concurrent users than slots): the thread's own
+// context, keyed for this op and then re-keyed with zeros so that no SA's
+// schedule outlives its AeadContext in a thread's cache.
+bool AeadContext::ossl_aead_unslotted(const uint8_t nonce[12], const AeadOp& op, int enc) const {
+  EVP_CIPHER_CTX* c = thread_ctx(algo_);
+  if (c == nullptr) return false;
+  const bool ok = ossl_run(c, state_->raw_key, nonce, op, enc);
+  EVP_CipherInit_ex(c, nullptr, nullptr, kZeroKey, nullptr, 1);
+  return ok;
+}
+
+void AeadContext::encrypt(const AeadOp& op) const {
+  uint8_t nonce[12];
+  make_nonce(nonce, salt_, op.iv);
+  if (backend_ == Backend::kIpsecMb) {
+    gcm_context_data gctx;
+    state_->imb_enc(&state_->imb_key, &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len,
+                    op.icv, kIcvLen);
+    return;
+  }
+  if (!ossl_aead(nonce, op, 1)) {
+    // Never reached in practice (EVP failure, e.g. out of memory on a thread's
+    // first op). Emit a tag that does not verify rather than crash.
+    std::memset(op.icv, 0, kIcvLen);
+    if (op.len > 0) std::memset(op.dst, 0, op.len);
+  }
+}
+
+bool AeadContext::decrypt(const AeadOp& op) const {
+  uint8_t nonce[12];
+  make_nonce(nonce, salt_, op.iv);
+  if (backend_ == Backend::kIpsecMb) {
+    gcm_context_data gctx;
+    alignas(16) uint8_t tag[kIcvLen];
+    state_->imb_dec(&state_->imb_key, &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len,
+                    tag, kIcvLen);
+    return ct_equal16(tag, op.icv);
+  }
+  return ossl_aead(nonce, op, 0);
+}
+
+namespace {
+inline void prefetch_op(const AeadOp& op) {
+  __builtin_prefetch(op.src, 0, 3);
+  __builtin_prefetch(op.aad, 0, 3);
+  __builtin_prefetch(op.icv, 1, 3);
+}
+}  // namespace
+
+void encrypt_burst(const AeadOp* ops, uint32_t n) {
+  for (uint32_t i = 0; i < n; ++i) {
+    if (i + 1 < n) {
+      prefetch_op(ops[i + 1]);
+      __builtin_prefetch(ops[i + 1].ctx->state_, 0, 3);
+    }
+    ops[i].ctx->encrypt(ops[i]);
+  }
+}
+
+uint32_t decrypt_burst(const AeadOp* ops, uint32_t n, uint8_t* ok) {
+  uint32_t good = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    if (i + 1 < n) {
+      prefetch_op(ops[i + 1]);
+      __builtin_prefetch(ops[i + 1].ctx->state_, 0, 3);
+    }
+    const bool v = ops[i].ctx->decrypt(ops[i]);
+    ok[i] = v ? 1 : 0;
+    good += v ? 1u : 0u;
+  }
+  return good;
+}
+
+}  // namespace espgw::crypto

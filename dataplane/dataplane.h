@@ -1,0 +1,112 @@
+// The state the workers read: ports, tunnels, the inbound SA hash, the FIB.
+//
+// Written only by the control thread. Pointers the workers follow
+// (Tunnel::out_sa, the hash's data, the FIB's tables) are published with one
+// store and reclaimed after rte_rcu_qsbr_synchronize(); workers report a
+// quiescent state once per loop.
+#pragma once
+
+#include <rte_ether.h>
+#include <rte_hash.h>
+#include <rte_mempool.h>
+#include <rte_rcu_qsbr.h>
+
+#include <atomic>
+#include <cstdint>
+
+#include "dataplane/counters.h"
+#include "dataplane/sa.h"
+#include "lpm/route_table.h"
+
+namespace espgw::dataplane {
+
+inline constexpr uint16_t kBurst = 32;
+inline constexpr uint16_t kMaxWorkers = 64;
+inline constexpr uint8_t kMaxPortAddrs = 8;
+inline constexpr uint16_t kNoPort = 0xFFFF;
+
+enum class PortKind : uint8_t { kProtected, kUnprotected, kException };
+
+struct Port {
+  uint16_t port_id;          // DPDK port id
+  PortKind kind;
+  uint16_t nb_rx_queues;     // workers with index >= this do not poll it
+  uint16_t mtu;              // IP MTU
+  rte_ether_addr mac;
+  uint8_t nb_addrs;
+  uint32_t addrs[kMaxPortAddrs];  // host order
+};
+
+// A learned or configured MAC: 48 bits, bit 63 set when valid. One 64-bit
+// atomic so a worker never reads half a MAC.
+struct Neighbor {
+  uint32_t ip;  // host order; 0 = none
+  std::atomic<uint64_t> mac;
+  std::atomic<uint64_t> last_request_tsc;  // ARP request pacing (worker 0)
+  bool is_static;
+};
+
+inline constexpr uint64_t kMacValid = 1ull << 63;
+
+inline uint64_t pack_mac(const rte_ether_addr& a) {
+  uint64_t v = 0;
+  for (int i = 0; i < 6; i++) v |= uint64_t(a.addr_bytes[i]) << (8 * i);
+  return v | kMacValid;
+}
+inline void unpack_mac(uint64_t v, rte_ether_addr* a) {
+  for (int i = 0; i < 6; i++) a->addr_bytes[i] = uint8_t(v >> (8 * i));
+}
+
+struct Tunnel {
+  std::atomic<OutboundSa*> out_sa;  // current outbound SA; nullptr = none installed
+  uint16_t port;                    // index into Dataplane::ports (unprotected)
+  uint16_t mtu;                     // outer IP MTU
+  uint16_t max_inner;               // largest inner packet that fits under plain ESP
+  uint16_t max_inner_udp;           // ... and under ESP-in-UDP
+  uint32_t remote;                  // peer's outer address (host order)
+  uint16_t mss_clamp;               // 0 = off
+  Neighbor next_hop;
+};
+
+// Key of the inbound SA hash: what the wire gives us (RFC 4301 §4.1: SPI,
+// and the destination address since SPIs are chosen per receiver address).
+struct InboundKey {
+  uint32_t spi;
+  uint32_t dst;
+};
+
+struct Dataplane {
+  rte_mempool* pool = nullptr;
+  rte_rcu_qsbr* qsbr = nullptr;
+  const lpm::Fib* fib = nullptr;
+  rte_hash* inbound = nullptr;  // InboundKey -> InboundSa*
+
+  uint16_t nb_ports = 0;
+  Port ports[kMaxPorts];
+  uint16_t protected_port = kNoPort;  // where decrypted traffic leaves
+  uint16_t exception_port = kNoPort;  // net_tap to the host's IKE daemon
+  Neighbor lan_peer;                  // protected side next hop
+
+  uint16_t nb_tunnels = 0;
+  Tunnel tunnels[kMaxTunnels];
+
+  uint16_t nb_workers = 0;
+  WorkerCounters* counters[kMaxWorkers] = {};
+  uint64_t icmp_tokens_per_s = 100;  // per worker
+
+  std::atomic<bool> stop{false};
+};
+
+struct WorkerArgs {
+  Dataplane* dp;
+  uint16_t index;  // worker index: RX/TX queue number and RCU thread id
+};
+
+// The lcore entry point (rte_eal_remote_launch). Returns when dp->stop is set.
+int worker_main(void* worker_args);
+
+// One poll iteration, exposed for tests that drive a worker in-process.
+// Returns the number of packets received.
+uint32_t worker_poll_once(Dataplane& dp, uint16_t index);
+
+}  // namespace espgw::dataplane

@@ -1,0 +1,358 @@
+// ESP tunnel mode (RFC 4303) with AES-GCM (RFC 4106) on rte_mbufs: pure
+// functions, no ports. IPv4 outer, IPv4 inner; optional UDP encapsulation
+// (RFC 3948).
+//
+// Packets are single-segment mbufs whose data starts at the IP header (no
+// L2: the caller strips/adds Ethernet). Multi-segment mbufs get
+// kUnsupported (no linearisation on the hot path; the caller may
+// rte_pktmbuf_linearize() and retry).
+//
+// Outbound, in the style of DPDK lib/ipsec esp_outb.c:
+//   esp_outbound_prepare() per packet -> crypto::encrypt_burst() -> done.
+// The wire format it writes:
+//   outer IPv4 [UDP 4500] | SPI | seq low | IV = 64-bit seq (BE) |
+//   ciphertext(inner packet | pad 1,2,3.. | pad len | next header 4) | ICV 16
+// The IV is the 64-bit sequence number, so it never repeats under one key
+// (RFC 4106 §3.1). Outer header: TTL from the SA, DSCP copied or fixed,
+// ECN copied (RFC 6040 normal mode) or Not-ECT, DF per DfPolicy, IP ID =
+// low 16 bits of the sequence number, checksum computed; UDP checksum 0.
+// The inner packet is trimmed to its IPv4 total length first (drops Ethernet
+// minimum-frame padding).
+//
+// Inbound:
+//   esp_inbound_parse() -> SA lookup by SPI (caller) -> ReplayWindow::check()
+//   -> esp_inbound_prepare() -> crypto::decrypt_burst() ->
+//   ReplayWindow::update() if the ICV verified -> esp_inbound_finish().
+// finish() leaves exactly the inner IPv4 packet in the mbuf. On an outer CE
+// mark and an ECN-capable inner packet, the inner ECN becomes CE (RFC 6040).
+//
+// On any failure status the mbuf is left as it was, except that after
+// esp_inbound_prepare()+decrypt the payload region has been decrypted in
+// place (the packet is then only fit to be dropped).
+#pragma once
+
+#include <rte_byteorder.h>
+#include <rte_ip.h>
+#include <rte_mbuf.h>
+#include <rte_udp.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "crypto/aead.h"
+#include "dataplane/replay_window.h"
+#include "dataplane/sa.h"
+
+namespace espgw::dataplane {
+
+enum class EspStatus : uint8_t {
+  kOk = 0,
+  kTruncated,       // shorter than the outer IPv4 (+UDP) header
+  kBadOuterHeader,  // version/IHL/total length/checksum/fragment/UDP length
+  kNotEsp,          // not ESP: other protocol, other UDP port, IKE (non-ESP marker), NAT keepalive
+  kShortEsp,        // ESP shorter than header + IV + 2 trailer bytes + ICV
+  kUnknownSpi,      // no SA (callers), or SA's address/encapsulation does not match
+  kReplay,          // already received
+  kTooOld,          // left of the replay window
+  kIcvMismatch,     // authentication failed
+  kBadPadding,      // padding bytes are not 1, 2, 3, ...
+  kPadLength,       // pad length beyond the payload
+  kBadNextHeader,   // next header is not 4 (IPv4) (nor 41 / 59, below)
+  kDummy,           // next header 59: RFC 4303 §2.6 dummy (TFC) packet, discard silently
+  kBadInner,        // inner packet not IPv4, bad IHL, total length != decrypted length
+  kNoRoom,          // not enough headroom/tailroom, or outer packet > 65535 bytes
+  kSeqExhausted,    // SA's sequence numbers used up (rekey needed)
+  kUnsupported,     // multi-segment mbuf, inner IPv6 (next header 41)
+  kCount
+};
+
+const char* to_string(EspStatus s);
+
+inline constexpr uint32_t kIpv4HdrLen = 20;
+inline constexpr uint32_t kUdpHdrLen = 8;
+inline constexpr uint32_t kEspHdrLen = 8;  // SPI + seq
+inline constexpr uint32_t kEspIvLen = crypto::kIvLen;
+inline constexpr uint32_t kEspIcvLen = crypto::kIcvLen;
+inline constexpr uint32_t kEspMinLen = kEspHdrLen + kEspIvLen + 2 + kEspIcvLen;  // 34
+inline constexpr uint32_t kAadScratch = 12;  // bytes of AAD scratch per packet
+inline constexpr uint8_t kIpProtoEsp = 50;
+inline constexpr uint8_t kIpProtoUdp = 17;
+inline constexpr uint8_t kNextHdrIpv4 = 4;
+inline constexpr uint8_t kNextHdrIpv6 = 41;
+inline constexpr uint8_t kNextHdrNone = 59;
+
+// Outer bytes ESP tunnel mode adds to an inner packet of `inner_len` bytes.
+inline constexpr uint32_t esp_overhead(uint32_t inner_len, bool udp) {
+  uint32_t pad = (4 - ((inner_len + 2) & 3)) & 3;
+  return kIpv4HdrLen + (udp ? kUdpHdrLen : 0) + kEspHdrLen + kEspIvLen + pad + 2 + kEspIcvLen;
+}
+
+namespace detail {
+inline uint16_t ld16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
+inline uint32_t ld32(const uint8_t* p) {
+  return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3];
+}
+inline void st16(uint8_t* p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
+inline void st32(uint8_t* p, uint32_t v) {
+  p[0] = v >> 24; p[1] = (v >> 16) & 0xff; p[2] = (v >> 8) & 0xff; p[3] = v & 0xff;
+}
+inline void st64(uint8_t* p, uint64_t v) {
+  st32(p, static_cast<uint32_t>(v >> 32));
+  st32(p + 4, static_cast<uint32_t>(v));
+}
+// Ones' complement sum of an IPv4 header (ihl*4 bytes) folded; 0xffff = valid
+inline uint16_t ip_sum(const uint8_t* p, uint32_t len) {
+  uint32_t s = 0;
+  for (uint32_t i = 0; i + 1 < len; i += 2) s += ld16(p + i);
+  while (s >> 16) s = (s & 0xffff) + (s >> 16);
+  return static_cast<uint16_t>(s);
+}
+inline void write_aad(uint8_t* aad, uint32_t spi, uint64_t seq, bool esn) {
+  st32(aad, spi);
+  if (esn) {
+    st32(aad + 4, static_cast<uint32_t>(seq >> 32));
+    st32(aad + 8, static_cast<uint32_t>(seq));
+  } else {
+    st32(aad + 4, static_cast<uint32_t>(seq));
+  }
+}
+}  // namespace detail
+
+// ---------------------------------------------------------------- outbound
+
+// Writes outer headers and trailer around the inner IPv4 packet and fills
+// `op` for in-place encryption; aad_scratch (12 bytes) must live until the
+// encryption ran. The caller then runs crypto::encrypt_burst(). On failure
+// the mbuf is untouched.
+inline EspStatus esp_outbound_prepare(rte_mbuf* m, const OutboundSa& sa, uint64_t seq,
+                                      crypto::AeadOp& op, uint8_t* aad_scratch) {
+  using namespace detail;
+  if (m->nb_segs != 1) return EspStatus::kUnsupported;
+  uint64_t limit = sa.esn ? sa.seq_limit : (sa.seq_limit < kSeqLimitNoEsn ? sa.seq_limit : kSeqLimitNoEsn);
+  if (seq >= limit || seq == 0) return EspStatus::kSeqExhausted;
+
+  uint32_t dlen = rte_pktmbuf_data_len(m);
+  const uint8_t* in = rte_pktmbuf_mtod(m, const uint8_t*);
+  if (dlen < kIpv4HdrLen || (in[0] >> 4) != 4 || (in[0] & 0xf) < 5) return EspStatus::kBadInner;
+  uint32_t inner_len = ld16(in + 2);
+  if (inner_len < uint32_t{in[0] & 0xfu} * 4 || inner_len > dlen) return EspStatus::kBadInner;
+
+  const bool udp = sa.udp_dst_port != 0;
+  const uint32_t hdr = kIpv4HdrLen + (udp ? kUdpHdrLen : 0) + kEspHdrLen + kEspIvLen;
+  const uint32_t pad = (4 - ((inner_len + 2) & 3)) & 3;
+  const uint32_t tail = pad + 2 + kEspIcvLen;
+  const uint32_t total = hdr + inner_len + tail;
+  if (total > 0xffff) return EspStatus::kNoRoom;
+  // Tailroom counts the Ethernet padding we are about to trim.
+  if (rte_pktmbuf_headroom(m) < hdr || rte_pktmbuf_tailroom(m) + (dlen - inner_len) < tail)
+    return EspStatus::kNoRoom;
+
+  const uint8_t inner_tos = in[1];
+  const uint16_t inner_frag = ld16(in + 6);
+
+  // Grow the mbuf: trim to the inner total length, then add the tail and head.
+  m->data_len = static_cast<uint16_t>(inner_len + tail);
+  m->pkt_len = inner_len + tail;
+  uint8_t* o = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, static_cast<uint16_t>(hdr)));
+
+  // Trailer: pad 1,2,3..., pad length, next header.
+  uint8_t* t = o + hdr + inner_len;
+  for (uint32_t i = 0; i < pad; ++i) t[i] = static_cast<uint8_t>(i + 1);
+  t[pad] = static_cast<uint8_t>(pad);
+  t[pad + 1] = kNextHdrIpv4;
+
+  // Outer IPv4.
+  uint8_t tos = sa.dscp >= 0 ? static_cast<uint8_t>((sa.dscp & 0x3f) << 2) : (inner_tos & 0xfc);
+  if (sa.ecn_copy) tos |= inner_tos & 0x3;
+  uint16_t frag = 0;
+  if (sa.df == DfPolicy::kSet || (sa.df == DfPolicy::kCopy && (inner_frag & 0x4000))) frag = 0x4000;
+  o[0] = 0x45;
+  o[1] = tos;
+  st16(o + 2, static_cast<uint16_t>(total));
+  st16(o + 4, static_cast<uint16_t>(seq));
+  st16(o + 6, frag);
+  o[8] = sa.ttl;
+  o[9] = udp ? kIpProtoUdp : kIpProtoEsp;
+  o[10] = o[11] = 0;
+  st32(o + 12, sa.outer_src);
+  st32(o + 16, sa.outer_dst);
+  st16(o + 10, static_cast<uint16_t>(~ip_sum(o, kIpv4HdrLen)));
+
+  uint8_t* e = o + kIpv4HdrLen;
+  if (udp) {
+    st16(e, sa.udp_src_port);
+    st16(e + 2, sa.udp_dst_port);
+    st16(e + 4, static_cast<uint16_t>(total - kIpv4HdrLen));
+    st16(e + 6, 0);
+    e += kUdpHdrLen;
+  }
+  st32(e, sa.spi);
+  st32(e + 4, static_cast<uint32_t>(seq));
+  st64(e + 8, seq);  // IV
+
+  write_aad(aad_scratch, sa.spi, seq, sa.esn);
+  uint8_t* payload = e + kEspHdrLen + kEspIvLen;
+  op.ctx = sa.aead;
+  op.iv = e + kEspHdrLen;
+  op.aad = aad_scratch;
+  op.aad_len = sa.esn ? 12 : 8;
+  op.src = payload;
+  op.dst = payload;
+  op.len = inner_len + pad + 2;
+  op.icv = payload + op.len;
+
+  m->packet_type = RTE_PTYPE_L3_IPV4 | (udp ? RTE_PTYPE_L4_UDP : 0) | RTE_PTYPE_TUNNEL_ESP;
+  m->l2_len = 0;
+  m->l3_len = kIpv4HdrLen;
+  m->ol_flags &= ~(RTE_MBUF_F_TX_L4_MASK | RTE_MBUF_F_TX_IP_CKSUM | RTE_MBUF_F_TX_TCP_SEG);
+  return EspStatus::kOk;
+}
+
+// Burst: reserves n sequence numbers with one fetch_add on sa->next_seq,
+// prepares every packet, encrypts those that prepared in one crypto burst.
+// st[i] gets each packet's status; returns the number with kOk. Packets that
+// failed are untouched (their reserved sequence number is skipped). Any n.
+uint16_t esp_outbound_burst(rte_mbuf** pkts, OutboundSa* sa, uint16_t n, EspStatus* st);
+
+// Single packet: reserve one sequence number, prepare, encrypt.
+EspStatus esp_encap(rte_mbuf* m, OutboundSa& sa);
+
+// ----------------------------------------------------------------- inbound
+
+struct EspInboundInfo {
+  uint32_t spi;        // host order
+  uint32_t seq_low;    // host order
+  uint32_t outer_src;  // host order
+  uint32_t outer_dst;
+  uint16_t esp_off;    // offset of the ESP header from the data start
+  uint16_t esp_len;    // ESP header .. end of ICV
+  uint16_t udp_sport;  // valid when udp
+  uint16_t udp_dport;
+  uint8_t outer_tos;
+  bool udp;
+};
+
+// Validates the outer IPv4 (+UDP) header and the ESP length; no change to the
+// mbuf. `nat_t_port` is the UDP destination port treated as ESP-in-UDP.
+inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t nat_t_port = kNatTPort) {
+  using namespace detail;
+  if (m->nb_segs != 1) return EspStatus::kUnsupported;
+  const uint32_t dlen = rte_pktmbuf_data_len(m);
+  const uint8_t* p = rte_pktmbuf_mtod(m, const uint8_t*);
+  if (dlen < kIpv4HdrLen) return EspStatus::kTruncated;
+  if ((p[0] >> 4) != 4 || (p[0] & 0xf) < 5) return EspStatus::kBadOuterHeader;
+  const uint32_t ihl = uint32_t{p[0] & 0xfu} * 4;
+  if (dlen < ihl) return EspStatus::kTruncated;
+  const uint32_t tot = ld16(p + 2);
+  if (tot < ihl || tot > dlen) return EspStatus::kBadOuterHeader;  // tot < dlen: L2 padding, fine
+  if (ld16(p + 6) & 0x3fff) return EspStatus::kBadOuterHeader;     // fragment (MF or offset)
+  if (!(m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_GOOD) &&
+      ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_BAD || ip_sum(p, ihl) != 0xffff))
+    return EspStatus::kBadOuterHeader;
+
+  uint32_t off = ihl;
+  bool udp = false;
+  if (p[9] == kIpProtoUdp) {
+    if (tot < ihl + kUdpHdrLen) return EspStatus::kTruncated;
+    const uint8_t* u = p + ihl;
+    if (ld16(u + 2) != nat_t_port) return EspStatus::kNotEsp;
+    if (ld16(u + 4) != tot - ihl) return EspStatus::kBadOuterHeader;
+    off += kUdpHdrLen;
+    const uint32_t plen = tot - off;
+    if (plen == 1 && p[off] == 0xff) return EspStatus::kNotEsp;                // NAT keepalive
+    if (plen >= 4 && ld32(p + off) == 0) return EspStatus::kNotEsp;            // non-ESP marker: IKE
+    out.udp_sport = ld16(u);
+    out.udp_dport = ld16(u + 2);
+    udp = true;
+  } else if (p[9] != kIpProtoEsp) {
+    return EspStatus::kNotEsp;
+  } else {
+    out.udp_sport = out.udp_dport = 0;
+  }
+  const uint32_t esp_len = tot - off;
+  if (esp_len < kEspMinLen) return EspStatus::kShortEsp;
+  out.spi = ld32(p + off);
+  out.seq_low = ld32(p + off + 4);
+  out.outer_src = ld32(p + 12);
+  out.outer_dst = ld32(p + 16);
+  out.esp_off = static_cast<uint16_t>(off);
+  out.esp_len = static_cast<uint16_t>(esp_len);
+  out.outer_tos = p[1];
+  out.udp = udp;
+  return EspStatus::kOk;
+}
+
+// Checks that the packet belongs to `sa` (outer destination, encapsulation)
+// and fills `op` for in-place decryption with the 64-bit sequence number the
+// replay window inferred. kUnknownSpi on a mismatch (SPI is the caller's).
+inline EspStatus esp_inbound_prepare(rte_mbuf* m, const EspInboundInfo& info, const InboundSa& sa,
+                                     uint64_t full_seq, crypto::AeadOp& op, uint8_t* aad_scratch) {
+  if (sa.local_addr != 0 && sa.local_addr != info.outer_dst) return EspStatus::kUnknownSpi;
+  if (info.udp != (sa.udp_port != 0) || (info.udp && info.udp_dport != sa.udp_port))
+    return EspStatus::kUnknownSpi;
+  uint8_t* e = rte_pktmbuf_mtod_offset(m, uint8_t*, info.esp_off);
+  detail::write_aad(aad_scratch, info.spi, full_seq, sa.esn);
+  op.ctx = sa.aead;
+  op.iv = e + kEspHdrLen;
+  op.aad = aad_scratch;
+  op.aad_len = sa.esn ? 12 : 8;
+  op.src = e + kEspHdrLen + kEspIvLen;
+  op.dst = e + kEspHdrLen + kEspIvLen;
+  op.len = info.esp_len - kEspHdrLen - kEspIvLen - kEspIcvLen;
+  op.icv = e + info.esp_len - kEspIcvLen;
+  return EspStatus::kOk;
+}
+
+// After decryption: checks the trailer and the inner header, then strips
+// everything but the inner IPv4 packet. The mbuf is unchanged unless kOk.
+inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, bool icv_ok) {
+  using namespace detail;
+  if (!icv_ok) return EspStatus::kIcvMismatch;
+  uint8_t* e = rte_pktmbuf_mtod_offset(m, uint8_t*, info.esp_off);
+  uint8_t* pt = e + kEspHdrLen + kEspIvLen;
+  const uint32_t ct_len = info.esp_len - kEspHdrLen - kEspIvLen - kEspIcvLen;  // >= 2
+  const uint32_t pad = pt[ct_len - 2];
+  const uint8_t nh = pt[ct_len - 1];
+  if (pad > ct_len - 2) return EspStatus::kPadLength;
+  const uint32_t plen = ct_len - 2 - pad;
+  for (uint32_t i = 0; i < pad; ++i)
+    if (pt[plen + i] != static_cast<uint8_t>(i + 1)) return EspStatus::kBadPadding;
+  if (nh != kNextHdrIpv4) {
+    if (nh == kNextHdrNone) return EspStatus::kDummy;
+    if (nh == kNextHdrIpv6) return EspStatus::kUnsupported;
+    return EspStatus::kBadNextHeader;
+  }
+  if (plen < kIpv4HdrLen || (pt[0] >> 4) != 4 || (pt[0] & 0xf) < 5 || uint32_t{pt[0] & 0xfu} * 4 > plen ||
+      ld16(pt + 2) != plen)
+    return EspStatus::kBadInner;
+
+  // RFC 6040 decapsulation: outer CE onto an ECN-capable inner packet.
+  if ((info.outer_tos & 3) == 3 && (pt[1] & 3) != 0 && (pt[1] & 3) != 3) {
+    uint16_t old_w = ld16(pt);
+    pt[1] |= 3;
+    uint16_t new_w = ld16(pt);
+    uint32_t c = static_cast<uint16_t>(~ld16(pt + 10));  // RFC 1624: HC' = ~(~HC + ~m + m')
+    c += static_cast<uint16_t>(~old_w);
+    c += new_w;
+    while (c >> 16) c = (c & 0xffff) + (c >> 16);
+    st16(pt + 10, static_cast<uint16_t>(~c));
+  }
+
+  rte_pktmbuf_adj(m, static_cast<uint16_t>(info.esp_off + kEspHdrLen + kEspIvLen));
+  rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - plen));
+  m->packet_type = RTE_PTYPE_L3_IPV4;
+  m->l2_len = 0;
+  m->l3_len = uint32_t{pt[0] & 0xfu} * 4;
+  return EspStatus::kOk;
+}
+
+// Single packet: parse, SPI match, replay check, decrypt, replay update,
+// finish. kUnknownSpi when the packet's SPI is not sa.spi.
+EspStatus esp_decap(rte_mbuf* m, InboundSa& sa);
+
+// Burst for one SA (all packets expected on `sa`): like esp_decap per packet
+// with one crypto burst. st[i] per packet; returns the number with kOk.
+// Duplicates within one burst: the second copy gets kReplay.
+uint16_t esp_decap_burst(rte_mbuf** pkts, InboundSa& sa, uint16_t n, EspStatus* st);
+
+}  // namespace espgw::dataplane

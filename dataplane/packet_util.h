@@ -1,0 +1,181 @@
+// Small per-packet helpers of the worker pipelines: L2/L3 checks, ARP
+// replies, TCP MSS clamping, ICMP "fragmentation needed".
+#pragma once
+
+#include <rte_arp.h>
+#include <rte_byteorder.h>
+#include <rte_ether.h>
+#include <rte_icmp.h>
+#include <rte_ip.h>
+#include <rte_mbuf.h>
+#include <rte_tcp.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "dataplane/dataplane.h"
+
+namespace espgw::dataplane {
+
+inline bool port_owns(const Port& p, uint32_t addr) {
+  for (uint8_t i = 0; i < p.nb_addrs; i++)
+    if (p.addrs[i] == addr) return true;
+  return false;
+}
+
+// Validates the IPv4 header at `ip` against the `avail` bytes that follow it
+// and trims Ethernet padding. Returns the drop reason, or kCount when good.
+inline DropReason check_ipv4(rte_mbuf* m, const rte_ipv4_hdr* ip, uint32_t avail) {
+  if (avail < sizeof(rte_ipv4_hdr)) return DropReason::kTruncated;
+  if ((ip->version_ihl >> 4) != 4) return DropReason::kUnsupported;
+  uint32_t ihl = (ip->version_ihl & 0xF) * 4u;
+  uint32_t total = rte_be_to_cpu_16(ip->total_length);
+  if (ihl < 20 || total < ihl) return DropReason::kBadHeader;
+  if (total > avail) return DropReason::kTruncated;
+  if (total < avail) rte_pktmbuf_trim(m, uint16_t(avail - total));  // L2 padding
+  return DropReason::kCount;
+}
+
+// Turns an ARP request for one of `port`'s addresses into the reply, in
+// place. Returns false when the packet is not such a request.
+inline bool arp_make_reply(rte_mbuf* m, const Port& port, bool proxy_any = false) {
+  if (rte_pktmbuf_data_len(m) < sizeof(rte_ether_hdr) + sizeof(rte_arp_hdr)) return false;
+  auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
+  auto* arp = reinterpret_cast<rte_arp_hdr*>(eth + 1);
+  if (arp->arp_hardware != rte_cpu_to_be_16(RTE_ARP_HRD_ETHER) ||
+      arp->arp_protocol != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4) ||
+      arp->arp_opcode != rte_cpu_to_be_16(RTE_ARP_OP_REQUEST))
+    return false;
+  uint32_t target = rte_be_to_cpu_32(arp->arp_data.arp_tip);
+  if (!proxy_any && !port_owns(port, target)) return false;
+  arp->arp_opcode = rte_cpu_to_be_16(RTE_ARP_OP_REPLY);
+  arp->arp_data.arp_tha = arp->arp_data.arp_sha;
+  arp->arp_data.arp_tip = arp->arp_data.arp_sip;
+  arp->arp_data.arp_sha = port.mac;
+  arp->arp_data.arp_sip = rte_cpu_to_be_32(target);
+  eth->dst_addr = eth->src_addr;
+  eth->src_addr = port.mac;
+  rte_pktmbuf_trim(m, uint16_t(rte_pktmbuf_pkt_len(m) - sizeof(rte_ether_hdr) - sizeof(rte_arp_hdr)));
+  return true;
+}
+
+// Sender of an ARP packet (request or reply): how next hops are learned.
+inline bool arp_sender(const rte_mbuf* m, uint32_t* ip, rte_ether_addr* mac) {
+  if (rte_pktmbuf_data_len(m) < sizeof(rte_ether_hdr) + sizeof(rte_arp_hdr)) return false;
+  auto* arp = rte_pktmbuf_mtod_offset(m, const rte_arp_hdr*, sizeof(rte_ether_hdr));
+  if (arp->arp_hardware != rte_cpu_to_be_16(RTE_ARP_HRD_ETHER) ||
+      arp->arp_protocol != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4))
+    return false;
+  *ip = rte_be_to_cpu_32(arp->arp_data.arp_sip);
+  *mac = arp->arp_data.arp_sha;
+  return *ip != 0;
+}
+
+inline bool build_arp_request(rte_mbuf* m, const Port& port, uint32_t target) {
+  auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, sizeof(rte_ether_hdr) + sizeof(rte_arp_hdr)));
+  if (!eth || port.nb_addrs == 0) return false;
+  memset(&eth->dst_addr, 0xFF, sizeof(eth->dst_addr));
+  eth->src_addr = port.mac;
+  eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_ARP);
+  auto* arp = reinterpret_cast<rte_arp_hdr*>(eth + 1);
+  arp->arp_hardware = rte_cpu_to_be_16(RTE_ARP_HRD_ETHER);
+  arp->arp_protocol = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
+  arp->arp_hlen = RTE_ETHER_ADDR_LEN;
+  arp->arp_plen = 4;
+  arp->arp_opcode = rte_cpu_to_be_16(RTE_ARP_OP_REQUEST);
+  arp->arp_data.arp_sha = port.mac;
+  arp->arp_data.arp_sip = rte_cpu_to_be_32(port.addrs[0]);
+  memset(&arp->arp_data.arp_tha, 0, sizeof(arp->arp_data.arp_tha));
+  arp->arp_data.arp_tip = rte_cpu_to_be_32(target);
+  return true;
+}
+
+// RFC 1624 incremental checksum update for a 16-bit field change.
+inline uint16_t csum_update16(uint16_t csum_be, uint16_t old_be, uint16_t new_be) {
+  uint32_t s = uint16_t(~rte_be_to_cpu_16(csum_be)) + uint32_t(uint16_t(~rte_be_to_cpu_16(old_be))) +
+               rte_be_to_cpu_16(new_be);
+  s = (s & 0xFFFF) + (s >> 16);
+  s = (s & 0xFFFF) + (s >> 16);
+  return rte_cpu_to_be_16(uint16_t(~s));
+}
+
+// Lowers the MSS option of a TCP SYN to `clamp`. Returns true if changed.
+inline bool clamp_tcp_mss(rte_ipv4_hdr* ip, uint32_t l3_len_avail, uint16_t clamp) {
+  if (ip->next_proto_id != IPPROTO_TCP) return false;
+  if (ip->fragment_offset & rte_cpu_to_be_16(RTE_IPV4_HDR_OFFSET_MASK)) return false;
+  uint32_t ihl = (ip->version_ihl & 0xF) * 4u;
+  if (l3_len_avail < ihl + sizeof(rte_tcp_hdr)) return false;
+  auto* tcp = reinterpret_cast<rte_tcp_hdr*>(reinterpret_cast<uint8_t*>(ip) + ihl);
+  if (!(tcp->tcp_flags & RTE_TCP_SYN_FLAG)) return false;
+  uint32_t doff = (tcp->data_off >> 4) * 4u;
+  if (doff < sizeof(rte_tcp_hdr) || ihl + doff > l3_len_avail) return false;
+  uint8_t* opt = reinterpret_cast<uint8_t*>(tcp + 1);
+  uint8_t* end = reinterpret_cast<uint8_t*>(tcp) + doff;
+  while (opt < end) {
+    uint8_t kind = opt[0];
+    if (kind == 0) break;            // end of options
+    if (kind == 1) { opt++; continue; }  // NOP
+    if (opt + 1 >= end || opt[1] < 2 || opt + opt[1] > end) break;
+    if (kind == 2 && opt[1] == 4) {
+      uint16_t old_be;
+      memcpy(&old_be, opt + 2, 2);
+      if (rte_be_to_cpu_16(old_be) <= clamp) return false;
+      uint16_t new_be = rte_cpu_to_be_16(clamp);
+      memcpy(opt + 2, &new_be, 2);
+      tcp->cksum = csum_update16(tcp->cksum, old_be, new_be);
+      return true;
+    }
+    opt += opt[1];
+  }
+  return false;
+}
+
+// Largest inner IPv4 packet that fits an outer MTU once ESP-GCM wraps it:
+// outer IPv4 20 [+ UDP 8] + ESP 8 + IV 8 + (inner + 2 padded to 4) + ICV 16.
+constexpr uint16_t esp_max_inner(uint16_t outer_mtu, bool udp) {
+  int room = int(outer_mtu) - 20 - (udp ? 8 : 0) - 8 - 8 - 16;
+  if (room < 4) return 0;
+  return uint16_t((room & ~3) - 2);
+}
+
+// Builds ICMP "fragmentation needed" (type 3 code 4, RFC 1191) for the
+// original packet `orig` (starting at its IPv4 header) into a fresh mbuf,
+// with an Ethernet header back to `orig_eth`'s sender.
+inline rte_mbuf* build_icmp_frag_needed(rte_mempool* pool, const rte_ether_hdr* orig_eth,
+                                        const rte_ipv4_hdr* orig, const Port& port, uint16_t next_hop_mtu) {
+  if (port.nb_addrs == 0) return nullptr;
+  rte_mbuf* m = rte_pktmbuf_alloc(pool);
+  if (!m) return nullptr;
+  uint32_t ihl = (orig->version_ihl & 0xF) * 4u;
+  uint32_t quote = ihl + 8;  // original header + 64 bits of data (RFC 792)
+  uint32_t orig_total = rte_be_to_cpu_16(orig->total_length);
+  if (quote > orig_total) quote = orig_total;
+  uint32_t len = sizeof(rte_ether_hdr) + sizeof(rte_ipv4_hdr) + 8 + quote;
+  auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, uint16_t(len)));
+  if (!eth) { rte_pktmbuf_free(m); return nullptr; }
+  eth->dst_addr = orig_eth->src_addr;
+  eth->src_addr = port.mac;
+  eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
+  auto* ip = reinterpret_cast<rte_ipv4_hdr*>(eth + 1);
+  memset(ip, 0, sizeof(*ip));
+  ip->version_ihl = 0x45;
+  ip->total_length = rte_cpu_to_be_16(uint16_t(len - sizeof(rte_ether_hdr)));
+  ip->time_to_live = 64;
+  ip->next_proto_id = IPPROTO_ICMP;
+  ip->src_addr = rte_cpu_to_be_32(port.addrs[0]);
+  ip->dst_addr = orig->src_addr;
+  ip->hdr_checksum = rte_ipv4_cksum(ip);
+  auto* icmp = reinterpret_cast<uint8_t*>(ip + 1);
+  icmp[0] = 3;  // destination unreachable
+  icmp[1] = 4;  // fragmentation needed and DF set
+  icmp[2] = icmp[3] = 0;
+  icmp[4] = icmp[5] = 0;
+  uint16_t mtu_be = rte_cpu_to_be_16(next_hop_mtu);
+  memcpy(icmp + 6, &mtu_be, 2);
+  memcpy(icmp + 8, orig, quote);
+  uint16_t ck = uint16_t(~rte_raw_cksum(icmp, 8 + quote));
+  memcpy(icmp + 2, &ck, 2);  // raw_cksum works in memory order: store as is
+  return m;
+}
+
+}  // namespace espgw::dataplane

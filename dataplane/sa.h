@@ -1,0 +1,62 @@
+// Security associations as the workers see them: plain structs, built by the
+// control thread, read (and, for the counters below, written) by workers.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include "crypto/aead.h"
+#include "dataplane/replay_window.h"
+
+namespace espgw::dataplane {
+
+// Outer DF bit (RFC 4301 §8.1: copy from the inner header by default).
+enum class DfPolicy : uint8_t { kCopy, kSet, kClear };
+
+inline constexpr uint16_t kNatTPort = 4500;  // RFC 3948
+inline constexpr uint64_t kSeqLimitNoEsn = uint64_t{1} << 32;
+
+struct OutboundSa {
+  uint32_t spi = 0;  // host order
+  bool esn = false;
+  // Next 64-bit sequence number to use (starts at 1). Workers reserve a run
+  // with one fetch_add per burst (the only shared write on the hot path).
+  std::atomic<uint64_t> next_seq{1};
+  uint32_t outer_src = 0, outer_dst = 0;        // host order
+  uint16_t udp_src_port = 0, udp_dst_port = 0;  // 0 = plain ESP (proto 50); else RFC 3948 UDP
+  uint8_t ttl = 64;                              // outer TTL
+  int16_t dscp = -1;                             // -1 = copy inner DSCP, else 0..63
+  DfPolicy df = DfPolicy::kCopy;
+  bool ecn_copy = true;  // RFC 6040 normal mode (copy inner ECN); false = compatibility (Not-ECT)
+  const crypto::AeadContext* aead = nullptr;
+  uint16_t tunnel = 0;
+  // Sequence numbers >= seq_limit are never used (kSeqExhausted). Without ESN
+  // the effective limit is also capped at 2^32 (RFC 4303 §3.3.3: never wrap).
+  uint64_t seq_limit = kSeqLimitNoEsn;
+  uint32_t slot = 0;  // index of this SA's per-worker counters (control side assigns)
+};
+
+// A traffic selector of a policy-based SA: addr/mask, host order.
+struct Selector {
+  uint32_t addr;
+  uint32_t mask;
+};
+inline constexpr uint8_t kMaxSelectors = 4;
+
+struct InboundSa {
+  uint32_t spi = 0;
+  uint32_t local_addr = 0;  // outer destination it arrives on (host order); 0 = any
+  bool esn = false;
+  uint16_t udp_port = 0;    // 0 = expect plain ESP; else UDP-encapsulated to this port
+  const crypto::AeadContext* aead = nullptr;
+  uint16_t tunnel = 0;
+  ReplayWindow replay;      // written by the one worker that owns this SA's queue
+  uint32_t slot = 0;        // index of this SA's per-worker counters
+  // Policy-based SA: decrypted packets must come from remote_sel and go to
+  // local_sel. nb_remote_sel == 0: route-based (the tunnel's routes decide).
+  uint8_t nb_local_sel = 0, nb_remote_sel = 0;
+  Selector local_sel[kMaxSelectors];
+  Selector remote_sel[kMaxSelectors];
+};
+
+}  // namespace espgw::dataplane

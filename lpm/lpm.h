@@ -1,0 +1,3 @@
+// Umbrella header for the lpm component.
+#pragma once
+#include "lpm/route_table.h"
