@@ -20,7 +20,6 @@
 #include <functional>
 #include <initializer_list>
 #include <map>
-#include <set>
 #include <sstream>
 #include <utility>
 
@@ -294,8 +293,8 @@ class Parser {
 Map::Map(const Parser& p, const YAML::Node& node, std::string path, std::initializer_list<const char*> allowed)
     : p_(p), node_(node), path_(std::move(path)) {
   if (!node.IsMap()) p.fail(node, path_, fmt::format("expected a mapping, got {}", type_name(node)));
-  for (auto it = node.begin(); it != node.end(); ++it) {
-    const YAML::Node& k = it->first;
+  for (const auto& kv : node) {  // kv: a temporary bound to the reference (yaml-cpp's iterators yield values)
+    const YAML::Node k = kv.first;
     if (!k.IsScalar()) p.fail(k, path_, "mapping keys must be plain strings");
     const std::string& key = k.Scalar();
     bool known = std::any_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; });
@@ -315,7 +314,7 @@ Map::Map(const Parser& p, const YAML::Node& node, std::string path, std::initial
       p.fail(k, sub(key.c_str()), why);
     }
     if (entries_.count(key)) p.fail(k, sub(key.c_str()), fmt::format("duplicate key '{}'", key));
-    entries_.emplace(key, it->second);
+    entries_.emplace(key, kv.second);
   }
 }
 
@@ -657,7 +656,8 @@ struct Loader {
   void check_devices() {
     std::map<std::string, std::string> seen;
     auto dev_name = [](const std::string& d) { return d.substr(0, d.find(',')); };
-    YAML::Node ports = root["ports"];
+    const YAML::Node& r = root;  // const: operator[] must not insert
+    YAML::Node ports = r["ports"];
     for (size_t i = 0; i < cfg.ports.size(); ++i) {
       std::string path = fmt::format("ports[{}].device", i);
       auto [it, fresh] = seen.emplace(dev_name(cfg.ports[i].device), path);
@@ -667,7 +667,7 @@ struct Loader {
     if (cfg.exception.enabled) {
       auto it = seen.find(dev_name(cfg.exception.device));
       if (it != seen.end())
-        p.fail(root["exception"], "exception.device",
+        p.fail(r["exception"]["device"], "exception.device",
                fmt::format("device '{}' is already used by {}", it->first, it->second));
     }
   }

@@ -164,10 +164,14 @@ void Gateway::init_ports() {
     for (uint16_t q = 0; q < ntx; q++)
       if ((rc = rte_eth_tx_queue_setup(pid, q, ntxd, socket, nullptr)) != 0)
         throw dpdk_error(fmt::format("{}: TX queue {}", what, q), rc);
+    bool soft_mac = false;  // devices that cannot change their MAC (net_pcap): we write L2 ourselves
     if (w.pc && w.pc->mac) {
       rte_ether_addr a;
       memcpy(a.addr_bytes, w.pc->mac->b, 6);
-      if ((rc = rte_eth_dev_default_mac_addr_set(pid, &a)) != 0) throw dpdk_error(what + ": set mac", rc);
+      if (rte_eth_dev_default_mac_addr_set(pid, &a) != 0) {
+        rte_eth_promiscuous_enable(pid);  // so frames to the configured MAC still arrive
+        soft_mac = true;
+      }
     }
     if (w.pc && w.pc->mtu != 1500) {
       rc = rte_eth_dev_set_mtu(pid, w.pc->mtu);
@@ -183,6 +187,7 @@ void Gateway::init_ports() {
     p.nb_rx_queues = nrx;
     p.mtu = w.pc ? w.pc->mtu : 1500;
     rte_eth_macaddr_get(pid, &p.mac);
+    if (soft_mac) memcpy(p.mac.addr_bytes, w.pc->mac->b, 6);
     p.nb_addrs = 0;
     if (w.pc) {
       if (w.pc->addresses.size() > dp::kMaxPortAddrs)

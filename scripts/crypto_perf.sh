@@ -7,8 +7,8 @@
 #   size  crypto-perf cyc/op  ours cyc/op  ours/crypto-perf
 #
 # Both figures are TSC cycles per operation (crypto-perf's "Cycles/Buf";
-# bench_aead's cyc/op counter, __rdtsc around the timed loop). Medians over
-# --repeat runs of crypto-perf and bench_aead repetitions. Exit status: 0 when
+# bench_aead's cyc/op counter, __rdtsc around the timed loop), medians over
+# --repeat interleaved rounds (crypto-perf, then bench_aead). Exit status: 0 when
 # every ratio is <= 1.0, 1 when one is above, 2 on usage/tool errors.
 #
 #   scripts/crypto_perf.sh [--algo aes128|aes256] [--op encrypt|decrypt]
@@ -87,8 +87,10 @@ fi
 TMP=$(mktemp -d /tmp/espgw-crypto-perf.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
 
-# --- dpdk-test-crypto-perf -----------------------------------------------------
+# --- rounds: crypto-perf, then bench_aead, --repeat times (interleaved, so
+# that load from other processes on a shared machine hits both alike) --------
 # crypto_aesni_gcm is the IPsec-MB AES-GCM PMD in DPDK 22.11 (librte_crypto_ipsec_mb).
+FILTER="^${OP}/ipsec-mb/burst32/${ALGO}-gcm/(${SIZES//,/|})\$"
 for r in $(seq 1 "$REPEAT"); do
   log="$TMP/cperf.$r.log"
   rc=0
@@ -101,24 +103,21 @@ for r in $(seq 1 "$REPEAT"); do
     --total-ops "$TOTAL_OPS" >"$log" 2>&1 || rc=$?
   if [ "$rc" -ne 0 ]; then
     tail -n 30 "$log" >&2
-    [ "$rc" -eq 124 ] && die "dpdk-test-crypto-perf timed out after ${TIMEOUT}s (run $r)"
-    die "dpdk-test-crypto-perf failed with status $rc (run $r); its log is above"
+    [ "$rc" -eq 124 ] && die "dpdk-test-crypto-perf timed out after ${TIMEOUT}s (round $r)"
+    die "dpdk-test-crypto-perf failed with status $rc (round $r); its log is above"
+  fi
+
+  rc=0
+  timeout --kill-after=10 "$TIMEOUT" "${PIN[@]}" "$BENCH" \
+    --benchmark_filter="$FILTER" --benchmark_min_time=0.5 \
+    --benchmark_format=json --benchmark_out="$TMP/bench.$r.json" --benchmark_out_format=json \
+    >"$TMP/bench.$r.log" 2>&1 || rc=$?
+  if [ "$rc" -ne 0 ]; then
+    tail -n 30 "$TMP/bench.$r.log" >&2
+    [ "$rc" -eq 124 ] && die "bench_aead timed out after ${TIMEOUT}s (round $r)"
+    die "bench_aead failed with status $rc (round $r)"
   fi
 done
-
-# --- bench_aead ----------------------------------------------------------------
-FILTER="^${OP}/ipsec-mb/burst32/${ALGO}-gcm/(${SIZES//,/|})\$"
-rc=0
-timeout --kill-after=10 "$TIMEOUT" "${PIN[@]}" "$BENCH" \
-  --benchmark_filter="$FILTER" --benchmark_min_time=0.5 \
-  --benchmark_repetitions="$(( REPEAT > 3 ? REPEAT : 3 ))" \
-  --benchmark_format=json --benchmark_out="$TMP/bench.json" --benchmark_out_format=json \
-  >"$TMP/bench.log" 2>&1 || rc=$?
-if [ "$rc" -ne 0 ]; then
-  tail -n 30 "$TMP/bench.log" >&2
-  [ "$rc" -eq 124 ] && die "bench_aead timed out after ${TIMEOUT}s"
-  die "bench_aead failed with status $rc"
-fi
 
 # --- table ---------------------------------------------------------------------
 "$PY" - "$TMP" "$SIZES" "$REPEAT" "$ALGO" "$OP" <<'EOF'
@@ -145,23 +144,25 @@ missing = [s for s in sizes if len(cperf[s]) != repeat]
 if missing:
     sys.exit(f"crypto_perf: error: crypto-perf reported no result for sizes {missing}")
 
-data = json.load(open(f"{tmp}/bench.json"))
 ours = {s: [] for s in sizes}
-for b in data["benchmarks"]:
-    if b.get("run_type") != "iteration":
-        continue
-    if b.get("error_occurred"):
-        sys.exit(f"crypto_perf: error: bench_aead {b['name']}: {b.get('error_message')}")
-    m = re.fullmatch(rf"{op}/ipsec-mb/burst32/{algo}-gcm/(\d+)", b["run_name"])
-    if m and int(m.group(1)) in ours:
-        ours[int(m.group(1))].append(float(b["cyc/op"]))
+data = {}
+for path in sorted(glob.glob(f"{tmp}/bench.*.json")):
+    data = json.load(open(path))
+    for b in data["benchmarks"]:
+        if b.get("run_type") != "iteration":
+            continue
+        if b.get("error_occurred"):
+            sys.exit(f"crypto_perf: error: bench_aead {b['name']}: {b.get('error_message')}")
+        m = re.fullmatch(rf"{op}/ipsec-mb/burst32/{algo}-gcm/(\d+)", b["run_name"])
+        if m and int(m.group(1)) in ours:
+            ours[int(m.group(1))].append(float(b["cyc/op"]))
 missing = [s for s in sizes if not ours[s]]
 if missing:
     sys.exit(f"crypto_perf: error: bench_aead reported no result for sizes {missing}")
 
 ctx = data.get("context", {})
-print(f"# {algo}-gcm {op}, burst 32, AAD 8 B, ICV 16 B; TSC cycles/op, medians "
-      f"(crypto-perf: {repeat} run(s); bench_aead: {len(ours[sizes[0]])} repetitions)")
+print(f"# {algo}-gcm {op}, burst 32, AAD 8 B, ICV 16 B; TSC cycles/op, medians of "
+      f"{repeat} interleaved round(s) of crypto-perf and bench_aead")
 print(f"# crypto-perf: crypto_aesni_gcm PMD; ours: IPsec-MB {ctx.get('ipsec_mb_version', '?')} "
       f"direct GCM calls, arch {ctx.get('ipsec_mb_arch', '?')}")
 print(f"{'size':>6} {'crypto-perf cyc/op':>19} {'ours cyc/op':>12} {'ours/crypto-perf':>17}")

@@ -132,7 +132,7 @@ TEST(RouteTable, AllHopsDownFallsBackToCoveringThenDefault) {
   rt.set_tunnel_up(0, false);
   rt.set_tunnel_up(1, false);
   EXPECT_EQ(look(rt, a), 2);  // /24 left the FIB: the /16 answers
-  EXPECT_EQ(rt.list()[1].active, kNoRoute);
+  EXPECT_EQ(rt.list()[2].active, kNoRoute);  // sorted: /0, /16, /24
   EXPECT_EQ(rt.stats().installed, 2u);
   rt.set_tunnel_up(2, false);
   EXPECT_EQ(look(rt, a), 3);  // then the default route
