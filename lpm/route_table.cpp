@@ -26,7 +26,7 @@
 //     unrelated values. A tunnel change is never a delete+add.
 //  3. A new tbl8 group is completely filled (copy of the tbl24 entry, then
 //     the new prefix's range) before the tbl24 entry pointing at it is
-//     stored with release order; the reader's tbl24 load is acquire.
+//     stored with release order; the reader's tbl8 load depends on the tbl24 value it read (address dependency, as in rte_lpm).
 //  4. A group that no longer holds prefixes longer than /24 is collapsed: the
 //     tbl24 entry gets the group's (uniform) answer first, then the group goes
 //     on a deferred list tagged with rte_rcu_qsbr_start(). It is reused only
