@@ -50,7 +50,10 @@ struct InboundSa {
   uint16_t udp_port = 0;    // 0 = expect plain ESP; else UDP-encapsulated to this port
   const crypto::AeadContext* aead = nullptr;
   uint16_t tunnel = 0;
-  ReplayWindow replay;      // written by the one worker that owns this SA's queue
+  // Written by the one worker that owns this SA's queue. Initialise with
+  // replay.reset(window, esn) using the same `esn` as above (a mismatch fails
+  // safe: every packet gets kIcvMismatch).
+  ReplayWindow replay;
   uint32_t slot = 0;        // index of this SA's per-worker counters
   // Policy-based SA: decrypted packets must come from remote_sel and go to
   // local_sel. nb_remote_sel == 0: route-based (the tunnel's routes decide).

@@ -100,7 +100,8 @@ class Gateway:
     """espgw on two (or more-queue) net_pcap ports; one instance per test."""
 
     def __init__(self, tmp: Path, sas, routes=None, lan_in=(), wan_in=(), workers=1, tunnels_extra=None,
-                 infinite_lan=False, icmp_rate_limit=100, lan_in_split=None, wan_in_split=None, down=()):
+                 infinite_lan=False, icmp_rate_limit=100, lan_in_split=None, wan_in_split=None, down=(),
+                 host_in=None):
         self.tmp = Path(tmp)
         self.sas = sas
         self.workers = workers
@@ -146,6 +147,13 @@ class Gateway:
             "routes": routes if routes is not None else default_routes(),
             "sas": [s.config() for s in sas],
         }
+        if host_in is not None:
+            # The exception path's host side, as a pcap pair: what the host's
+            # IKE daemon sends (host_in) and what espgw hands it (host_out).
+            files = self._inputs("host", [list(host_in)])
+            self.host_out = [self.tmp / f"host_out{q}.pcap" for q in range(workers)]
+            self.config["exception"] = {"enabled": True, "device": "net_pcap2," + ",".join(
+                [f"rx_pcap={f}" for f in files] + [f"tx_pcap={f}" for f in self.host_out])}
         self.config_path = self.tmp / "espgw.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         self.proc = None
@@ -240,7 +248,7 @@ class Gateway:
 
     def sent(self, port):
         """Frames a port transmitted, all queues (file order = TX order per queue)."""
-        files = self.lan_out if port == "lan" else self.wan_out
+        files = {"lan": self.lan_out, "wan": self.wan_out}.get(port) or self.host_out
         out = []
         for f in files:
             if f.exists() and f.stat().st_size > 24:
@@ -281,3 +289,15 @@ def raw_esp_records(path):
         ihl = (ip[0] & 0xF) * 4
         esp = ip[ihl + (8 if ip[9] == 17 else 0):]
         yield socket.inet_ntoa(ip[16:20]), struct.unpack(">I", esp[:4])[0], struct.unpack(">I", esp[4:8])[0]
+
+
+def raw_esp_records_l2(path):
+    """Fast pcap reader: yields (Ethernet dst MAC, ethertype) per frame."""
+    with open(path, "rb") as f:
+        data = f.read()
+    off = 24
+    while off + 16 <= len(data):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        pkt = data[off + 16: off + 16 + incl]
+        off += 16 + incl
+        yield ":".join(f"{b:02x}" for b in pkt[:6]), struct.unpack(">H", pkt[12:14])[0]

@@ -8,7 +8,7 @@ import random
 import time
 
 import pytest
-from scapy.all import ICMP, IP, TCP, UDP, Ether, Raw, defragment
+from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, Raw, defragment
 from scapy.layers.ipsec import ESP
 
 import gateway_harness as h
@@ -49,6 +49,8 @@ def tunnel_of(frame):
 
 
 def assert_no_leak(gw):
+    assert gw.proc.returncode == 0, f"espgw did not stop cleanly on SIGTERM:\n{gw.output}"
+    assert "final counters" in gw.output
     in_use, at_start = gw.mbufs()
     assert in_use == at_start, f"mbuf leak: {in_use} in use at exit, {at_start} at start"
 
@@ -313,3 +315,100 @@ def test_tunnel_without_sa_or_down_means_no_route(tmp_path):
     wan = gw.sent("wan")
     assert {tunnel_of(f) for f in wan} == {"aws-b2"} and len(wan) == 10
     assert st["drops"]["no_route"] == 3
+
+
+def arp(op, src_mac, sip, tip, dst_mac="ff:ff:ff:ff:ff:ff"):
+    return Ether(src=src_mac, dst=dst_mac) / ARP(op=op, hwsrc=src_mac, psrc=sip, pdst=tip,
+                                                 hwdst="00:00:00:00:00:00" if op == 1 else dst_mac)
+
+
+def test_arp_replies_for_gateway_addresses_only(tmp_path):
+    asker = "02:00:00:00:09:09"
+    wan_in = [arp(1, asker, "203.0.113.1", h.LOCAL_B), arp(1, asker, "203.0.113.1", "198.51.100.99")]
+    lan_in = [arp(1, asker, "10.240.128.2", "10.240.128.1")]
+    gw = h.Gateway(tmp_path, ALL_SAS, wan_in=wan_in, lan_in=lan_in)
+    with gw:
+        st = gw.wait_rx(wan=2, lan=1)
+    for port, mac, ip in (("wan", h.WAN_MAC, h.LOCAL_B), ("lan", h.LAN_MAC, "10.240.128.1")):
+        out = gw.sent(port)
+        assert len(out) == 1, port
+        r = out[0][ARP]
+        assert r.op == 2 and r.hwsrc == mac and r.psrc == ip and r.hwdst == asker and out[0][Ether].dst == asker
+    assert st["arp_replies"] == 2
+    assert_no_leak(gw)
+
+
+def test_next_hop_resolved_by_arp(tmp_path):
+    learned = "02:00:00:00:aa:01"
+    rng = random.Random(5)
+    inner = inner_packets(16, rng, sizes=(40, 100))
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(p) for p in inner], infinite_lan=True,
+                   wan_in=[arp(2, learned, "203.0.113.1", h.LOCAL_A, dst_mac=h.WAN_MAC)],
+                   tunnels_extra={"aws-a1": {"next_hop_mac": None}})
+    del_none(gw)
+    with gw:
+        deadline = time.time() + 20
+        while gw.stats()["tunnels"][0]["out"]["packets"] < 500 and time.time() < deadline:
+            time.sleep(0.02)
+    recs = list(h.raw_esp_records_l2(gw.wan_out[0]))
+    esp_macs = {dst for dst, etype in recs if etype == 0x0800}
+    assert esp_macs == {learned}
+    assert_no_leak(gw)
+
+
+def del_none(gw):
+    """Drops keys set to None (a tunnel without a static next-hop MAC) and rewrites the config."""
+    for t in gw.config["tunnels"]:
+        for k in [k for k, v in t.items() if v is None]:
+            del t[k]
+    import yaml
+    gw.config_path.write_text(yaml.safe_dump(gw.config, sort_keys=False))
+
+
+def test_next_hop_arp_request_sent(tmp_path):
+    rng = random.Random(6)
+    inner = inner_packets(8, rng, sizes=(40, 100))
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(p) for p in inner], infinite_lan=True,
+                   tunnels_extra={"aws-a1": {"next_hop_mac": None}})
+    del_none(gw)
+    with gw:
+        time.sleep(1.5)
+        st = gw.stats()
+    reqs = [f for f in gw.sent("wan") if ARP in f]
+    assert reqs, "no ARP request for the unresolved next hop"
+    r = reqs[0][ARP]
+    assert r.op == 1 and r.pdst == "203.0.113.1" and r.psrc == h.LOCAL_A and r.hwsrc == h.WAN_MAC
+    assert reqs[0][Ether].dst == "ff:ff:ff:ff:ff:ff"
+    assert len(reqs) <= 3  # paced: about one a second
+    assert st["drops"]["no_neighbor"] > 0
+    assert_no_leak(gw)
+
+
+def test_exception_path_to_and_from_host(tmp_path):
+    ike500 = h.wan_frame(IP(src="203.0.113.1", dst=h.LOCAL_A) / UDP(sport=500, dport=500) / Raw(b"I" * 60))
+    ike4500 = h.wan_frame(IP(src="203.0.113.1", dst=h.LOCAL_A) / UDP(sport=4500, dport=4500) / Raw(b"\0\0\0\0" + b"J" * 60))
+    keepalive = h.wan_frame(IP(src="203.0.113.1", dst=h.LOCAL_A) / UDP(sport=4500, dport=4500) / Raw(b"\xff"))
+    ping = h.wan_frame(IP(src="203.0.113.1", dst=h.LOCAL_A) / ICMP())
+    stray = h.wan_frame(IP(src="203.0.113.1", dst="198.51.100.77") / UDP(sport=500, dport=500))
+    host_mac = "02:00:00:00:0e:0e"
+    from_host = [Ether(src=host_mac, dst="ff:ff:ff:ff:ff:ff") / IP(src=h.LOCAL_A, dst="203.0.113.1") /
+                 UDP(sport=500, dport=500) / Raw(b"K" * 50),
+                 arp(1, host_mac, h.LOCAL_A, "203.0.113.1")]
+    gw = h.Gateway(tmp_path, ALL_SAS, wan_in=[ike500, ike4500, keepalive, ping, stray], host_in=from_host)
+    with gw:
+        st = gw.wait_rx(wan=5)
+    to_host = gw.sent("host")
+    payloads = [bytes(f[IP]) for f in to_host if IP in f]
+    for frame in (ike500, ike4500, keepalive, ping):
+        assert bytes(frame[IP]) in payloads
+    assert st["exception"]["to_host"] == 4
+    assert st["drops"]["not_for_us"] == 1
+    # The host's IKE packet leaves on the WAN port towards the peer's MAC.
+    wan = [f for f in gw.sent("wan") if IP in f]
+    assert len(wan) == 1 and wan[0][Ether].src == h.WAN_MAC and wan[0][Ether].dst == h.NH_MAC
+    assert bytes(wan[0][IP]) == bytes(from_host[0][IP])
+    # ... and its ARP for the peer is answered by proxy.
+    replies = [f for f in to_host if ARP in f]
+    assert len(replies) == 1 and replies[0][ARP].op == 2 and replies[0][ARP].psrc == "203.0.113.1"
+    assert st["exception"]["from_host"] == 1
+    assert_no_leak(gw)
