@@ -9,10 +9,13 @@
 #include <rte_lcore.h>
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
+#include <rte_telemetry.h>
 
 #include <csignal>
 #include <cstring>
+#include <mutex>
 #include <regex>
+#include <set>
 #include <stdexcept>
 
 #include "control/control_server.h"
@@ -51,12 +54,25 @@ void add(dp::PacketByteCount& a, const dp::PacketByteCount& b) {
 }
 }  // namespace
 
+struct Gateway::Snapshot {
+  std::mutex mu;
+  bool live = false;
+  json stats, sas, routes;
+};
+
 Gateway::Gateway(GatewayConfig cfg, std::vector<std::string> extra_eal)
     : cfg_(std::move(cfg)), extra_eal_(std::move(extra_eal)) {}
 
 Gateway::~Gateway() {
   stop();
+  if (snapshot_) {
+    std::lock_guard<std::mutex> lock(snapshot_->mu);
+    snapshot_->live = false;
+  }
   server_.reset();
+  sas_.reset();  // unpublishes and wipes keys (AeadContext destructors)
+  routes_.reset();
+  tunnels_.clear();
   if (dp_) {
     for (uint16_t p = 0; p < dp_->nb_ports; p++) {
       rte_eth_dev_stop(dp_->ports[p].port_id);
@@ -66,9 +82,6 @@ Gateway::~Gateway() {
     for (uint16_t w = 0; w < dp_->nb_workers; w++) rte_free(dp_->counters[w]);
     rte_free(dp_->qsbr);
   }
-  routes_.reset();
-  inbound_.clear();  // wipes keys (AeadContext destructors)
-  tunnels_.clear();
   if (dp_ && dp_->pool) rte_mempool_free(dp_->pool);
   dp_.reset();
   if (eal_up_) rte_eal_cleanup();
@@ -271,72 +284,47 @@ void Gateway::init_tables() {
   }
   d.nb_tunnels = static_cast<uint16_t>(cfg_.tunnels.size());
 
-  // SAs (static keying from the file).
-  uint32_t slot = 0;
-  for (size_t i = 0; i < cfg_.sas.size(); i++) {
-    const SaConfig& sc = cfg_.sas[i];
-    if (slot >= dp::kMaxSas) throw std::runtime_error("too many SAs");
-    uint16_t ti = tunnel_index(sc.tunnel);
-    const TunnelConfig& tc = cfg_.tunnels[ti];
-    auto aead = std::make_unique<crypto::AeadContext>(to_algo(sc.algo), sc.keymat);
-    if (sc.direction == SaDirection::kOutbound) {
-      auto sa = std::make_unique<dp::OutboundSa>();
-      sa->spi = sc.spi;
-      sa->esn = sc.esn;
-      sa->next_seq.store(sc.initial_seq);
-      sa->outer_src = tc.local;
-      sa->outer_dst = tc.remote;
-      if (tc.udp_encap) {
-        sa->udp_src_port = tc.udp_src_port;
-        sa->udp_dst_port = tc.udp_dst_port;
-      }
-      sa->ttl = tc.ttl;
-      sa->dscp = tc.dscp;
-      sa->df = tc.df == DfPolicyConfig::kSet ? dp::DfPolicy::kSet
-               : tc.df == DfPolicyConfig::kClear ? dp::DfPolicy::kClear
-                                                 : dp::DfPolicy::kCopy;
-      sa->aead = aead.get();
-      sa->tunnel = ti;
-      sa->seq_limit = sc.esn ? ~uint64_t{0} : dp::kSeqLimitNoEsn;
-      sa->slot = slot++;
-      // A later outbound SA for the same tunnel replaces an earlier one
-      // (nothing runs yet, so no RCU wait is needed here).
-      tunnels_[ti].out_aead = std::move(aead);
-      tunnels_[ti].out_sa = std::move(sa);
-      d.tunnels[ti].out_sa.store(tunnels_[ti].out_sa.get(), std::memory_order_release);
-    } else {
-      auto sa = std::make_unique<dp::InboundSa>();
-      sa->spi = sc.spi;
-      sa->local_addr = tc.local;
-      sa->esn = sc.esn;
-      sa->udp_port = tc.udp_encap ? tc.udp_src_port : 0;  // the peer sends to our port
-      sa->aead = aead.get();
-      sa->tunnel = ti;
-      if (!sa->replay.reset(sc.replay_window, sc.esn))
-        throw std::runtime_error(fmt::format("sas[{}].replay_window: {} not in 0 or 32..4096", i, sc.replay_window));
-      sa->slot = slot++;
-      if (sc.local_selectors.size() > dp::kMaxSelectors || sc.remote_selectors.size() > dp::kMaxSelectors)
-        throw std::runtime_error(fmt::format("sas[{}]: at most {} selectors per side", i, dp::kMaxSelectors));
-      for (const auto& s : sc.local_selectors) sa->local_sel[sa->nb_local_sel++] = {s.addr, prefix_mask(s.len)};
-      for (const auto& s : sc.remote_selectors) sa->remote_sel[sa->nb_remote_sel++] = {s.addr, prefix_mask(s.len)};
-      if (sa->nb_remote_sel && !sa->nb_local_sel) sa->local_sel[sa->nb_local_sel++] = {0, 0};
-      if (sa->nb_local_sel && !sa->nb_remote_sel) sa->remote_sel[sa->nb_remote_sel++] = {0, 0};
-      dp::InboundKey key{sa->spi, sa->local_addr};
-      int rc = rte_hash_add_key_data(d.inbound, &key, sa.get());
-      if (rc != 0) throw dpdk_error(fmt::format("sas[{}]: inbound SA table", i), rc);
-      inbound_.push_back({std::move(aead), std::move(sa)});
-    }
-  }
-
-  // Routes: tunnels first (id = index), up while admin-up with an outbound SA.
+  // SAs: the config file's static ones go through the same path as the
+  // control socket's add-sa.
+  std::vector<TunnelEndpoints> ends;
+  for (const auto& tc : cfg_.tunnels) ends.push_back({tc.name, tc.local, tc.remote, tc.ttl, tc.dscp, tc.df});
+  // The route table exists before any SA, so tunnel-state callbacks can run.
   lpm::RouteTableConfig rc;
   rc.max_routes = 1 << 16;
   rc.max_tunnels = dp::kMaxTunnels;
   rc.qsbr = d.qsbr;
   rc.name = "espgw";
   routes_ = std::make_unique<lpm::RouteTable>(rc);
-  for (uint16_t t = 0; t < d.nb_tunnels; t++)
-    routes_->add_tunnel(t, tunnels_[t].admin_up && tunnels_[t].out_sa != nullptr);
+  for (uint16_t t = 0; t < d.nb_tunnels; t++) routes_->add_tunnel(t, false);
+  sas_ = std::make_unique<SaDatabase>(
+      d, std::move(ends), [this](const json& ev) { emit(ev); }, [this](uint16_t t) { refresh_tunnel_state(t); });
+  for (size_t i = 0; i < cfg_.sas.size(); i++) {
+    const SaConfig& sc = cfg_.sas[i];
+    SaParams p;
+    p.direction = sc.direction;
+    p.spi = sc.spi;
+    p.tunnel = tunnel_index(sc.tunnel);
+    p.algo = sc.algo;
+    p.keymat = sc.keymat;
+    p.esn = sc.esn;
+    p.replay_window = sc.replay_window;
+    p.initial_seq = sc.initial_seq;
+    const TunnelConfig& tc = cfg_.tunnels[p.tunnel];
+    p.udp_encap = tc.udp_encap;
+    // Outbound: from our port to the peer's; inbound: the peer sends to our port.
+    p.udp_sport = sc.direction == SaDirection::kOutbound ? tc.udp_src_port : tc.udp_dst_port;
+    p.udp_dport = sc.direction == SaDirection::kOutbound ? tc.udp_dst_port : tc.udp_src_port;
+    p.local_selectors = sc.local_selectors;
+    p.remote_selectors = sc.remote_selectors;
+    try {
+      sas_->add(p);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(fmt::format("sas[{}]: {}", i, e.what()));
+    }
+  }
+
+  // Routes: a tunnel is up while admin-up with an outbound SA (set above
+  // through refresh_tunnel_state as SAs were added).
   for (size_t i = 0; i < cfg_.routes.size(); i++) {
     const RouteConfig& r = cfg_.routes[i];
     std::vector<lpm::NextHop> hops;
@@ -375,6 +363,7 @@ void Gateway::start() {
   if (!cfg_.control.socket_path.empty())
     server_ = std::make_unique<ControlServer>(cfg_.control.socket_path, cfg_.control.socket_group,
                                               [this](const json& r) { return handle(r); });
+  register_telemetry();
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   launch_workers();
@@ -383,17 +372,135 @@ void Gateway::start() {
 void Gateway::run() {
   uint64_t hz = rte_get_tsc_hz();
   uint64_t next_stats = rte_rdtsc() + cfg_.stats_interval_s * hz;
+  uint64_t next_housekeeping = 0;
   while (!g_stop.load()) {
     if (server_)
-      server_->poll(10);
+      server_->poll(5);
     else
-      rte_delay_us_sleep(10000);
-    if (cfg_.stats_interval_s && rte_rdtsc() >= next_stats) {
+      rte_delay_us_sleep(5000);
+    uint64_t now = rte_rdtsc();
+    if (now >= next_housekeeping) {  // 20 times a second
+      sas_->check_lifetimes(sum_counters());
+      publish_snapshot();
+      next_housekeeping = now + hz / 20;
+    }
+    if (cfg_.stats_interval_s && now >= next_stats) {
       fmt::print("{}", format_stats());
       std::fflush(stdout);
-      next_stats = rte_rdtsc() + cfg_.stats_interval_s * hz;
+      next_stats = now + cfg_.stats_interval_s * hz;
     }
   }
+}
+
+// ---------------------------------------------------------------- telemetry
+
+namespace {
+// Telemetry callbacks take no user pointer: one gateway per process.
+std::shared_ptr<Gateway::Snapshot> g_snapshot;
+
+void put_scalar(rte_tel_data* d, const std::string& key, const json& v) {
+  if (v.is_boolean()) rte_tel_data_add_dict_string(d, key.c_str(), v.get<bool>() ? "true" : "false");
+  else if (v.is_number_unsigned()) rte_tel_data_add_dict_u64(d, key.c_str(), v.get<uint64_t>());
+  else if (v.is_number_integer()) rte_tel_data_add_dict_int(d, key.c_str(), static_cast<int>(v.get<int64_t>()));
+  else if (v.is_string()) rte_tel_data_add_dict_string(d, key.c_str(), v.get<std::string>().c_str());
+  else if (v.is_null()) rte_tel_data_add_dict_string(d, key.c_str(), "-");
+  else rte_tel_data_add_dict_string(d, key.c_str(), v.dump().c_str());
+}
+
+// DPDK telemetry nests one level: each entry becomes a dict of scalars
+// (nested objects flattened as "a.b").
+void flatten(const json& obj, const std::string& prefix, rte_tel_data* d) {
+  for (auto& [k, v] : obj.items()) {
+    std::string key = prefix.empty() ? k : prefix + "." + k;
+    if (v.is_object()) flatten(v, key, d);
+    else put_scalar(d, key, v);
+  }
+}
+
+int tel_list(const json& list, const char* name_key, rte_tel_data* d) {
+  rte_tel_data_start_dict(d);
+  size_t i = 0;
+  for (const auto& item : list) {
+    rte_tel_data* c = rte_tel_data_alloc();
+    if (!c) return -ENOMEM;
+    rte_tel_data_start_dict(c);
+    flatten(item, "", c);
+    std::string name = item.contains(name_key) && item[name_key].is_string() ? item[name_key].get<std::string>()
+                                                                             : std::to_string(i);
+    if (item.contains("direction")) name = item["direction"].get<std::string>() + ":" + name;
+    rte_tel_data_add_dict_container(d, name.c_str(), c, 0);
+    i++;
+  }
+  return 0;
+}
+
+template <class F>
+int with_snapshot(F f) {
+  auto snap = g_snapshot;
+  if (!snap) return -ENOENT;
+  std::lock_guard<std::mutex> lock(snap->mu);
+  if (!snap->live) return -ENOENT;
+  return f(*snap);
+}
+
+int tel_tunnels(const char*, const char*, rte_tel_data* d) {
+  return with_snapshot([&](Gateway::Snapshot& s) { return tel_list(s.stats["tunnels"], "name", d); });
+}
+int tel_sas(const char*, const char*, rte_tel_data* d) {
+  return with_snapshot([&](Gateway::Snapshot& s) { return tel_list(s.sas, "spi", d); });
+}
+int tel_routes(const char*, const char*, rte_tel_data* d) {
+  return with_snapshot([&](Gateway::Snapshot& s) {
+    rte_tel_data_start_dict(d);
+    for (const auto& r : s.routes) {
+      std::string via;
+      for (const auto& h : r["via"])
+        via += fmt::format("{}{}/{}", via.empty() ? "" : " ", h["tunnel"].get<std::string>(), h["priority"].get<uint32_t>());
+      std::string v = fmt::format("active={} via={}", r["active"].is_null() ? "-" : r["active"].get<std::string>(), via);
+      rte_tel_data_add_dict_string(d, r["prefix"].get<std::string>().c_str(), v.c_str());
+    }
+    return 0;
+  });
+}
+int tel_stats(const char*, const char*, rte_tel_data* d) {
+  return with_snapshot([&](Gateway::Snapshot& s) {
+    rte_tel_data_start_dict(d);
+    json flat = s.stats;
+    flat.erase("tunnels");
+    flat.erase("sas");
+    json ports = flat["ports"];
+    flat.erase("ports");
+    flat.erase("ok");
+    flatten(flat, "", d);
+    for (const auto& p : ports) {
+      std::string n = "port." + p["name"].get<std::string>();
+      flatten(json{{"rx", p["rx"]}, {"tx", p["tx"]}}, n, d);
+    }
+    return 0;
+  });
+}
+}  // namespace
+
+void Gateway::register_telemetry() {
+  snapshot_ = std::make_shared<Snapshot>();
+  g_snapshot = snapshot_;
+  publish_snapshot();
+  rte_telemetry_register_cmd("/espgw/tunnels", tel_tunnels, "espgw tunnels: state, active SPI, counters");
+  rte_telemetry_register_cmd("/espgw/sas", tel_sas, "espgw SAs (key fingerprints only, never keys)");
+  rte_telemetry_register_cmd("/espgw/routes", tel_routes, "espgw routes: prefix -> active tunnel, next hops");
+  rte_telemetry_register_cmd("/espgw/stats", tel_stats, "espgw counters: ports, drops by reason, exception path");
+}
+
+void Gateway::publish_snapshot() {
+  if (!snapshot_) return;
+  json stats = stats_json();
+  json sas = stats["sas"];
+  json routes = handle({{"op", "routes"}})["routes"];
+  std::lock_guard<std::mutex> lock(snapshot_->mu);
+  snapshot_->stats = std::move(stats);
+  snapshot_->sas = std::move(sas);
+  snapshot_->routes = std::move(routes);
+  snapshot_->live = true;
 }
 
 void Gateway::stop() {
@@ -414,7 +521,7 @@ void Gateway::refresh_tunnel_state(uint16_t t) {
   // When this returns, every worker has finished the burst it was in: no
   // packet routed by the old state is still on its way.
   rte_rcu_qsbr_synchronize(dp_->qsbr, RTE_QSBR_THRID_INVALID);
-  if (server_) server_->broadcast_event({{"event", "tunnel-state"}, {"tunnel", tunnels_[t].name}, {"up", up}});
+  emit({{"event", "tunnel-state"}, {"tunnel", tunnels_[t].name}, {"up", up}});
 }
 
 void Gateway::set_tunnel_admin(const std::string& name, bool up) {
@@ -477,15 +584,7 @@ json Gateway::stats_json() const {
     tunnels.push_back(tj);
   }
   j["tunnels"] = tunnels;
-  json sas = json::array();
-  for (const auto& tc : tunnels_)
-    if (tc.out_sa) {
-      sas.push_back({{"spi", fmt::format("0x{:08x}", tc.out_sa->spi)}, {"direction", "out"}, {"tunnel", tc.name},
-                     {"next_seq", tc.out_sa->next_seq.load()}, {"traffic", pbc(s.sa[tc.out_sa->slot])}});
-    }
-  for (const auto& in : inbound_)
-    sas.push_back({{"spi", fmt::format("0x{:08x}", in.sa->spi)}, {"direction", "in"},
-                   {"tunnel", tunnels_[in.sa->tunnel].name}, {"traffic", pbc(s.sa[in.sa->slot])}});
+  json sas = sas_->list(s);
   j["sas"] = sas;
   json drops = json::object();
   uint64_t total_drops = 0;
@@ -527,23 +626,179 @@ std::string Gateway::format_stats() const {
   return out;
 }
 
+namespace {
+uint64_t u64_field(const json& j, const char* name, uint64_t dflt, uint64_t max = ~uint64_t{0}) {
+  if (!j.contains(name)) return dflt;
+  const json& v = j[name];
+  uint64_t x;
+  if (v.is_number_unsigned()) {
+    x = v.get<uint64_t>();
+  } else if (v.is_string()) {  // "0x1001" for SPIs, as people write them
+    const std::string s = v.get<std::string>();
+    size_t used = 0;
+    try {
+      x = std::stoull(s, &used, 0);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != s.size()) throw std::runtime_error(fmt::format("field '{}': '{}' is not a number", name, s));
+  } else {
+    throw std::runtime_error(fmt::format("field '{}' must be a non-negative integer", name));
+  }
+  if (x > max) throw std::runtime_error(fmt::format("field '{}': {} is larger than {}", name, x, max));
+  return x;
+}
+
+bool bool_field(const json& j, const char* name, bool dflt) {
+  if (!j.contains(name)) return dflt;
+  if (!j[name].is_boolean()) throw std::runtime_error(fmt::format("field '{}' must be true or false", name));
+  return j[name].get<bool>();
+}
+
+std::string str_field(const json& j, const char* name) {
+  if (!j.contains(name) || !j[name].is_string())
+    throw std::runtime_error(fmt::format("missing field '{}' (a string)", name));
+  return j[name].get<std::string>();
+}
+
+std::vector<uint8_t> hex_field(const json& j, const char* name) {
+  std::string s = str_field(j, name);
+  if (s.rfind("0x", 0) == 0 || s.rfind("0X", 0) == 0) s = s.substr(2);
+  if (s.size() % 2) throw std::runtime_error(fmt::format("field '{}': odd number of hex digits", name));
+  std::vector<uint8_t> out;
+  for (size_t i = 0; i < s.size(); i += 2) {
+    auto nib = [&](char c) -> int {
+      if (c >= '0' && c <= '9') return c - '0';
+      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+      if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+      throw std::runtime_error(fmt::format("field '{}': not hex", name));
+    };
+    out.push_back(static_cast<uint8_t>(nib(s[i]) << 4 | nib(s[i + 1])));
+  }
+  return out;
+}
+
+SaDirection dir_field(const json& j) {
+  std::string d = str_field(j, "direction");
+  if (d == "in" || d == "inbound") return SaDirection::kInbound;
+  if (d == "out" || d == "outbound") return SaDirection::kOutbound;
+  throw std::runtime_error("field 'direction': '" + d + "' is neither in nor out");
+}
+
+std::vector<Ipv4Prefix> prefixes_field(const json& j, const char* name) {
+  std::vector<Ipv4Prefix> out;
+  if (!j.contains(name)) return out;
+  if (!j[name].is_array()) throw std::runtime_error(fmt::format("field '{}' must be a list of prefixes", name));
+  for (const auto& v : j[name]) {
+    if (!v.is_string()) throw std::runtime_error(fmt::format("field '{}': prefixes are strings", name));
+    lpm::Prefix4 p = lpm::parse_prefix4(v.get<std::string>());
+    out.push_back({p.addr, p.len});
+  }
+  return out;
+}
+
+SaLifetime lifetime_field(const json& j, const char* kind) {
+  SaLifetime l;
+  if (!j.contains("lifetime")) return l;
+  const json& lt = j["lifetime"];
+  if (!lt.is_object()) throw std::runtime_error("field 'lifetime' must be an object {soft: {...}, hard: {...}}");
+  if (!lt.contains(kind)) return l;
+  const json& k = lt[kind];
+  if (!k.is_object()) throw std::runtime_error(fmt::format("field 'lifetime.{}' must be an object", kind));
+  for (auto& [key, v] : k.items())
+    if (key != "bytes" && key != "packets" && key != "seconds")
+      throw std::runtime_error(fmt::format("field 'lifetime.{}': unknown key '{}'", kind, key));
+  l.bytes = u64_field(k, "bytes", 0);
+  l.packets = u64_field(k, "packets", 0);
+  l.seconds = u64_field(k, "seconds", 0);
+  return l;
+}
+
+const std::set<std::string> kSaFields = {"op",   "id",         "direction",     "spi",  "tunnel", "algo",
+                                         "key",  "esn",        "replay_window", "seq",  "encap",  "lifetime",
+                                         "local_selectors", "remote_selectors"};
+}  // namespace
+
+SaParams Gateway::sa_params_from_json(const json& req) const {
+  for (auto& [k, v] : req.items())
+    if (!kSaFields.count(k)) throw std::runtime_error("unknown field '" + k + "'");
+  SaParams p;
+  p.direction = dir_field(req);
+  if (!req.contains("spi")) throw std::runtime_error("missing field 'spi'");
+  p.spi = static_cast<uint32_t>(u64_field(req, "spi", 0, 0xFFFFFFFFu));
+  p.tunnel = tunnel_index(str_field(req, "tunnel"));
+  std::string algo = req.contains("algo") ? str_field(req, "algo") : "aes128-gcm";
+  if (algo == "aes128-gcm" || algo == "aes-128-gcm") p.algo = SaAlgo::kAes128Gcm;
+  else if (algo == "aes256-gcm" || algo == "aes-256-gcm") p.algo = SaAlgo::kAes256Gcm;
+  else throw std::runtime_error("field 'algo': '" + algo + "' is not aes128-gcm or aes256-gcm");
+  p.keymat = hex_field(req, "key");
+  p.esn = bool_field(req, "esn", false);
+  p.replay_window = static_cast<uint32_t>(u64_field(req, "replay_window", 1024, 0xFFFFFFFFu));
+  p.initial_seq = u64_field(req, "seq", 1);
+  if (req.contains("encap")) {
+    const json& e = req["encap"];
+    if (!e.is_object()) throw std::runtime_error("field 'encap' must be an object {sport, dport}");
+    p.udp_encap = true;
+    p.udp_sport = static_cast<uint16_t>(u64_field(e, "sport", 4500, 65535));
+    p.udp_dport = static_cast<uint16_t>(u64_field(e, "dport", 4500, 65535));
+  }
+  p.soft = lifetime_field(req, "soft");
+  p.hard = lifetime_field(req, "hard");
+  p.local_selectors = prefixes_field(req, "local_selectors");
+  p.remote_selectors = prefixes_field(req, "remote_selectors");
+  return p;
+}
+
+void Gateway::emit(const json& event) {
+  events_emitted_++;
+  if (server_) server_->broadcast_event(event);
+}
+
 json Gateway::handle(const json& req) {
-  if (!req.contains("op") || !req["op"].is_string()) throw std::runtime_error("missing field 'op' (a string)");
-  const std::string op = req["op"];
-  auto str_field = [&](const char* name) -> std::string {
-    if (!req.contains(name) || !req[name].is_string())
-      throw std::runtime_error(fmt::format("missing field '{}' (a string)", name));
-    return req[name];
-  };
+  const std::string op = str_field(req, "op");
   if (op == "ping") return {{"ok", true}};
   if (op == "stats") return stats_json();
   if (op == "tunnel-down" || op == "tunnel-up") {
-    set_tunnel_admin(str_field("tunnel"), op == "tunnel-up");
+    set_tunnel_admin(str_field(req, "tunnel"), op == "tunnel-up");
     return {{"ok", true}};
   }
   if (op == "tunnels") {
     json j = stats_json();
     return {{"ok", true}, {"tunnels", j["tunnels"]}};
+  }
+  if (op == "add-sa" || op == "replace-sa") {
+    sas_->add(sa_params_from_json(req), op == "replace-sa");
+    return {{"ok", true}};
+  }
+  if (op == "delete-sa") {
+    for (auto& [k, v] : req.items())
+      if (k != "op" && k != "id" && k != "direction" && k != "spi" && k != "tunnel")
+        throw std::runtime_error("unknown field '" + k + "'");
+    if (!req.contains("spi")) throw std::runtime_error("missing field 'spi'");
+    std::optional<uint16_t> t;
+    if (req.contains("tunnel")) t = tunnel_index(str_field(req, "tunnel"));
+    sas_->remove(dir_field(req), static_cast<uint32_t>(u64_field(req, "spi", 0, 0xFFFFFFFFu)), t);
+    return {{"ok", true}};
+  }
+  if (op == "list-sas" || op == "sas") return {{"ok", true}, {"sas", sas_->list(sum_counters())}};
+  if (op == "add-route" || op == "replace-route") {
+    lpm::Prefix4 prefix = lpm::parse_prefix4(str_field(req, "prefix"));
+    if (!req.contains("via") || !req["via"].is_array())
+      throw std::runtime_error("missing field 'via' (a list of {tunnel, priority})");
+    std::vector<lpm::NextHop> hops;
+    for (const auto& h : req["via"]) {
+      if (!h.is_object()) throw std::runtime_error("field 'via': entries are {tunnel, priority}");
+      hops.push_back({tunnel_index(str_field(h, "tunnel")), static_cast<uint32_t>(u64_field(h, "priority", 0, 65535))});
+    }
+    if (op == "add-route") routes_->add_route(prefix, hops);
+    else routes_->replace_route(prefix, hops);
+    rte_rcu_qsbr_synchronize(dp_->qsbr, RTE_QSBR_THRID_INVALID);
+    return {{"ok", true}};
+  }
+  if (op == "delete-route") {
+    routes_->delete_route(lpm::parse_prefix4(str_field(req, "prefix")));
+    rte_rcu_qsbr_synchronize(dp_->qsbr, RTE_QSBR_THRID_INVALID);
+    return {{"ok", true}};
   }
   if (op == "routes") {
     json routes = json::array();

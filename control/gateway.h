@@ -14,6 +14,7 @@
 #include "control/config.h"
 #include "crypto/aead.h"
 #include "dataplane/dataplane.h"
+#include "control/sa_database.h"
 #include "lpm/route_table.h"
 
 namespace espgw::control {
@@ -53,13 +54,12 @@ class Gateway {
   struct TunnelCtl {
     std::string name;
     bool admin_up = true;
-    std::unique_ptr<crypto::AeadContext> out_aead;
-    std::unique_ptr<dataplane::OutboundSa> out_sa;
   };
-  struct InboundCtl {
-    std::unique_ptr<crypto::AeadContext> aead;
-    std::unique_ptr<dataplane::InboundSa> sa;
-  };
+
+  SaParams sa_params_from_json(const nlohmann::json& req) const;
+  void publish_snapshot();
+  void register_telemetry();
+  void emit(const nlohmann::json& event);
 
   void init_eal();
   void init_ports();
@@ -77,11 +77,18 @@ class Gateway {
   std::unique_ptr<dataplane::Dataplane> dp_;
   std::unique_ptr<lpm::RouteTable> routes_;
   std::vector<TunnelCtl> tunnels_;
-  std::vector<InboundCtl> inbound_;
+  std::unique_ptr<SaDatabase> sas_;
   std::vector<dataplane::WorkerArgs> worker_args_;
   std::vector<unsigned> worker_lcores_;
   std::unique_ptr<ControlServer> server_;
   unsigned mbufs_at_start_ = 0;
+  uint64_t events_emitted_ = 0;
+ public:
+  // Read by DPDK's telemetry thread: a JSON snapshot the control thread
+  // refreshes, so telemetry never touches the control thread's containers.
+  struct Snapshot;
+ private:
+  std::shared_ptr<Snapshot> snapshot_;
   uint64_t start_tsc_ = 0;
 };
 

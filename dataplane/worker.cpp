@@ -258,6 +258,11 @@ void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
 
   OutItem items[kWork];
   uint16_t ni = 0;
+  // Each tunnel's SA is read once per burst, so a rekey switches every
+  // tunnel at a burst boundary.
+  uint16_t seen_tun[kBurst];
+  OutboundSa* seen_sa[kBurst];
+  uint16_t nseen = 0;
   for (uint16_t i = 0; i < k; i++) {
     rte_mbuf* m = ip_pkts[i];
     if (tun[i] == lpm::kNoRoute) {
@@ -265,7 +270,13 @@ void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     Tunnel& t = dp.tunnels[tun[i]];
-    OutboundSa* sa = t.out_sa.load(std::memory_order_acquire);
+    uint16_t si = 0;
+    while (si < nseen && seen_tun[si] != tun[i]) si++;
+    if (si == nseen) {
+      seen_tun[nseen] = tun[i];
+      seen_sa[nseen++] = t.out_sa.load(std::memory_order_acquire);
+    }
+    OutboundSa* sa = seen_sa[si];
     if (sa == nullptr) {
       drop(w, m, DropReason::kTunnelDown);
       continue;

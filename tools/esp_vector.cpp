@@ -11,7 +11,8 @@
 // HEX is key || 4-byte salt (40 hex digits: AES-128-GCM, 72: AES-256-GCM).
 // IN.pcap: classic pcap (µs or ns, either byte order), linktype RAW (101, or
 // 12/14) or IPV4 (228) — IPv4 packets without L2 — or Ethernet (1; the
-// 14-byte header is dropped, only IPv4 frames are used). OUT.pcap: classic
+// 14-byte header is dropped; other frames become empty packets, which fail
+// with bad-inner / truncated and keep the indexes aligned). OUT.pcap: classic
 // pcap, µs, linktype 101 (raw IPv4), one record per packet that succeeded, in
 // input order. Every packet that failed gets a line "<index> <status>" on
 // stdout (index counts input records from 0); a summary goes to stderr. Exit
@@ -178,10 +179,10 @@ int main(int argc, char** argv) {
     bool ok = true;
     if (a == "--udp") udp = true;
     else if (a == "--esn") esn = true;
-    else if (a == "--spi") ok = val(v) && parse_u64(v, spi) && spi <= 0xffffffff, have_spi = true;
-    else if (a == "--key") ok = val(v) && parse_hex(v, key), have_key = true;
-    else if (a == "--src") ok = val(v) && parse_ip(v, src), have_src = true;
-    else if (a == "--dst") ok = val(v) && parse_ip(v, dst), have_dst = true;
+    else if (a == "--spi") ok = have_spi = val(v) && parse_u64(v, spi) && spi <= 0xffffffff;
+    else if (a == "--key") ok = have_key = val(v) && parse_hex(v, key);
+    else if (a == "--src") ok = have_src = val(v) && parse_ip(v, src);
+    else if (a == "--dst") ok = have_dst = val(v) && parse_ip(v, dst);
     else if (a == "--seq") ok = val(v) && parse_u64(v, seq) && seq > 0;
     else if (a == "--top") ok = val(v) && parse_u64(v, top);
     else if (a == "--ttl") ok = val(v) && parse_u64(v, ttl) && ttl <= 255;

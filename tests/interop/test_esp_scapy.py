@@ -312,3 +312,20 @@ def test_tshark_decodes_espgw_output(tmp_path, udp):
         assert int(lens.split(",")[-1]) == len(p)
         assert int(padlen) == -(len(p) + 2) % 4
         assert int(proto, 0) == 4
+
+
+def test_ethernet_input_pcap(tmp_path):
+    """esp-vector also reads Ethernet pcaps (linktype 1): the L2 header is
+    dropped, non-IPv4 frames are reported and skipped."""
+    from scapy.all import ARP, Ether
+    key = keymat(128, 77)
+    inner = inner_packets(seed=11)[:10]
+    frames = [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / p for p in inner]
+    frames.insert(4, Ether() / ARP())
+    wrpcap(str(tmp_path / "eth.pcap"), frames)
+    args = tool_args(key, False, False, 32) + ["--src", OUTER_SRC, "--dst", OUTER_DST]
+    fails = run_tool("encrypt", args, tmp_path / "eth.pcap", tmp_path / "esp.pcap")
+    assert fails == {4: "bad-inner"}
+    sa = scapy_sa(key, False, False)
+    got = rdpcap(str(tmp_path / "esp.pcap"))
+    assert [bytes(sa.decrypt(IP(bytes(g)))) for g in got] == [bytes(p) for p in inner]

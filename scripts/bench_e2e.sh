@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# End-to-end throughput: espgw vs DPDK's ipsec-secgw, one worker core,
+# net_pcap (infinite_rx) source -> net_null sink. See bench/e2e/README.md.
+#
+#   scripts/bench_e2e.sh [--quick] [--hugepages] [--out FILE] [other options of bench_e2e.py]
+#
+# 1. builds espgw in release mode in build-bench/ (if needed);
+# 2. builds ipsec-secgw from Debian's dpdk-doc examples in /tmp/secgw-build,
+#    with bench/e2e/ipsec-secgw-rx-offload-mask.patch applied;
+# 3. runs scripts/bench_e2e.py (pcaps with scapy, a scapy check of espgw's
+#    output, then the matrix), which prints the table and writes the JSON.
+# Environment: BUILD_DIR (default build-bench), SECGW_BUILD (/tmp/secgw-build).
+set -euo pipefail
+
+REPO="$(cd "$(dirname "$0")/.." && pwd)"
+BUILD_DIR="${BUILD_DIR:-$REPO/build-bench}"
+SECGW_SRC=/usr/share/dpdk/examples/ipsec-secgw
+SECGW_BUILD="${SECGW_BUILD:-/tmp/secgw-build}"
+PATCH="$REPO/bench/e2e/ipsec-secgw-rx-offload-mask.patch"
+PY=/usr/bin/python3   # Debian's interpreter (scapy, yaml); python3 on PATH may be a pyenv without them
+
+hugepages=0
+args=()
+for a in "$@"; do
+  case "$a" in
+    --hugepages) hugepages=1; args+=("$a") ;;
+    -h|--help) sed -n 2,13p "$0"; "$PY" "$REPO/scripts/bench_e2e.py" --help; exit 0 ;;
+    *) args+=("$a") ;;
+  esac
+done
+
+# --- espgw --------------------------------------------------------------
+if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
+  meson setup "$BUILD_DIR" --buildtype=release -Dtests=false -Dbench=false
+fi
+ninja -C "$BUILD_DIR" control/espgw control/espctl >/dev/null
+echo "espgw: $BUILD_DIR/control/espgw ($(meson introspect --buildoptions "$BUILD_DIR" 2>/dev/null |
+  "$PY" -c 'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"]=="buildtype"][0])' 2>/dev/null || echo '?'))"
+
+# --- ipsec-secgw --------------------------------------------------------
+if [[ ! -d "$SECGW_SRC" ]]; then
+  echo "no $SECGW_SRC: install Debian's dpdk-doc (and libdpdk-dev)" >&2; exit 1
+fi
+stamp="$SECGW_BUILD/.espgw-bench-patched"
+if [[ ! -x "$SECGW_BUILD/build/ipsec-secgw" || ! -f "$stamp" || "$PATCH" -nt "$stamp" ]]; then
+  rm -rf "$SECGW_BUILD"
+  cp -r "$SECGW_SRC" "$SECGW_BUILD"
+  # vdevs offer no RX offloads: mask ipsec-secgw's request with the device's
+  # capabilities instead of exiting (see the patch)
+  patch -d "$SECGW_BUILD" -p1 --quiet < "$PATCH"
+  make -C "$SECGW_BUILD" -j2 >/dev/null
+  touch "$stamp"
+fi
+echo "ipsec-secgw: $SECGW_BUILD/build/ipsec-secgw ($(dpkg-query -W -f='${Version}' libdpdk-dev 2>/dev/null || pkg-config --modversion libdpdk))"
+
+# --- hugepages ----------------------------------------------------------
+HP=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+mounted_here=0
+release() {
+  if [[ $hugepages == 1 ]]; then
+    echo 0 > "$HP" || true
+    if [[ $mounted_here == 1 ]]; then umount /dev/hugepages || true; fi
+    echo "hugepages released: $(cat "$HP")"
+  fi
+}
+if [[ $hugepages == 1 ]]; then
+  trap release EXIT
+  echo 512 > "$HP"
+  got=$(cat "$HP")
+  if (( got < 300 )); then echo "only $got 2 MB hugepages could be reserved (need ~300)" >&2; exit 1; fi
+  if ! grep -q hugetlbfs /proc/mounts; then
+    mkdir -p /dev/hugepages
+    mount -t hugetlbfs nodev /dev/hugepages
+    mounted_here=1
+  fi
+  echo "hugepages: $got x 2 MB reserved"
+else
+  echo "memory: --no-huge -m 1024 for both (pass --hugepages for 2 MB hugepages)"
+fi
+
+"$PY" "$REPO/scripts/bench_e2e.py" --espgw "$BUILD_DIR/control/espgw" --secgw "$SECGW_BUILD/build/ipsec-secgw" \
+  ${args[@]+"${args[@]}"}
