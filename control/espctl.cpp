@@ -1,6 +1,7 @@
-// espctl: command-line client of espgw's control socket (JSON lines).
-// Human-readable output by default, --json for scripts; exit 1 with the
-// daemon's error message when a request fails, 2 when it cannot connect.
+// espctl: command-line client of espgw's control socket (JSON lines,
+// docs/control-api.md). Human-readable tables by default, --json for
+// scripts; exit 1 with the daemon's error message when a request fails, 2
+// when the daemon cannot be reached. An IKE daemon's updown hook can call it.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -8,86 +9,200 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <string>
 
 using nlohmann::json;
 
 namespace {
-int connect_to(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  if (fd < 0 || connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) < 0) {
-    fmt::print(stderr, "espctl: cannot connect to {}: {}\n", path, std::strerror(errno));
-    std::exit(2);
-  }
-  return fd;
+[[noreturn]] void die(int code, const std::string& msg) {
+  fmt::print(stderr, "espctl: {}\n", msg);
+  std::exit(code);
 }
 
-json request(const std::string& path, const json& req) {
-  int fd = connect_to(path);
-  std::string line = req.dump() + "\n";
-  if (write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) {
-    fmt::print(stderr, "espctl: write failed: {}\n", std::strerror(errno));
-    std::exit(2);
+class Connection {
+ public:
+  explicit Connection(const std::string& path) {
+    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.size() >= sizeof(addr.sun_path)) die(2, "socket path too long: " + path);
+    std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+    if (fd_ < 0 || connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) < 0)
+      die(2, fmt::format("cannot connect to {}: {} (is espgw running? -s/ESPGW_SOCKET sets the path)", path,
+                         std::strerror(errno)));
   }
-  std::string in;
-  char buf[65536];
-  while (in.find('\n') == std::string::npos) {
-    ssize_t r = read(fd, buf, sizeof(buf));
-    if (r <= 0) {
-      fmt::print(stderr, "espctl: connection closed before a reply\n");
-      std::exit(2);
+  ~Connection() { close(fd_); }
+  void send(const json& req) {
+    std::string line = req.dump() + "\n";
+    size_t off = 0;
+    while (off < line.size()) {
+      ssize_t w = write(fd_, line.data() + off, line.size() - off);
+      if (w <= 0) die(2, std::string("write failed: ") + std::strerror(errno));
+      off += static_cast<size_t>(w);
     }
-    in.append(buf, static_cast<size_t>(r));
   }
-  close(fd);
-  return json::parse(in.substr(0, in.find('\n')));
+  json receive() {
+    size_t pos;
+    while ((pos = buf_.find('\n')) == std::string::npos) {
+      char tmp[65536];
+      ssize_t r = read(fd_, tmp, sizeof(tmp));
+      if (r <= 0) die(2, "connection closed before a reply");
+      buf_.append(tmp, static_cast<size_t>(r));
+    }
+    std::string line = buf_.substr(0, pos);
+    buf_.erase(0, pos + 1);
+    json j = json::parse(line, nullptr, false);
+    if (j.is_discarded()) die(2, "the daemon sent something that is not JSON");
+    return j;
+  }
+
+ private:
+  int fd_;
+  std::string buf_;
+};
+
+uint64_t u64(const json& j, const char* k) { return j.contains(k) && j[k].is_number() ? j[k].get<uint64_t>() : 0; }
+std::string str(const json& j, const char* k, const char* dflt = "-") {
+  return j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : dflt;
 }
 
 void print_tunnels(const json& tunnels) {
-  fmt::print("{:<12} {:>6} {:>12} {:>12} {:>14} {:>12} {:>14} {:>10}\n", "TUNNEL", "STATE", "OUT-SPI", "OUT-PKTS",
+  fmt::print("{:<14} {:>5} {:>11} {:>12} {:>14} {:>12} {:>14} {:>10}\n", "TUNNEL", "STATE", "OUT-SPI", "OUT-PKTS",
              "OUT-BYTES", "IN-PKTS", "IN-BYTES", "ASYMMETRIC");
   for (const auto& t : tunnels)
-    fmt::print("{:<12} {:>6} {:>12} {:>12} {:>14} {:>12} {:>14} {:>10}\n", t["name"].get<std::string>(),
-               t["up"].get<bool>() ? "up" : "down", t.value("out_spi", "-"), t["out"]["packets"].get<uint64_t>(),
-               t["out"]["bytes"].get<uint64_t>(), t["in"]["packets"].get<uint64_t>(), t["in"]["bytes"].get<uint64_t>(),
-               t["asymmetric"].get<uint64_t>());
+    fmt::print("{:<14} {:>5} {:>11} {:>12} {:>14} {:>12} {:>14} {:>10}\n", str(t, "name"),
+               t.value("up", false) ? "up" : "down", str(t, "out_spi"), u64(t["out"], "packets"), u64(t["out"], "bytes"),
+               u64(t["in"], "packets"), u64(t["in"], "bytes"), u64(t, "asymmetric"));
 }
 
-void print_human(const std::string& cmd, const json& r) {
-  if (cmd == "tunnels") {
-    print_tunnels(r["tunnels"]);
-  } else if (cmd == "stats") {
-    print_tunnels(r["tunnels"]);
-    fmt::print("\n{:<12} {:<12} {:>12} {:>14} {:>12} {:>14}\n", "PORT", "KIND", "RX-PKTS", "RX-BYTES", "TX-PKTS",
-               "TX-BYTES");
-    for (const auto& p : r["ports"])
-      fmt::print("{:<12} {:<12} {:>12} {:>14} {:>12} {:>14}\n", p["name"].get<std::string>(),
-                 p["kind"].get<std::string>(), p["rx"]["packets"].get<uint64_t>(), p["rx"]["bytes"].get<uint64_t>(),
-                 p["tx"]["packets"].get<uint64_t>(), p["tx"]["bytes"].get<uint64_t>());
-    fmt::print("\nDROPS:");
-    bool any = false;
-    for (auto& [k, v] : r["drops"].items())
-      if (v.get<uint64_t>()) {
-        fmt::print(" {}={}", k, v.get<uint64_t>());
-        any = true;
-      }
-    fmt::print("{}\n", any ? "" : " none");
-  } else if (cmd == "routes") {
-    fmt::print("{:<20} {:<10} {}\n", "PREFIX", "ACTIVE", "VIA (tunnel/priority)");
-    for (const auto& rt : r["routes"]) {
-      std::string via;
-      for (const auto& h : rt["via"]) via += fmt::format("{}/{} ", h["tunnel"].get<std::string>(), h["priority"].get<uint32_t>());
-      fmt::print("{:<20} {:<10} {}\n", rt["prefix"].get<std::string>(),
-                 rt["active"].is_null() ? "-" : rt["active"].get<std::string>(), via);
-    }
-  } else {
-    fmt::print("ok\n");
+void print_sas(const json& sas) {
+  fmt::print("{:<4} {:<11} {:<14} {:<11} {:<9} {:>12} {:>14} {:>8} {}\n", "DIR", "SPI", "TUNNEL", "ALGO", "KEY-FP",
+             "PACKETS", "BYTES", "AGE-S", "NOTES");
+  for (const auto& s : sas) {
+    std::string notes;
+    if (s.value("current", false)) notes += "current ";
+    if (s.value("esn", false)) notes += "esn ";
+    if (s.value("udp_encap", false)) notes += "udp ";
+    if (s.contains("next_seq")) notes += fmt::format("next_seq={} ", u64(s, "next_seq"));
+    if (s.contains("replay_window")) notes += fmt::format("window={} ", u64(s, "replay_window"));
+    fmt::print("{:<4} {:<11} {:<14} {:<11} {:<9} {:>12} {:>14} {:>8} {}\n", str(s, "direction"), str(s, "spi"),
+               str(s, "tunnel"), str(s, "algo"), str(s, "key_fingerprint"), u64(s, "packets"), u64(s, "bytes"),
+               u64(s, "age_seconds"), notes);
   }
+}
+
+void print_routes(const json& routes) {
+  fmt::print("{:<20} {:<14} {}\n", "PREFIX", "ACTIVE", "VIA (tunnel/priority)");
+  for (const auto& rt : routes) {
+    std::string via;
+    for (const auto& h : rt["via"]) via += fmt::format("{}/{} ", str(h, "tunnel"), u64(h, "priority"));
+    fmt::print("{:<20} {:<14} {}\n", str(rt, "prefix"), rt["active"].is_null() ? "-" : str(rt, "active"), via);
+  }
+}
+
+void print_stats(const json& r) {
+  print_tunnels(r["tunnels"]);
+  fmt::print("\n{:<12} {:<12} {:>12} {:>14} {:>12} {:>14}\n", "PORT", "KIND", "RX-PKTS", "RX-BYTES", "TX-PKTS",
+             "TX-BYTES");
+  for (const auto& p : r["ports"])
+    fmt::print("{:<12} {:<12} {:>12} {:>14} {:>12} {:>14}\n", str(p, "name"), str(p, "kind"), u64(p["rx"], "packets"),
+               u64(p["rx"], "bytes"), u64(p["tx"], "packets"), u64(p["tx"], "bytes"));
+  std::string drops;
+  for (auto& [k, v] : r["drops"].items())
+    if (v.get<uint64_t>()) drops += fmt::format(" {}={}", k, v.get<uint64_t>());
+  fmt::print("\nDROPS:{}\n", drops.empty() ? " none" : drops);
+  fmt::print("EXCEPTION: to_host={} from_host={}   ICMP sent={} fragments={} mss_clamped={}\n",
+             u64(r["exception"], "to_host"), u64(r["exception"], "from_host"), u64(r, "icmp_sent"), u64(r, "fragments"),
+             u64(r, "mss_clamped"));
+}
+
+std::string read_key_file(const std::string& path) {
+  std::ifstream in(path == "-" ? "/dev/stdin" : path);
+  if (!in) die(1, "cannot read key file " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string s = ss.str();
+  s.erase(std::remove_if(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); }), s.end());
+  return s;
+}
+
+struct SaOpts {
+  std::string direction, tunnel, algo = "aes128-gcm", key, key_file, spi, encap;
+  bool esn = false;
+  uint64_t replay_window = 1024, seq = 1;
+  uint64_t soft_bytes = 0, hard_bytes = 0, soft_packets = 0, hard_packets = 0, soft_seconds = 0, hard_seconds = 0;
+  std::vector<std::string> local_ts, remote_ts;
+};
+
+void add_sa_options(CLI::App* c, SaOpts& o) {
+  c->add_option("--direction,-d", o.direction, "in or out")->required()->check(CLI::IsMember({"in", "out"}));
+  c->add_option("--spi", o.spi, "SPI (decimal or 0x hex)")->required();
+  c->add_option("--tunnel,-t", o.tunnel, "tunnel name")->required();
+  c->add_option("--algo", o.algo, "aes128-gcm or aes256-gcm")->check(CLI::IsMember({"aes128-gcm", "aes256-gcm"}));
+  auto* k = c->add_option("--key", o.key, "key || 4-byte salt, hex (visible in ps: prefer --key-file)");
+  auto* kf = c->add_option("--key-file", o.key_file, "file holding the hex key || salt ('-' = stdin)");
+  k->excludes(kf);
+  c->add_flag("--esn", o.esn, "64-bit extended sequence numbers");
+  c->add_option("--replay-window", o.replay_window, "inbound anti-replay window (0 = off, 32..4096)");
+  c->add_option("--seq", o.seq, "outbound: first sequence number");
+  c->add_option("--encap", o.encap, "UDP encapsulation SPORT:DPORT (e.g. 4500:4500)");
+  c->add_option("--soft-bytes", o.soft_bytes);
+  c->add_option("--hard-bytes", o.hard_bytes);
+  c->add_option("--soft-packets", o.soft_packets);
+  c->add_option("--hard-packets", o.hard_packets);
+  c->add_option("--soft-seconds", o.soft_seconds);
+  c->add_option("--hard-seconds", o.hard_seconds);
+  c->add_option("--local-ts", o.local_ts, "policy-based: local selector prefix (repeatable)");
+  c->add_option("--remote-ts", o.remote_ts, "policy-based: remote selector prefix (repeatable)");
+}
+
+json sa_request(const std::string& op, const SaOpts& o) {
+  json r = {{"op", op}, {"direction", o.direction}, {"spi", o.spi}, {"tunnel", o.tunnel}, {"algo", o.algo},
+            {"esn", o.esn}};
+  std::string key = o.key_file.empty() ? o.key : read_key_file(o.key_file);
+  if (key.empty()) die(1, "an SA needs --key or --key-file");
+  r["key"] = key;
+  if (o.direction == "in") r["replay_window"] = o.replay_window;
+  else r["seq"] = o.seq;
+  if (!o.encap.empty()) {
+    auto colon = o.encap.find(':');
+    try {
+      r["encap"] = {{"sport", std::stoul(o.encap.substr(0, colon))},
+                    {"dport", colon == std::string::npos ? 4500ul : std::stoul(o.encap.substr(colon + 1))}};
+    } catch (const std::exception&) {
+      die(1, "--encap wants SPORT:DPORT, e.g. 4500:4500");
+    }
+  }
+  json soft = json::object(), hard = json::object();
+  if (o.soft_bytes) soft["bytes"] = o.soft_bytes;
+  if (o.soft_packets) soft["packets"] = o.soft_packets;
+  if (o.soft_seconds) soft["seconds"] = o.soft_seconds;
+  if (o.hard_bytes) hard["bytes"] = o.hard_bytes;
+  if (o.hard_packets) hard["packets"] = o.hard_packets;
+  if (o.hard_seconds) hard["seconds"] = o.hard_seconds;
+  if (!soft.empty() || !hard.empty()) r["lifetime"] = {{"soft", soft}, {"hard", hard}};
+  if (!o.local_ts.empty()) r["local_selectors"] = o.local_ts;
+  if (!o.remote_ts.empty()) r["remote_selectors"] = o.remote_ts;
+  return r;
+}
+
+json via_list(const std::vector<std::string>& via) {
+  json hops = json::array();
+  for (const auto& v : via) {
+    auto slash = v.find_last_of("/:");
+    if (slash == std::string::npos) die(1, "--via wants TUNNEL/PRIORITY, e.g. aws-a1/10");
+    try {
+      hops.push_back({{"tunnel", v.substr(0, slash)}, {"priority", std::stoul(v.substr(slash + 1))}});
+    } catch (const std::exception&) {
+      die(1, "--via wants TUNNEL/PRIORITY, e.g. aws-a1/10");
+    }
+  }
+  return hops;
 }
 }  // namespace
 
@@ -99,32 +214,108 @@ int main(int argc, char** argv) {
   app.add_flag("--json", as_json, "print the daemon's JSON reply");
   app.require_subcommand(1);
 
-  std::string tunnel;
   auto* stats = app.add_subcommand("stats", "counters per tunnel, port and drop reason");
   auto* tunnels = app.add_subcommand("tunnels", "tunnel states and counters");
   auto* routes = app.add_subcommand("routes", "routes and their active tunnel");
+  auto* sas = app.add_subcommand("sas", "installed SAs (key fingerprints only)");
+
+  std::string name;
   auto* tun = app.add_subcommand("tunnel", "tunnel up/down");
   auto* tun_up = tun->add_subcommand("up", "mark a tunnel up");
   auto* tun_down = tun->add_subcommand("down", "mark a tunnel down (traffic fails over by priority)");
-  tun_up->add_option("name", tunnel, "tunnel name")->required();
-  tun_down->add_option("name", tunnel, "tunnel name")->required();
+  tun_up->add_option("name", name, "tunnel name")->required();
+  tun_down->add_option("name", name, "tunnel name")->required();
   tun->require_subcommand(1);
+
+  SaOpts sa_opts;
+  auto* sa = app.add_subcommand("sa", "add, replace, delete or list SAs");
+  auto* sa_add = sa->add_subcommand("add", "install an SA");
+  auto* sa_replace = sa->add_subcommand("replace", "replace an installed SA (same SPI, direction, tunnel)");
+  add_sa_options(sa_add, sa_opts);
+  add_sa_options(sa_replace, sa_opts);
+  auto* sa_del = sa->add_subcommand("delete", "delete an SA");
+  sa_del->add_option("--direction,-d", sa_opts.direction, "in or out")->required()->check(CLI::IsMember({"in", "out"}));
+  sa_del->add_option("--spi", sa_opts.spi, "SPI")->required();
+  sa_del->add_option("--tunnel,-t", sa_opts.tunnel, "tunnel (when the SPI is on several)");
+  auto* sa_list = sa->add_subcommand("list", "list SAs");
+  sa->require_subcommand(1);
+
+  std::string prefix;
+  std::vector<std::string> via;
+  auto* route = app.add_subcommand("route", "add, replace, delete or list routes");
+  auto* route_add = route->add_subcommand("add", "add a route");
+  auto* route_replace = route->add_subcommand("replace", "add or replace a route");
+  for (auto* c : {route_add, route_replace}) {
+    c->add_option("prefix", prefix, "IPv4 prefix, e.g. 172.31.0.0/16")->required();
+    c->add_option("--via", via, "TUNNEL/PRIORITY, repeatable, in tie-break order")->required();
+  }
+  auto* route_del = route->add_subcommand("delete", "delete a route");
+  route_del->add_option("prefix", prefix, "IPv4 prefix")->required();
+  auto* route_list = route->add_subcommand("list", "list routes");
+  route->require_subcommand(1);
+
+  uint64_t max_events = 0;
+  auto* events = app.add_subcommand("events", "stream events (sa-expire, tunnel-state, sa-installed, sa-deleted)");
+  events->add_option("--count,-n", max_events, "exit after this many events");
+
+  std::string raw;
+  auto* raw_cmd = app.add_subcommand("raw", "send one JSON request as is");
+  raw_cmd->add_option("request", raw, "a JSON object")->required();
+
   CLI11_PARSE(app, argc, argv);
 
-  json req;
-  std::string cmd;
-  if (*stats) cmd = "stats", req = {{"op", "stats"}};
-  else if (*tunnels) cmd = "tunnels", req = {{"op", "tunnels"}};
-  else if (*routes) cmd = "routes", req = {{"op", "routes"}};
-  else if (*tun_up) cmd = "tunnel", req = {{"op", "tunnel-up"}, {"tunnel", tunnel}};
-  else if (*tun_down) cmd = "tunnel", req = {{"op", "tunnel-down"}, {"tunnel", tunnel}};
+  Connection conn(socket_path);
+  if (*events) {
+    conn.send({{"op", "subscribe"}});
+    json ack = conn.receive();
+    if (!ack.value("ok", false)) die(1, ack.value("error", std::string("subscribe failed")));
+    for (uint64_t n = 0; max_events == 0 || n < max_events; n++) {
+      json ev = conn.receive();
+      if (as_json) {
+        std::cout << ev.dump() << std::endl;
+      } else {
+        std::string rest;
+        for (auto& [k, v] : ev.items())
+          if (k != "event") rest += fmt::format(" {}={}", k, v.is_string() ? v.get<std::string>() : v.dump());
+        std::cout << str(ev, "event") << rest << std::endl;
+      }
+    }
+    return 0;
+  }
 
-  json r = request(socket_path, req);
+  json req;
+  std::string view;
+  if (*stats) req = {{"op", "stats"}}, view = "stats";
+  else if (*tunnels) req = {{"op", "tunnels"}}, view = "tunnels";
+  else if (*routes || *route_list) req = {{"op", "routes"}}, view = "routes";
+  else if (*sas || *sa_list) req = {{"op", "list-sas"}}, view = "sas";
+  else if (*tun_up) req = {{"op", "tunnel-up"}, {"tunnel", name}};
+  else if (*tun_down) req = {{"op", "tunnel-down"}, {"tunnel", name}};
+  else if (*sa_add) req = sa_request("add-sa", sa_opts);
+  else if (*sa_replace) req = sa_request("replace-sa", sa_opts);
+  else if (*sa_del) {
+    req = {{"op", "delete-sa"}, {"direction", sa_opts.direction}, {"spi", sa_opts.spi}};
+    if (!sa_opts.tunnel.empty()) req["tunnel"] = sa_opts.tunnel;
+  } else if (*route_add) req = {{"op", "add-route"}, {"prefix", prefix}, {"via", via_list(via)}};
+  else if (*route_replace) req = {{"op", "replace-route"}, {"prefix", prefix}, {"via", via_list(via)}};
+  else if (*route_del) req = {{"op", "delete-route"}, {"prefix", prefix}};
+  else if (*raw_cmd) {
+    req = json::parse(raw, nullptr, false);
+    if (req.is_discarded()) die(1, "raw: not JSON");
+    as_json = true;
+  }
+
+  conn.send(req);
+  json r = conn.receive();
   if (!r.value("ok", false)) {
-    fmt::print(stderr, "espctl: {}\n", r.value("error", std::string("request failed")));
-    return 1;
+    if (as_json) std::cout << r.dump(2) << "\n";
+    die(1, r.value("error", std::string("request failed")));
   }
   if (as_json) std::cout << r.dump(2) << "\n";
-  else print_human(cmd, r);
+  else if (view == "stats") print_stats(r);
+  else if (view == "tunnels") print_tunnels(r["tunnels"]);
+  else if (view == "routes") print_routes(r["routes"]);
+  else if (view == "sas") print_sas(r["sas"]);
+  else fmt::print("ok\n");
   return 0;
 }

@@ -255,16 +255,15 @@ void SaDatabase::check_lifetimes(const dp::WorkerCounters& sums) {
     if (e.out && !e.out->esn) {
       uint64_t next = e.out->next_seq.load(std::memory_order_relaxed);
       if (next >= dp::kSeqLimitNoEsn) seq_hard = "sequence";
-      else if (next + kSeqSoftMargin >= dp::kSeqLimitNoEsn) seq_soft = "sequence";
+      if (next + kSeqSoftMargin >= dp::kSeqLimitNoEsn) seq_soft = "sequence";
     }
     const char* h = reached(e.params.hard);
     if (!h) h = seq_hard;
-    if (h) {
-      hard.push_back({k, h});
-      continue;
-    }
     const char* s = reached(e.params.soft);
     if (!s) s = seq_soft;
+    if (!s && h && (e.params.soft.bytes || e.params.soft.packets || e.params.soft.seconds)) s = h;
+    // A hard limit reached within one check interval still announces the
+    // soft one first: agents start the rekey on soft.
     if (s && !e.soft_sent) {
       e.soft_sent = true;
       events_({{"event", "sa-expire"},
@@ -274,6 +273,7 @@ void SaDatabase::check_lifetimes(const dp::WorkerCounters& sums) {
                {"spi", fmt::format("0x{:08x}", std::get<1>(k))},
                {"tunnel", tunnels_[std::get<2>(k)].name}});
     }
+    if (h) hard.push_back({k, h});
   }
   for (const Hit& hit : hard) {
     auto& [dir, spi, t] = hit.key;

@@ -909,8 +909,10 @@ void Mirror::dump(int timeout_ms) {
 }
 
 void Mirror::request(const void* nlmsg, size_t len, int timeout_ms) {
-  if (len < sizeof(nlmsghdr)) throw std::invalid_argument("xfrm: request shorter than a netlink header");
-  std::vector<uint64_t> copy((len + 7) / 8);
+  if (len < sizeof(nlmsghdr) || len > kRecvBuf) {
+    throw std::invalid_argument(fmt::format("xfrm: a request of {} bytes is not a netlink message", len));
+  }
+  std::vector<uint64_t> copy(len / 8 + 1);
   std::memcpy(copy.data(), nlmsg, len);
   auto* nlh = reinterpret_cast<nlmsghdr*>(copy.data());
   if (nlh->nlmsg_len != len) throw std::invalid_argument("xfrm: request nlmsg_len does not match its size");

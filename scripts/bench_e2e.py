@@ -420,7 +420,7 @@ def main():
             r["ratio_espgw_secgw"] = rw
             r["ratio_espgw_secgw_per_cpu"] = rc
             nan = float("nan")
-            print(f"{d:3} {size:5} | espgw {cells[0]} | secgw {cells[1]} | {rw or nan:5.2f} {rc or nan:4.2f}")
+            print(f"{d:3} {size:5} |       {cells[0]} |       {cells[1]} | {rw or nan:5.2f} {rc or nan:4.2f}")
             result["rows"].append(r)
     print("Mpps: packets/s leaving the sink port (net_null TX counter, DPDK telemetry), median of the runs.\n"
           "cpu%: share of the interval the worker thread (rte-worker-1) was on a CPU (/proc schedstat); below 100%\n"

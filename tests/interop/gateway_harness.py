@@ -6,6 +6,7 @@ everything (through the control socket's stats), stops it with SIGTERM and
 reads what each port sent. Packets are checked with scapy, an independent
 ESP implementation."""
 
+import hashlib
 import json
 import os
 import signal
@@ -39,8 +40,9 @@ TUNNELS = {
 
 
 def keymat(seed: int, algo: str = "aes128-gcm") -> bytes:
+    """Distinct, reproducible key || salt per seed (test keys only)."""
     n = 20 if algo == "aes128-gcm" else 36
-    return bytes((seed * 7 + i * 13 + 1) & 0xFF for i in range(n))
+    return (hashlib.sha256(f"espgw-test-{seed}".encode()).digest() * 2)[:n]
 
 
 class Sa:
@@ -301,3 +303,19 @@ def raw_esp_records_l2(path):
         pkt = data[off + 16: off + 16 + incl]
         off += 16 + incl
         yield ":".join(f"{b:02x}" for b in pkt[:6]), struct.unpack(">H", pkt[12:14])[0]
+
+
+def raw_frames(path, wanted):
+    """The frames at these indices (0-based), as bytes, without parsing the rest."""
+    wanted = set(wanted)
+    out = {}
+    with open(path, "rb") as f:
+        data = f.read()
+    off, i = 24, 0
+    while off + 16 <= len(data) and len(out) < len(wanted):
+        incl = struct.unpack_from("<I", data, off + 8)[0]
+        if i in wanted:
+            out[i] = data[off + 16: off + 16 + incl]
+        off += 16 + incl
+        i += 1
+    return out
