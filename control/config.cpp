@@ -345,8 +345,8 @@ struct Loader {
 
   void load_top() {
     Map m(p, root, "",
-          {"eal", "workers", "mbufs", "icmp_rate_limit", "stats_interval", "control", "exception", "ports", "tunnels",
-           "routes", "sas"});
+          {"eal", "workers", "mbufs", "icmp_rate_limit", "stats_interval", "control", "exception", "xfrm", "ports",
+           "tunnels", "routes", "sas"});
     if (auto n = m.get("eal"))
       p.each(*n, "eal", [&](const YAML::Node& a, const std::string& path) { cfg.eal_args.push_back(p.scalar(a, path)); });
     if (auto n = m.get("workers")) {
@@ -368,6 +368,10 @@ struct Loader {
       cfg.stats_interval_s = static_cast<uint32_t>(p.integer(*n, "stats_interval", 0, 86400));
     if (auto n = m.get("control")) load_control(*n);
     if (auto n = m.get("exception")) load_exception(*n);
+    if (auto n = m.get("xfrm")) {
+      Map x(p, *n, "xfrm", {"enabled"});
+      if (auto v = x.get("enabled")) cfg.xfrm.enabled = p.boolean(*v, "xfrm.enabled");
+    }
 
     load_ports(m.require("ports"));
     if (auto n = m.get("tunnels")) load_tunnels(*n);

@@ -95,6 +95,10 @@ struct ExceptionConfig {
   std::string device = "net_tap0,iface=espgw0";  // where the host's IKE daemon lives
 };
 
+struct XfrmConfig {
+  bool enabled = false;             // mirror the kernel's ESP SAs (an unmodified strongSwan drives espgw)
+};
+
 struct ControlConfig {
   std::string socket_path = "/run/espgw/espgw.sock";
   std::string socket_group;         // empty: the process's group
@@ -111,6 +115,7 @@ struct GatewayConfig {
   std::vector<SaConfig> sas;
   ExceptionConfig exception;
   ControlConfig control;
+  XfrmConfig xfrm;
   uint32_t stats_interval_s = 0;    // 0: print counters only at exit
 };
 

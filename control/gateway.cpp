@@ -20,6 +20,7 @@
 #include <stdexcept>
 
 #include "control/control_server.h"
+#include "control/xfrm.h"
 #include "dataplane/packet_util.h"
 
 namespace espgw::control {
@@ -71,6 +72,7 @@ Gateway::~Gateway() {
     snapshot_->live = false;
   }
   server_.reset();
+  xfrm_.reset();
   sas_.reset();  // unpublishes and wipes keys (AeadContext destructors)
   routes_.reset();
   tunnels_.clear();
@@ -365,6 +367,7 @@ void Gateway::start() {
     server_ = std::make_unique<ControlServer>(cfg_.control.socket_path, cfg_.control.socket_group,
                                               [this](const json& r) { return handle(r); });
   register_telemetry();
+  if (cfg_.xfrm.enabled) start_xfrm_mirror();
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   launch_workers();
@@ -379,6 +382,7 @@ void Gateway::run() {
       server_->poll(5);
     else
       rte_delay_us_sleep(5000);
+    if (xfrm_) xfrm_->poll();
     uint64_t now = rte_rdtsc();
     if (now >= next_housekeeping) {  // 20 times a second
       sas_->check_lifetimes(sum_counters());
@@ -390,6 +394,80 @@ void Gateway::run() {
       std::fflush(stdout);
       next_stats = now + cfg_.stats_interval_s * hz;
     }
+  }
+}
+
+// -------------------------------------------------------------- XFRM mirror
+
+void Gateway::start_xfrm_mirror() {
+  xfrm_ = std::make_unique<xfrm::Mirror>([this](const xfrm::Event& ev) { on_xfrm_event(&ev); });
+  xfrm_->dump();
+  fmt::print("espgw: xfrm mirror: following the kernel's SAs ({} mirrored at start)\n", xfrm_mirrored_);
+}
+
+// Maps a kernel SA onto a tunnel by its outer addresses: outbound when the
+// source is one of our tunnel endpoints, inbound when the destination is.
+void Gateway::on_xfrm_event(const void* p) {
+  const auto& ev = *static_cast<const xfrm::Event*>(p);
+  auto find_tunnel = [&](uint32_t local, uint32_t remote) -> int {
+    for (size_t i = 0; i < cfg_.tunnels.size(); i++)
+      if (cfg_.tunnels[i].local == local && cfg_.tunnels[i].remote == remote) return static_cast<int>(i);
+    return -1;
+  };
+  auto is_local = [&](uint32_t a) {
+    for (const auto& t : cfg_.tunnels)
+      if (t.local == a) return true;
+    return false;
+  };
+  try {
+    if (auto* sa = std::get_if<xfrm::SaInfo>(&ev)) {
+      xfrm::Dir dir = xfrm::direction_of(sa->saddr, sa->daddr, is_local);
+      int t = dir == xfrm::Dir::kOut ? find_tunnel(sa->saddr, sa->daddr)
+              : dir == xfrm::Dir::kIn ? find_tunnel(sa->daddr, sa->saddr)
+                                      : -1;
+      if (t < 0) {
+        xfrm_ignored_++;
+        fmt::print(stderr, "espgw: xfrm: no tunnel for {} -> {}: {}\n", format_ipv4(sa->saddr), format_ipv4(sa->daddr),
+                   xfrm::to_string(ev));
+        return;
+      }
+      SaParams q;
+      q.direction = dir == xfrm::Dir::kOut ? SaDirection::kOutbound : SaDirection::kInbound;
+      q.spi = sa->spi;
+      q.tunnel = static_cast<uint16_t>(t);
+      q.algo = sa->key_len() == 16 ? SaAlgo::kAes128Gcm : SaAlgo::kAes256Gcm;
+      q.keymat = sa->keymat;
+      q.esn = sa->esn;
+      q.replay_window = sa->replay_window == 0 ? 0 : std::clamp<uint32_t>(sa->replay_window, 32, 4096);
+      if (sa->encap_sport || sa->encap_dport) {
+        q.udp_encap = true;
+        q.udp_sport = sa->encap_sport;  // the kernel template: sender port, receiver port
+        q.udp_dport = sa->encap_dport;
+      }
+      q.soft = {sa->soft_bytes, sa->soft_packets, sa->soft_add_seconds};
+      q.hard = {sa->hard_bytes, sa->hard_packets, sa->hard_add_seconds};
+      bool exists = false;
+      for (const auto& s : sas_->list(sum_counters()))
+        if (s["spi"] == fmt::format("0x{:08x}", q.spi) &&
+            s["direction"] == (q.direction == SaDirection::kOutbound ? "out" : "in"))
+          exists = true;
+      sas_->add(q, exists);
+      xfrm_mirrored_++;
+    } else if (auto* del = std::get_if<xfrm::SaDelete>(&ev)) {
+      SaDirection d = is_local(del->key.daddr) ? SaDirection::kInbound : SaDirection::kOutbound;
+      sas_->remove(d, del->key.spi, std::nullopt, "kernel");
+    } else if (auto* ex = std::get_if<xfrm::SaExpire>(&ev)) {
+      if (ex->hard) {
+        SaDirection d = is_local(ex->key.daddr) ? SaDirection::kInbound : SaDirection::kOutbound;
+        sas_->remove(d, ex->key.spi, std::nullopt, "kernel-hard-expire");
+      }
+    } else if (std::holds_alternative<xfrm::Unsupported>(ev) || std::holds_alternative<xfrm::Malformed>(ev)) {
+      xfrm_ignored_++;
+      fmt::print(stderr, "espgw: xfrm: ignored: {}\n", xfrm::to_string(ev));
+    }
+  } catch (const std::exception& e) {
+    xfrm_ignored_++;
+    fmt::print(stderr, "espgw: xfrm: {}: {}\n", xfrm::to_string(ev), e.what());
   }
 }
 
@@ -633,6 +711,7 @@ json Gateway::stats_json() const {
   j["fragments"] = s.fragments;
   j["mss_clamped"] = s.mss_clamped;
   j["workers"] = dp_->nb_workers;
+  if (xfrm_) j["xfrm"] = {{"mirrored", xfrm_mirrored_}, {"ignored", xfrm_ignored_}};
   j["mbufs"] = {{"in_use", mbufs_in_use()}, {"in_use_at_start", mbufs_at_start_}};
   return j;
 }

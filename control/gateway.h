@@ -20,6 +20,9 @@
 namespace espgw::control {
 
 class ControlServer;
+namespace xfrm {
+class Mirror;
+}
 
 class Gateway {
  public:
@@ -60,6 +63,8 @@ class Gateway {
   void publish_snapshot();
   void register_telemetry();
   void emit(const nlohmann::json& event);
+  void start_xfrm_mirror();
+  void on_xfrm_event(const void* event);  // xfrm::Event
 
   void init_eal();
   void init_ports();
@@ -81,6 +86,8 @@ class Gateway {
   std::vector<dataplane::WorkerArgs> worker_args_;
   std::vector<unsigned> worker_lcores_;
   std::unique_ptr<ControlServer> server_;
+  std::unique_ptr<xfrm::Mirror> xfrm_;
+  uint64_t xfrm_mirrored_ = 0, xfrm_ignored_ = 0;
   unsigned mbufs_at_start_ = 0;
   uint64_t events_emitted_ = 0;
  public:
