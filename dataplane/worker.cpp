@@ -76,7 +76,7 @@ inline bool icmp_allowed(Worker& w) {
   uint64_t now = rte_rdtsc();
   uint64_t rate = w.dp->icmp_tokens_per_s;
   if (rate == 0) return false;
-  uint64_t elapsed = now - w.icmp_last_tsc;
+  uint64_t elapsed = std::min(now - w.icmp_last_tsc, w.tsc_hz);  // a full bucket refills in 1 s
   uint64_t add = elapsed * rate / w.tsc_hz;
   if (add) {
     w.icmp_tokens = std::min<uint64_t>(w.icmp_tokens + add, rate);

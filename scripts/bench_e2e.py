@@ -15,6 +15,7 @@ See bench/e2e/README.md."""
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -224,6 +225,7 @@ def measure(name, cmd, prefix, logpath, warmup, interval):
             b, rb, tb, cb = port_stats(prefix, 1), port_stats(prefix, 0), time.monotonic(), worker_cpu_ns(proc.pid)
         finally:
             stop(proc, signal.SIGINT)
+            shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
     dt = tb - ta
     pkts = b["opackets"] - a["opackets"]
     cpu_s = (cb - ca) / 1e9 if ca is not None and cb is not None else None
@@ -267,6 +269,7 @@ def verify_espgw(espgw, work, hugepages, sizes=(64, 1400)):
                     time.sleep(0.3)
                 finally:
                     stop(p)
+                    shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
             out = rdpcap(str(sink)) if sink.exists() and sink.stat().st_size > 24 else []
             orig = rdpcap(str(src))
             good = 0

@@ -56,10 +56,12 @@ echo "ipsec-secgw: $SECGW_BUILD/build/ipsec-secgw ($(dpkg-query -W -f='${Version
 # --- hugepages ----------------------------------------------------------
 HP=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
 mounted_here=0
+made_dir=0
 release() {
   if [[ $hugepages == 1 ]]; then
-    echo 0 > "$HP" || true
     if [[ $mounted_here == 1 ]]; then umount /dev/hugepages || true; fi
+    if [[ $made_dir == 1 ]]; then rmdir /dev/hugepages || true; fi
+    echo 0 > "$HP" || true
     echo "hugepages released: $(cat "$HP")"
   fi
 }
@@ -69,7 +71,7 @@ if [[ $hugepages == 1 ]]; then
   got=$(cat "$HP")
   if (( got < 300 )); then echo "only $got 2 MB hugepages could be reserved (need ~300)" >&2; exit 1; fi
   if ! grep -q hugetlbfs /proc/mounts; then
-    mkdir -p /dev/hugepages
+    if [[ ! -d /dev/hugepages ]]; then mkdir /dev/hugepages; made_dir=1; fi
     mount -t hugetlbfs nodev /dev/hugepages
     mounted_here=1
   fi
