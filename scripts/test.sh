@@ -24,12 +24,19 @@ bash scripts/setup.sh || { echo "0 passed, 1 failed"; exit 1; }
 PY=/usr/bin/python3   # Debian's interpreter: it has scapy and pytest
 REPORTS="$ROOT/$BUILD_DIR/test-reports"
 
-build() {  # dir [meson options...]
+configure() {  # dir [meson options...]
   local dir=$1; shift
   if [ ! -f "$dir/build.ninja" ]; then
-    meson setup "$dir" "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; return 1; }
+    local log
+    log=$(mktemp)
+    meson setup "$dir" "$@" >"$log" 2>&1 || { cat "$log"; rm -f "$log"; return 1; }
+    rm -f "$log"
   fi
-  meson compile -C "$dir" ${JOBS:+-j $JOBS} || return 1
+}
+
+build() {  # dir [meson options...]
+  configure "$@" || return 1
+  meson compile -C "$1" ${JOBS:+-j $JOBS} || return 1
 }
 
 status=0
@@ -47,9 +54,18 @@ cp "$BUILD_DIR/meson-logs/testlog.junit.xml" "$REPORTS/gtest.xml" 2>/dev/null
 
 if [ "$SANITIZE" = 1 ]; then
   ASAN_DIR="$BUILD_DIR-asan"
-  if build "$ASAN_DIR" -Db_sanitize=address,undefined -Db_lundef=false -Dbench=false; then
+  # Build only the executables of the 'sanitize' suite (the daemon and the
+  # rest are covered by the main build): halves CI time on 2 cores.
+  if configure "$ASAN_DIR" -Db_sanitize=address,undefined -Db_lundef=false -Dbench=false &&
+     targets=$(meson introspect --tests "$ASAN_DIR" | $PY -c '
+import json, os, sys
+root = os.path.abspath(sys.argv[1])
+for t in json.load(sys.stdin):
+    if any(s.split(":")[-1] == "sanitize" for s in t["suite"]):
+        print(os.path.relpath(t["cmd"][0], root))' "$ASAN_DIR" | sort -u) &&
+     meson compile -C "$ASAN_DIR" ${JOBS:+-j $JOBS} $targets; then
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-      meson test -C "$ASAN_DIR" --suite sanitize --print-errorlogs --num-processes 1 \
+      meson test -C "$ASAN_DIR" --no-rebuild --suite sanitize --print-errorlogs --num-processes 1 \
       --timeout-multiplier 6 || status=1
     cp "$ASAN_DIR/meson-logs/testlog.junit.xml" "$REPORTS/gtest-asan.xml" 2>/dev/null
   else

@@ -9,6 +9,7 @@ ESP implementation."""
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -237,6 +238,9 @@ class Gateway:
                 self.proc.kill()
                 self.proc.wait()
         self.output = self.read_log() if self.proc else ""
+        # DPDK leaves its runtime folder (telemetry socket, config) behind.
+        eal = self.config["eal"]
+        shutil.rmtree(f"/var/run/dpdk/{eal[eal.index('--file-prefix') + 1]}", ignore_errors=True)
         return self.proc.returncode if self.proc else None
 
     def mbufs(self):
