@@ -16,6 +16,35 @@ enum class DfPolicy : uint8_t { kCopy, kSet, kClear };
 inline constexpr uint16_t kNatTPort = 4500;  // RFC 3948
 inline constexpr uint64_t kSeqLimitNoEsn = uint64_t{1} << 32;
 
+// What esp_outbound_prepare() needs of an OutboundSa, precomputed once per SA
+// by finalize_outbound_sa() (the control thread, at install) so the per-packet
+// path neither re-evaluates the SA's settings nor builds the outer header
+// field by field.
+struct OutboundTemplate {
+  // Outer IPv4 [+ UDP] + SPI in network order, TOS / total length / ID /
+  // fragment / checksum (and UDP length) zero; copied with two 16-byte
+  // stores. Bytes past hdr_len - 12 (sequence number, IV) are overwritten.
+  alignas(16) uint8_t hdr[32];
+  uint64_t seq_max_m1;     // valid sequence numbers: 1 .. seq_max_m1 (0 = none)
+  uint32_t csum_base;      // ones' complement sum of the constant IPv4 words (memory order)
+  uint32_t spi_be;         // SPI, network order (AAD)
+  uint16_t df_fixed;       // outer fragment field = df_fixed | (inner fragment field & df_inner_mask), host order
+  uint16_t df_inner_mask;
+  uint8_t tos_fixed;       // outer TOS = tos_fixed | (inner TOS & tos_inner_mask)
+  uint8_t tos_inner_mask;
+  uint8_t hdr_len;         // outer IPv4 [+ UDP] + ESP header + IV: 36 or 44
+  uint8_t esp_off;         // offset of the SPI: 20 or 28
+  uint8_t aad_len;         // 8, or 12 with ESN
+  bool udp;
+  bool esn;
+  bool ready;              // false: esp_outbound_prepare() builds one on the fly (slow)
+};
+
+struct OutboundSa;
+// Builds sa.tmpl from the fields below. Call it after setting (or changing)
+// any of them and before the SA is published to workers.
+void finalize_outbound_sa(OutboundSa& sa);
+
 struct OutboundSa {
   uint32_t spi = 0;  // host order
   bool esn = false;
@@ -34,6 +63,8 @@ struct OutboundSa {
   // the effective limit is also capped at 2^32 (RFC 4303 §3.3.3: never wrap).
   uint64_t seq_limit = kSeqLimitNoEsn;
   uint32_t slot = 0;  // index of this SA's per-worker counters (control side assigns)
+  // Derived from the fields above by finalize_outbound_sa(); workers read only this.
+  OutboundTemplate tmpl{};
 };
 
 // A traffic selector of a policy-based SA: addr/mask, host order.

@@ -282,15 +282,20 @@ def esp_of(frame):
     return ip, ip[ESP]
 
 
-def raw_esp_records(path):
-    """Fast pcap reader for big captures: yields (outer dst, spi, seq)."""
+def pcap_records(path):
+    """Frames of a classic pcap file as bytes, fast (no dissection)."""
     with open(path, "rb") as f:
         data = f.read()
     off = 24
     while off + 16 <= len(data):
         incl = struct.unpack_from("<I", data, off + 8)[0]
-        pkt = data[off + 16: off + 16 + incl]
+        yield data[off + 16: off + 16 + incl]
         off += 16 + incl
+
+
+def raw_esp_records(path):
+    """For big captures: (outer dst, spi, seq) of each ESP frame."""
+    for pkt in pcap_records(path):
         ip = pkt[14:]
         ihl = (ip[0] & 0xF) * 4
         esp = ip[ihl + (8 if ip[9] == 17 else 0):]
@@ -298,28 +303,12 @@ def raw_esp_records(path):
 
 
 def raw_esp_records_l2(path):
-    """Fast pcap reader: yields (Ethernet dst MAC, ethertype) per frame."""
-    with open(path, "rb") as f:
-        data = f.read()
-    off = 24
-    while off + 16 <= len(data):
-        incl = struct.unpack_from("<I", data, off + 8)[0]
-        pkt = data[off + 16: off + 16 + incl]
-        off += 16 + incl
+    """(Ethernet dst MAC, ethertype) of each frame."""
+    for pkt in pcap_records(path):
         yield ":".join(f"{b:02x}" for b in pkt[:6]), struct.unpack(">H", pkt[12:14])[0]
 
 
 def raw_frames(path, wanted):
-    """The frames at these indices (0-based), as bytes, without parsing the rest."""
+    """The frames at these indices (0-based), as bytes."""
     wanted = set(wanted)
-    out = {}
-    with open(path, "rb") as f:
-        data = f.read()
-    off, i = 24, 0
-    while off + 16 <= len(data) and len(out) < len(wanted):
-        incl = struct.unpack_from("<I", data, off + 8)[0]
-        if i in wanted:
-            out[i] = data[off + 16: off + 16 + incl]
-        off += 16 + incl
-        i += 1
-    return out
+    return {i: pkt for i, pkt in enumerate(pcap_records(path)) if i in wanted}
