@@ -9,6 +9,7 @@
 #include <rte_lcore.h>
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
+#include <rte_pdump.h>
 #include <rte_telemetry.h>
 
 #include <cctype>
@@ -367,6 +368,11 @@ void Gateway::start() {
     server_ = std::make_unique<ControlServer>(cfg_.control.socket_path, cfg_.control.socket_group,
                                               [this](const json& r) { return handle(r); });
   register_telemetry();
+  // dpdk-dumpcap / dpdk-pdump attach as secondary processes; that needs the
+  // shared configuration (no --no-shconf / --in-memory) and, in DPDK 22.11,
+  // hugepage memory the secondary can map.
+  if (rte_pdump_init() != 0)
+    fmt::print(stderr, "espgw: pdump not available ({}): dpdk-dumpcap cannot capture\n", rte_strerror(rte_errno));
   if (cfg_.xfrm.enabled) start_xfrm_mirror();
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
