@@ -3,6 +3,10 @@
 # net_pcap (infinite_rx) source -> net_null sink. See bench/e2e/README.md.
 #
 #   scripts/bench_e2e.sh [--quick] [--hugepages] [--out FILE] [other options of bench_e2e.py]
+#   scripts/bench_e2e.sh --build-only     (steps 1-2; scripts/bench.sh uses it)
+#
+# scripts/bench.sh is the full harness (AES-256, IMIX, ESP-in-UDP, testpmd,
+# crypto-perf, micro-benchmarks, chart): see bench/README.md.
 #
 # 1. builds espgw in release mode in build-bench/ (if needed);
 # 2. builds ipsec-secgw from Debian's dpdk-doc examples in /tmp/secgw-build,
@@ -20,20 +24,25 @@ PATCH="$REPO/bench/e2e/ipsec-secgw-rx-offload-mask.patch"
 PY=/usr/bin/python3   # Debian's interpreter (scapy, yaml); python3 on PATH may be a pyenv without them
 
 hugepages=0
+build_only=0
 args=()
 for a in "$@"; do
   case "$a" in
     --hugepages) hugepages=1; args+=("$a") ;;
-    -h|--help) sed -n 2,13p "$0"; "$PY" "$REPO/scripts/bench_e2e.py" --help; exit 0 ;;
+    --build-only) build_only=1 ;;
+    -h|--help) sed -n 2,17p "$0"; "$PY" "$REPO/scripts/bench_e2e.py" --help; exit 0 ;;
     *) args+=("$a") ;;
   esac
 done
 
 # --- espgw --------------------------------------------------------------
+# release build; the Google Benchmark binaries too (scripts/bench.sh --micro)
 if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
-  meson setup "$BUILD_DIR" --buildtype=release -Dtests=false -Dbench=false
+  meson setup "$BUILD_DIR" --buildtype=release -Dtests=false -Dbench=true >/dev/null
+elif [[ "$(meson introspect --buildoptions "$BUILD_DIR" | "$PY" -c 'import json,sys; print({o["name"]: o["value"] for o in json.load(sys.stdin)}["bench"])')" != True ]]; then
+  meson configure "$BUILD_DIR" -Dbench=true >/dev/null
 fi
-ninja -C "$BUILD_DIR" control/espgw control/espctl >/dev/null
+ninja -C "$BUILD_DIR" control/espgw control/espctl bench/crypto/bench_aead bench/lpm/bench_lpm bench/dataplane/bench_esp >/dev/null
 echo "espgw: $BUILD_DIR/control/espgw ($(meson introspect --buildoptions "$BUILD_DIR" 2>/dev/null |
   "$PY" -c 'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"]=="buildtype"][0])' 2>/dev/null || echo '?'))"
 
@@ -52,6 +61,8 @@ if [[ ! -x "$SECGW_BUILD/build/ipsec-secgw" || ! -f "$stamp" || "$PATCH" -nt "$s
   touch "$stamp"
 fi
 echo "ipsec-secgw: $SECGW_BUILD/build/ipsec-secgw ($(dpkg-query -W -f='${Version}' libdpdk-dev 2>/dev/null || pkg-config --modversion libdpdk))"
+
+[[ $build_only == 1 ]] && exit 0
 
 # --- hugepages ----------------------------------------------------------
 HP=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages

@@ -1,0 +1,87 @@
+#!/usr/bin/python3
+"""Chart of a bench_e2e.py JSON result: Mpps per inner size, espgw vs
+ipsec-secgw vs the I/O+crypto limit, one panel per (direction, algorithm,
+encapsulation). Rates are per second of worker CPU time (what one dedicated
+core would do), the figure the harness compares on a shared machine.
+
+    /usr/bin/python3 bench/e2e/chart.py RESULT.json OUT.png
+"""
+import json
+import sys
+
+
+def plot(result, out_png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    panels = []
+    for r in rows:
+        k = (r["direction"], r["algo"], r["encap"])
+        if k not in panels:
+            panels.append(k)
+    ncol = min(4, len(panels))
+    nrow = (len(panels) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol + 0.6, 3.9 * nrow + 1.1), squeeze=False)
+    series = [("espgw", "espgw", "#1f77b4"), ("secgw", "ipsec-secgw", "#ff7f0e"),
+              ("limit_mpps", "limit: I/O + crypto", "#9e9e9e")]
+    ymax = 0
+    for r in rows:
+        for key, _, _ in series:
+            v = r.get(key)
+            v = v.get("mpps_per_worker_cpu_s_median") if isinstance(v, dict) else v
+            if isinstance(v, (int, float)):
+                ymax = max(ymax, v)
+    for i, (d, algo, encap) in enumerate(panels):
+        ax = axes[i // ncol][i % ncol]
+        pr = [r for r in rows if (r["direction"], r["algo"], r["encap"]) == (d, algo, encap)]
+        labels = [str(r["inner_ip_len"]) + (" B" if r["inner_ip_len"] != "imix" else "") for r in pr]
+        w = 0.27
+        for j, (key, name, color) in enumerate(series):
+            xs, ys, na = [], [], []
+            for x, r in enumerate(pr):
+                v = r.get(key)
+                if isinstance(v, dict) and "n/a" in v:
+                    na.append(x + (j - 1) * w)
+                    continue
+                v = v.get("mpps_per_worker_cpu_s_median") if isinstance(v, dict) else v
+                if isinstance(v, (int, float)):
+                    xs.append(x + (j - 1) * w)
+                    ys.append(v)
+            bars = ax.bar(xs, ys, w, label=name, color=color,
+                          hatch="//" if key == "limit_mpps" else None, edgecolor="white" if key != "limit_mpps" else "#616161")
+            for b, y in zip(bars, ys):
+                ax.text(b.get_x() + b.get_width() / 2, y + ymax * 0.01, f"{y:.1f}", ha="center", va="bottom",
+                        fontsize=7.5)
+            for x in na:
+                ax.text(x, ymax * 0.02, "n/a", ha="center", va="bottom", fontsize=8, rotation=90, color=color)
+        ax.set_xticks(range(len(pr)))
+        ax.set_xticklabels(labels)
+        ax.set_title(f"{d}, {algo.upper().replace('AES', 'AES-')}-GCM, {'ESP-in-UDP' if encap != 'esp' else 'ESP'}",
+                     fontsize=10.5)
+        ax.set_ylim(0, ymax * 1.14 if ymax else 1)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        if i % ncol == 0:
+            ax.set_ylabel("Mpps per worker CPU-second")
+        ax.set_xlabel("inner IP total length")
+    for i in range(len(panels), nrow * ncol):
+        axes[i // ncol][i % ncol].axis("off")
+    h, l = axes[0][0].get_legend_handles_labels()
+    top = 1 - 0.75 / fig.get_figheight()          # room for the title and the legend, in inches
+    fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.38 / fig.get_figheight()), ncol=3, fontsize=9.5,
+               frameon=False)
+    fig.suptitle(f"espgw vs ipsec-secgw ({result.get('secgw_mode', 'legacy')}), 1 worker, "
+                 f"{result.get('memory')}, median of {result.get('reps')} x {result.get('interval_s'):g} s, "
+                 f"TSC {result.get('tsc_hz', 0) / 1e6:.0f} MHz; bars: Mpps per second of worker CPU time",
+                 y=1 - 0.08 / fig.get_figheight(), va="top", fontsize=10.5)
+    fig.tight_layout(rect=(0, 0, 1, top))
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    plot(json.load(open(sys.argv[1])), sys.argv[2])
