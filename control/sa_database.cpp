@@ -105,6 +105,7 @@ std::unique_ptr<SaDatabase::Entry> SaDatabase::build(const SaParams& p) const {
     sa->aead = e->aead.get();
     sa->tunnel = p.tunnel;
     sa->seq_limit = p.esn ? ~uint64_t{0} : dp::kSeqLimitNoEsn;
+    dp::finalize_outbound_sa(*sa);  // the per-SA outer header template the workers use
     e->out = std::move(sa);
   } else {
     auto sa = std::make_unique<dp::InboundSa>();

@@ -31,6 +31,7 @@ enum class DropReason : uint8_t {
   kNoBuffer,        // mbuf pool empty / no room for headers
   kTxFull,          // TX queue full
   kUnsupported,     // IPv6, IP options we don't handle on this path, multi-segment...
+  kTtlExceeded,     // forwarded packet's TTL would reach 0 (outbound: ICMP time exceeded sent, rate-limited)
   kCount
 };
 
@@ -38,7 +39,8 @@ constexpr const char* drop_reason_name(DropReason r) {
   constexpr const char* names[] = {
       "truncated",   "bad_header",    "unknown_spi", "replay",       "too_old",   "icv_failure",
       "bad_padding", "no_route",      "tunnel_down", "mtu",          "policy",    "seq_exhausted",
-      "not_for_us",  "no_exception",  "no_neighbor", "no_buffer",    "tx_full",   "unsupported"};
+      "not_for_us",  "no_exception",  "no_neighbor", "no_buffer",    "tx_full",   "unsupported",
+      "ttl_exceeded"};
   static_assert(sizeof(names) / sizeof(names[0]) == static_cast<int>(DropReason::kCount));
   return names[static_cast<int>(r)];
 }
@@ -67,7 +69,7 @@ struct WorkerCounters {
   uint64_t exception_to_host;        // packets handed to the exception path
   uint64_t exception_from_host;      // packets the host sent out through us
   uint64_t arp_replies;
-  uint64_t icmp_sent;                // ICMP errors generated (frag needed)
+  uint64_t icmp_sent;                // ICMP errors generated (frag needed, time exceeded)
   uint64_t fragments;                // fragments made before encryption
   uint64_t mss_clamped;
   uint64_t loops;                    // poll loop iterations (idle ones too)

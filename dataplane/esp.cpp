@@ -28,6 +28,49 @@ const char* to_string(EspStatus s) {
   return "unknown";
 }
 
+void esp_outbound_build_template(const OutboundSa& sa, OutboundTemplate& t) {
+  using namespace detail;
+  memset(&t, 0, sizeof(t));
+  t.udp = sa.udp_dst_port != 0;
+  t.esn = sa.esn;
+  const uint64_t limit = sa.esn ? sa.seq_limit : std::min(sa.seq_limit, kSeqLimitNoEsn);
+  t.seq_max_m1 = limit == 0 ? 0 : limit - 1;
+  t.esp_off = static_cast<uint8_t>(kIpv4HdrLen + (t.udp ? kUdpHdrLen : 0));
+  t.hdr_len = static_cast<uint8_t>(t.esp_off + kEspHdrLen + kEspIvLen);
+  t.aad_len = sa.esn ? 12 : 8;
+  t.spi_be = rte_cpu_to_be_32(sa.spi);
+  t.tos_fixed = sa.dscp >= 0 ? static_cast<uint8_t>((sa.dscp & 0x3f) << 2) : 0;
+  t.tos_inner_mask = static_cast<uint8_t>((sa.dscp >= 0 ? 0 : 0xfc) | (sa.ecn_copy ? 0x3 : 0));
+  t.df_fixed = sa.df == DfPolicy::kSet ? 0x4000 : 0;
+  t.df_inner_mask = sa.df == DfPolicy::kCopy ? 0x4000 : 0;
+
+  uint8_t* o = t.hdr;
+  o[0] = 0x45;
+  o[8] = sa.ttl;
+  o[9] = t.udp ? kIpProtoUdp : kIpProtoEsp;
+  st32(o + 12, sa.outer_src);
+  st32(o + 16, sa.outer_dst);
+  // Partial checksum over the constant words (TOS, length, ID, fragment and
+  // checksum are zero here), in memory order like the per-packet patch.
+  uint32_t sum = 0;
+  for (uint32_t i = 0; i < kIpv4HdrLen; i += 2) {
+    uint16_t w;
+    memcpy(&w, o + i, 2);
+    sum += w;
+  }
+  t.csum_base = sum;
+  uint8_t* e = o + kIpv4HdrLen;
+  if (t.udp) {
+    st16(e, sa.udp_src_port);
+    st16(e + 2, sa.udp_dst_port);
+    e += kUdpHdrLen;  // length per packet, checksum 0
+  }
+  st32(e, sa.spi);
+  t.ready = true;
+}
+
+void finalize_outbound_sa(OutboundSa& sa) { esp_outbound_build_template(sa, sa.tmpl); }
+
 uint16_t esp_outbound_burst(rte_mbuf** pkts, OutboundSa* sa, uint16_t n, EspStatus* st) {
   if (n == 0) return 0;
   const uint64_t base = sa->next_seq.fetch_add(n, std::memory_order_relaxed);

@@ -88,57 +88,122 @@ inline constexpr uint32_t esp_overhead(uint32_t inner_len, bool udp) {
 }
 
 namespace detail {
-inline uint16_t ld16(const uint8_t* p) { return static_cast<uint16_t>(p[0] << 8 | p[1]); }
-inline uint32_t ld32(const uint8_t* p) {
-  return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3];
+// Host <-> network order with the compiler's builtins (DPDK's rte_bswap16 is
+// an asm volatile the compiler can neither fold nor schedule).
+#if RTE_BYTE_ORDER == RTE_LITTLE_ENDIAN
+inline constexpr uint16_t be16(uint16_t v) { return __builtin_bswap16(v); }
+inline constexpr uint32_t be32(uint32_t v) { return __builtin_bswap32(v); }
+inline constexpr uint64_t be64(uint64_t v) { return __builtin_bswap64(v); }
+#else
+inline constexpr uint16_t be16(uint16_t v) { return v; }
+inline constexpr uint32_t be32(uint32_t v) { return v; }
+inline constexpr uint64_t be64(uint64_t v) { return v; }
+#endif
+// Big-endian loads/stores: one (unaligned) access plus a bswap each.
+inline uint16_t ld16(const uint8_t* p) {
+  uint16_t v;
+  memcpy(&v, p, 2);
+  return be16(v);
 }
-inline void st16(uint8_t* p, uint16_t v) { p[0] = v >> 8; p[1] = v & 0xff; }
+inline uint32_t ld32(const uint8_t* p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return be32(v);
+}
+inline void st16(uint8_t* p, uint16_t v) {
+  v = be16(v);
+  memcpy(p, &v, 2);
+}
 inline void st32(uint8_t* p, uint32_t v) {
-  p[0] = v >> 24; p[1] = (v >> 16) & 0xff; p[2] = (v >> 8) & 0xff; p[3] = v & 0xff;
+  v = be32(v);
+  memcpy(p, &v, 4);
 }
 inline void st64(uint8_t* p, uint64_t v) {
-  st32(p, static_cast<uint32_t>(v >> 32));
-  st32(p + 4, static_cast<uint32_t>(v));
+  v = be64(v);
+  memcpy(p, &v, 8);
 }
-// Ones' complement sum of an IPv4 header (ihl*4 bytes) folded; 0xffff = valid
-inline uint16_t ip_sum(const uint8_t* p, uint32_t len) {
-  uint32_t s = 0;
-  for (uint32_t i = 0; i + 1 < len; i += 2) s += ld16(p + i);
-  while (s >> 16) s = (s & 0xffff) + (s >> 16);
+// Folds a 32-bit ones' complement accumulator to 16 bits.
+inline uint16_t fold16(uint32_t s) {
+  s = (s & 0xffff) + (s >> 16);
+  s = (s & 0xffff) + (s >> 16);
   return static_cast<uint16_t>(s);
 }
-inline void write_aad(uint8_t* aad, uint32_t spi, uint64_t seq, bool esn) {
-  st32(aad, spi);
-  if (esn) {
-    st32(aad + 4, static_cast<uint32_t>(seq >> 32));
-    st32(aad + 8, static_cast<uint32_t>(seq));
+// Ones' complement sum of an IPv4 header (ihl*4 bytes) folded; 0xffff = valid.
+// The sum is taken over words in memory order (byte-order independent).
+inline uint16_t ip_sum(const uint8_t* p, uint32_t len) {
+  uint64_t s = 0;
+  if (len == kIpv4HdrLen) {  // no options: five 32-bit words
+    uint32_t w[5];
+    memcpy(w, p, sizeof(w));
+    s = uint64_t{w[0]} + w[1] + w[2] + w[3] + w[4];
   } else {
-    st32(aad + 4, static_cast<uint32_t>(seq));
+    for (uint32_t i = 0; i + 3 < len; i += 4) {
+      uint32_t w;
+      memcpy(&w, p + i, 4);
+      s += w;
+    }
+  }
+  s = (s & 0xffffffff) + (s >> 32);
+  s = (s & 0xffffffff) + (s >> 32);
+  return fold16(static_cast<uint32_t>(s));
+}
+inline void write_aad(uint8_t* aad, uint32_t spi, uint64_t seq, bool esn) {
+  if (esn) {
+    st32(aad, spi);
+    st64(aad + 4, seq);  // seq high 32 bits || seq low 32 bits
+  } else {
+    // One 8-byte store: the AEAD's 8-byte read forwards from it (two 4-byte
+    // stores would stall the load).
+    st64(aad, uint64_t{spi} << 32 | static_cast<uint32_t>(seq));
   }
 }
 }  // namespace detail
 
 // ---------------------------------------------------------------- outbound
 
+// Builds `t` from sa's settings (finalize_outbound_sa() stores it in sa.tmpl).
+void esp_outbound_build_template(const OutboundSa& sa, OutboundTemplate& t);
+
 // Writes outer headers and trailer around the inner IPv4 packet and fills
 // `op` for in-place encryption; aad_scratch (12 bytes) must live until the
 // encryption ran. The caller then runs crypto::encrypt_burst(). On failure
 // the mbuf is untouched.
+//
+// Reads the SA's prebuilt template (sa.tmpl, see finalize_outbound_sa()): the
+// outer header is one 32-byte copy with TOS, total length, ID, fragment
+// field (and UDP length) patched in and the checksum completed from the
+// template's partial sum. An SA that was never finalized still works (the
+// template is then built on the stack for every packet: slow).
+//
+// kInnerChecked: the caller guarantees a single-segment mbuf holding exactly
+// one IPv4 packet with a valid version, IHL and total length == data length
+// (the worker's check_ipv4() + trim did that); the inner checks are skipped.
+template <bool kInnerChecked = false>
 inline EspStatus esp_outbound_prepare(rte_mbuf* m, const OutboundSa& sa, uint64_t seq,
                                       crypto::AeadOp& op, uint8_t* aad_scratch) {
   using namespace detail;
-  if (m->nb_segs != 1) return EspStatus::kUnsupported;
-  uint64_t limit = sa.esn ? sa.seq_limit : (sa.seq_limit < kSeqLimitNoEsn ? sa.seq_limit : kSeqLimitNoEsn);
-  if (seq >= limit || seq == 0) return EspStatus::kSeqExhausted;
+  OutboundTemplate local;
+  const OutboundTemplate* tp = &sa.tmpl;
+  if (__builtin_expect(!tp->ready, 0)) {
+    esp_outbound_build_template(sa, local);
+    tp = &local;
+  }
+  const OutboundTemplate& t = *tp;
+  if (!kInnerChecked && m->nb_segs != 1) return EspStatus::kUnsupported;
+  if (seq - 1 >= t.seq_max_m1) return EspStatus::kSeqExhausted;  // also seq == 0
 
-  uint32_t dlen = rte_pktmbuf_data_len(m);
+  const uint32_t dlen = rte_pktmbuf_data_len(m);
   const uint8_t* in = rte_pktmbuf_mtod(m, const uint8_t*);
-  if (dlen < kIpv4HdrLen || (in[0] >> 4) != 4 || (in[0] & 0xf) < 5) return EspStatus::kBadInner;
-  uint32_t inner_len = ld16(in + 2);
-  if (inner_len < uint32_t{in[0] & 0xfu} * 4 || inner_len > dlen) return EspStatus::kBadInner;
+  uint32_t inner_len;
+  if (kInnerChecked) {
+    inner_len = dlen;
+  } else {
+    if (dlen < kIpv4HdrLen || (in[0] >> 4) != 4 || (in[0] & 0xf) < 5) return EspStatus::kBadInner;
+    inner_len = ld16(in + 2);
+    if (inner_len < uint32_t{in[0] & 0xfu} * 4 || inner_len > dlen) return EspStatus::kBadInner;
+  }
 
-  const bool udp = sa.udp_dst_port != 0;
-  const uint32_t hdr = kIpv4HdrLen + (udp ? kUdpHdrLen : 0) + kEspHdrLen + kEspIvLen;
+  const uint32_t hdr = t.hdr_len;
   const uint32_t pad = (4 - ((inner_len + 2) & 3)) & 3;
   const uint32_t tail = pad + 2 + kEspIcvLen;
   const uint32_t total = hdr + inner_len + tail;
@@ -147,61 +212,64 @@ inline EspStatus esp_outbound_prepare(rte_mbuf* m, const OutboundSa& sa, uint64_
   if (rte_pktmbuf_headroom(m) < hdr || rte_pktmbuf_tailroom(m) + (dlen - inner_len) < tail)
     return EspStatus::kNoRoom;
 
-  const uint8_t inner_tos = in[1];
-  const uint16_t inner_frag = ld16(in + 6);
+  const uint8_t tos = static_cast<uint8_t>(t.tos_fixed | (in[1] & t.tos_inner_mask));
+  const uint16_t frag = static_cast<uint16_t>(t.df_fixed | (ld16(in + 6) & t.df_inner_mask));
 
-  // Grow the mbuf: trim to the inner total length, then add the tail and head.
-  m->data_len = static_cast<uint16_t>(inner_len + tail);
-  m->pkt_len = inner_len + tail;
-  uint8_t* o = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, static_cast<uint16_t>(hdr)));
+  // Grow the mbuf: trim to the inner total length, add the tail and the head.
+  m->data_off = static_cast<uint16_t>(m->data_off - hdr);
+  m->data_len = static_cast<uint16_t>(total);
+  m->pkt_len = total;
+  uint8_t* o = rte_pktmbuf_mtod(m, uint8_t*);
 
-  // Trailer: pad 1,2,3..., pad length, next header.
-  uint8_t* t = o + hdr + inner_len;
-  for (uint32_t i = 0; i < pad; ++i) t[i] = static_cast<uint8_t>(i + 1);
-  t[pad] = static_cast<uint8_t>(pad);
-  t[pad + 1] = kNextHdrIpv4;
+  // Trailer: pad 1,2,3..., pad length, next header (4 bytes of pattern
+  // first: they land in the ICV room at worst).
+  uint8_t* tr = o + hdr + inner_len;
+  memcpy(tr, "\x01\x02\x03\x00", 4);
+  tr[pad] = static_cast<uint8_t>(pad);
+  tr[pad + 1] = kNextHdrIpv4;
 
-  // Outer IPv4.
-  uint8_t tos = sa.dscp >= 0 ? static_cast<uint8_t>((sa.dscp & 0x3f) << 2) : (inner_tos & 0xfc);
-  if (sa.ecn_copy) tos |= inner_tos & 0x3;
-  uint16_t frag = 0;
-  if (sa.df == DfPolicy::kSet || (sa.df == DfPolicy::kCopy && (inner_frag & 0x4000))) frag = 0x4000;
-  o[0] = 0x45;
+  // Outer IPv4 [+ UDP] + SPI from the template.
+  memcpy(o, t.hdr, sizeof(t.hdr));
+  const uint16_t tot_be = be16(static_cast<uint16_t>(total));
+  const uint16_t id_be = be16(static_cast<uint16_t>(seq));
+  const uint16_t frag_be = be16(frag);
   o[1] = tos;
-  st16(o + 2, static_cast<uint16_t>(total));
-  st16(o + 4, static_cast<uint16_t>(seq));
-  st16(o + 6, frag);
-  o[8] = sa.ttl;
-  o[9] = udp ? kIpProtoUdp : kIpProtoEsp;
-  o[10] = o[11] = 0;
-  st32(o + 12, sa.outer_src);
-  st32(o + 16, sa.outer_dst);
-  st16(o + 10, static_cast<uint16_t>(~ip_sum(o, kIpv4HdrLen)));
+  memcpy(o + 2, &tot_be, 2);
+  memcpy(o + 4, &id_be, 2);
+  memcpy(o + 6, &frag_be, 2);
+  const uint16_t ck = static_cast<uint16_t>(
+      ~fold16(t.csum_base + be16(uint16_t{tos}) + tot_be + id_be + frag_be));
+  memcpy(o + 10, &ck, 2);
+  if (t.udp) st16(o + kIpv4HdrLen + 4, static_cast<uint16_t>(total - kIpv4HdrLen));
 
-  uint8_t* e = o + kIpv4HdrLen;
-  if (udp) {
-    st16(e, sa.udp_src_port);
-    st16(e + 2, sa.udp_dst_port);
-    st16(e + 4, static_cast<uint16_t>(total - kIpv4HdrLen));
-    st16(e + 6, 0);
-    e += kUdpHdrLen;
-  }
-  st32(e, sa.spi);
+  uint8_t* e = o + t.esp_off;
   st32(e + 4, static_cast<uint32_t>(seq));
   st64(e + 8, seq);  // IV
 
-  write_aad(aad_scratch, sa.spi, seq, sa.esn);
-  uint8_t* payload = e + kEspHdrLen + kEspIvLen;
+  if (t.esn) {
+    memcpy(aad_scratch, &t.spi_be, 4);
+    st64(aad_scratch + 4, seq);
+  } else {
+    // SPI || seq as one 8-byte store: the AEAD's 8-byte read of it then
+    // forwards from the store buffer instead of stalling on two halves.
+#if RTE_BYTE_ORDER == RTE_LITTLE_ENDIAN
+    const uint64_t a = uint64_t{t.spi_be} | uint64_t{be32(static_cast<uint32_t>(seq))} << 32;
+#else
+    const uint64_t a = uint64_t{t.spi_be} << 32 | static_cast<uint32_t>(seq);
+#endif
+    memcpy(aad_scratch, &a, 8);
+  }
+  uint8_t* payload = o + hdr;
   op.ctx = sa.aead;
   op.iv = e + kEspHdrLen;
   op.aad = aad_scratch;
-  op.aad_len = sa.esn ? 12 : 8;
+  op.aad_len = t.aad_len;
   op.src = payload;
   op.dst = payload;
   op.len = inner_len + pad + 2;
   op.icv = payload + op.len;
 
-  m->packet_type = RTE_PTYPE_L3_IPV4 | (udp ? RTE_PTYPE_L4_UDP : 0) | RTE_PTYPE_TUNNEL_ESP;
+  m->packet_type = RTE_PTYPE_L3_IPV4 | (t.udp ? RTE_PTYPE_L4_UDP : 0) | RTE_PTYPE_TUNNEL_ESP;
   m->l2_len = 0;
   m->l3_len = kIpv4HdrLen;
   m->ol_flags &= ~(RTE_MBUF_F_TX_L4_MASK | RTE_MBUF_F_TX_IP_CKSUM | RTE_MBUF_F_TX_TCP_SEG);
@@ -234,17 +302,24 @@ struct EspInboundInfo {
 
 // Validates the outer IPv4 (+UDP) header and the ESP length; no change to the
 // mbuf. `nat_t_port` is the UDP destination port treated as ESP-in-UDP.
+//
+// kOuterChecked: the caller guarantees a single-segment mbuf whose IPv4
+// version, IHL and total length (<= data length) were validated (the
+// worker's check_ipv4()); those checks are skipped.
+template <bool kOuterChecked = false>
 inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t nat_t_port = kNatTPort) {
   using namespace detail;
-  if (m->nb_segs != 1) return EspStatus::kUnsupported;
   const uint32_t dlen = rte_pktmbuf_data_len(m);
   const uint8_t* p = rte_pktmbuf_mtod(m, const uint8_t*);
-  if (dlen < kIpv4HdrLen) return EspStatus::kTruncated;
-  if ((p[0] >> 4) != 4 || (p[0] & 0xf) < 5) return EspStatus::kBadOuterHeader;
+  if (!kOuterChecked) {
+    if (m->nb_segs != 1) return EspStatus::kUnsupported;
+    if (dlen < kIpv4HdrLen) return EspStatus::kTruncated;
+    if ((p[0] >> 4) != 4 || (p[0] & 0xf) < 5) return EspStatus::kBadOuterHeader;
+  }
   const uint32_t ihl = uint32_t{p[0] & 0xfu} * 4;
-  if (dlen < ihl) return EspStatus::kTruncated;
+  if (!kOuterChecked && dlen < ihl) return EspStatus::kTruncated;
   const uint32_t tot = ld16(p + 2);
-  if (tot < ihl || tot > dlen) return EspStatus::kBadOuterHeader;  // tot < dlen: L2 padding, fine
+  if (!kOuterChecked && (tot < ihl || tot > dlen)) return EspStatus::kBadOuterHeader;  // tot < dlen: L2 padding
   if (ld16(p + 6) & 0x3fff) return EspStatus::kBadOuterHeader;     // fragment (MF or offset)
   if (!(m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_GOOD) &&
       ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_BAD || ip_sum(p, ihl) != 0xffff))
@@ -315,8 +390,20 @@ inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, boo
   const uint8_t nh = pt[ct_len - 1];
   if (pad > ct_len - 2) return EspStatus::kPadLength;
   const uint32_t plen = ct_len - 2 - pad;
-  for (uint32_t i = 0; i < pad; ++i)
-    if (pt[plen + i] != static_cast<uint8_t>(i + 1)) return EspStatus::kBadPadding;
+  if (pad <= 8) {
+    // Pad bytes 1, 2, .., pad: one 8-byte compare (the trailer and the ICV
+    // follow them, so 8 bytes from pt + plen are inside the packet).
+    if (pad) {
+      uint64_t got;
+      memcpy(&got, pt + plen, 8);
+      got = rte_le_to_cpu_64(got);
+      const uint64_t mask = pad == 8 ? ~uint64_t{0} : (uint64_t{1} << (8 * pad)) - 1;
+      if ((got ^ uint64_t{0x0807060504030201}) & mask) return EspStatus::kBadPadding;
+    }
+  } else {
+    for (uint32_t i = 0; i < pad; ++i)
+      if (pt[plen + i] != static_cast<uint8_t>(i + 1)) return EspStatus::kBadPadding;
+  }
   if (nh != kNextHdrIpv4) {
     if (nh == kNextHdrNone) return EspStatus::kDummy;
     if (nh == kNextHdrIpv6) return EspStatus::kUnsupported;
@@ -338,8 +425,15 @@ inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, boo
     st16(pt + 10, static_cast<uint16_t>(~c));
   }
 
-  rte_pktmbuf_adj(m, static_cast<uint16_t>(info.esp_off + kEspHdrLen + kEspIvLen));
-  rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - plen));
+  const uint16_t strip = static_cast<uint16_t>(info.esp_off + kEspHdrLen + kEspIvLen);
+  if (m->nb_segs == 1) {
+    m->data_off = static_cast<uint16_t>(m->data_off + strip);
+    m->data_len = static_cast<uint16_t>(plen);
+    m->pkt_len = plen;
+  } else {
+    rte_pktmbuf_adj(m, strip);
+    rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - plen));
+  }
   m->packet_type = RTE_PTYPE_L3_IPV4;
   m->l2_len = 0;
   m->l3_len = uint32_t{pt[0] & 0xfu} * 4;

@@ -29,7 +29,8 @@ inline DropReason check_ipv4(rte_mbuf* m, const rte_ipv4_hdr* ip, uint32_t avail
   if (avail < sizeof(rte_ipv4_hdr)) return DropReason::kTruncated;
   if ((ip->version_ihl >> 4) != 4) return DropReason::kUnsupported;
   uint32_t ihl = (ip->version_ihl & 0xF) * 4u;
-  uint32_t total = rte_be_to_cpu_16(ip->total_length);
+  uint32_t total = uint16_t(ip->total_length << 8 | ip->total_length >> 8);  // (rte_bswap16 is asm volatile)
+  if (RTE_BYTE_ORDER == RTE_BIG_ENDIAN) total = ip->total_length;
   if (ihl < 20 || total < ihl) return DropReason::kBadHeader;
   if (total > avail) return DropReason::kTruncated;
   if (total < avail) rte_pktmbuf_trim(m, uint16_t(avail - total));  // L2 padding
@@ -138,11 +139,12 @@ constexpr uint16_t esp_max_inner(uint16_t outer_mtu, bool udp) {
   return uint16_t((room & ~3) - 2);
 }
 
-// Builds ICMP "fragmentation needed" (type 3 code 4, RFC 1191) for the
-// original packet `orig` (starting at its IPv4 header) into a fresh mbuf,
-// with an Ethernet header back to `orig_eth`'s sender.
-inline rte_mbuf* build_icmp_frag_needed(rte_mempool* pool, const rte_ether_hdr* orig_eth,
-                                        const rte_ipv4_hdr* orig, const Port& port, uint16_t next_hop_mtu) {
+// Builds an ICMP error (type, code; `mtu` in the low 16 bits of the unused
+// word, RFC 1191) quoting the original packet `orig` (starting at its IPv4
+// header: header + 64 bits of data, RFC 792) into a fresh mbuf, from the
+// port's first address, with an Ethernet header back to `orig_eth`'s sender.
+inline rte_mbuf* build_icmp_error(rte_mempool* pool, const rte_ether_hdr* orig_eth, const rte_ipv4_hdr* orig,
+                                  const Port& port, uint8_t type, uint8_t code, uint16_t mtu) {
   if (port.nb_addrs == 0) return nullptr;
   rte_mbuf* m = rte_pktmbuf_alloc(pool);
   if (!m) return nullptr;
@@ -166,16 +168,38 @@ inline rte_mbuf* build_icmp_frag_needed(rte_mempool* pool, const rte_ether_hdr* 
   ip->dst_addr = orig->src_addr;
   ip->hdr_checksum = rte_ipv4_cksum(ip);
   auto* icmp = reinterpret_cast<uint8_t*>(ip + 1);
-  icmp[0] = 3;  // destination unreachable
-  icmp[1] = 4;  // fragmentation needed and DF set
+  icmp[0] = type;
+  icmp[1] = code;
   icmp[2] = icmp[3] = 0;
   icmp[4] = icmp[5] = 0;
-  uint16_t mtu_be = rte_cpu_to_be_16(next_hop_mtu);
+  uint16_t mtu_be = rte_cpu_to_be_16(mtu);
   memcpy(icmp + 6, &mtu_be, 2);
   memcpy(icmp + 8, orig, quote);
   uint16_t ck = uint16_t(~rte_raw_cksum(icmp, 8 + quote));
   memcpy(icmp + 2, &ck, 2);  // raw_cksum works in memory order: store as is
   return m;
+}
+
+// ICMP "fragmentation needed" (type 3 code 4, RFC 1191).
+inline rte_mbuf* build_icmp_frag_needed(rte_mempool* pool, const rte_ether_hdr* orig_eth,
+                                        const rte_ipv4_hdr* orig, const Port& port, uint16_t next_hop_mtu) {
+  return build_icmp_error(pool, orig_eth, orig, port, 3, 4, next_hop_mtu);
+}
+
+// ICMP "time exceeded in transit" (type 11 code 0, RFC 792 / RFC 1812 §5.3.1).
+inline rte_mbuf* build_icmp_time_exceeded(rte_mempool* pool, const rte_ether_hdr* orig_eth,
+                                          const rte_ipv4_hdr* orig, const Port& port) {
+  return build_icmp_error(pool, orig_eth, orig, port, 11, 0, 0);
+}
+
+// Forwarding TTL decrement with the incremental checksum update of RFC 1624
+// (the TTL is the high byte of its 16-bit word: the checksum grows by 0x0100,
+// end-around carry). The caller checked time_to_live > 1.
+inline void ipv4_decrement_ttl(rte_ipv4_hdr* ip) {
+  uint32_t c = ip->hdr_checksum;  // memory order, like the addend below
+  c += rte_cpu_to_be_16(0x0100);
+  ip->hdr_checksum = uint16_t(c + (c >= 0xFFFF));
+  ip->time_to_live--;
 }
 
 }  // namespace espgw::dataplane

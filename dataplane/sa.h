@@ -63,7 +63,8 @@ struct OutboundSa {
   // the effective limit is also capped at 2^32 (RFC 4303 §3.3.3: never wrap).
   uint64_t seq_limit = kSeqLimitNoEsn;
   uint32_t slot = 0;  // index of this SA's per-worker counters (control side assigns)
-  // Derived from the fields above by finalize_outbound_sa(); workers read only this.
+  // Derived from the settings above by finalize_outbound_sa(); the per-packet
+  // encapsulation reads this instead of them.
   OutboundTemplate tmpl{};
 };
 

@@ -87,13 +87,6 @@ inline bool icmp_allowed(Worker& w) {
   return true;
 }
 
-inline void prepend_eth(rte_mbuf* m, const rte_ether_addr& src, uint64_t dst_mac) {
-  auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_prepend(m, kEthLen));
-  unpack_mac(dst_mac, &eth->dst_addr);
-  eth->src_addr = src;
-  eth->ether_type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
-}
-
 // Learns next-hop MACs from any ARP packet whose sender we are waiting for.
 // Workers write these words directly: ARP is rare, the store is one atomic
 // 64-bit word, and every writer stores the same value for the same sender.
@@ -147,65 +140,134 @@ inline void send_frag_needed(Worker& w, rte_mbuf* m, uint16_t in_port, uint16_t 
   drop(w, m, DropReason::kMtu);
 }
 
+// Same for a packet whose TTL would expire here: ICMP "time exceeded" back
+// to the sender (RFC 1812 §5.3.1), rate-limited like frag-needed.
+inline void send_time_exceeded(Worker& w, rte_mbuf* m, uint16_t in_port) {
+  Dataplane& dp = *w.dp;
+  if (icmp_allowed(w)) {
+    auto* eth = rte_pktmbuf_mtod(m, const rte_ether_hdr*);
+    auto* ip = reinterpret_cast<const rte_ipv4_hdr*>(eth + 1);
+    if (rte_mbuf* icmp = build_icmp_time_exceeded(dp.pool, eth, ip, dp.ports[in_port])) {
+      w.c->icmp_sent++;
+      stage_tx(w, in_port, icmp);
+    }
+  }
+  drop(w, m, DropReason::kTtlExceeded);
+}
+
+// The 14-byte Ethernet header of a next hop, built once per burst.
+inline void make_eth(uint8_t* out, const rte_ether_addr& src, uint64_t dst_mac) {
+  for (int i = 0; i < 6; i++) out[i] = uint8_t(dst_mac >> (8 * i));
+  memcpy(out + 6, &src, 6);
+  const uint16_t type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
+  memcpy(out + 12, &type, 2);
+}
+
+// Prepends a prebuilt Ethernet header; false when there is no headroom.
+inline bool put_eth(rte_mbuf* m, const uint8_t* eth) {
+  uint8_t* p = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, kEthLen));
+  if (p == nullptr) return false;
+  memcpy(p, eth, kEthLen);
+  return true;
+}
+
 struct OutItem {
   rte_mbuf* m;
-  OutboundSa* sa;
-  uint16_t tunnel;
   uint16_t inner_len;
+  uint8_t grp;  // index into the burst's (tunnel, SA) list
 };
 
-// Encrypts up to kBurst items (all with a usable SA) and stages them for TX.
-inline void encrypt_and_send(Worker& w, OutItem* items, uint16_t n) {
+// The (tunnel, SA) pairs of one outbound burst: each tunnel's SA is read once
+// per burst, so a rekey switches every tunnel at a burst boundary.
+struct OutGroups {
+  uint16_t n;
+  uint16_t tunnel[kBurst];
+  OutboundSa* sa[kBurst];
+};
+
+// Encrypts up to kBurst items (all with a usable SA) and stages them for TX:
+// one sequence number reservation, one next-hop MAC read and one counter
+// update per (tunnel, SA) group and call.
+inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const OutGroups& groups) {
   Dataplane& dp = *w.dp;
-  // One fetch_add per SA per burst: count each SA's packets first.
-  OutboundSa* sas[kBurst];
-  uint16_t cnt[kBurst];
-  uint64_t base[kBurst];
-  uint16_t nsa = 0;
-  uint8_t which[kBurst];
-  for (uint16_t i = 0; i < n; i++) {
-    uint16_t k = 0;
-    while (k < nsa && sas[k] != items[i].sa) k++;
-    if (k == nsa) {
-      sas[nsa] = items[i].sa;
-      cnt[nsa++] = 0;
-    }
-    which[i] = uint8_t(k);
-    cnt[k]++;
+  struct Group {
+    uint16_t cnt;
+    uint16_t sent;
+    uint16_t port;
+    bool ok;
+    uint64_t base;
+    uint64_t inner_bytes;
+    uint64_t wire_bytes;
+    uint8_t eth[16];
+  };
+  Group g[kBurst];
+  const uint16_t ng = groups.n;
+  for (uint16_t k = 0; k < ng; k++) g[k].cnt = 0;
+  for (uint16_t i = 0; i < n; i++) g[items[i].grp].cnt++;
+  for (uint16_t k = 0; k < ng; k++) {
+    Group& gr = g[k];
+    gr.sent = 0;
+    gr.inner_bytes = gr.wire_bytes = 0;
+    if (gr.cnt == 0) continue;
+    const Tunnel& t = dp.tunnels[groups.tunnel[k]];
+    uint64_t mac = t.next_hop.mac.load(std::memory_order_relaxed);
+    gr.ok = (mac & kMacValid) != 0;
+    gr.port = t.port;
+    if (!gr.ok) continue;  // dropped below, before a sequence number is spent
+    make_eth(gr.eth, dp.ports[t.port].mac, mac);
+    gr.base = groups.sa[k]->next_seq.fetch_add(gr.cnt, std::memory_order_relaxed);
   }
-  for (uint16_t k = 0; k < nsa; k++) base[k] = sas[k]->next_seq.fetch_add(cnt[k], std::memory_order_relaxed);
 
   crypto::AeadOp ops[kBurst];
   uint8_t aad[kBurst][kAadScratch];
-  OutItem* ok_items[kBurst];
+  uint16_t ok_items[kBurst];
   uint16_t nops = 0;
   for (uint16_t i = 0; i < n; i++) {
-    OutItem& it = items[i];
-    uint64_t seq = base[which[i]]++;
-    EspStatus st = esp_outbound_prepare(it.m, *it.sa, seq, ops[nops], aad[nops]);
+    const OutItem& it = items[i];
+    Group& gr = g[it.grp];
+    if (!gr.ok) {
+      drop(w, it.m, DropReason::kNoNeighbor);
+      continue;
+    }
+    uint64_t seq = gr.base++;
+    EspStatus st = esp_outbound_prepare<true>(it.m, *groups.sa[it.grp], seq, ops[nops], aad[nops]);
     if (st != EspStatus::kOk) {
       drop(w, it.m, st == EspStatus::kSeqExhausted ? DropReason::kSeqExhausted
                     : st == EspStatus::kNoRoom     ? DropReason::kNoBuffer
                                                    : DropReason::kUnsupported);
       continue;
     }
-    ok_items[nops++] = &it;
+    ok_items[nops++] = i;
   }
+  if (nops == 0) return;
   crypto::encrypt_burst(ops, nops);
-  for (uint16_t i = 0; i < nops; i++) {
-    OutItem& it = *ok_items[i];
-    Tunnel& t = dp.tunnels[it.tunnel];
-    uint64_t mac = t.next_hop.mac.load(std::memory_order_relaxed);
-    if (!(mac & kMacValid)) {
-      drop(w, it.m, DropReason::kNoNeighbor);
+  for (uint16_t j = 0; j < nops; j++) {
+    const OutItem& it = items[ok_items[j]];
+    Group& gr = g[it.grp];
+    if (!put_eth(it.m, gr.eth)) {
+      drop(w, it.m, DropReason::kNoBuffer);
       continue;
     }
-    count(w.c->tunnel[it.tunnel].out, it.inner_len);
-    count(w.c->sa[it.sa->slot], it.inner_len);
-    prepend_eth(it.m, dp.ports[t.port].mac, mac);
-    w.c->port[t.port].tx.bytes += rte_pktmbuf_pkt_len(it.m);
-    stage_tx(w, t.port, it.m);
+    gr.sent++;
+    gr.inner_bytes += it.inner_len;
+    gr.wire_bytes += rte_pktmbuf_pkt_len(it.m);
+    stage_tx(w, gr.port, it.m);
   }
+  for (uint16_t k = 0; k < ng; k++) {
+    const Group& gr = g[k];
+    if (gr.sent == 0) continue;
+    PacketByteCount& tc = w.c->tunnel[groups.tunnel[k]].out;
+    tc.packets += gr.sent;
+    tc.bytes += gr.inner_bytes;
+    PacketByteCount& sc = w.c->sa[groups.sa[k]->slot];
+    sc.packets += gr.sent;
+    sc.bytes += gr.inner_bytes;
+    w.c->port[gr.port].tx.bytes += gr.wire_bytes;
+  }
+}
+
+inline void encrypt_and_send_all(Worker& w, const OutItem* items, uint16_t n, const OutGroups& groups) {
+  for (uint16_t s = 0; s < n; s += kBurst) encrypt_and_send(w, items + s, std::min<uint16_t>(kBurst, n - s), groups);
 }
 
 // Protected side: plaintext in, ESP out.
@@ -215,10 +277,12 @@ void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   rte_mbuf* ip_pkts[kBurst];
   uint32_t dst[kBurst];
   uint16_t k = 0;
+  uint64_t rx_bytes = 0;
 
   for (uint16_t i = 0; i < n; i++) {
     rte_mbuf* m = pkts[i];
     if (i + 1 < n) rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void*));
+    rx_bytes += rte_pktmbuf_pkt_len(m);
     if (m->nb_segs != 1) {
       drop(w, m, DropReason::kUnsupported);
       continue;
@@ -228,7 +292,7 @@ void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
-    uint16_t type = rte_be_to_cpu_16(eth->ether_type);
+    uint16_t type = detail::be16(eth->ether_type);
     if (type == RTE_ETHER_TYPE_ARP) {
       handle_arp(w, m, port);
       continue;
@@ -243,7 +307,7 @@ void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, r);
       continue;
     }
-    uint32_t d = rte_be_to_cpu_32(ip->dst_addr);
+    uint32_t d = detail::be32(ip->dst_addr);
     if (port_owns(in, d)) {  // ICMP echo to the gateway, management traffic
       to_exception(w, m);
       continue;
@@ -251,6 +315,7 @@ void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     ip_pkts[k] = m;
     dst[k++] = d;
   }
+  w.c->port[port].rx.bytes += rx_bytes;
   if (k == 0) return;
 
   lpm::TunnelId tun[kBurst];
@@ -258,11 +323,8 @@ void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
 
   OutItem items[kWork];
   uint16_t ni = 0;
-  // Each tunnel's SA is read once per burst, so a rekey switches every
-  // tunnel at a burst boundary.
-  uint16_t seen_tun[kBurst];
-  OutboundSa* seen_sa[kBurst];
-  uint16_t nseen = 0;
+  OutGroups groups;
+  groups.n = 0;
   for (uint16_t i = 0; i < k; i++) {
     rte_mbuf* m = ip_pkts[i];
     if (tun[i] == lpm::kNoRoute) {
@@ -271,26 +333,32 @@ void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     }
     Tunnel& t = dp.tunnels[tun[i]];
     uint16_t si = 0;
-    while (si < nseen && seen_tun[si] != tun[i]) si++;
-    if (si == nseen) {
-      seen_tun[nseen] = tun[i];
-      seen_sa[nseen++] = t.out_sa.load(std::memory_order_acquire);
+    while (si < groups.n && groups.tunnel[si] != tun[i]) si++;
+    if (si == groups.n) {
+      groups.tunnel[groups.n] = tun[i];
+      groups.sa[groups.n++] = t.out_sa.load(std::memory_order_acquire);
     }
-    OutboundSa* sa = seen_sa[si];
+    OutboundSa* sa = groups.sa[si];
     if (sa == nullptr) {
       drop(w, m, DropReason::kTunnelDown);
       continue;
     }
     auto* ip = rte_pktmbuf_mtod_offset(m, rte_ipv4_hdr*, kEthLen);
-    uint16_t inner_len = rte_be_to_cpu_16(ip->total_length);
+    // RFC 1812 §5.3.1: a router never forwards a packet whose TTL expires.
+    if (ip->time_to_live <= 1) {
+      send_time_exceeded(w, m, port);
+      continue;
+    }
+    uint16_t inner_len = detail::be16(ip->total_length);
     if (t.mss_clamp && clamp_tcp_mss(ip, inner_len, t.mss_clamp)) w.c->mss_clamped++;
 
     uint16_t max_inner = sa->udp_dst_port ? t.max_inner_udp : t.max_inner;
     if (inner_len > max_inner) {
       if (ip->fragment_offset & rte_cpu_to_be_16(RTE_IPV4_HDR_DF_FLAG)) {
-        send_frag_needed(w, m, port, max_inner);
+        send_frag_needed(w, m, port, max_inner);  // quotes the header as received
         continue;
       }
+      ipv4_decrement_ttl(ip);  // every fragment carries the decremented TTL
       // DF clear: fragment the inner packet, then encrypt each fragment
       // (RFC 4301 §8.1 pre-encryption fragmentation).
       rte_pktmbuf_adj(m, kEthLen);
@@ -304,22 +372,25 @@ void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       w.c->fragments += nf;
       for (int f = 0; f < nf; f++) {
         if (ni == kWork) {  // the work array is full: send what we have
-          for (uint16_t s = 0; s < ni; s += kBurst) encrypt_and_send(w, items + s, std::min<uint16_t>(kBurst, ni - s));
+          encrypt_and_send_all(w, items, ni, groups);
           ni = 0;
         }
         // copy_nonseg leaves headroom for an L2 header: the ESP header fits.
-        items[ni++] = {frags[f], sa, tun[i], rte_be_to_cpu_16(rte_pktmbuf_mtod(frags[f], rte_ipv4_hdr*)->total_length)};
+        items[ni++] = {frags[f], uint16_t(rte_pktmbuf_data_len(frags[f])), uint8_t(si)};
       }
       continue;
     }
-    rte_pktmbuf_adj(m, kEthLen);
+    ipv4_decrement_ttl(ip);
+    m->data_off = uint16_t(m->data_off + kEthLen);  // single segment: strip Ethernet in place
+    m->data_len = uint16_t(m->data_len - kEthLen);
+    m->pkt_len -= kEthLen;
     if (ni == kWork) {
-      for (uint16_t s = 0; s < ni; s += kBurst) encrypt_and_send(w, items + s, std::min<uint16_t>(kBurst, ni - s));
+      encrypt_and_send_all(w, items, ni, groups);
       ni = 0;
     }
-    items[ni++] = {m, sa, tun[i], inner_len};
+    items[ni++] = {m, inner_len, uint8_t(si)};
   }
-  for (uint16_t s = 0; s < ni; s += kBurst) encrypt_and_send(w, items + s, std::min<uint16_t>(kBurst, ni - s));
+  encrypt_and_send_all(w, items, ni, groups);
 }
 
 inline DropReason esp_drop_reason(EspStatus st) {
@@ -348,6 +419,73 @@ inline bool in_selectors(const Selector* s, uint8_t n, uint32_t a) {
   return false;
 }
 
+// Per-burst SA lookup: the distinct (SPI, destination) keys of a burst are
+// looked up once each (a burst usually carries one or two SAs). Nothing is
+// kept across poll iterations, so no SA pointer outlives the quiescent state
+// the worker reports after each iteration (RCU reclamation stays safe).
+constexpr uint16_t kMaxDistinctSa = 4;
+
+inline void lookup_inbound_sas(const Dataplane& dp, const InboundKey* keys, uint16_t k, InboundSa** out) {
+  uint64_t ukey[kMaxDistinctSa];
+  const void* ukeyp[kMaxDistinctSa];
+  uint8_t which[kBurst];
+  uint16_t nu = 0;
+  for (uint16_t i = 0; i < k; i++) {
+    uint64_t kv;
+    memcpy(&kv, &keys[i], sizeof(kv));
+    uint16_t j = 0;
+    while (j < nu && ukey[j] != kv) j++;
+    if (j == nu) {
+      if (nu == kMaxDistinctSa) {  // many SAs in one burst: the hash's bulk lookup
+        const void* keyp[kBurst];
+        void* data[kBurst];
+        uint64_t hits = 0;
+        for (uint16_t x = 0; x < k; x++) keyp[x] = &keys[x];
+        rte_hash_lookup_bulk_data(dp.inbound, keyp, k, &hits, data);
+        for (uint16_t x = 0; x < k; x++) out[x] = (hits >> x) & 1 ? static_cast<InboundSa*>(data[x]) : nullptr;
+        return;
+      }
+      ukey[nu] = kv;
+      ukeyp[nu++] = &keys[i];
+    }
+    which[i] = uint8_t(j);
+  }
+  InboundSa* usa[kMaxDistinctSa];
+  if (nu == 1) {
+    void* d = nullptr;
+    usa[0] = rte_hash_lookup_data(dp.inbound, ukeyp[0], &d) >= 0 ? static_cast<InboundSa*>(d) : nullptr;
+  } else {
+    void* data[kMaxDistinctSa];
+    uint64_t hits = 0;
+    rte_hash_lookup_bulk_data(dp.inbound, ukeyp, nu, &hits, data);
+    for (uint16_t j = 0; j < nu; j++) usa[j] = (hits >> j) & 1 ? static_cast<InboundSa*>(data[j]) : nullptr;
+  }
+  for (uint16_t i = 0; i < k; i++) out[i] = usa[which[i]];
+}
+
+// Counts runs of packets on the same SA with one counter update per run.
+struct SaRunCounter {
+  WorkerCounters* c;
+  const InboundSa* sa = nullptr;
+  uint64_t packets = 0, bytes = 0;
+  void flush() {
+    if (sa == nullptr) return;
+    c->sa[sa->slot].packets += packets;
+    c->sa[sa->slot].bytes += bytes;
+    c->tunnel[sa->tunnel].in.packets += packets;
+    c->tunnel[sa->tunnel].in.bytes += bytes;
+  }
+  void add(const InboundSa* s, uint32_t len) {
+    if (s != sa) {
+      flush();
+      sa = s;
+      packets = bytes = 0;
+    }
+    packets++;
+    bytes += len;
+  }
+};
+
 // Unprotected side: ESP in, plaintext out; IKE and ICMP to the host.
 void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   Dataplane& dp = *w.dp;
@@ -355,12 +493,13 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   rte_mbuf* esp[kBurst];
   EspInboundInfo info[kBurst];
   InboundKey keys[kBurst];
-  const void* keyp[kBurst];
   uint16_t k = 0;
+  uint64_t rx_bytes = 0;
 
   for (uint16_t i = 0; i < n; i++) {
     rte_mbuf* m = pkts[i];
     if (i + 1 < n) rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void*));
+    rx_bytes += rte_pktmbuf_pkt_len(m);
     if (m->nb_segs != 1) {
       drop(w, m, DropReason::kUnsupported);
       continue;
@@ -370,7 +509,7 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
-    uint16_t type = rte_be_to_cpu_16(eth->ether_type);
+    uint16_t type = detail::be16(eth->ether_type);
     if (type == RTE_ETHER_TYPE_ARP) {
       handle_arp(w, m, port);
       continue;
@@ -385,12 +524,15 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, r);
       continue;
     }
-    if (!port_owns(in, rte_be_to_cpu_32(ip->dst_addr))) {
+    if (!port_owns(in, detail::be32(ip->dst_addr))) {
       drop(w, m, DropReason::kNotForUs);
       continue;
     }
-    rte_pktmbuf_adj(m, kEthLen);
-    EspStatus st = esp_inbound_parse(m, info[k]);
+    // Single segment, at least 14 bytes: strip Ethernet in place.
+    m->data_off = uint16_t(m->data_off + kEthLen);
+    m->data_len = uint16_t(m->data_len - kEthLen);
+    m->pkt_len -= kEthLen;
+    EspStatus st = esp_inbound_parse<true>(m, info[k]);
     if (st == EspStatus::kNotEsp) {
       // IKE on 500, IKE behind the non-ESP marker on 4500, NAT keepalives,
       // ICMP: the host's IKE daemon and stack deal with them.
@@ -403,14 +545,13 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     keys[k] = {info[k].spi, info[k].outer_dst};
-    keyp[k] = &keys[k];
     esp[k++] = m;
   }
+  w.c->port[port].rx.bytes += rx_bytes;
   if (k == 0) return;
 
-  void* data[kBurst];
-  uint64_t hits = 0;
-  rte_hash_lookup_bulk_data(dp.inbound, keyp, k, &hits, data);
+  InboundSa* found[kBurst];
+  lookup_inbound_sas(dp, keys, k, found);
 
   crypto::AeadOp ops[kBurst];
   uint8_t aad[kBurst][kAadScratch];
@@ -419,11 +560,11 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint16_t idx[kBurst];
   uint16_t nops = 0;
   for (uint16_t i = 0; i < k; i++) {
-    if (!(hits & (1ull << i))) {
+    InboundSa* s = found[i];
+    if (s == nullptr) {
       drop(w, esp[i], DropReason::kUnknownSpi);
       continue;
     }
-    InboundSa* s = static_cast<InboundSa*>(data[i]);
     ReplayVerdict v = s->replay.check(info[i].seq_low, &full[i]);
     if (v != ReplayVerdict::kOk) {
       drop(w, esp[i], v == ReplayVerdict::kReplay ? DropReason::kReplay : DropReason::kTooOld);
@@ -445,6 +586,7 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint32_t src[kBurst];
   uint16_t tun_of[kBurst];
   uint16_t nf = 0;
+  SaRunCounter sc{w.c};
   for (uint16_t j = 0; j < nops; j++) {
     uint16_t i = idx[j];
     rte_mbuf* m = esp[i];
@@ -469,21 +611,20 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     auto* ip = rte_pktmbuf_mtod(m, rte_ipv4_hdr*);
-    uint32_t s = rte_be_to_cpu_32(ip->src_addr);
-    uint32_t d = rte_be_to_cpu_32(ip->dst_addr);
+    uint32_t s = detail::be32(ip->src_addr);
+    uint32_t d = detail::be32(ip->dst_addr);
     InboundSa& isa = *sa[j];
     if (isa.nb_remote_sel &&
         (!in_selectors(isa.remote_sel, isa.nb_remote_sel, s) || !in_selectors(isa.local_sel, isa.nb_local_sel, d))) {
       drop(w, m, DropReason::kPolicy);
       continue;
     }
-    uint32_t len = rte_pktmbuf_pkt_len(m);
-    count(w.c->sa[isa.slot], len);
-    count(w.c->tunnel[isa.tunnel].in, len);
+    sc.add(&isa, rte_pktmbuf_pkt_len(m));
     fwd[nf] = m;
     src[nf] = s;
     tun_of[nf++] = isa.tunnel;
   }
+  sc.flush();
   if (nf == 0) return;
 
   // Route-based acceptance and asymmetry: which tunnel would we use to reach
@@ -492,6 +633,9 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   dp.fib->lookup_burst(src, back, nf);
   uint64_t lan_mac = dp.lan_peer.mac.load(std::memory_order_relaxed);
   const Port& out = dp.ports[dp.protected_port];
+  uint8_t eth[16];
+  make_eth(eth, out.mac, lan_mac);
+  uint64_t tx_bytes = 0;
   for (uint16_t i = 0; i < nf; i++) {
     rte_mbuf* m = fwd[i];
     if (back[i] == lpm::kNoRoute) {
@@ -499,21 +643,34 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     if (back[i] != tun_of[i]) w.c->tunnel[tun_of[i]].asymmetric++;
+    // Forwarding (RFC 1812 §5.3.1): the decrypted packet's TTL must not
+    // expire here. No ICMP back through the tunnel: dropped and counted.
+    auto* ip = rte_pktmbuf_mtod(m, rte_ipv4_hdr*);
+    if (ip->time_to_live <= 1) {
+      drop(w, m, DropReason::kTtlExceeded);
+      continue;
+    }
     if (!(lan_mac & kMacValid)) {
       drop(w, m, DropReason::kNoNeighbor);
       continue;
     }
-    prepend_eth(m, out.mac, lan_mac);
-    w.c->port[dp.protected_port].tx.bytes += rte_pktmbuf_pkt_len(m);
+    ipv4_decrement_ttl(ip);
+    if (!put_eth(m, eth)) {
+      drop(w, m, DropReason::kNoBuffer);
+      continue;
+    }
+    tx_bytes += rte_pktmbuf_pkt_len(m);
     stage_tx(w, dp.protected_port, m);
   }
+  w.c->port[dp.protected_port].tx.bytes += tx_bytes;
 }
 
 // What the host sent through the tap: IKE and ICMP from one of our outer
 // addresses (or ARP from the host kernel). Leaves by the port that owns the
 // source address, towards the tunnel peer's MAC.
-void from_host(Worker& w, rte_mbuf** pkts, uint16_t n) {
+void from_host(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   Dataplane& dp = *w.dp;
+  for (uint16_t i = 0; i < n; i++) w.c->port[port].rx.bytes += rte_pktmbuf_pkt_len(pkts[i]);
   for (uint16_t i = 0; i < n; i++) {
     rte_mbuf* m = pkts[i];
     if (rte_pktmbuf_data_len(m) < kEthLen) {
@@ -521,7 +678,7 @@ void from_host(Worker& w, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
-    uint16_t type = rte_be_to_cpu_16(eth->ether_type);
+    uint16_t type = detail::be16(eth->ether_type);
     if (type == RTE_ETHER_TYPE_ARP) {
       // The host resolves its peers through us: answer every request with
       // the tap port's MAC (proxy ARP), we rewrite L2 on the way out anyway.
@@ -538,8 +695,8 @@ void from_host(Worker& w, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     auto* ip = reinterpret_cast<rte_ipv4_hdr*>(eth + 1);
-    uint32_t s = rte_be_to_cpu_32(ip->src_addr);
-    uint32_t d = rte_be_to_cpu_32(ip->dst_addr);
+    uint32_t s = detail::be32(ip->src_addr);
+    uint32_t d = detail::be32(ip->dst_addr);
     uint16_t out = kNoPort;
     for (uint16_t p = 0; p < dp.nb_ports && out == kNoPort; p++)
       if (dp.ports[p].kind != PortKind::kException && port_owns(dp.ports[p], s)) out = p;
@@ -602,12 +759,11 @@ uint32_t worker_poll_once_impl(Worker& w) {
     uint16_t n = rte_eth_rx_burst(port.port_id, w.index, pkts, kBurst);
     if (n == 0) continue;
     total += n;
-    w.c->port[p].rx.packets += n;
-    for (uint16_t i = 0; i < n; i++) w.c->port[p].rx.bytes += rte_pktmbuf_pkt_len(pkts[i]);
+    w.c->port[p].rx.packets += n;  // rx bytes: counted by the pipelines, which touch each mbuf anyway
     switch (port.kind) {
       case PortKind::kProtected: outbound(w, p, pkts, n); break;
       case PortKind::kUnprotected: inbound(w, p, pkts, n); break;
-      case PortKind::kException: from_host(w, pkts, n); break;
+      case PortKind::kException: from_host(w, p, pkts, n); break;
     }
   }
   if (w.index == 0) resolve_neighbors(w);

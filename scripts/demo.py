@@ -52,6 +52,14 @@ def espctl(*a):
     return r.stdout
 
 
+def forwarded(p):
+    """What a router sends on for `p`: its TTL one less, checksum to match."""
+    q = IP(bytes(p))
+    q.ttl -= 1
+    del q.chksum
+    return IP(bytes(q))
+
+
 def banner(text):
     print(f"\n=== {text}")
 
@@ -97,12 +105,12 @@ def outbound_round(label, first_id, expect_tunnel):
         t = tunnel_of(frame[IP].dst)
         esp = frame[ESP]
         clear = scapy_sa(out_sa[t], t, True).decrypt(IP(bytes(frame[IP])))
-        ok = bytes(IP(bytes(clear))) == bytes(inner)
+        ok = bytes(IP(bytes(clear))) == bytes(forwarded(inner))  # espgw routes: TTL one less
         print(f"  {frame[IP].src} -> {frame[IP].dst} ({t}) ESP spi=0x{esp.spi:08x} seq={esp.seq:<3} "
               f"{len(frame[IP])} B   scapy decrypts: {IP(bytes(clear)).summary()}  {'[match]' if ok else '[MISMATCH]'}")
         if t != expect_tunnel or not ok:
             sys.exit(f"expected traffic on {expect_tunnel}, decrypting to what we sent")
-    print(f"  -> all {len(got)} packets left on {expect_tunnel} as ESP and decrypt to what the LAN host sent")
+    print(f"  -> all {len(got)} packets left on {expect_tunnel} as ESP and decrypt to what the LAN host sent (TTL - 1)")
 
 
 outbound_round("LAN host pings 172.31.5.10: route 172.31.0.0/16 via aws-a1/10 aws-a2/20 aws-b1/30 aws-b2/40", 1,
@@ -134,11 +142,11 @@ def send_wan():
 
 sent, got = capture("espgw-lan", lambda p: IP in p and p[IP].src == "172.31.5.10", send_wan, 5)
 for inner, frame in zip(sent, got):
-    ok = bytes(frame[IP]) == bytes(inner)
+    ok = bytes(frame[IP]) == bytes(forwarded(inner))
     print(f"  on the LAN: {frame[Ether].src} -> {frame[Ether].dst} {frame[IP].summary()}  {'[match]' if ok else '[MISMATCH]'}")
-if len(got) != len(sent) or any(bytes(f[IP]) != bytes(i) for i, f in zip(sent, got)):
+if len(got) != len(sent) or any(bytes(f[IP]) != bytes(forwarded(i)) for i, f in zip(sent, got)):
     sys.exit("inbound ESP did not come out as the original packets")
-print(f"  -> espgw decrypted all {len(got)} ESP packets back to the AWS host's replies")
+print(f"  -> espgw decrypted all {len(got)} ESP packets back to the AWS host's replies (TTL - 1)")
 
 banner("replaying those 5 ESP packets: anti-replay drops them")
 for i in range(5):

@@ -40,6 +40,7 @@ void init_out(OutboundSa& o, const AeadContext* c, bool esn, bool udp, uint64_t 
   o.udp_dst_port = udp ? 4500 : 0;
   o.aead = c;
   o.seq_limit = esn ? ~uint64_t{0} : kSeqLimitNoEsn;
+  finalize_outbound_sa(o);  // as the control thread does at install
 }
 
 void init_in(InboundSa& i, const AeadContext* c, bool esn, bool udp, uint32_t window = 1024) {
@@ -185,6 +186,7 @@ TEST(EspOutbound, OuterHeaderPolicies) {
     out.df = c.df;
     out.ecn_copy = c.ecn_copy;
     out.ttl = 17;
+    finalize_outbound_sa(out);
     MbufPtr m = to_mbuf(make_inner(100, inner_tos, c.inner_df));
     const uint64_t seq = out.next_seq.load();
     ASSERT_EQ(esp_encap(m.get(), out), EspStatus::kOk);
@@ -273,14 +275,17 @@ TEST(EspOutbound, SeqExhaustedLeavesPacketUntouched) {
   EXPECT_EQ(m2->data_off, RTE_PKTMBUF_HEADROOM);
   // Even a misconfigured limit above 2^32 does not wrap a non-ESN SA.
   out.seq_limit = ~uint64_t{0};
+  finalize_outbound_sa(out);
   EXPECT_EQ(esp_encap(m2.get(), out), EspStatus::kSeqExhausted);
   // Explicit lower limit.
   out.seq_limit = 10;
+  finalize_outbound_sa(out);
   out.next_seq.store(10);
   EXPECT_EQ(esp_encap(m2.get(), out), EspStatus::kSeqExhausted);
   // ESN continues past 2^32.
   out.esn = true;
   out.seq_limit = ~uint64_t{0};
+  finalize_outbound_sa(out);
   out.next_seq.store(uint64_t{1} << 32);
   EXPECT_EQ(esp_encap(m2.get(), out), EspStatus::kOk);
   EXPECT_EQ(ld32(rte_pktmbuf_mtod_offset(m2.get(), uint8_t*, 24)), 0u);  // low 32 bits on the wire
@@ -297,6 +302,7 @@ TEST(EspOutbound, NoRoom) {
   EXPECT_EQ(from_mbuf(m.get()), inner);
   EXPECT_EQ(m->data_off, 43);
   out.udp_dst_port = out.udp_src_port = 0;  // plain ESP needs 36: fits
+  finalize_outbound_sa(out);
   EXPECT_EQ(esp_encap(m.get(), out), EspStatus::kOk);
   // Tailroom: fill the buffer to 10 bytes short of the end (needs 2+2+16).
   rte_mbuf* t = rte_pktmbuf_alloc(pool());
@@ -330,6 +336,78 @@ TEST(EspOutbound, BadInnerAndMultiSegment) {
   ASSERT_EQ(rte_pktmbuf_chain(h.get(), tail), 0);
   EXPECT_EQ(esp_encap(h.get(), out), EspStatus::kUnsupported);
   EXPECT_EQ(rte_pktmbuf_pkt_len(h.get()), 60u);
+}
+
+// The prebuilt outer header template (finalize_outbound_sa) must give the
+// same bytes as an SA that was never finalized (built on the fly from its
+// settings) for every combination of settings.
+TEST(EspOutbound, TemplateMatchesSettingsForEveryPolicy) {
+  Pair keys(AeadAlgo::kAes128Gcm);
+  int combos = 0;
+  for (bool udp : {false, true})
+    for (bool esn : {false, true})
+      for (int16_t dscp : {int16_t{-1}, int16_t{0}, int16_t{46}})
+        for (DfPolicy df : {DfPolicy::kCopy, DfPolicy::kSet, DfPolicy::kClear})
+          for (bool ecn : {false, true}) {
+            SCOPED_TRACE(::testing::Message() << "udp " << udp << " esn " << esn << " dscp " << dscp << " df "
+                                              << int(df) << " ecn " << ecn);
+            const uint64_t start = esn ? 0x1fffffff0ull : 0xfff0;
+            OutboundSa fast, slow;
+            for (OutboundSa* o : {&fast, &slow}) {
+              init_out(*o, &keys.fast, esn, udp, start);
+              o->dscp = dscp;
+              o->df = df;
+              o->ecn_copy = ecn;
+              o->ttl = static_cast<uint8_t>(3 + combos);
+              o->spi = 0xa1b2c3d4;
+              o->outer_src = 0x0a000001 + combos;
+              o->outer_dst = 0xfffefdfc - combos;
+            }
+            finalize_outbound_sa(fast);
+            slow.tmpl.ready = false;  // as an SA nobody finalized
+            ASSERT_TRUE(fast.tmpl.ready);
+            for (uint32_t size : {20u, 21u, 22u, 23u, 64u, 577u, 1400u}) {
+              for (uint8_t tos : {uint8_t{0}, uint8_t{0xff}, uint8_t{(46 << 2) | 1}}) {
+                Bytes inner = make_inner(size, tos, (size & 1) != 0, size);
+                MbufPtr a = to_mbuf(inner), b = to_mbuf(inner);
+                ASSERT_EQ(esp_encap(a.get(), fast), EspStatus::kOk);
+                ASSERT_EQ(esp_encap(b.get(), slow), EspStatus::kOk);
+                Bytes wa = from_mbuf(a.get());
+                ASSERT_EQ(wa, from_mbuf(b.get()));
+                EXPECT_EQ(cksum(wa.data(), 20), 0);
+                EXPECT_EQ(wa[1], dscp >= 0 ? ((dscp << 2) | (ecn ? tos & 3 : 0)) : ((tos & 0xfc) | (ecn ? tos & 3 : 0)));
+                EXPECT_EQ(a->data_off, b->data_off);
+              }
+            }
+            combos++;
+          }
+  EXPECT_EQ(combos, 72);
+}
+
+TEST(EspOutbound, TemplateSequenceLimits) {
+  Pair keys(AeadAlgo::kAes128Gcm);
+  OutboundSa out;
+  init_out(out, &keys.fast, false, false);
+  Bytes inner = make_inner(64);
+  // seq 0 is never used; a limit of 0 or 1 allows nothing.
+  for (uint64_t limit : {uint64_t{0}, uint64_t{1}}) {
+    out.seq_limit = limit;
+    finalize_outbound_sa(out);
+    out.next_seq.store(1);
+    MbufPtr m = to_mbuf(inner);
+    EXPECT_EQ(esp_encap(m.get(), out), EspStatus::kSeqExhausted);
+  }
+  out.seq_limit = 3;
+  finalize_outbound_sa(out);
+  out.next_seq.store(0);
+  MbufPtr z = to_mbuf(inner);
+  EXPECT_EQ(esp_encap(z.get(), out), EspStatus::kSeqExhausted);  // 0
+  for (int i = 1; i <= 2; i++) {
+    MbufPtr m = to_mbuf(inner);
+    EXPECT_EQ(esp_encap(m.get(), out), EspStatus::kOk) << i;
+  }
+  MbufPtr m = to_mbuf(inner);
+  EXPECT_EQ(esp_encap(m.get(), out), EspStatus::kSeqExhausted);  // 3 == limit
 }
 
 // ---------------------------------------------------------------- inbound
@@ -577,6 +655,26 @@ TEST_F(EspInbound, BadPadding) {
   EXPECT_EQ(decap(forge(keys.oracle, f, pl2), true), EspStatus::kBadPadding);
   // Authenticated packets move the window even when the trailer is bad.
   EXPECT_EQ(in.replay.top(), 2u);
+  // Every pad length up to 20 (short and long compare paths): good, and
+  // with each pad byte wrong in turn.
+  uint64_t seq = 3;
+  for (uint32_t pad = 0; pad <= 20; pad++) {
+    SCOPED_TRACE(pad);
+    Bytes inner = make_inner(60);
+    Bytes ok = inner;
+    for (uint32_t i = 1; i <= pad; i++) ok.push_back(static_cast<uint8_t>(i));
+    ok.push_back(static_cast<uint8_t>(pad));
+    ok.push_back(4);
+    f.seq = seq++;
+    EXPECT_EQ(decap(forge(keys.oracle, f, ok), true), EspStatus::kOk);
+    EXPECT_EQ(last, inner);
+    for (uint32_t i = 0; i < pad; i++) {
+      Bytes bad = ok;
+      bad[inner.size() + i] ^= 0x10;
+      f.seq = seq++;
+      EXPECT_EQ(decap(forge(keys.oracle, f, bad), true), EspStatus::kBadPadding) << i;
+    }
+  }
 }
 
 TEST_F(EspInbound, PadLengthBeyondPayload) {

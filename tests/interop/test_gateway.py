@@ -2,7 +2,7 @@
 scapy (an independent ESP implementation): outbound ESP on the tunnel the
 route table chose, inbound decryption, drops by reason, failover under
 traffic, two workers, MSS clamp, ICMP frag-needed, pre-encryption
-fragmentation, and no mbuf leak."""
+fragmentation, TTL decrement / time exceeded, and no mbuf leak."""
 
 import random
 import time
@@ -36,6 +36,15 @@ def inner_packets(n, rng, dst_net="172.31", sizes=(20, 1400)):
         pad = max(0, size - len(p))
         pkts.append(IP(bytes(p / Raw(bytes(rng.getrandbits(8) for _ in range(pad))))))
     return pkts
+
+
+def forwarded(p):
+    """What a router sends on for `p`: the same packet with its TTL one less
+    (RFC 1812 §5.3.1) and the header checksum to match."""
+    q = IP(bytes(p))
+    q.ttl -= 1
+    del q.chksum
+    return IP(bytes(q))
 
 
 def decrypt_outbound(frame, sa):
@@ -80,7 +89,7 @@ def test_outbound_esp_on_the_chosen_tunnel(tmp_path):
         assert ip.src == h.TUNNELS[expect][0]
         assert ip.proto == 50
         assert esp.spi == OUT[expect].spi
-        assert bytes(decrypt_outbound(frame, OUT[expect])) == bytes(orig)
+        assert bytes(decrypt_outbound(frame, OUT[expect])) == bytes(forwarded(orig))
         seqs.setdefault(expect, []).append(esp.seq)
     for t, s in seqs.items():
         assert s == list(range(1, len(s) + 1)), f"{t}: sequence numbers not 1,2,3...: {s[:10]}"
@@ -114,8 +123,8 @@ def test_inbound_decrypts_and_drops_by_reason(tmp_path):
     assert len(out) == len(inner) + 1  # + the seq 5000 packet
     for frame, orig in zip(out, inner):
         assert frame[Ether].dst == h.PEER_MAC and frame[Ether].src == h.LAN_MAC
-        assert bytes(frame[IP]) == bytes(orig)
-    assert bytes(out[-1][IP]) == bytes(inner[1])
+        assert bytes(frame[IP]) == bytes(forwarded(orig))
+    assert bytes(out[-1][IP]) == bytes(forwarded(inner[1]))
     d = st["drops"]
     assert d["replay"] == 2
     assert d["icv_failure"] == 1
@@ -141,7 +150,7 @@ def test_inbound_udp_encapsulated_and_ike_marker(tmp_path):
     with gw:
         st = gw.wait_rx(wan=len(frames) + 1, lan=1)
     out = gw.sent("lan")
-    assert [bytes(f[IP]) for f in out] == [bytes(p) for p in inner]
+    assert [bytes(f[IP]) for f in out] == [bytes(forwarded(p)) for p in inner]
     assert st["drops"]["no_exception"] == 1
     wan = gw.sent("wan")
     assert len(wan) == 1
@@ -174,7 +183,7 @@ def test_policy_based_sa_rejects_packets_outside_its_selectors(tmp_path):
                    wan_in=frames)
     with gw:
         st = gw.wait_rx(wan=2)
-    assert [bytes(f[IP]) for f in gw.sent("lan")] == [bytes(inside)]
+    assert [bytes(f[IP]) for f in gw.sent("lan")] == [bytes(forwarded(inside))]
     assert st["drops"]["policy"] == 1
 
 
@@ -220,7 +229,7 @@ def test_two_workers_no_sequence_number_reused(tmp_path):
     assert st["workers"] == 2
     frames = gw.sent("wan")
     assert len(frames) == 300
-    originals = {bytes(p) for p in q0 + q1}
+    originals = {bytes(forwarded(p)) for p in q0 + q1}
     seqs = []
     for f in frames:
         assert tunnel_of(f) == "aws-a1"
@@ -248,7 +257,7 @@ def test_mss_clamp_on_syn(tmp_path):
     fresh = IP(bytes(out[0]))
     del fresh[TCP].chksum
     assert IP(bytes(fresh))[TCP].chksum == got
-    assert bytes(out[1]) == bytes(ack)
+    assert bytes(out[1]) == bytes(forwarded(ack))
     assert st["mss_clamped"] == 1
 
 
@@ -270,7 +279,7 @@ def test_icmp_fragmentation_needed_when_df_set(tmp_path):
     assert bytes(icmp[ICMP].payload)[:28] == bytes(big)[:28]
     wan = gw.sent("wan")
     assert len(wan) == 1 and len(wan[0][IP]) == 1500
-    assert bytes(decrypt_outbound(wan[0], OUT["aws-a1"])) == bytes(fits)
+    assert bytes(decrypt_outbound(wan[0], OUT["aws-a1"])) == bytes(forwarded(fits))
     assert st["drops"]["mtu"] == 1 and st["icmp_sent"] == 1
 
 
@@ -299,9 +308,97 @@ def test_fragmentation_before_encryption_when_df_clear(tmp_path):
         assert len(f[IP]) <= 1500
     whole = defragment(frags)
     assert len(whole) == 1
-    assert bytes(whole[0]) == bytes(big)
+    assert bytes(whole[0]) == bytes(forwarded(big))
     assert st["fragments"] == 2
     assert_no_leak(gw)
+
+
+def test_ttl_decremented_both_directions(tmp_path):
+    # Outbound: the inner packet leaves inside ESP with its TTL one less (and a
+    # right checksum); inbound likewise after decryption.
+    ttls = [2, 3, 17, 63, 64, 128, 254, 255]
+    out_inner = [IP(bytes(IP(src="10.240.128.5", dst="172.31.1.1", ttl=t, id=100 + i, tos=4 * i) / UDP(sport=1, dport=2) /
+                          Raw(b"o" * (i * 37)))) for i, t in enumerate(ttls)]
+    in_inner = [IP(bytes(IP(src="172.31.1.1", dst="10.240.128.20", ttl=t, id=200 + i) / TCP(sport=443, dport=5000 + i, flags="A") /
+                         Raw(b"i" * (i * 41)))) for i, t in enumerate(ttls)]
+    sa = IN["aws-a1"]
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(p) for p in out_inner],
+                   wan_in=[h.wan_frame(sa.encrypt(p, s)) for s, p in enumerate(in_inner, 1)])
+    with gw:
+        st = gw.wait_rx(lan=len(out_inner), wan=len(in_inner))
+    wan = gw.sent("wan")
+    assert len(wan) == len(out_inner)
+    for frame, orig in zip(wan, out_inner):
+        clear = decrypt_outbound(frame, OUT["aws-a1"])
+        assert clear.ttl == orig.ttl - 1
+        assert bytes(clear) == bytes(forwarded(orig))
+        fresh = IP(bytes(clear))
+        del fresh.chksum
+        assert IP(bytes(fresh)).chksum == clear.chksum
+        # The outer header's TTL is the tunnel's, not the inner one.
+        assert frame[IP].ttl == 64
+    lan = gw.sent("lan")
+    assert [bytes(f[IP]) for f in lan] == [bytes(forwarded(p)) for p in in_inner]
+    assert [f[IP].ttl for f in lan] == [t - 1 for t in ttls]
+    assert st["drops_total"] == 0
+    assert_no_leak(gw)
+
+
+def test_ttl_exceeded_outbound_icmp_and_inbound_drop(tmp_path):
+    # Outbound TTL 0 and 1: dropped before encryption, ICMP time exceeded
+    # (type 11 code 0) back to the sender quoting the packet as received.
+    # Inbound TTL 0 and 1 after decryption: dropped and counted, no ICMP.
+    dying = [IP(bytes(IP(src="10.240.128.5", dst="172.31.1.1", ttl=t, id=300 + t) / UDP(sport=7, dport=9) / Raw(b"d" * 30)))
+             for t in (1, 0)]
+    ok = IP(bytes(IP(src="10.240.128.5", dst="172.31.1.1", ttl=2, id=302) / UDP(sport=7, dport=9) / Raw(b"k" * 30)))
+    in_dying = [IP(bytes(IP(src="172.31.1.1", dst="10.240.128.20", ttl=t, id=400 + t) / UDP() / Raw(b"x" * 20)))
+                for t in (1, 0)]
+    in_ok = IP(bytes(IP(src="172.31.1.1", dst="10.240.128.20", ttl=2, id=402) / UDP() / Raw(b"y" * 20)))
+    sa = IN["aws-a1"]
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(p) for p in dying + [ok]],
+                   wan_in=[h.wan_frame(sa.encrypt(p, s)) for s, p in enumerate(in_dying + [in_ok], 1)])
+    with gw:
+        st = gw.wait_rx(lan=3, wan=3)
+    wan = gw.sent("wan")
+    assert len(wan) == 1
+    assert bytes(decrypt_outbound(wan[0], OUT["aws-a1"])) == bytes(forwarded(ok))
+    lan = gw.sent("lan")
+    icmps = [f for f in lan if ICMP in f and f[IP].proto == 1]
+    plain = [f for f in lan if not (ICMP in f and f[IP].proto == 1)]
+    assert len(icmps) == 2
+    for icmp, orig in zip(icmps, dying):
+        assert icmp[Ether].dst == h.PEER_MAC and icmp[Ether].src == h.LAN_MAC
+        assert icmp[IP].src == "10.240.128.1" and icmp[IP].dst == "10.240.128.5"
+        assert icmp[ICMP].type == 11 and icmp[ICMP].code == 0
+        raw = bytes(icmp[IP])
+        fresh = IP(raw)
+        del fresh.chksum
+        del fresh[ICMP].chksum
+        again = IP(bytes(fresh))
+        assert again.chksum == icmp[IP].chksum and again[ICMP].chksum == icmp[ICMP].chksum
+        # RFC 792: the original header + 64 bits of its data, unchanged.
+        assert raw[28:] == bytes(orig)[:28]
+    assert [bytes(f[IP]) for f in plain] == [bytes(forwarded(in_ok))]
+    assert st["drops"]["ttl_exceeded"] == 4
+    assert st["icmp_sent"] == 2
+    assert st["drops_total"] == 4
+    tun = {t["name"]: t for t in st["tunnels"]}
+    assert tun["aws-a1"]["out"]["packets"] == 1
+    assert_no_leak(gw)
+
+
+def test_ttl_exceeded_icmp_rate_limit(tmp_path):
+    dying = [h.lan_frame(IP(bytes(IP(src="10.240.128.5", dst="172.31.1.1", ttl=1, id=i) / UDP() / Raw(b"t" * 40))))
+             for i in range(300)]
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=dying, icmp_rate_limit=50)
+    with gw:
+        st = gw.wait_rx(lan=300)
+    assert st["drops"]["ttl_exceeded"] == 300
+    assert 1 <= st["icmp_sent"] <= 60, st["icmp_sent"]
+    icmps = gw.sent("lan")
+    assert len(icmps) == st["icmp_sent"]
+    assert all(f[ICMP].type == 11 and f[ICMP].code == 0 for f in icmps)
+    assert len(gw.sent("wan")) == 0
 
 
 def test_tunnel_without_sa_or_down_means_no_route(tmp_path):
