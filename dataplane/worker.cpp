@@ -122,6 +122,10 @@ inline void to_exception(Worker& w, rte_mbuf* m) {
     return;
   }
   w.c->exception_to_host++;
+  // The host's stack takes only frames addressed to its interface: the
+  // frame arrived for our port's MAC, so readdress it to the TAP's.
+  auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
+  eth->dst_addr = dp.ports[dp.exception_port].mac;
   stage_tx(w, dp.exception_port, m);
 }
 

@@ -70,6 +70,7 @@ void init_out(OutboundSa& sa, const crypto::AeadContext* c) {
   sa.outer_dst = 0xc6336402;
   sa.aead = c;
   sa.seq_limit = ~uint64_t{0};
+  finalize_outbound_sa(sa);  // the per-SA outer header template, as the control thread builds it
 }
 
 crypto::AeadAlgo algo_of(int64_t a) { return a == 256 ? crypto::AeadAlgo::kAes256Gcm : crypto::AeadAlgo::kAes128Gcm; }
@@ -120,6 +121,7 @@ void BM_Inbound(benchmark::State& state, uint32_t len, uint16_t burst, crypto::A
   init_out(osa, &ctx);
   osa.esn = false;
   osa.seq_limit = kSeqLimitNoEsn;
+  finalize_outbound_sa(osa);
   InboundSa isa;
   isa.spi = osa.spi;
   isa.local_addr = osa.outer_dst;

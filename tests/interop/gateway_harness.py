@@ -86,6 +86,22 @@ class Sa:
         return IP(bytes(pkt))
 
 
+def control_request(sock_path, req):
+    """One request on espgw's control socket, its reply."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(sock_path)
+    s.sendall((json.dumps(req) + "\n").encode())
+    buf = b""
+    while b"\n" not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+    s.close()
+    return json.loads(buf.split(b"\n")[0])
+
+
 def default_routes():
     return [{"prefix": "172.31.0.0/16",
              "via": [{"tunnel": "aws-a1", "priority": 10}, {"tunnel": "aws-a2", "priority": 20},
@@ -198,18 +214,7 @@ class Gateway:
         return self.log.read()
 
     def request(self, req):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
-        s.connect(self.sock)
-        s.sendall((json.dumps(req) + "\n").encode())
-        buf = b""
-        while b"\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        s.close()
-        return json.loads(buf.split(b"\n")[0])
+        return control_request(self.sock, req)
 
     def stats(self):
         return self.request({"op": "stats"})
