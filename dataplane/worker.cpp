@@ -274,6 +274,38 @@ inline void encrypt_and_send_all(Worker& w, const OutItem* items, uint16_t n, co
   for (uint16_t s = 0; s < n; s += kBurst) encrypt_and_send(w, items + s, std::min<uint16_t>(kBurst, n - s), groups);
 }
 
+// First checks of every frame a protected or unprotected port received:
+// single segment, Ethernet, ARP handled here, IPv4 header sane (Ethernet
+// padding trimmed). Returns the IPv4 header, or nullptr when the frame was
+// consumed (ARP) or dropped and counted.
+inline rte_ipv4_hdr* accept_ipv4_frame(Worker& w, rte_mbuf* m, uint16_t port) {
+  if (m->nb_segs != 1) {
+    drop(w, m, DropReason::kUnsupported);
+    return nullptr;
+  }
+  if (rte_pktmbuf_data_len(m) < kEthLen) {
+    drop(w, m, DropReason::kTruncated);
+    return nullptr;
+  }
+  auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
+  uint16_t type = detail::be16(eth->ether_type);
+  if (type == RTE_ETHER_TYPE_ARP) {
+    handle_arp(w, m, port);
+    return nullptr;
+  }
+  if (type != RTE_ETHER_TYPE_IPV4) {
+    drop(w, m, DropReason::kUnsupported);
+    return nullptr;
+  }
+  auto* ip = reinterpret_cast<rte_ipv4_hdr*>(eth + 1);
+  DropReason r = check_ipv4(m, ip, rte_pktmbuf_data_len(m) - kEthLen);
+  if (r != DropReason::kCount) {
+    drop(w, m, r);
+    return nullptr;
+  }
+  return ip;
+}
+
 // Protected side: plaintext in, ESP out.
 void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   Dataplane& dp = *w.dp;
@@ -287,30 +319,8 @@ void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     rte_mbuf* m = pkts[i];
     if (i + 1 < n) rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void*));
     rx_bytes += rte_pktmbuf_pkt_len(m);
-    if (m->nb_segs != 1) {
-      drop(w, m, DropReason::kUnsupported);
-      continue;
-    }
-    if (rte_pktmbuf_data_len(m) < kEthLen) {
-      drop(w, m, DropReason::kTruncated);
-      continue;
-    }
-    auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
-    uint16_t type = detail::be16(eth->ether_type);
-    if (type == RTE_ETHER_TYPE_ARP) {
-      handle_arp(w, m, port);
-      continue;
-    }
-    if (type != RTE_ETHER_TYPE_IPV4) {
-      drop(w, m, DropReason::kUnsupported);
-      continue;
-    }
-    auto* ip = reinterpret_cast<rte_ipv4_hdr*>(eth + 1);
-    DropReason r = check_ipv4(m, ip, rte_pktmbuf_data_len(m) - kEthLen);
-    if (r != DropReason::kCount) {
-      drop(w, m, r);
-      continue;
-    }
+    rte_ipv4_hdr* ip = accept_ipv4_frame(w, m, port);
+    if (ip == nullptr) continue;  // dropped, or ARP answered
     uint32_t d = detail::be32(ip->dst_addr);
     if (port_owns(in, d)) {  // ICMP echo to the gateway, management traffic
       to_exception(w, m);
@@ -504,30 +514,8 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     rte_mbuf* m = pkts[i];
     if (i + 1 < n) rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void*));
     rx_bytes += rte_pktmbuf_pkt_len(m);
-    if (m->nb_segs != 1) {
-      drop(w, m, DropReason::kUnsupported);
-      continue;
-    }
-    if (rte_pktmbuf_data_len(m) < kEthLen) {
-      drop(w, m, DropReason::kTruncated);
-      continue;
-    }
-    auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
-    uint16_t type = detail::be16(eth->ether_type);
-    if (type == RTE_ETHER_TYPE_ARP) {
-      handle_arp(w, m, port);
-      continue;
-    }
-    if (type != RTE_ETHER_TYPE_IPV4) {
-      drop(w, m, DropReason::kUnsupported);
-      continue;
-    }
-    auto* ip = reinterpret_cast<rte_ipv4_hdr*>(eth + 1);
-    DropReason r = check_ipv4(m, ip, rte_pktmbuf_data_len(m) - kEthLen);
-    if (r != DropReason::kCount) {
-      drop(w, m, r);
-      continue;
-    }
+    rte_ipv4_hdr* ip = accept_ipv4_frame(w, m, port);
+    if (ip == nullptr) continue;  // dropped, or ARP answered
     if (!port_owns(in, detail::be32(ip->dst_addr))) {
       drop(w, m, DropReason::kNotForUs);
       continue;
