@@ -283,17 +283,6 @@ def test_icmp_fragmentation_needed_when_df_set(tmp_path):
     assert st["drops"]["mtu"] == 1 and st["icmp_sent"] == 1
 
 
-def test_icmp_rate_limit(tmp_path):
-    big = [h.lan_frame(IP(bytes(IP(src="10.240.128.5", dst="172.31.1.1", flags="DF", id=i) / UDP() / Raw(b"q" * 1472))))
-           for i in range(300)]
-    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=big, icmp_rate_limit=50)
-    with gw:
-        st = gw.wait_rx(lan=300)
-    assert st["drops"]["mtu"] == 300
-    assert 1 <= st["icmp_sent"] <= 60, st["icmp_sent"]
-    assert len(gw.sent("lan")) == st["icmp_sent"]
-
-
 def test_fragmentation_before_encryption_when_df_clear(tmp_path):
     big = IP(bytes(IP(src="10.240.128.5", dst="172.31.1.1", flags=0, id=777) / UDP(sport=5, dport=6) /
                    Raw(bytes(range(256)) * 7)))
@@ -387,17 +376,22 @@ def test_ttl_exceeded_outbound_icmp_and_inbound_drop(tmp_path):
     assert_no_leak(gw)
 
 
-def test_ttl_exceeded_icmp_rate_limit(tmp_path):
-    dying = [h.lan_frame(IP(bytes(IP(src="10.240.128.5", dst="172.31.1.1", ttl=1, id=i) / UDP() / Raw(b"t" * 40))))
-             for i in range(300)]
-    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=dying, icmp_rate_limit=50)
+@pytest.mark.parametrize("kind", ["frag-needed", "ttl-exceeded"])
+def test_icmp_errors_are_rate_limited(tmp_path, kind):
+    if kind == "frag-needed":  # too big with DF set
+        frames = [IP(src="10.240.128.5", dst="172.31.1.1", flags="DF", id=i) / UDP() / Raw(b"q" * 1472) for i in range(300)]
+        reason, icmp_type, icmp_code = "mtu", 3, 4
+    else:  # TTL 1: would expire here
+        frames = [IP(src="10.240.128.5", dst="172.31.1.1", ttl=1, id=i) / UDP() / Raw(b"t" * 40) for i in range(300)]
+        reason, icmp_type, icmp_code = "ttl_exceeded", 11, 0
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(IP(bytes(f))) for f in frames], icmp_rate_limit=50)
     with gw:
         st = gw.wait_rx(lan=300)
-    assert st["drops"]["ttl_exceeded"] == 300
+    assert st["drops"][reason] == 300
     assert 1 <= st["icmp_sent"] <= 60, st["icmp_sent"]
     icmps = gw.sent("lan")
     assert len(icmps) == st["icmp_sent"]
-    assert all(f[ICMP].type == 11 and f[ICMP].code == 0 for f in icmps)
+    assert all(f[ICMP].type == icmp_type and f[ICMP].code == icmp_code for f in icmps)
     assert len(gw.sent("wan")) == 0
 
 
