@@ -301,7 +301,7 @@ void Gateway::init_tables() {
   routes_ = std::make_unique<lpm::RouteTable>(rc);
   for (uint16_t t = 0; t < d.nb_tunnels; t++) routes_->add_tunnel(t, false);
   sas_ = std::make_unique<SaDatabase>(
-      d, std::move(ends), [this](const json& ev) { emit(ev); }, [this](uint16_t t) { refresh_tunnel_state(t); });
+      d, std::move(ends), [this](const json& ev) { emit(ev); }, [this](uint16_t t, bool has_sa) { refresh_tunnel_state(t, has_sa); });
   for (size_t i = 0; i < cfg_.sas.size(); i++) {
     const SaConfig& sc = cfg_.sas[i];
     SaParams p;
@@ -631,8 +631,8 @@ unsigned Gateway::mbufs_in_use() const {
   return dp_ && dp_->pool ? rte_mempool_in_use_count(dp_->pool) : 0;
 }
 
-void Gateway::refresh_tunnel_state(uint16_t t) {
-  bool up = tunnels_[t].admin_up && dp_->tunnels[t].out_sa.load() != nullptr;
+void Gateway::refresh_tunnel_state(uint16_t t, bool has_sa) {
+  bool up = tunnels_[t].admin_up && has_sa;
   if (routes_->tunnel_up(t) == up) return;
   routes_->set_tunnel_up(t, up);
   // When this returns, every worker has finished the burst it was in: no
@@ -644,7 +644,7 @@ void Gateway::refresh_tunnel_state(uint16_t t) {
 void Gateway::set_tunnel_admin(const std::string& name, bool up) {
   uint16_t t = tunnel_index(name);
   tunnels_[t].admin_up = up;
-  refresh_tunnel_state(t);
+  refresh_tunnel_state(t, dp_->tunnels[t].out_sa.load() != nullptr);
 }
 
 dp::WorkerCounters Gateway::sum_counters() const {

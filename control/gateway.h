@@ -70,7 +70,7 @@ class Gateway {
   void init_ports();
   void init_tables();
   void launch_workers();
-  void refresh_tunnel_state(uint16_t t);
+  void refresh_tunnel_state(uint16_t t, bool has_sa);
   uint16_t tunnel_index(const std::string& name) const;
   dataplane::WorkerCounters sum_counters() const;
 

@@ -199,9 +199,16 @@ void SaDatabase::publish_outbound(uint16_t tunnel) {
   for (auto& [k, e] : entries_)
     if (e.out && std::get<2>(k) == tunnel && (!newest || e.install_order > newest->install_order)) newest = &e;
   dp::OutboundSa* want = newest ? newest->out.get() : nullptr;
-  if (dp_.tunnels[tunnel].out_sa.load() != want) {
+  dp::OutboundSa* was = dp_.tunnels[tunnel].out_sa.load();
+  if (was == want) return;
+  if (want == nullptr) {
+    // Losing its last SA: route traffic away first (the FIB republish waits
+    // for the workers), then unpublish, so nothing is dropped as tunnel_down.
+    changed_(tunnel, false);
+    dp_.tunnels[tunnel].out_sa.store(nullptr, std::memory_order_release);
+  } else {
     dp_.tunnels[tunnel].out_sa.store(want, std::memory_order_release);
-    changed_(tunnel);
+    if (was == nullptr) changed_(tunnel, true);
   }
 }
 

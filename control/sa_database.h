@@ -67,7 +67,8 @@ struct TunnelEndpoints {
 class SaDatabase {
  public:
   using EventSink = std::function<void(const nlohmann::json&)>;
-  using TunnelChanged = std::function<void(uint16_t tunnel)>;  // its current outbound SA changed
+  // The tunnel gains its first outbound SA (true) or is about to lose its last (false).
+  using TunnelChanged = std::function<void(uint16_t tunnel, bool has_sa)>;
 
   SaDatabase(dataplane::Dataplane& dp, std::vector<TunnelEndpoints> tunnels, EventSink events,
              TunnelChanged changed);
