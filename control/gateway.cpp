@@ -452,12 +452,7 @@ void Gateway::on_xfrm_event(const void* p) {
       }
       q.soft = {sa->soft_bytes, sa->soft_packets, sa->soft_add_seconds};
       q.hard = {sa->hard_bytes, sa->hard_packets, sa->hard_add_seconds};
-      bool exists = false;
-      for (const auto& s : sas_->list(sum_counters()))
-        if (s["spi"] == fmt::format("0x{:08x}", q.spi) &&
-            s["direction"] == (q.direction == SaDirection::kOutbound ? "out" : "in"))
-          exists = true;
-      sas_->add(q, exists);
+      sas_->add(q, sas_->contains(q.direction, q.spi, q.tunnel));  // UPDSA or a re-dump replaces
       xfrm_mirrored_++;
     } else if (auto* del = std::get_if<xfrm::SaDelete>(&ev)) {
       SaDirection d = is_local(del->key.daddr) ? SaDirection::kInbound : SaDirection::kOutbound;

@@ -89,6 +89,7 @@ class SaDatabase {
 
   nlohmann::json list(const dataplane::WorkerCounters& sums) const;
   bool has_outbound(uint16_t tunnel) const;
+  bool contains(SaDirection dir, uint32_t spi, uint16_t tunnel) const { return entries_.count({dir, spi, tunnel}) != 0; }
   const dataplane::OutboundSa* current_outbound(uint16_t tunnel) const;
   size_t size() const { return entries_.size(); }
   uint64_t installs() const { return installs_; }
