@@ -13,9 +13,11 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include "control/config.h"
+#include "dataplane/counters.h"
 
 namespace espgw::control {
 namespace {
@@ -238,6 +240,17 @@ TEST_F(ConfigFileChecks, CheckRefusesDevZero) {
   CheckRun r = run_check("/dev/zero");
   EXPECT_EQ(r.status, 2) << r.output;
   EXPECT_TRUE(has(r.output, "not a regular file")) << r.output;
+}
+
+// docs/config.md explains every drop counter the data plane has.
+TEST(ConfigDocs, EveryDropCounterIsExplained) {
+  std::ifstream in(std::string(ESPGW_SOURCE_ROOT) + "/docs/config.md");
+  std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(doc.empty());
+  for (int r = 0; r < static_cast<int>(dataplane::DropReason::kCount); r++) {
+    std::string row = std::string("| `") + dataplane::drop_reason_name(static_cast<dataplane::DropReason>(r)) + "` |";
+    EXPECT_TRUE(has(doc, row)) << row;
+  }
 }
 
 }  // namespace
