@@ -4,10 +4,11 @@
 // every node ("tunnels[2].remote") and its line/column, so every error names
 // the field and says why. Scalars are converted here, not by yaml-cpp's
 // as<T>(), so that a type error reports the path rather than "bad conversion".
-// No DPDK dependency: this file builds into the control library and into the
-// unit tests alone.
+// No DPDK at run time: it uses only the data plane's table sizes (headers),
+// so the unit tests need no EAL.
 #include "control/config.h"
 #include "control/sa_spec.h"
+#include "dataplane/dataplane.h"
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
@@ -35,7 +36,7 @@ namespace espgw::control {
 
 namespace {
 
-constexpr size_t kMaxTunnels = 256;
+constexpr size_t kMaxTunnels = dataplane::kMaxTunnels;
 constexpr uint32_t kMaxLcore = 127;          // RTE_MAX_LCORE - 1 of the default DPDK build
 constexpr uint32_t kMaxReplayWindow = 4096;
 constexpr uint32_t kMinSpi = 256;            // 0 reserved (RFC 4303), 1..255 reserved by IANA
@@ -44,7 +45,11 @@ constexpr uint16_t kMaxMtu = 9000;
 constexpr uint32_t kMbufSlack = 1024;        // bursts in flight (kBurst per port and worker, fragments, ICMP)
 constexpr uint32_t kMempoolCache = 256;      // per lcore, as the gateway creates the pool
 constexpr uint32_t kMempoolCacheMax = kMempoolCache * 3 / 2;  // DPDK's flush threshold: what a cache may hold
-constexpr size_t kMaxWorkers = 64;           // dataplane::kMaxWorkers
+// The data plane's fixed table sizes (headers only).
+constexpr size_t kMaxWorkers = dataplane::kMaxWorkers;
+constexpr size_t kMaxPorts = dataplane::kMaxPorts;
+constexpr size_t kMaxPortAddrs = dataplane::kMaxPortAddrs;
+constexpr size_t kMaxSas = dataplane::kMaxSas;
 constexpr uint16_t kExceptionDesc = 1024;    // the exception port's rings (not configurable)
 constexpr size_t kMaxNameLen = 32;
 constexpr size_t kMaxSocketPath = 107;       // sizeof(sockaddr_un::sun_path) - 1
@@ -510,6 +515,7 @@ struct Loader {
     if (auto n = m.get("routes")) load_routes(*n);
     if (auto n = m.get("sas")) load_sas(*n);
     check_devices();
+    check_dataplane_limits(m);
 
     const std::optional<size_t> pinned = configured_workers(cfg);
     if (pinned && *pinned == 0)
@@ -848,6 +854,22 @@ struct Loader {
       }
       cfg.sas.push_back(std::move(sa));
     });
+  }
+
+  // The data plane's fixed tables (dataplane/counters.h, dataplane.h): what
+  // the daemon would refuse at start-up, refused here with a position.
+  void check_dataplane_limits(const Map& m) {
+    const size_t nports = cfg.ports.size() + (cfg.exception.enabled ? 1 : 0);
+    if (nports > kMaxPorts)
+      p.fail(m.require("ports"), "ports",
+             fmt::format("{} ports{}; at most {} are supported", nports,
+                         cfg.exception.enabled ? " (the exception port included)" : "", kMaxPorts));
+    for (size_t i = 0; i < cfg.ports.size(); i++)
+      if (cfg.ports[i].addresses.size() > kMaxPortAddrs)
+        p.fail(static_cast<const YAML::Node&>(root)["ports"][i]["addresses"], fmt::format("ports[{}].addresses", i),
+               fmt::format("{} addresses; at most {} per port", cfg.ports[i].addresses.size(), kMaxPortAddrs));
+    if (cfg.sas.size() > kMaxSas)
+      p.fail(*m.get("sas"), "sas", fmt::format("{} SAs; the SA table holds {}", cfg.sas.size(), kMaxSas));
   }
 
   // Two ports (or a port and the exception tap) on the same DPDK device

@@ -127,6 +127,21 @@ TEST(ConfigSas, TheLoaderRunsTheSaValidatorWithTheEntrysPosition) {
   EXPECT_EQ(c.sas[1].position, "t.yaml:13:5");
 }
 
+TEST(ConfigLimits, TheDataplanesTablesAreCheckedAtLoad) {
+  std::string nine = replace(kConfig, "addresses: [198.51.100.10] }",
+                             "addresses: [198.51.100.10, 198.51.100.11, 198.51.100.12, 198.51.100.13, 198.51.100.14, "
+                             "198.51.100.15, 198.51.100.16, 198.51.100.17, 198.51.100.18] }");
+  EXPECT_TRUE(has(error_of(nine), "ports[1].addresses: 9 addresses; at most 8 per port"));
+  std::string ports = kConfig;
+  for (int i = 2; i < 8; i++)
+    ports = replace(ports, "tunnels:\n", "  - { name: p" + std::to_string(i) + ", device: \"net_null1" +
+                                             std::to_string(i) + "\", role: unprotected }\ntunnels:\n");
+  GatewayConfig eight = parse_config(replace(ports, "mbufs: 16384", "mbufs: 40000"));
+  EXPECT_EQ(eight.ports.size(), 8u);
+  std::string with_exception = replace(ports, "mbufs: 16384", "mbufs: 40000") + "exception: { enabled: true, device: net_tap9 }\n";
+  EXPECT_TRUE(has(error_of(with_exception), "9 ports (the exception port included); at most 8"));
+}
+
 TEST(ConfigSas, EncapComesFromTheTunnel) {
   GatewayConfig c = parse_config(replace(kConfig, "remote: 203.0.113.1 }", "remote: 203.0.113.1, udp_encap: true }"));
   EXPECT_TRUE(c.tunnels[0].udp_encap);
