@@ -826,7 +826,9 @@ SaParams Gateway::sa_params_from_json(const json& req) const {
   if (!req.contains("spi")) throw std::runtime_error("missing field 'spi'");
   if (req["spi"].is_string()) {
     auto spi = parse_spi_string(req["spi"].get<std::string>());
-    if (!spi) throw std::runtime_error("field 'spi': expected an integer or \"0x\" and 1..8 hex digits");
+    if (!spi)
+      throw std::runtime_error(fmt::format("field 'spi': '{}' is not a number (an integer, or 0x and 1..8 hex digits)",
+                                           req["spi"].get<std::string>()));
     p.spi = *spi;
   } else {
     p.spi = static_cast<uint32_t>(u64_field(req, "spi", 0, 0xFFFFFFFFu));

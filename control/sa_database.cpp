@@ -181,9 +181,15 @@ std::unique_ptr<dp::InboundSa> SaDatabase::build_inbound(const SaParams& p, cons
 void SaDatabase::add(const SaParams& p) {
   check_params(p);
   const Key k = key_of(p);
-  if (auto it = entries_.find(k); it != entries_.end())
-    throw SaError(fmt::format("{} exists on tunnel {} (replace-sa updates it; a new key needs a new SPI)", describe(p),
-                              tunnels_[it->second.params.tunnel].name));
+  if (auto it = entries_.find(k); it != entries_.end()) {
+    const std::string& on = tunnels_[it->second.params.tunnel].name;
+    // The wire names an inbound SA by (SPI, our address): unique across tunnels sharing the address.
+    if (p.direction == SaDirection::kInbound)
+      throw SaError(fmt::format("inbound SPI 0x{:08x} is already used on {} for address {}", p.spi, on,
+                                format_ipv4(p.local_addr)));
+    throw SaError(fmt::format("SA out 0x{:08x} to {} on {} exists (replace-sa updates it; a new key needs a new SPI)",
+                              p.spi, format_ipv4(p.remote_addr), on));
+  }
   if (free_slots_.empty()) throw SaError(fmt::format("SA table full ({} SAs)", dp::kMaxSas));
 
   Entry e;
