@@ -221,7 +221,8 @@ void SaDatabase::add(const SaParams& p) {
            {"direction", dir_name(p.direction)},
            {"spi", fmt::format("0x{:08x}", p.spi)},
            {"tunnel", tunnels_[p.tunnel].name},
-           {"origin", to_string(p.origin)}});
+           {"origin", to_string(p.origin)},
+           {"replaced", false}});
 }
 
 void SaDatabase::reconcile(const SaParams& p) {
