@@ -271,9 +271,8 @@ void SaDatabase::apply(Iter it, SaParams next, const char* why) {
   const Key nk = key_of(next);
   if (nk != it->first && entries_.count(nk))
     throw SaError(fmt::format("{} exists already; cannot move {} there", describe(next), describe(cur)));
-  if (next.direction == SaDirection::kInbound && next.replay_window != cur.replay_window)
-    throw SaError(fmt::format("replay_window: {} cannot change on a live SA (it has {})", next.replay_window,
-                              cur.replay_window));
+  // The window's size is part of its state: a live SA keeps the one it has.
+  next.replay_window = cur.replay_window;
   std::unique_ptr<dp::OutboundSa> new_out;
   std::unique_ptr<dp::InboundSa> new_in;
   if (e.out && (next.local_addr != cur.local_addr || next.remote_addr != cur.remote_addr || next.encap != cur.encap))

@@ -149,7 +149,10 @@ TEST_F(SaDatabaseTest, InitialSeqMovesTheCounterForwardNeverBack) {
 TEST_F(SaDatabaseTest, ReconcileKeepsTheReplayWindow) {
   db_->add(params(spec(SaDirection::kInbound, 0x2001, "plain")));
   EXPECT_EQ(receive(0x2001, 5), dp::ReplayVerdict::kOk);
-  db_->reconcile(params(spec(SaDirection::kInbound, 0x2001, "plain")));
+  SaSpec again = spec(SaDirection::kInbound, 0x2001, "plain");
+  again.replay_window = 64;  // a window size is state too: kept, not reset
+  db_->reconcile(params(again));
+  EXPECT_EQ(inbound(0x2001)->replay.window(), 1024u);
   EXPECT_EQ(receive(0x2001, 5), dp::ReplayVerdict::kReplay);  // accepted before: a replay after
   EXPECT_EQ(receive(0x2001, 6), dp::ReplayVerdict::kOk);
 }
