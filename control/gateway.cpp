@@ -43,12 +43,6 @@ bool is_pci_address(const std::string& dev) {
 
 std::string device_name(const std::string& dev) { return dev.substr(0, dev.find(',')); }
 
-uint32_t prefix_mask(uint8_t len) { return len == 0 ? 0 : ~uint32_t{0} << (32 - len); }
-
-crypto::AeadAlgo to_algo(SaAlgo a) {
-  return a == SaAlgo::kAes128Gcm ? crypto::AeadAlgo::kAes128Gcm : crypto::AeadAlgo::kAes256Gcm;
-}
-
 json pbc(const dp::PacketByteCount& c) { return {{"packets", c.packets}, {"bytes", c.bytes}}; }
 
 void add(dp::PacketByteCount& a, const dp::PacketByteCount& b) {
@@ -288,10 +282,6 @@ void Gateway::init_tables() {
   }
   d.nb_tunnels = static_cast<uint16_t>(cfg_.tunnels.size());
 
-  // SAs: the config file's static ones go through the same path as the
-  // control socket's add-sa.
-  std::vector<TunnelEndpoints> ends;
-  for (const auto& tc : cfg_.tunnels) ends.push_back({tc.name, tc.local, tc.remote, tc.ttl, tc.dscp, tc.df});
   // The route table exists before any SA, so tunnel-state callbacks can run.
   lpm::RouteTableConfig rc;
   rc.max_routes = 1 << 16;
@@ -301,29 +291,17 @@ void Gateway::init_tables() {
   routes_ = std::make_unique<lpm::RouteTable>(rc);
   for (uint16_t t = 0; t < d.nb_tunnels; t++) routes_->add_tunnel(t, false);
   sas_ = std::make_unique<SaDatabase>(
-      d, std::move(ends), [this](const json& ev) { emit(ev); }, [this](uint16_t t, bool has_sa) { refresh_tunnel_state(t, has_sa); });
+      d, cfg_.tunnels, [this](const json& ev) { emit(ev); },
+      [this](uint16_t t, bool has_sa) { refresh_tunnel_state(t, has_sa); });
+  // SAs: the config file's static ones pass the same validator as every
+  // other source (the loader ran it too, so this fails only on state: a
+  // full table).
   for (size_t i = 0; i < cfg_.sas.size(); i++) {
     const SaConfig& sc = cfg_.sas[i];
-    SaParams p;
-    p.direction = sc.direction;
-    p.spi = sc.spi;
-    p.tunnel = tunnel_index(sc.tunnel);
-    p.algo = sc.algo;
-    p.keymat = sc.keymat;
-    p.esn = sc.esn;
-    p.replay_window = sc.replay_window;
-    p.initial_seq = sc.initial_seq;
-    const TunnelConfig& tc = cfg_.tunnels[p.tunnel];
-    p.udp_encap = tc.udp_encap;
-    // Outbound: from our port to the peer's; inbound: the peer sends to our port.
-    p.udp_sport = sc.direction == SaDirection::kOutbound ? tc.udp_src_port : tc.udp_dst_port;
-    p.udp_dport = sc.direction == SaDirection::kOutbound ? tc.udp_dst_port : tc.udp_src_port;
-    p.local_selectors = sc.local_selectors;
-    p.remote_selectors = sc.remote_selectors;
     try {
-      sas_->add(p);
+      sas_->add(validate_sa_spec(sa_spec_from_config(sc), sas_->tunnels()));
     } catch (const std::exception& e) {
-      throw std::runtime_error(fmt::format("sas[{}]: {}", i, e.what()));
+      throw std::runtime_error(fmt::format("{}: sas[{}]: {}", sc.position, i, e.what()));
     }
   }
 
@@ -437,22 +415,27 @@ void Gateway::on_xfrm_event(const void* p) {
                    xfrm::to_string(ev));
         return;
       }
-      SaParams q;
+      SaSpec q;
       q.direction = dir == xfrm::Dir::kOut ? SaDirection::kOutbound : SaDirection::kInbound;
       q.spi = sa->spi;
-      q.tunnel = static_cast<uint16_t>(t);
+      q.tunnel = cfg_.tunnels[static_cast<size_t>(t)].name;
       q.algo = sa->key_len() == 16 ? SaAlgo::kAes128Gcm : SaAlgo::kAes256Gcm;
-      q.keymat = sa->keymat;
+      q.keymat = crypto::SecretBytes(std::span<const uint8_t>(sa->keymat.data(), sa->keymat.size()));
       q.esn = sa->esn;
-      q.replay_window = sa->replay_window == 0 ? 0 : std::clamp<uint32_t>(sa->replay_window, 32, 4096);
+      q.origin = SaOrigin::kXfrm;
+      if (q.direction == SaDirection::kInbound)
+        q.replay_window = sa->replay_window == 0 ? 0 : std::clamp<uint32_t>(sa->replay_window, 32, 4096);
       if (sa->encap_sport || sa->encap_dport) {
-        q.udp_encap = true;
-        q.udp_sport = sa->encap_sport;  // the kernel template: sender port, receiver port
-        q.udp_dport = sa->encap_dport;
+        // The kernel template: sender port, receiver port.
+        q.encap = q.direction == SaDirection::kOutbound ? UdpEncap{sa->encap_sport, sa->encap_dport}
+                                                        : UdpEncap{sa->encap_dport, sa->encap_sport};
+      } else {
+        q.plain_esp = true;
       }
       q.soft = {sa->soft_bytes, sa->soft_packets, sa->soft_add_seconds};
       q.hard = {sa->hard_bytes, sa->hard_packets, sa->hard_add_seconds};
-      sas_->add(q, sas_->contains(q.direction, q.spi, q.tunnel));  // UPDSA or a re-dump replaces
+      // NEWSA, UPDSA or a re-dump: the identity keeps its state.
+      sas_->reconcile(validate_sa_spec(q, sas_->tunnels()));
       xfrm_mirrored_++;
     } else if (auto* del = std::get_if<xfrm::SaDelete>(&ev)) {
       SaDirection d = is_local(del->key.daddr) ? SaDirection::kInbound : SaDirection::kOutbound;
@@ -835,31 +818,46 @@ const std::set<std::string> kSaFields = {"op",   "id",         "direction",     
 SaParams Gateway::sa_params_from_json(const json& req) const {
   for (auto& [k, v] : req.items())
     if (!kSaFields.count(k)) throw std::runtime_error("unknown field '" + k + "'");
-  SaParams p;
+  SaSpec p;
+  p.origin = SaOrigin::kSocket;
   p.direction = dir_field(req);
   if (!req.contains("spi")) throw std::runtime_error("missing field 'spi'");
-  p.spi = static_cast<uint32_t>(u64_field(req, "spi", 0, 0xFFFFFFFFu));
-  p.tunnel = tunnel_index(str_field(req, "tunnel"));
+  if (req["spi"].is_string()) {
+    auto spi = parse_spi_string(req["spi"].get<std::string>());
+    if (!spi)
+      throw std::runtime_error(fmt::format("field 'spi': '{}' is not a number (an integer, or 0x and 1..8 hex digits)",
+                                           req["spi"].get<std::string>()));
+    p.spi = *spi;
+  } else {
+    p.spi = static_cast<uint32_t>(u64_field(req, "spi", 0, 0xFFFFFFFFu));
+  }
+  p.tunnel = str_field(req, "tunnel");
   std::string algo = req.contains("algo") ? str_field(req, "algo") : "aes128-gcm";
   if (algo == "aes128-gcm" || algo == "aes-128-gcm") p.algo = SaAlgo::kAes128Gcm;
   else if (algo == "aes256-gcm" || algo == "aes-256-gcm") p.algo = SaAlgo::kAes256Gcm;
   else throw std::runtime_error("field 'algo': '" + algo + "' is not aes128-gcm or aes256-gcm");
-  p.keymat = hex_field(req, "key");
+  std::vector<uint8_t> key = hex_field(req, "key");
+  p.keymat = crypto::SecretBytes::adopt(key);
   p.esn = bool_field(req, "esn", false);
-  p.replay_window = static_cast<uint32_t>(u64_field(req, "replay_window", 1024, 0xFFFFFFFFu));
-  p.initial_seq = u64_field(req, "seq", 1);
+  if (req.contains("replay_window")) p.replay_window = static_cast<uint32_t>(u64_field(req, "replay_window", 1024, 0xFFFFFFFFu));
+  if (req.contains("seq")) p.initial_seq = u64_field(req, "seq", 1);
   if (req.contains("encap")) {
     const json& e = req["encap"];
-    if (!e.is_object()) throw std::runtime_error("field 'encap' must be an object {sport, dport}");
-    p.udp_encap = true;
-    p.udp_sport = static_cast<uint16_t>(u64_field(e, "sport", 4500, 65535));
-    p.udp_dport = static_cast<uint16_t>(u64_field(e, "dport", 4500, 65535));
+    if (e.is_boolean() && !e.get<bool>()) {
+      p.plain_esp = true;
+    } else {
+      if (!e.is_object()) throw std::runtime_error("field 'encap' must be an object {sport, dport} or false");
+      uint16_t sport = static_cast<uint16_t>(u64_field(e, "sport", 4500, 65535));
+      uint16_t dport = static_cast<uint16_t>(u64_field(e, "dport", 4500, 65535));
+      // sport/dport as on the wire: outbound we send from sport, inbound we receive on dport.
+      p.encap = p.direction == SaDirection::kOutbound ? UdpEncap{sport, dport} : UdpEncap{dport, sport};
+    }
   }
   p.soft = lifetime_field(req, "soft");
   p.hard = lifetime_field(req, "hard");
   p.local_selectors = prefixes_field(req, "local_selectors");
   p.remote_selectors = prefixes_field(req, "remote_selectors");
-  return p;
+  return validate_sa_spec(p, sas_->tunnels());
 }
 
 void Gateway::emit(const json& event) {
@@ -880,7 +878,8 @@ json Gateway::handle(const json& req) {
     return {{"ok", true}, {"tunnels", j["tunnels"]}};
   }
   if (op == "add-sa" || op == "replace-sa") {
-    sas_->add(sa_params_from_json(req), op == "replace-sa");
+    if (op == "add-sa") sas_->add(sa_params_from_json(req));
+    else sas_->reconcile(sa_params_from_json(req));
     return {{"ok", true}};
   }
   if (op == "delete-sa") {
