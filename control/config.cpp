@@ -7,6 +7,7 @@
 // No DPDK dependency: this file builds into the control library and into the
 // unit tests alone.
 #include "control/config.h"
+#include "control/sa_spec.h"
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
@@ -131,14 +132,20 @@ class Parser {
  public:
   explicit Parser(std::string source) : source_(std::move(source)) {}
 
-  [[noreturn]] void fail(const YAML::Node& at, const std::string& path, const std::string& why) const {
-    std::string where = source_;
+  // "source:line:col" of a node (just "source" when it has no position).
+  std::string where(const YAML::Node& at) const {
+    std::string w = source_;
     YAML::Mark m = YAML::Mark::null_mark();
     try {
       if (at.IsDefined()) m = at.Mark();
     } catch (const YAML::Exception&) {
     }
-    if (!m.is_null()) where += fmt::format(":{}:{}", m.line + 1, m.column + 1);
+    if (!m.is_null()) w += fmt::format(":{}:{}", m.line + 1, m.column + 1);
+    return w;
+  }
+
+  [[noreturn]] void fail(const YAML::Node& at, const std::string& path, const std::string& why) const {
+    const std::string where = this->where(at);
     if (path.empty()) throw ConfigError(fmt::format("{}: {}", where, why));
     throw ConfigError(fmt::format("{}: {}: {}", where, path, why));
   }
@@ -227,13 +234,28 @@ class Parser {
     return m;
   }
 
-  std::vector<uint8_t> hex_bytes(const YAML::Node& n, const std::string& path) const {
+  // Key material: every copy made here is wiped on the way out (an error
+  // included), and so is the YAML node's own scalar once it is read.
+  crypto::SecretBytes hex_bytes(const YAML::Node& n, const std::string& path) const {
     std::string s = scalar(n, path, "a hex string");
+    std::string digits;
+    struct Wipe {
+      std::string& a;
+      std::string& b;
+      const YAML::Node& node;
+      ~Wipe() {
+        crypto::SecretBytes::wipe(a);
+        crypto::SecretBytes::wipe(b);
+        // yaml-cpp keeps the scalar in a non-const std::string it owns.
+        auto& held = const_cast<std::string&>(node.Scalar());
+        crypto::SecretBytes::wipe(held);
+      }
+    } wipe{s, digits, n};
+    digits.reserve(s.size());
     std::string_view v = s;
     if (v.size() >= 2 && v[0] == '0' && (v[1] == 'x' || v[1] == 'X')) v.remove_prefix(2);
-    std::string digits;
     // Accept "aabbcc..." (spaces ignored, e.g. between key and salt) and
-    // ipsec-secgw's "aa:bb:cc:..." forms.
+    // ipsec-secgw's "aa:bb:cc:..." forms. Errors quote only non-hex characters.
     bool colons = v.find(':') != std::string_view::npos;
     for (size_t i = 0; i < v.size(); ++i) {
       char c = v[i];
@@ -249,11 +271,12 @@ class Parser {
     }
     if (digits.empty()) fail(n, path, "bad hex key: empty");
     if (digits.size() % 2 != 0) fail(n, path, fmt::format("bad hex key: odd number of hex digits ({})", digits.size()));
-    std::vector<uint8_t> out(digits.size() / 2);
-    for (size_t i = 0; i < out.size(); ++i) {
+    crypto::SecretBytes out;
+    out.reserve(digits.size() / 2);
+    for (size_t i = 0; i < digits.size(); i += 2) {
       unsigned b = 0;
-      std::from_chars(digits.data() + 2 * i, digits.data() + 2 * i + 2, b, 16);
-      out[i] = static_cast<uint8_t>(b);
+      std::from_chars(digits.data() + i, digits.data() + i + 2, b, 16);
+      out.push_back(static_cast<uint8_t>(b));
     }
     return out;
   }
@@ -593,6 +616,7 @@ struct Loader {
   void load_sas(const YAML::Node& list) {
     std::map<std::pair<SaDirection, uint32_t>, std::string> spi_seen;
     std::map<std::string, std::string> outbound_of_tunnel;
+    const std::vector<TunnelDefaults> defaults = tunnel_defaults(cfg.tunnels);
     p.each(list, "sas", [&](const YAML::Node& n, const std::string& path) {
       Map m(p, n, path,
             {"direction", "spi", "tunnel", "algo", "key", "esn", "replay_window", "seq", "local_selectors",
@@ -651,6 +675,14 @@ struct Loader {
       selectors(m, "remote_selectors", &sa.remote_selectors);
       if (sa.local_selectors.empty() != sa.remote_selectors.empty())
         p.fail(n, path, "a policy-based SA needs both local_selectors and remote_selectors (or neither: route-based)");
+      // The daemon's own validator, so that --check refuses what the daemon
+      // would, with this entry's position.
+      sa.position = p.where(n);
+      try {
+        validate_sa_spec(sa_spec_from_config(sa), defaults);
+      } catch (const SaError& e) {
+        p.fail(n, path, e.what());
+      }
       cfg.sas.push_back(std::move(sa));
     });
   }

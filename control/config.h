@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "crypto/secret.h"
+
 namespace espgw::control {
 
 class ConfigError : public std::runtime_error {
@@ -80,7 +82,7 @@ struct SaConfig {
   uint32_t spi;
   std::string tunnel;
   SaAlgo algo;
-  std::vector<uint8_t> keymat;      // key || 4-byte salt (20 or 36 bytes)
+  crypto::SecretBytes keymat;       // key || 4-byte salt (20 or 36 bytes)
   bool esn = false;
   uint32_t replay_window = 1024;    // inbound only; 0 disables, max 4096
   uint64_t initial_seq = 1;         // outbound only
@@ -88,6 +90,7 @@ struct SaConfig {
   // inside these selectors. Empty: route-based (the tunnel's routes decide).
   std::vector<Ipv4Prefix> local_selectors;
   std::vector<Ipv4Prefix> remote_selectors;
+  std::string position;             // "file:line:col" of the entry, for messages after loading
 };
 
 struct ExceptionConfig {

@@ -266,8 +266,6 @@ void Gateway::init_tables() {
 
   // SAs: the config file's static ones go through the same path as the
   // control socket's add-sa.
-  std::vector<TunnelEndpoints> ends;
-  for (const auto& tc : cfg_.tunnels) ends.push_back({tc.name, tc.local, tc.remote, tc.ttl, tc.dscp, tc.df});
   // The route table exists before any SA, so tunnel-state callbacks can run.
   lpm::RouteTableConfig rc;
   rc.max_routes = 1 << 16;
@@ -289,30 +287,18 @@ void Gateway::init_tables() {
     ops_->set_stats_extras([this](json& j) { add_stats_extras(j); });
   }
   sas_ = std::make_unique<SaDatabase>(
-      d, std::move(ends), [this](const json& ev) { emit(ev); }, [this](uint16_t t, bool has_sa) { refresh_tunnel_state(t, has_sa); });
+      d, cfg_.tunnels, [this](const json& ev) { emit(ev); },
+      [this](uint16_t t, bool has_sa) { refresh_tunnel_state(t, has_sa); });
   ops_->attach(*sas_);
+  // SAs: the config file's static ones pass the same validator as every
+  // other source (the loader ran it too, so this fails only on state: a
+  // full table).
   for (size_t i = 0; i < cfg_.sas.size(); i++) {
     const SaConfig& sc = cfg_.sas[i];
-    SaParams p;
-    p.direction = sc.direction;
-    p.spi = sc.spi;
-    p.tunnel = tunnel_index(sc.tunnel);
-    p.algo = sc.algo;
-    p.keymat = sc.keymat;
-    p.esn = sc.esn;
-    p.replay_window = sc.replay_window;
-    p.initial_seq = sc.initial_seq;
-    const TunnelConfig& tc = cfg_.tunnels[p.tunnel];
-    p.udp_encap = tc.udp_encap;
-    // Outbound: from our port to the peer's; inbound: the peer sends to our port.
-    p.udp_sport = sc.direction == SaDirection::kOutbound ? tc.udp_src_port : tc.udp_dst_port;
-    p.udp_dport = sc.direction == SaDirection::kOutbound ? tc.udp_dst_port : tc.udp_src_port;
-    p.local_selectors = sc.local_selectors;
-    p.remote_selectors = sc.remote_selectors;
     try {
-      sas_->add(p);
+      sas_->add(validate_sa_spec(sa_spec_from_config(sc), sas_->tunnels()));
     } catch (const std::exception& e) {
-      throw std::runtime_error(fmt::format("sas[{}]: {}", i, e.what()));
+      throw std::runtime_error(fmt::format("{}: sas[{}]: {}", sc.position, i, e.what()));
     }
   }
 
@@ -356,7 +342,7 @@ void Gateway::start() {
   if (!cfg_.control.socket_path.empty()) {
     codec_ = std::make_unique<JsonCodec>(*ops_);
     server_ = std::make_unique<ControlServer>(cfg_.control.socket_path, cfg_.control.socket_group,
-                                              [this](std::string& line) { return codec_->handle_line(line); });
+                                              [this](WipingString& line) { return codec_->handle_line(line); });
   }
   telemetry_ = std::make_unique<Telemetry>();
   publish_snapshot();

@@ -154,9 +154,13 @@ SaLifetime one_lifetime(const json& k, const std::string& where) {
   allow_only(k, {"bytes", "packets", "seconds"}, " in '" + where + "'");
   const uint64_t max = std::numeric_limits<uint64_t>::max();
   SaLifetime l;
-  l.bytes = opt_uint(k, "bytes", max).value_or(0);
-  l.packets = opt_uint(k, "packets", max).value_or(0);
-  l.seconds = opt_uint(k, "seconds", max).value_or(0);
+  auto field = [&](const char* name) -> uint64_t {
+    const json* v = find(k, name);
+    return v ? as_uint(*v, where + "." + name, max) : 0;
+  };
+  l.bytes = field("bytes");
+  l.packets = field("packets");
+  l.seconds = field("seconds");
   return l;
 }
 

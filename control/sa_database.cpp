@@ -22,18 +22,35 @@ uint32_t prefix_mask(uint8_t len) { return len == 0 ? 0 : ~uint32_t{0} << (32 - 
 constexpr uint64_t kSeqSoftMargin = uint64_t{1} << 24;
 
 json lifetime_json(const SaLifetime& l) { return {{"bytes", l.bytes}, {"packets", l.packets}, {"seconds", l.seconds}}; }
+
+// What a retired outbound SA's counter is set to at a handover: above every
+// SA's sequence limit (2^32 without ESN, kEsnSeqReserved = 2^63 with), and
+// 2^62 below the 64-bit wrap, so late reservations on it are exhausted.
+constexpr uint64_t kSeqClosed = uint64_t{3} << 62;
+static_assert(kSeqClosed >= kEsnSeqReserved && kSeqClosed >= dp::kSeqLimitNoEsn);
+
+void raise_to(std::atomic<uint64_t>& counter, uint64_t want) {
+  uint64_t cur = counter.load(std::memory_order_relaxed);
+  // Only ever forward; a worker's concurrent fetch_add makes the CAS retry.
+  while (cur < want && !counter.compare_exchange_weak(cur, want, std::memory_order_relaxed)) {
+  }
+}
 }  // namespace
 
-std::string SaDatabase::fingerprint(const std::vector<uint8_t>& keymat) {
+std::string SaDatabase::fingerprint(std::span<const uint8_t> keymat) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
   EVP_Digest(keymat.data(), keymat.size(), md, &n, EVP_sha256(), nullptr);
   return fmt::format("{:02x}{:02x}{:02x}{:02x}", md[0], md[1], md[2], md[3]);
 }
 
-SaDatabase::SaDatabase(dp::Dataplane& dp, std::vector<TunnelEndpoints> tunnels, EventSink events,
+SaDatabase::SaDatabase(dp::Dataplane& dp, const std::vector<TunnelConfig>& tunnels, EventSink events,
                        TunnelChanged changed)
-    : dp_(dp), tunnels_(std::move(tunnels)), events_(std::move(events)), changed_(std::move(changed)) {
+    : dp_(dp),
+      tunnels_(tunnels),
+      defaults_(tunnel_defaults(tunnels)),
+      events_(std::move(events)),
+      changed_(std::move(changed)) {
   for (uint32_t s = dp::kMaxSas; s-- > 0;) free_slots_.push_back(s);
 }
 
@@ -53,151 +70,288 @@ void SaDatabase::synchronize() const {
   if (dp_.qsbr) rte_rcu_qsbr_synchronize(dp_.qsbr, RTE_QSBR_THRID_INVALID);
 }
 
-std::map<SaDatabase::Key, SaDatabase::Entry>::iterator SaDatabase::find(SaDirection dir, uint32_t spi,
-                                                                        std::optional<uint16_t> tunnel) {
-  if (tunnel) return entries_.find({dir, spi, *tunnel});
+std::string SaDatabase::describe(const SaParams& p) const {
+  return fmt::format("SA {} 0x{:08x} {} {}", dir_name(p.direction), p.spi,
+                     p.direction == SaDirection::kInbound ? "to" : "to peer",
+                     format_ipv4(p.direction == SaDirection::kInbound ? p.local_addr : p.remote_addr));
+}
+
+SaDatabase::Iter SaDatabase::find(SaDirection dir, uint32_t spi, std::optional<uint16_t> tunnel) {
   auto found = entries_.end();
-  for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-    auto& [d, s, t] = it->first;
-    if (d == dir && s == spi) {
-      if (found != entries_.end())
-        throw SaError(fmt::format("SPI 0x{:08x} ({}) exists on several tunnels: name the tunnel", spi, dir_name(dir)));
-      found = it;
-    }
+  for (auto it = entries_.lower_bound({dir, spi, 0}); it != entries_.end(); ++it) {
+    auto& [d, s, dst] = it->first;
+    if (d != dir || s != spi) break;
+    if (tunnel && it->second.params.tunnel != *tunnel) continue;
+    if (found != entries_.end())
+      throw SaError(fmt::format("SPI 0x{:08x} ({}) exists on several tunnels: name the tunnel", spi, dir_name(dir)));
+    found = it;
   }
   return found;
 }
 
-std::unique_ptr<SaDatabase::Entry> SaDatabase::build(const SaParams& p) const {
-  if (p.tunnel >= tunnels_.size()) throw SaError(fmt::format("unknown tunnel index {}", p.tunnel));
-  if (p.spi < 256)
-    throw SaError(fmt::format("spi {}: values 0..255 are reserved (RFC 4303 §2.1)", p.spi));
-  const crypto::AeadAlgo algo = to_algo(p.algo);
-  if (p.keymat.size() != crypto::keymat_len(algo))
-    throw SaError(fmt::format("key: {} needs {} bytes of key || salt ({} hex digits), got {}",
-                              p.algo == SaAlgo::kAes128Gcm ? "aes128-gcm" : "aes256-gcm", crypto::keymat_len(algo),
-                              2 * crypto::keymat_len(algo), p.keymat.size()));
-  if (p.local_selectors.size() > dp::kMaxSelectors || p.remote_selectors.size() > dp::kMaxSelectors)
-    throw SaError(fmt::format("at most {} selectors per side", dp::kMaxSelectors));
-  const TunnelEndpoints& t = tunnels_[p.tunnel];
-
-  auto e = std::make_unique<Entry>();
-  e->params = p;
-  e->fingerprint = fingerprint(p.keymat);
-  e->aead = std::make_unique<crypto::AeadContext>(algo, p.keymat);
-  if (p.direction == SaDirection::kOutbound) {
-    if (p.initial_seq == 0) throw SaError("seq: sequence numbers start at 1");
-    auto sa = std::make_unique<dp::OutboundSa>();
-    sa->spi = p.spi;
-    sa->esn = p.esn;
-    sa->next_seq.store(p.initial_seq);
-    sa->outer_src = t.local;
-    sa->outer_dst = t.remote;
-    if (p.udp_encap) {
-      sa->udp_src_port = p.udp_sport;
-      sa->udp_dst_port = p.udp_dport;
-    }
-    sa->ttl = t.ttl;
-    sa->dscp = t.dscp;
-    sa->df = t.df == DfPolicyConfig::kSet     ? dp::DfPolicy::kSet
-             : t.df == DfPolicyConfig::kClear ? dp::DfPolicy::kClear
-                                              : dp::DfPolicy::kCopy;
-    sa->aead = e->aead.get();
-    sa->tunnel = p.tunnel;
-    sa->seq_limit = p.esn ? ~uint64_t{0} : dp::kSeqLimitNoEsn;
-    dp::finalize_outbound_sa(*sa);  // the per-SA outer header template the workers use
-    e->out = std::move(sa);
-  } else {
-    auto sa = std::make_unique<dp::InboundSa>();
-    sa->spi = p.spi;
-    sa->local_addr = t.local;
-    sa->esn = p.esn;
-    sa->udp_port = p.udp_encap ? p.udp_dport : 0;
-    sa->aead = e->aead.get();
-    sa->tunnel = p.tunnel;
-    if (!sa->replay.reset(p.replay_window, p.esn))
-      throw SaError(fmt::format("replay_window: {} is neither 0 (off) nor in {}..{}", p.replay_window,
-                                dp::ReplayWindow::kMinWindow, dp::ReplayWindow::kMaxWindow));
-    for (const auto& s : p.local_selectors) sa->local_sel[sa->nb_local_sel++] = {s.addr, prefix_mask(s.len)};
-    for (const auto& s : p.remote_selectors) sa->remote_sel[sa->nb_remote_sel++] = {s.addr, prefix_mask(s.len)};
-    if (sa->nb_remote_sel && !sa->nb_local_sel) sa->local_sel[sa->nb_local_sel++] = {0, 0};
-    if (sa->nb_local_sel && !sa->nb_remote_sel) sa->remote_sel[sa->nb_remote_sel++] = {0, 0};
-    e->in = std::move(sa);
+bool SaDatabase::contains(SaDirection dir, uint32_t spi, uint16_t tunnel) const {
+  for (auto it = entries_.lower_bound({dir, spi, 0}); it != entries_.end(); ++it) {
+    auto& [d, s, dst] = it->first;
+    if (d != dir || s != spi) break;
+    if (it->second.params.tunnel == tunnel) return true;
   }
-  return e;
+  return false;
 }
 
-void SaDatabase::add(const SaParams& p, bool replace) {
-  auto existing = entries_.find({p.direction, p.spi, p.tunnel});
-  if (!replace && existing != entries_.end())
-    throw SaError(fmt::format("SA {} 0x{:08x} on {} exists (use replace-sa)", dir_name(p.direction), p.spi,
-                              tunnels_[p.tunnel].name));
-  if (replace && existing == entries_.end())
-    throw SaError(fmt::format("no SA {} 0x{:08x} on {} to replace", dir_name(p.direction), p.spi,
-                              p.tunnel < tunnels_.size() ? tunnels_[p.tunnel].name : "?"));
-  if (p.direction == SaDirection::kInbound && !replace) {
-    // The wire names an inbound SA by (SPI, our address): unique across tunnels sharing it.
-    for (auto& [k, e] : entries_)
-      if (e.in && e.in->spi == p.spi && e.in->local_addr == tunnels_[p.tunnel].local)
-        throw SaError(fmt::format("inbound SPI 0x{:08x} is already used on {} for address {}", p.spi,
-                                  tunnels_[std::get<2>(k)].name, format_ipv4(e.in->local_addr)));
-  }
-  if (!replace && free_slots_.empty()) throw SaError(fmt::format("SA table full ({} SAs)", dp::kMaxSas));
-  std::unique_ptr<Entry> e = build(p);  // throws before anything changes
+std::vector<SaKey> SaDatabase::keys(std::optional<SaOrigin> origin) const {
+  std::vector<SaKey> out;
+  for (auto& [k, e] : entries_)
+    if (!origin || e.params.origin == *origin)
+      out.push_back({std::get<0>(k), std::get<1>(k), std::get<2>(k), e.params.tunnel, e.params.origin});
+  return out;
+}
 
-  uint32_t slot;
-  if (replace) {
-    slot = existing->second.slot;
-  } else {
-    slot = free_slots_.back();
+// The database's own guard: SaParams normally come from validate_sa_spec(),
+// but nothing that would corrupt a worker-side object gets past here either.
+void SaDatabase::check_params(const SaParams& p) const {
+  if (p.tunnel >= tunnels_.size()) throw SaError(fmt::format("unknown tunnel index {}", p.tunnel));
+  if (p.spi < 256) throw SaError(fmt::format("spi: {} is reserved (0..255)", p.spi));
+  const crypto::AeadAlgo algo = to_algo(p.algo);
+  if (p.keymat.size() != crypto::keymat_len(algo))
+    throw SaError(fmt::format("key: {} needs {} bytes of key || salt, got {}",
+                              p.algo == SaAlgo::kAes128Gcm ? "aes128-gcm" : "aes256-gcm", crypto::keymat_len(algo),
+                              p.keymat.size()));
+  if (p.local_addr == 0 || p.remote_addr == 0) throw SaError("outer addresses missing (validate the SA first)");
+  if (p.local_selectors.size() > dp::kMaxSelectors || p.remote_selectors.size() > dp::kMaxSelectors)
+    throw SaError(fmt::format("at most {} selectors per side", dp::kMaxSelectors));
+  if (p.encap && (p.encap->local == 0 || p.encap->remote == 0)) throw SaError("encap: UDP ports must be 1..65535");
+  if (p.direction == SaDirection::kOutbound) {
+    if (p.initial_seq == 0) throw SaError("seq: sequence numbers start at 1");
+    if (p.initial_seq >= (p.esn ? kEsnSeqReserved : dp::kSeqLimitNoEsn))
+      throw SaError(fmt::format("seq: {} is beyond the SA's sequence space", p.initial_seq));
+  } else if (p.replay_window != 0 &&
+             (p.replay_window < dp::ReplayWindow::kMinWindow || p.replay_window > dp::ReplayWindow::kMaxWindow)) {
+    throw SaError(fmt::format("replay_window: {} is neither 0 (off) nor in {}..{}", p.replay_window,
+                              dp::ReplayWindow::kMinWindow, dp::ReplayWindow::kMaxWindow));
   }
-  e->slot = slot;
-  (e->out ? e->out->slot : e->in->slot) = slot;
-  e->installed = std::chrono::steady_clock::now();
-  e->install_order = ++install_counter_;
+}
+
+std::unique_ptr<dp::OutboundSa> SaDatabase::build_outbound(const SaParams& p, const crypto::AeadContext* aead,
+                                                           uint32_t slot) const {
+  const TunnelConfig& t = tunnels_[p.tunnel];
+  auto sa = std::make_unique<dp::OutboundSa>();
+  sa->spi = p.spi;
+  sa->esn = p.esn;
+  sa->next_seq.store(p.initial_seq);
+  sa->outer_src = p.local_addr;
+  sa->outer_dst = p.remote_addr;
+  if (p.encap) {
+    sa->udp_src_port = p.encap->local;
+    sa->udp_dst_port = p.encap->remote;
+  }
+  sa->ttl = t.ttl;
+  sa->dscp = t.dscp;
+  sa->df = t.df == DfPolicyConfig::kSet     ? dp::DfPolicy::kSet
+           : t.df == DfPolicyConfig::kClear ? dp::DfPolicy::kClear
+                                            : dp::DfPolicy::kCopy;
+  sa->aead = aead;
+  sa->tunnel = p.tunnel;
+  sa->slot = slot;
+  // ESN: numbers from 2^63 up are the handover's closed mark (see replace_outbound).
+  sa->seq_limit = p.esn ? kEsnSeqReserved : dp::kSeqLimitNoEsn;
+  dp::finalize_outbound_sa(*sa);  // the per-SA outer header template the workers use
+  return sa;
+}
+
+std::unique_ptr<dp::InboundSa> SaDatabase::build_inbound(const SaParams& p, const crypto::AeadContext* aead,
+                                                         uint32_t slot) const {
+  auto sa = std::make_unique<dp::InboundSa>();
+  sa->spi = p.spi;
+  sa->local_addr = p.local_addr;
+  sa->esn = p.esn;
+  sa->udp_port = p.encap ? p.encap->local : 0;
+  sa->aead = aead;
+  sa->tunnel = p.tunnel;
+  sa->slot = slot;
+  if (!sa->replay.reset(p.replay_window, p.esn))
+    throw SaError(fmt::format("replay_window: {} is neither 0 (off) nor in {}..{}", p.replay_window,
+                              dp::ReplayWindow::kMinWindow, dp::ReplayWindow::kMaxWindow));
+  for (const auto& s : p.local_selectors) sa->local_sel[sa->nb_local_sel++] = {s.addr, prefix_mask(s.len)};
+  for (const auto& s : p.remote_selectors) sa->remote_sel[sa->nb_remote_sel++] = {s.addr, prefix_mask(s.len)};
+  if (sa->nb_remote_sel && !sa->nb_local_sel) sa->local_sel[sa->nb_local_sel++] = {0, 0};
+  if (sa->nb_local_sel && !sa->nb_remote_sel) sa->remote_sel[sa->nb_remote_sel++] = {0, 0};
+  return sa;
+}
+
+void SaDatabase::add(const SaParams& p) {
+  check_params(p);
+  const Key k = key_of(p);
+  if (auto it = entries_.find(k); it != entries_.end())
+    throw SaError(fmt::format("{} exists on tunnel {} (replace-sa updates it; a new key needs a new SPI)", describe(p),
+                              tunnels_[it->second.params.tunnel].name));
+  if (free_slots_.empty()) throw SaError(fmt::format("SA table full ({} SAs)", dp::kMaxSas));
+
+  Entry e;
+  e.params = p;
+  e.fingerprint = fingerprint(p.keymat);
+  e.aead = std::make_unique<crypto::AeadContext>(to_algo(p.algo), p.keymat);
+  e.slot = free_slots_.back();
+  if (p.direction == SaDirection::kOutbound) e.out = build_outbound(p, e.aead.get(), e.slot);
+  else e.in = build_inbound(p, e.aead.get(), e.slot);  // throws before anything changes
+  e.installed = std::chrono::steady_clock::now();
   dp::PacketByteCount base{0, 0};
   for (uint16_t w = 0; w < dp_.nb_workers; w++) {
-    base.packets += dp_.counters[w]->sa[slot].packets;
-    base.bytes += dp_.counters[w]->sa[slot].bytes;
+    base.packets += dp_.counters[w]->sa[e.slot].packets;
+    base.bytes += dp_.counters[w]->sa[e.slot].bytes;
   }
-  e->baseline = base;
-
-  if (e->in) {
-    dp::InboundKey key{e->in->spi, e->in->local_addr};
-    // Lock-free hash: adding (or updating the data of) a key is atomic for readers.
-    int rc = rte_hash_add_key_data(dp_.inbound, &key, e->in.get());
+  e.baseline = base;
+  if (e.in) {
+    dp::InboundKey key{e.in->spi, e.in->local_addr};
+    // Lock-free hash: adding a key is atomic for readers.
+    int rc = rte_hash_add_key_data(dp_.inbound, &key, e.in.get());
     if (rc != 0) throw SaError(fmt::format("inbound SA table: {}", rte_strerror(-rc)));
   }
-  if (!replace) free_slots_.pop_back();
-
-  Entry old;
-  bool had_old = false;
-  if (replace) {
-    old = std::move(existing->second);
-    had_old = true;
-    existing->second = std::move(*e);
-  } else {
-    entries_.emplace(Key{p.direction, p.spi, p.tunnel}, std::move(*e));
-  }
+  free_slots_.pop_back();
+  e.install_order = ++install_counter_;
+  entries_.emplace(k, std::move(e));
   if (p.direction == SaDirection::kOutbound) publish_outbound(p.tunnel);
-  if (had_old) {
-    synchronize();  // no worker holds the replaced objects any more
-    // Its counters stay in the slot: the replacement inherits the baseline.
-    old.aead.reset();
-  }
   installs_++;
   events_({{"event", "sa-installed"},
            {"direction", dir_name(p.direction)},
            {"spi", fmt::format("0x{:08x}", p.spi)},
            {"tunnel", tunnels_[p.tunnel].name},
-           {"replaced", replace}});
+           {"origin", to_string(p.origin)}});
+}
+
+void SaDatabase::reconcile(const SaParams& p) {
+  auto it = entries_.find(key_of(p));
+  if (it == entries_.end()) {
+    add(p);
+    return;
+  }
+  const SaParams& cur = it->second.params;
+  if (cur.tunnel != p.tunnel)
+    throw SaError(fmt::format("{} belongs to tunnel {}, not {}", describe(p), tunnels_[cur.tunnel].name,
+                              p.tunnel < tunnels_.size() ? tunnels_[p.tunnel].name : "?"));
+  // Constant-time key comparison; the message never says which bytes differ.
+  const bool same_key = cur.keymat.equals(p.keymat);
+  if (!same_key || cur.algo != p.algo || cur.esn != p.esn)
+    throw SaError(fmt::format("{}: a new key needs a new SPI (the installed SA has a different {})", describe(p),
+                              !same_key ? "key" : cur.algo != p.algo ? "algorithm" : "ESN setting"));
+  apply(it, p, "reconcile");
+}
+
+void SaDatabase::update(const SaUpdate& u) {
+  validate_sa_update(u, defaults_);
+  uint16_t t = 0;
+  while (tunnels_[t].name != u.tunnel) t++;  // validate_sa_update found it
+  auto it = find(u.direction, u.spi, t);
+  if (it == entries_.end())
+    throw SaError(fmt::format("no {} SA with SPI 0x{:08x} on {}", dir_name(u.direction), u.spi, u.tunnel));
+  SaParams next = it->second.params;
+  if (u.encap) {
+    if (!next.encap) throw SaError("encap: the SA runs plain ESP; UDP encapsulation needs a new SA");
+    next.encap = *u.encap;
+  }
+  if (u.remote_addr) next.remote_addr = *u.remote_addr;
+  if (u.soft) next.soft = *u.soft;
+  if (u.hard) next.hard = *u.hard;
+  validate_sa_lifetimes(next.soft, next.hard);
+  apply(it, std::move(next), "update");
+}
+
+// Everything that can fail is checked (and every new object built) before
+// the first change, so a refused request changes nothing.
+void SaDatabase::apply(Iter it, SaParams next, const char* why) {
+  Entry& e = it->second;
+  const SaParams& cur = e.params;
+  check_params(next);
+  const Key nk = key_of(next);
+  if (nk != it->first && entries_.count(nk))
+    throw SaError(fmt::format("{} exists already; cannot move {} there", describe(next), describe(cur)));
+  if (next.direction == SaDirection::kInbound && next.replay_window != cur.replay_window)
+    throw SaError(fmt::format("replay_window: {} cannot change on a live SA (it has {})", next.replay_window,
+                              cur.replay_window));
+  std::unique_ptr<dp::OutboundSa> new_out;
+  std::unique_ptr<dp::InboundSa> new_in;
+  if (e.out && (next.local_addr != cur.local_addr || next.remote_addr != cur.remote_addr || next.encap != cur.encap))
+    new_out = build_outbound(next, e.aead.get(), e.slot);
+  if (e.in) {
+    auto same = [](const std::vector<Ipv4Prefix>& a, const std::vector<Ipv4Prefix>& b) {
+      return std::equal(a.begin(), a.end(), b.begin(), b.end(),
+                        [](const Ipv4Prefix& x, const Ipv4Prefix& y) { return x.addr == y.addr && x.len == y.len; });
+    };
+    if (next.encap != cur.encap || !same(next.local_selectors, cur.local_selectors) ||
+        !same(next.remote_selectors, cur.remote_selectors))
+      new_in = build_inbound(next, e.aead.get(), e.slot);
+  }
+
+  // Commit: nothing below throws.
+  if (new_out) replace_outbound(e, std::move(new_out));
+  if (new_in) replace_inbound(e, std::move(new_in));
+  if (e.out) raise_to(e.out->next_seq, next.initial_seq);  // forward only
+  next.origin = cur.origin;            // the identity keeps its installer
+  next.initial_seq = cur.initial_seq;  // what it was installed with (display)
+  e.params = std::move(next);
+  if (nk != it->first) {
+    auto node = entries_.extract(it);
+    node.key() = nk;
+    entries_.insert(std::move(node));
+  }
+  const SaParams& p = entries_.at(nk).params;
+  events_({{"event", "sa-updated"},
+           {"direction", dir_name(p.direction)},
+           {"spi", fmt::format("0x{:08x}", p.spi)},
+           {"tunnel", tunnels_[p.tunnel].name},
+           {"reason", why}});
+}
+
+// Outbound handover, when an SA's outer header changes (NAT rebinding,
+// MOBIKE). Workers reserve sequence numbers with one fetch_add on the
+// OutboundSa they loaded for a burst, and may keep using the old object for
+// the rest of that burst after the new one is published. The two counters
+// must never hand out the same number, so the old one is closed before the
+// new one opens:
+//   1. s = old.next_seq.exchange(kSeqClosed). All read-modify-writes of one
+//      atomic are totally ordered: every reservation ordered before the
+//      exchange got numbers < s; every one after it gets numbers >=
+//      kSeqClosed, above the SA's limit, so that packet is dropped as
+//      seq_exhausted and never sent (only a burst racing this handover).
+//   2. new.next_seq = s, then publish new (release; workers load acquire).
+//   3. synchronize; free old.
+// Old's valid numbers are < s <= new's: no number is used twice whatever the
+// timing, and the sequence keeps rising on the wire.
+void SaDatabase::replace_outbound(Entry& e, std::unique_ptr<dp::OutboundSa> next) {
+  dp::OutboundSa* old = e.out.get();
+  dp::Tunnel& t = dp_.tunnels[e.params.tunnel];
+  const bool current = t.out_sa.load(std::memory_order_relaxed) == old;
+  const uint64_t s = old->next_seq.exchange(kSeqClosed, std::memory_order_acq_rel);
+  next->next_seq.store(s, std::memory_order_relaxed);
+  if (current) t.out_sa.store(next.get(), std::memory_order_release);
+  std::unique_ptr<dp::OutboundSa> retired = std::move(e.out);
+  e.out = std::move(next);
+  synchronize();  // no worker holds `retired` any more
+}
+
+// Inbound handover, when what a worker matches on changes (our UDP port,
+// selectors). The replay window has one writer, a worker, so it can only be
+// copied once no worker uses the old object:
+//   1. the hash entry points at nothing: lookups miss (unknown_spi) for the
+//      few microseconds of step 2, instead of racing two windows;
+//   2. synchronize: no worker holds old; its window is final;
+//   3. new.replay = old.replay, exactly, then publish new.
+// A sequence number accepted before is a replay after.
+void SaDatabase::replace_inbound(Entry& e, std::unique_ptr<dp::InboundSa> next) {
+  dp::InboundSa* old = e.in.get();
+  dp::InboundKey key{old->spi, old->local_addr};
+  rte_hash_add_key_data(dp_.inbound, &key, nullptr);  // existing key: an atomic data update
+  synchronize();
+  next->replay = old->replay;
+  rte_hash_add_key_data(dp_.inbound, &key, next.get());
+  std::unique_ptr<dp::InboundSa> retired = std::move(e.in);
+  e.in = std::move(next);
 }
 
 // The tunnel's current outbound SA is its newest; publish it (or nullptr).
 void SaDatabase::publish_outbound(uint16_t tunnel) {
   const Entry* newest = nullptr;
   for (auto& [k, e] : entries_)
-    if (e.out && std::get<2>(k) == tunnel && (!newest || e.install_order > newest->install_order)) newest = &e;
+    if (e.out && e.params.tunnel == tunnel && (!newest || e.install_order > newest->install_order)) newest = &e;
   dp::OutboundSa* want = newest ? newest->out.get() : nullptr;
   dp::OutboundSa* was = dp_.tunnels[tunnel].out_sa.load();
   if (was == want) return;
@@ -216,9 +370,23 @@ void SaDatabase::remove(SaDirection dir, uint32_t spi, std::optional<uint16_t> t
   auto it = find(dir, spi, tunnel);
   if (it == entries_.end())
     throw SaError(fmt::format("no {} SA with SPI 0x{:08x}{}", dir_name(dir), spi,
-                              tunnel ? " on " + tunnels_[*tunnel].name : std::string()));
+                              tunnel && *tunnel < tunnels_.size() ? " on " + tunnels_[*tunnel].name : std::string()));
+  erase(it, reason);
+}
+
+size_t SaDatabase::remove_all(std::optional<SaOrigin> origin, const char* reason) {
+  std::vector<Key> doomed;
+  for (auto& [k, e] : entries_)
+    if (!origin || e.params.origin == *origin) doomed.push_back(k);
+  for (const Key& k : doomed) erase(entries_.find(k), reason);
+  return doomed.size();
+}
+
+void SaDatabase::erase(Iter it, const char* reason) {
   Entry e = std::move(it->second);
-  uint16_t t = std::get<2>(it->first);
+  const SaDirection dir = std::get<0>(it->first);
+  const uint32_t spi = std::get<1>(it->first);
+  const uint16_t t = e.params.tunnel;
   entries_.erase(it);
   int32_t pos = -1;
   if (e.in) {
@@ -230,7 +398,7 @@ void SaDatabase::remove(SaDirection dir, uint32_t spi, std::optional<uint16_t> t
   synchronize();
   if (pos >= 0) rte_hash_free_key_with_position(dp_.inbound, pos);  // the slot may be reused now
   free_slots_.push_back(e.slot);
-  e.aead.reset();  // wipes the key
+  e.aead.reset();  // wipes the key schedule; e.params.keymat wipes itself
   events_({{"event", "sa-deleted"},
            {"direction", dir_name(dir)},
            {"spi", fmt::format("0x{:08x}", spi)},
@@ -246,6 +414,7 @@ void SaDatabase::check_lifetimes(const dp::WorkerCounters& sums) {
   auto now = std::chrono::steady_clock::now();
   struct Hit {
     Key key;
+    uint16_t tunnel;
     const char* why;
   };
   std::vector<Hit> hard;
@@ -279,19 +448,20 @@ void SaDatabase::check_lifetimes(const dp::WorkerCounters& sums) {
                {"reason", s},
                {"direction", dir_name(std::get<0>(k))},
                {"spi", fmt::format("0x{:08x}", std::get<1>(k))},
-               {"tunnel", tunnels_[std::get<2>(k)].name}});
+               {"tunnel", tunnels_[e.params.tunnel].name}});
     }
-    if (h) hard.push_back({k, h});
+    if (h) hard.push_back({k, e.params.tunnel, h});
   }
   for (const Hit& hit : hard) {
-    auto& [dir, spi, t] = hit.key;
+    auto& [dir, spi, dst] = hit.key;
     events_({{"event", "sa-expire"},
              {"kind", "hard"},
              {"reason", hit.why},
              {"direction", dir_name(dir)},
              {"spi", fmt::format("0x{:08x}", spi)},
-             {"tunnel", tunnels_[t].name}});
-    remove(dir, spi, t, "hard-expire");
+             {"tunnel", tunnels_[hit.tunnel].name}});
+    auto it = entries_.find(hit.key);
+    if (it != entries_.end()) erase(it, "hard-expire");
   }
 }
 
@@ -307,7 +477,8 @@ json SaDatabase::list(const dp::WorkerCounters& sums) const {
               {"algo", p.algo == SaAlgo::kAes128Gcm ? "aes128-gcm" : "aes256-gcm"},
               {"key_fingerprint", e.fingerprint},
               {"esn", p.esn},
-              {"udp_encap", p.udp_encap},
+              {"udp_encap", p.encap.has_value()},
+              {"origin", to_string(p.origin)},
               {"packets", u.packets},
               {"bytes", u.bytes},
               {"age_seconds", std::chrono::duration_cast<std::chrono::seconds>(now - e.installed).count()},
@@ -315,9 +486,11 @@ json SaDatabase::list(const dp::WorkerCounters& sums) const {
     if (e.out) {
       j["next_seq"] = e.out->next_seq.load();
       j["current"] = dp_.tunnels[p.tunnel].out_sa.load() == e.out.get();
+      j["remote"] = format_ipv4(p.remote_addr);
     } else {
       j["replay_window"] = p.replay_window;
       j["replay_top"] = e.in->replay.top();
+      j["local"] = format_ipv4(p.local_addr);
     }
     out.push_back(j);
   }

@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <span>
+#include <tuple>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -24,44 +26,22 @@
 #include <nlohmann/json.hpp>
 
 #include "control/config.h"
+#include "control/sa_spec.h"
 #include "crypto/aead.h"
 #include "dataplane/dataplane.h"
 
 namespace espgw::control {
 
-class SaError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
-};
-
-struct SaLifetime {
-  uint64_t bytes = 0;    // 0 = no limit
-  uint64_t packets = 0;
-  uint64_t seconds = 0;
-};
-
-struct SaParams {
-  SaDirection direction = SaDirection::kOutbound;
-  uint32_t spi = 0;
-  uint16_t tunnel = 0;
-  SaAlgo algo = SaAlgo::kAes128Gcm;
-  std::vector<uint8_t> keymat;         // key || salt
-  bool esn = false;
-  uint32_t replay_window = 1024;       // inbound
-  uint64_t initial_seq = 1;            // outbound
-  bool udp_encap = false;              // RFC 3948
-  uint16_t udp_sport = 4500, udp_dport = 4500;  // outbound: ours/peer's; inbound: dport is ours
-  SaLifetime soft, hard;
-  std::vector<Ipv4Prefix> local_selectors, remote_selectors;
-};
-
-// What the database needs to know about a tunnel.
-struct TunnelEndpoints {
-  std::string name;
-  uint32_t local, remote;
-  uint8_t ttl;
-  int16_t dscp;
-  DfPolicyConfig df;
+// The identity of an SA (direction, SPI, destination) and the tunnel it
+// belongs to: inbound destination = our local address, outbound = the
+// peer's address.
+struct SaKey {
+  SaDirection direction;
+  uint32_t spi;
+  uint32_t destination;  // host order
+  uint16_t tunnel;
+  SaOrigin origin;
+  bool operator==(const SaKey&) const = default;
 };
 
 class SaDatabase {
@@ -70,32 +50,47 @@ class SaDatabase {
   // The tunnel gains its first outbound SA (true) or is about to lose its last (false).
   using TunnelChanged = std::function<void(uint16_t tunnel, bool has_sa)>;
 
-  SaDatabase(dataplane::Dataplane& dp, std::vector<TunnelEndpoints> tunnels, EventSink events,
+  SaDatabase(dataplane::Dataplane& dp, const std::vector<TunnelConfig>& tunnels, EventSink events,
              TunnelChanged changed);
   ~SaDatabase();
   SaDatabase(const SaDatabase&) = delete;
   SaDatabase& operator=(const SaDatabase&) = delete;
 
-  // Throws SaError (state unchanged) on: duplicate SPI (add), missing SA
-  // (replace), wrong key length, bad replay window, too many SAs/selectors.
-  void add(const SaParams& p, bool replace = false);
+  // A new identity. Throws SaError (state unchanged) when the identity (or
+  // an inbound SPI on the same local address) exists, the table is full, or
+  // the parameters are invalid.
+  void add(const SaParams& p);
+  // Absent: add. Present with the same algorithm, key and ESN: changes only
+  // what may change on a live SA (encap ports, outer addresses, lifetimes,
+  // selectors) and keeps all state (sequence number, replay window,
+  // counters, lifetime usage, install order). A higher initial_seq moves the
+  // counter forward; a lower one is ignored. A different key, algorithm or
+  // ESN: SaError "a new key needs a new SPI", nothing changed.
+  void reconcile(const SaParams& p);
+  // Validated (validate_sa_update), same state rules as reconcile.
+  void update(const SaUpdate& u);
   // Deletes the SA with this SPI and direction (on `tunnel` when given).
   void remove(SaDirection dir, uint32_t spi, std::optional<uint16_t> tunnel = std::nullopt,
               const char* reason = "request");
+  // Deletes every SA (of `origin` when given); returns how many.
+  size_t remove_all(std::optional<SaOrigin> origin, const char* reason);
 
   // Soft/hard lifetimes (bytes, packets, seconds, sequence space), from the
   // workers' counters summed by the caller. Raises events; hard removes.
   void check_lifetimes(const dataplane::WorkerCounters& sums);
 
   nlohmann::json list(const dataplane::WorkerCounters& sums) const;
+  std::vector<SaKey> keys(std::optional<SaOrigin> origin = std::nullopt) const;
   bool has_outbound(uint16_t tunnel) const;
-  bool contains(SaDirection dir, uint32_t spi, uint16_t tunnel) const { return entries_.count({dir, spi, tunnel}) != 0; }
+  bool contains(SaDirection dir, uint32_t spi, uint16_t tunnel) const;
   const dataplane::OutboundSa* current_outbound(uint16_t tunnel) const;
   size_t size() const { return entries_.size(); }
   uint64_t installs() const { return installs_; }
+  // What validate_sa_spec() needs (index = tunnel index).
+  std::span<const TunnelDefaults> tunnels() const { return defaults_; }
 
   // Short, non-reversible name of key material for lists and logs.
-  static std::string fingerprint(const std::vector<uint8_t>& keymat);
+  static std::string fingerprint(std::span<const uint8_t> keymat);
 
  private:
   struct Entry {
@@ -104,22 +99,38 @@ class SaDatabase {
     std::unique_ptr<crypto::AeadContext> aead;
     std::unique_ptr<dataplane::OutboundSa> out;
     std::unique_ptr<dataplane::InboundSa> in;
-    uint32_t slot;
-    dataplane::PacketByteCount baseline;  // slot counters at install
+    uint32_t slot = 0;
+    dataplane::PacketByteCount baseline{0, 0};  // slot counters at install
     std::chrono::steady_clock::time_point installed;
-    uint64_t install_order;
+    uint64_t install_order = 0;
     bool soft_sent = false;
   };
-  using Key = std::tuple<SaDirection, uint32_t /*spi*/, uint16_t /*tunnel*/>;
+  // (direction, SPI, destination): the identity.
+  using Key = std::tuple<SaDirection, uint32_t, uint32_t>;
+  using Iter = std::map<Key, Entry>::iterator;
 
-  std::map<Key, Entry>::iterator find(SaDirection dir, uint32_t spi, std::optional<uint16_t> tunnel);
-  std::unique_ptr<Entry> build(const SaParams& p) const;
+  static Key key_of(const SaParams& p) {
+    return {p.direction, p.spi, p.direction == SaDirection::kInbound ? p.local_addr : p.remote_addr};
+  }
+  Iter find(SaDirection dir, uint32_t spi, std::optional<uint16_t> tunnel);
+  void check_params(const SaParams& p) const;
+  std::unique_ptr<dataplane::OutboundSa> build_outbound(const SaParams& p, const crypto::AeadContext* aead,
+                                                        uint32_t slot) const;
+  std::unique_ptr<dataplane::InboundSa> build_inbound(const SaParams& p, const crypto::AeadContext* aead,
+                                                      uint32_t slot) const;
+  // Moves a live SA to `next` (same key, algorithm, ESN), keeping its state.
+  void apply(Iter it, SaParams next, const char* why);
+  void replace_outbound(Entry& e, std::unique_ptr<dataplane::OutboundSa> next);
+  void replace_inbound(Entry& e, std::unique_ptr<dataplane::InboundSa> next);
+  void erase(Iter it, const char* reason);
   void publish_outbound(uint16_t tunnel);
   void synchronize() const;
   dataplane::PacketByteCount usage(const Entry& e, const dataplane::WorkerCounters& sums) const;
+  std::string describe(const SaParams& p) const;
 
   dataplane::Dataplane& dp_;
-  std::vector<TunnelEndpoints> tunnels_;
+  std::vector<TunnelConfig> tunnels_;
+  std::vector<TunnelDefaults> defaults_;
   EventSink events_;
   TunnelChanged changed_;
   std::map<Key, Entry> entries_;

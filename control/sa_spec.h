@@ -19,6 +19,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "control/config.h"
@@ -32,6 +33,13 @@ class SaError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+// Who installed an SA. The identity keeps the origin it was first installed
+// with (a later reconcile from another source does not take it over), so
+// the XFRM mirror's flush removes only what it mirrored.
+enum class SaOrigin : uint8_t { kConfig, kSocket, kXfrm, kPlugin };
+
+const char* to_string(SaOrigin o);
 
 struct SaLifetime {
   uint64_t bytes = 0;    // 0 = no limit
@@ -62,6 +70,11 @@ struct SaSpec {
   std::optional<uint32_t> replay_window;     // inbound only: 0 (off) or 32..4096
   std::optional<uint64_t> initial_seq;       // outbound only: >= 1; < 2^32 without ESN
   std::optional<UdpEncap> encap;             // must agree with the tunnel's udp_encap
+  // The source says explicitly "plain ESP" (an XFRM SA without an encap
+  // template, a socket request with "encap": false): refused on an
+  // ESP-in-UDP tunnel. Neither this nor `encap`: the tunnel's setting.
+  bool plain_esp = false;
+  SaOrigin origin = SaOrigin::kSocket;
   SaLifetime soft, hard;                     // soft <= hard for every limit both set
   std::vector<Ipv4Prefix> local_selectors;   // inbound only (policy-based); both or neither
   std::vector<Ipv4Prefix> remote_selectors;
@@ -102,7 +115,19 @@ struct SaParams {
   uint32_t local_addr = 0, remote_addr = 0;  // outer addresses (tunnel's, or an update's)
   SaLifetime soft, hard;
   std::vector<Ipv4Prefix> local_selectors, remote_selectors;
+  SaOrigin origin = SaOrigin::kSocket;
 };
+
+// The validator's view of the config's tunnels (index = tunnel index).
+std::vector<TunnelDefaults> tunnel_defaults(const std::vector<TunnelConfig>& tunnels);
+
+// The SaSpec of a config file entry (origin kConfig).
+SaSpec sa_spec_from_config(const SaConfig& c);
+
+// Largest first sequence number of an ESN SA: numbers >= 2^63 are reserved
+// for the SA database's counter handover (an ESN SA cannot get there: 2^63
+// packets take centuries at any packet rate).
+inline constexpr uint64_t kEsnSeqReserved = uint64_t{1} << 63;
 
 // Checks `spec` against the tunnels and returns the SA to install, or throws
 // SaError naming the field and the reason. Pure: no state is read or changed.
@@ -110,6 +135,9 @@ SaParams validate_sa_spec(const SaSpec& spec, std::span<const TunnelDefaults> tu
 
 // Checks an update's fields (not whether the SA exists: the database does).
 void validate_sa_update(const SaUpdate& update, std::span<const TunnelDefaults> tunnels);
+
+// Soft <= hard for every limit both set (an update's merged lifetimes).
+void validate_sa_lifetimes(const SaLifetime& soft, const SaLifetime& hard);
 
 // SPI as written in the control API and the config: a JSON/YAML integer, or
 // the one documented string form "0x" followed by 1..8 hex digits. Anything

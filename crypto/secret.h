@@ -78,6 +78,8 @@ class SecretBytes {
   std::span<const uint8_t> span() const { return {v_.data(), v_.size()}; }
   operator std::span<const uint8_t>() const { return span(); }
   uint8_t operator[](size_t i) const { return v_[i]; }
+  const uint8_t* begin() const { return v_.data(); }
+  const uint8_t* end() const { return v_.data() + v_.size(); }
   bool all_zero() const {
     uint8_t acc = 0;
     for (uint8_t b : v_) acc |= b;
@@ -87,6 +89,9 @@ class SecretBytes {
   bool equals(std::span<const uint8_t> o) const {
     return o.size() == v_.size() && (v_.empty() || CRYPTO_memcmp(v_.data(), o.data(), v_.size()) == 0);
   }
+
+  // Constant time as well.
+  bool operator==(const SecretBytes& o) const { return equals(o.span()); }
 
   // Wipes and empties a plain buffer that held key bytes (a socket's read
   // buffer, a JSON string, a netlink attribute copy).

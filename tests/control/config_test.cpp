@@ -226,9 +226,8 @@ sas:
     key: "00:01:02:03:04:05:06:07:08:09:0a:0b:0c:0d:0e:0f:10:11:12:13:14:15:16:17:18:19:1a:1b:1c:1d:1e:1f:20:21:22:23"
     esn: true
     seq: 0x100000000
-    local_selectors: [10.0.0.0/24, 10.0.1.0/24]
-    remote_selectors: 10.9.0.0/16
-  - { direction: inbound, spi: 256, tunnel: t1, algo: AES128-GCM, key: "0x00010203 04050607 08090a0b 0c0d0e0f 10111213", replay_window: 0 }
+  - { direction: inbound, spi: 256, tunnel: t1, algo: AES128-GCM, key: "0x00010203 04050607 08090a0b 0c0d0e0f 10111213", replay_window: 0,
+      local_selectors: [10.0.0.0/24, 10.0.1.0/24], remote_selectors: 10.9.0.0/16 }
   - { direction: in, spi: 4096, tunnel: t2, algo: aes128-gcm, key: "000102030405060708090a0b0c0d0e0f10111213", replay_window: 4096 }
 )";
   GatewayConfig c = parse_config(text);
@@ -284,11 +283,12 @@ sas:
   EXPECT_EQ(out.keymat[35], 0x23);
   EXPECT_TRUE(out.esn);
   EXPECT_EQ(out.initial_seq, 0x100000000u);  // above 2^32 is fine with ESN
-  ASSERT_EQ(out.local_selectors.size(), 2u);
-  EXPECT_EQ(out.local_selectors[1].addr, 0x0a000100u);
-  EXPECT_EQ(out.local_selectors[1].len, 24);
-  ASSERT_EQ(out.remote_selectors.size(), 1u);
-  EXPECT_EQ(out.remote_selectors[0].addr, 0x0a090000u);
+  const SaConfig& in = c.sas[1];
+  ASSERT_EQ(in.local_selectors.size(), 2u);
+  EXPECT_EQ(in.local_selectors[1].addr, 0x0a000100u);
+  EXPECT_EQ(in.local_selectors[1].len, 24);
+  ASSERT_EQ(in.remote_selectors.size(), 1u);
+  EXPECT_EQ(in.remote_selectors[0].addr, 0x0a090000u);
   EXPECT_EQ(c.sas[1].direction, SaDirection::kInbound);
   EXPECT_EQ(c.sas[1].spi, 256u);
   EXPECT_EQ(c.sas[1].algo, SaAlgo::kAes128Gcm);
@@ -744,14 +744,18 @@ TEST(ShippedConfig, PolicyBasedExampleIsOneSaPairOverOneCidrEachSide) {
   ASSERT_EQ(c.sas.size(), 2u);
   for (const auto& s : c.sas) {
     EXPECT_EQ(s.tunnel, c.tunnels[0].name);
+    EXPECT_EQ(s.algo, SaAlgo::kAes256Gcm);
+    EXPECT_EQ(s.keymat.size(), 36u);
+    if (s.direction == SaDirection::kOutbound) {
+      EXPECT_TRUE(s.local_selectors.empty());  // the route is the outbound policy
+      continue;
+    }
     ASSERT_EQ(s.local_selectors.size(), 1u);
     ASSERT_EQ(s.remote_selectors.size(), 1u);
     EXPECT_EQ(format_ipv4(s.local_selectors[0].addr), "192.168.0.0");
     EXPECT_EQ(s.local_selectors[0].len, 23);
     EXPECT_EQ(format_ipv4(s.remote_selectors[0].addr), "172.31.0.0");
     EXPECT_EQ(s.remote_selectors[0].len, 16);
-    EXPECT_EQ(s.algo, SaAlgo::kAes256Gcm);
-    EXPECT_EQ(s.keymat.size(), 36u);
   }
   EXPECT_NE(c.sas[0].direction, c.sas[1].direction);
 }
