@@ -17,6 +17,9 @@ XfrmMirror::XfrmMirror(ControlOps& ops, std::vector<TunnelEnds> tunnels)
   overruns_seen_ = mirror_->stats().overruns;
 }
 
+XfrmMirror::XfrmMirror(ControlOps& ops, std::vector<TunnelEnds> tunnels, NoSocket)
+    : ops_(ops), tunnels_(std::move(tunnels)) {}
+
 XfrmMirror::~XfrmMirror() = default;
 
 int XfrmMirror::find_tunnel(uint32_t local, uint32_t remote) const {
@@ -104,18 +107,16 @@ void XfrmMirror::on_event(const xfrm::Event& ev) {
   }
 }
 
-void XfrmMirror::resync() {
+void XfrmMirror::begin_resync() {
   seen_.clear();
   resyncing_ = true;
-  try {
-    mirror_->dump();
-  } catch (...) {
-    resyncing_ = false;
-    throw;
-  }
+}
+
+// Mirrored SAs the re-dump did not report: their DELSA was among the lost
+// events. Everything the dump did report was reconciled on the way.
+void XfrmMirror::end_resync() {
   resyncing_ = false;
   counters_.resyncs++;
-  // Mirrored SAs the kernel no longer has: their DELSA was among the lost events.
   for (const SaKey& k : ops_.sa_keys(SaOrigin::kXfrm)) {
     if (seen_.count({k.direction, k.spi, k.tunnel})) continue;
     try {
@@ -128,7 +129,26 @@ void XfrmMirror::resync() {
   seen_.clear();
 }
 
+void XfrmMirror::resync() {
+  if (!mirror_) return;
+  begin_resync();
+  try {
+    mirror_->dump();
+  } catch (...) {
+    resyncing_ = false;  // nothing removed: a failed dump proves nothing
+    throw;
+  }
+  end_resync();
+}
+
+void XfrmMirror::resync_from(const std::vector<xfrm::Event>& dump) {
+  begin_resync();
+  for (const auto& ev : dump) on_event(ev);
+  end_resync();
+}
+
 void XfrmMirror::poll() {
+  if (!mirror_) return;
   mirror_->poll();
   if (mirror_->stats().overruns != overruns_seen_) {
     overruns_seen_ = mirror_->stats().overruns;

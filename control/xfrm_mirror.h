@@ -41,6 +41,11 @@ class XfrmMirror {
   // Subscribes, then dumps the kernel's current SAs. Throws std::runtime_error
   // (no CAP_NET_ADMIN, no XFRM) with the reason.
   XfrmMirror(ControlOps& ops, std::vector<TunnelEnds> tunnels);
+  // Without a kernel socket: events come only through apply() and
+  // resync_from() (tests feeding real netlink messages; a kernel without
+  // ESP cannot produce them).
+  struct NoSocket {};
+  XfrmMirror(ControlOps& ops, std::vector<TunnelEnds> tunnels, NoSocket);
   ~XfrmMirror();
 
   // Applies pending kernel events; after an overrun, re-dumps and
@@ -49,8 +54,14 @@ class XfrmMirror {
   // Re-dump and resynchronise now.
   void resync();
 
+  // One kernel event, as poll() applies it.
+  void apply(const xfrm::Event& ev) { on_event(ev); }
+  // Resynchronises with `dump` as if the kernel had answered it to a re-dump.
+  void resync_from(const std::vector<xfrm::Event>& dump);
+
   const Counters& counters() const { return counters_; }
-  const xfrm::Stats& stats() const { return mirror_->stats(); }
+  // The socket's counters (zero without a socket).
+  const xfrm::Stats& stats() const { return mirror_ ? mirror_->stats() : no_stats_; }
 
   // The SaSpec of a kernel SA on tunnel `t` (exposed for the tests).
   static SaSpec spec_of(const xfrm::SaInfo& sa, SaDirection dir, const std::string& tunnel);
@@ -60,11 +71,14 @@ class XfrmMirror {
   int find_tunnel(uint32_t local, uint32_t remote) const;
   bool is_local(uint32_t addr) const;
   void remove_mirrored(SaDirection dir, uint32_t spi, uint32_t daddr, const char* reason);
+  void begin_resync();
+  void end_resync();
 
   ControlOps& ops_;
   std::vector<TunnelEnds> tunnels_;
   std::unique_ptr<xfrm::Mirror> mirror_;
   Counters counters_;
+  xfrm::Stats no_stats_;
   uint64_t overruns_seen_ = 0;
   bool resyncing_ = false;
   std::set<std::tuple<SaDirection, uint32_t, uint16_t>> seen_;  // SAs the re-dump reported
