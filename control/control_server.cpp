@@ -91,14 +91,20 @@ void ControlServer::poll(int timeout_ms) {
       accept_clients();
       continue;
     }
-    if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
-      // Serve what it sent before hanging up, then close.
+    // Whatever goes wrong with one client (out of memory while buffering
+    // its lines) ends that client's connection, never the daemon.
+    try {
+      if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
+        // Serve what it sent before hanging up, then close.
+        if (evs[i].events & EPOLLIN) read_client(fd);
+        close_client(fd);
+        continue;
+      }
       if (evs[i].events & EPOLLIN) read_client(fd);
+      if (clients_.count(fd) && (evs[i].events & EPOLLOUT)) write_client(fd);
+    } catch (...) {
       close_client(fd);
-      continue;
     }
-    if (evs[i].events & EPOLLIN) read_client(fd);
-    if (clients_.count(fd) && (evs[i].events & EPOLLOUT)) write_client(fd);
   }
 }
 
