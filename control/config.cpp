@@ -4,10 +4,11 @@
 // every node ("tunnels[2].remote") and its line/column, so every error names
 // the field and says why. Scalars are converted here, not by yaml-cpp's
 // as<T>(), so that a type error reports the path rather than "bad conversion".
-// No DPDK dependency: this file builds into the control library and into the
-// unit tests alone.
+// No DPDK at run time: it uses only the data plane's table sizes (headers),
+// so the unit tests need no EAL.
 #include "control/config.h"
 #include "control/sa_spec.h"
+#include "dataplane/dataplane.h"
 
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
@@ -21,20 +22,35 @@
 #include <functional>
 #include <initializer_list>
 #include <map>
+#include <set>
 #include <sstream>
+#include <string_view>
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <utility>
 
 namespace espgw::control {
 
 namespace {
 
-constexpr size_t kMaxTunnels = 256;
+constexpr size_t kMaxTunnels = dataplane::kMaxTunnels;
 constexpr uint32_t kMaxLcore = 127;          // RTE_MAX_LCORE - 1 of the default DPDK build
 constexpr uint32_t kMaxReplayWindow = 4096;
 constexpr uint32_t kMinSpi = 256;            // 0 reserved (RFC 4303), 1..255 reserved by IANA
 constexpr uint16_t kMinMtu = 576;
 constexpr uint16_t kMaxMtu = 9000;
-constexpr uint32_t kMbufSlack = 1024;        // bursts in flight, per-core caches
+constexpr uint32_t kMbufSlack = 1024;        // bursts in flight (kBurst per port and worker, fragments, ICMP)
+constexpr uint32_t kMempoolCache = 256;      // per lcore, as the gateway creates the pool
+constexpr uint32_t kMempoolCacheMax = kMempoolCache * 3 / 2;  // DPDK's flush threshold: what a cache may hold
+// The data plane's fixed table sizes (headers only).
+constexpr size_t kMaxWorkers = dataplane::kMaxWorkers;
+constexpr size_t kMaxPorts = dataplane::kMaxPorts;
+constexpr size_t kMaxPortAddrs = dataplane::kMaxPortAddrs;
+constexpr size_t kMaxSas = dataplane::kMaxSas;
+constexpr uint16_t kExceptionDesc = 1024;    // the exception port's rings (not configurable)
 constexpr size_t kMaxNameLen = 32;
 constexpr size_t kMaxSocketPath = 107;       // sizeof(sockaddr_un::sun_path) - 1
 
@@ -66,6 +82,104 @@ const char* type_name(const YAML::Node& n) {
     case YAML::NodeType::Map: return "a mapping";
     default: return "an undefined node";
   }
+}
+
+// Forward declarations: defined with the public helpers below.
+}  // namespace
+std::optional<size_t> configured_workers(const GatewayConfig& cfg);
+uint64_t mbufs_needed(const GatewayConfig& cfg, size_t workers);
+namespace {
+
+// Lcore ids of an EAL list: "0-3", "0,2,4", "1@0,2@1", "(1,2)@0"; nullopt
+// when it is not one of those forms.
+bool add_lcore_list(std::string_view s, std::set<unsigned>& out) {
+  std::string cur;
+  int depth = 0;
+  auto element = [&](std::string e) -> bool {
+    if (auto at = e.find('@'); at != std::string::npos) e = e.substr(0, at);
+    if (!e.empty() && e.front() == '(' && e.back() == ')') return add_lcore_list(e.substr(1, e.size() - 2), out);
+    unsigned a = 0, b = 0;
+    size_t dash = e.find('-');
+    std::string_view x = std::string_view(e).substr(0, dash);
+    auto r1 = std::from_chars(x.data(), x.data() + x.size(), a);
+    if (x.empty() || r1.ec != std::errc() || r1.ptr != x.data() + x.size()) return false;
+    b = a;
+    if (dash != std::string::npos) {
+      std::string_view y = std::string_view(e).substr(dash + 1);
+      auto r2 = std::from_chars(y.data(), y.data() + y.size(), b);
+      if (y.empty() || r2.ec != std::errc() || r2.ptr != y.data() + y.size() || b < a || b > kMaxLcore) return false;
+    }
+    if (a > kMaxLcore) return false;
+    for (unsigned l = a; l <= b; l++) out.insert(l);
+    return true;
+  };
+  for (char c : s) {
+    if (c == '(') depth++;
+    if (c == ')') depth--;
+    if (c == ',' && depth == 0) {
+      if (!element(cur)) return false;
+      cur.clear();
+    } else {
+      cur.push_back(c);
+    }
+  }
+  return element(cur);
+}
+
+struct EalLcores {
+  std::set<unsigned> lcores;
+  unsigned main;
+};
+
+// The lcores the eal: list enables (-l, --lcores, -c) and the main one
+// (--main-lcore, else the lowest); nullopt when the list does not say.
+std::optional<EalLcores> eal_lcores(const std::vector<std::string>& a) {
+  std::optional<EalLcores> out;
+  std::optional<unsigned> main;
+  for (size_t i = 0; i < a.size(); i++) {
+    std::string v;
+    bool mask = false;
+    if ((a[i] == "-l" || a[i] == "--lcores" || a[i] == "-c") && i + 1 < a.size()) v = a[i + 1], mask = a[i] == "-c";
+    else if (a[i].rfind("--lcores=", 0) == 0) v = a[i].substr(9);
+    else if (a[i].size() > 2 && a[i].rfind("-l", 0) == 0) v = a[i].substr(2);
+    else if (a[i].size() > 2 && a[i].rfind("-c", 0) == 0) v = a[i].substr(2), mask = true;
+    else if (a[i] == "--main-lcore" && i + 1 < a.size()) {
+      unsigned m = 0;
+      auto r = std::from_chars(a[i + 1].data(), a[i + 1].data() + a[i + 1].size(), m);
+      if (r.ec == std::errc()) main = m;
+      continue;
+    } else continue;
+    EalLcores e;
+    if (mask) {  // hex core mask, lowest bit = lcore 0
+      std::string_view m = v;
+      if (m.size() > 2 && m[0] == '0' && (m[1] == 'x' || m[1] == 'X')) m.remove_prefix(2);
+      unsigned bit = 0;
+      for (size_t k = m.size(); k-- > 0; bit += 4) {
+        unsigned d = 0;
+        auto r = std::from_chars(m.data() + k, m.data() + k + 1, d, 16);
+        if (r.ec != std::errc()) return std::nullopt;
+        for (unsigned j = 0; j < 4; j++)
+          if (d >> j & 1) e.lcores.insert(bit + j);
+      }
+    } else if (!add_lcore_list(v, e.lcores)) {
+      return std::nullopt;
+    }
+    out = std::move(e);
+  }
+  if (!out || out->lcores.empty()) return std::nullopt;
+  out->main = main.value_or(*out->lcores.begin());
+  return out;
+}
+
+std::string mbufs_text(const GatewayConfig& cfg, size_t workers, uint64_t need, bool pinned) {
+  uint64_t rings = 0;
+  for (const auto& port : cfg.ports) rings += uint64_t{port.rx_desc} + port.tx_desc;
+  if (cfg.exception.enabled) rings += 2u * kExceptionDesc;
+  return fmt::format("{} mbufs is too small: {} needed = {} worker(s){} x {} (rx_desc + tx_desc of every port{}) + "
+                     "{} lcores x {} (mempool caches) + {} in flight",
+                     cfg.mbufs, need, workers, pinned ? "" : " (assumed: workers is not set)", rings,
+                     cfg.exception.enabled ? ", exception port 1024 + 1024" : "", workers + 1, kMempoolCacheMax,
+                     kMbufSlack);
 }
 
 std::string index_path(const std::string& path, size_t i) { return fmt::format("{}[{}]", path, i); }
@@ -401,13 +515,68 @@ struct Loader {
     if (auto n = m.get("routes")) load_routes(*n);
     if (auto n = m.get("sas")) load_sas(*n);
     check_devices();
+    check_dataplane_limits(m);
 
-    uint64_t need = kMbufSlack;
-    for (const auto& port : cfg.ports) need += uint64_t{port.rx_desc} + port.tx_desc;
+    const std::optional<size_t> pinned = configured_workers(cfg);
+    if (pinned && *pinned == 0)
+      p.fail(m.has("eal") ? *m.get("eal") : root, "eal",
+             "no worker lcore: give EAL at least two lcores (e.g. -l 0,1); the main lcore runs the control thread");
+    if (pinned && *pinned > kMaxWorkers)
+      p.fail(m.has("workers") ? *m.get("workers") : root, "workers",
+             fmt::format("{} workers; at most {} are supported", *pinned, kMaxWorkers));
+    if (auto e = eal_lcores(cfg.eal_args); e && !cfg.worker_lcores.empty())
+      for (size_t i = 0; i < cfg.worker_lcores.size(); i++) {
+        const uint32_t l = cfg.worker_lcores[i];
+        if (!e->lcores.count(l) || l == e->main)
+          p.fail(*m.get("workers"), "workers",
+                 fmt::format("lcore {} is not an enabled worker lcore of the eal: list (main lcore {}); the "
+                             "daemon would refuse it",
+                             l, e->main));
+      }
+    const size_t workers = pinned.value_or(1);
+    const uint64_t need = mbufs_needed(cfg, workers);
     if (cfg.mbufs < need)
-      p.fail(m.has("mbufs") ? *m.get("mbufs") : root, "mbufs",
-             fmt::format("{} mbufs is too small: the ports' rx/tx rings alone need {} (sum of rx_desc + tx_desc + {})",
-                         cfg.mbufs, need, kMbufSlack));
+      p.fail(m.has("mbufs") ? *m.get("mbufs") : root, "mbufs", mbufs_text(cfg, workers, need, pinned.has_value()));
+    warn_unreachable_inbound();
+  }
+
+  // Decrypted packets are accepted only when the FIB has an active route
+  // back to their inner source (dataplane/worker.cpp: no route = "policy"),
+  // and a route is active only while one of its tunnels has an outbound SA.
+  void warn_unreachable_inbound() {
+    const bool runtime_sas = !cfg.control.socket_path.empty() || cfg.xfrm.enabled;
+    std::map<std::string, bool> can_be_up;  // tunnel -> has an outbound SA in the file and starts admin-up
+    for (const auto& t : cfg.tunnels) can_be_up[t.name] = false;
+    for (const auto& sa : cfg.sas)
+      if (sa.direction == SaDirection::kOutbound) can_be_up[sa.tunnel] = true;
+    for (const auto& t : cfg.tunnels)
+      if (!t.up) can_be_up[t.name] = false;
+    for (size_t i = 0; i < cfg.sas.size(); i++) {
+      const SaConfig& sa = cfg.sas[i];
+      if (sa.direction != SaDirection::kInbound) continue;
+      bool routed = false, any_route = false;
+      for (const auto& r : cfg.routes) {
+        // A policy-based SA's sources are its remote selectors: only routes that overlap them matter.
+        bool relevant = sa.remote_selectors.empty();
+        for (const auto& sel : sa.remote_selectors) {
+          uint8_t len = std::min(sel.len, r.prefix.len);
+          if ((sel.addr & prefix_mask(len)) == (r.prefix.addr & prefix_mask(len))) relevant = true;
+        }
+        if (!relevant) continue;
+        any_route = true;
+        for (const auto& hop : r.via)
+          if (can_be_up[hop.tunnel]) routed = true;
+      }
+      if (routed) continue;
+      cfg.warnings.push_back(fmt::format(
+          "{}: sas[{}] (inbound SPI 0x{:08x} on {}): {}; until {}, every packet decrypted on it is dropped as "
+          "'policy' (a decrypted packet needs an active route back to its source; see docs/config.md)",
+          sa.position, i, sa.spi, sa.tunnel,
+          any_route ? "no route to its senders has a next hop with an outbound SA in this file"
+                    : "no route covers its senders",
+          runtime_sas && any_route ? "an agent installs an outbound SA on one of those tunnels"
+                                   : "routes and an outbound SA are added"));
+    }
   }
 
   void load_control(const YAML::Node& n) {
@@ -687,6 +856,22 @@ struct Loader {
     });
   }
 
+  // The data plane's fixed tables (dataplane/counters.h, dataplane.h): what
+  // the daemon would refuse at start-up, refused here with a position.
+  void check_dataplane_limits(const Map& m) {
+    const size_t nports = cfg.ports.size() + (cfg.exception.enabled ? 1 : 0);
+    if (nports > kMaxPorts)
+      p.fail(m.require("ports"), "ports",
+             fmt::format("{} ports{}; at most {} are supported", nports,
+                         cfg.exception.enabled ? " (the exception port included)" : "", kMaxPorts));
+    for (size_t i = 0; i < cfg.ports.size(); i++)
+      if (cfg.ports[i].addresses.size() > kMaxPortAddrs)
+        p.fail(static_cast<const YAML::Node&>(root)["ports"][i]["addresses"], fmt::format("ports[{}].addresses", i),
+               fmt::format("{} addresses; at most {} per port", cfg.ports[i].addresses.size(), kMaxPortAddrs));
+    if (cfg.sas.size() > kMaxSas)
+      p.fail(*m.get("sas"), "sas", fmt::format("{} SAs; the SA table holds {}", cfg.sas.size(), kMaxSas));
+  }
+
   // Two ports (or a port and the exception tap) on the same DPDK device
   // name (the part before the first ','), e.g. net_tap0, cannot both attach.
   void check_devices() {
@@ -719,6 +904,36 @@ std::string format_mac(const MacAddr& m) {
   return fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m.b[0], m.b[1], m.b[2], m.b[3], m.b[4], m.b[5]);
 }
 
+namespace {
+}  // namespace
+
+std::optional<size_t> configured_workers(const GatewayConfig& cfg) {
+  if (!cfg.worker_lcores.empty()) return cfg.worker_lcores.size();
+  auto e = eal_lcores(cfg.eal_args);
+  if (!e) return std::nullopt;
+  return e->lcores.size() - (e->lcores.count(e->main) ? 1 : 0);
+}
+
+uint64_t mbufs_needed(const GatewayConfig& cfg, size_t workers) {
+  uint64_t rings = 0;
+  for (const auto& port : cfg.ports) rings += uint64_t{port.rx_desc} + port.tx_desc;
+  if (cfg.exception.enabled) rings += 2u * kExceptionDesc;
+  return workers * rings + (workers + 1) * uint64_t{kMempoolCacheMax} + kMbufSlack;
+}
+
+void check_on_this_host(const GatewayConfig& cfg, const std::string& source_name) {
+  if (configured_workers(cfg)) return;  // the loader checked the configured count
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  size_t cpus = sched_getaffinity(0, sizeof(set), &set) == 0 ? static_cast<size_t>(CPU_COUNT(&set)) : 1;
+  const size_t workers = cpus > 1 ? cpus - 1 : 1;
+  const uint64_t need = mbufs_needed(cfg, workers);
+  if (cfg.mbufs < need)
+    throw ConfigError(fmt::format("{}: mbufs: {} (neither workers: nor an EAL lcore list is set, so EAL uses every "
+                                  "CPU here: set workers: or eal -l to fix the count)",
+                                  source_name, mbufs_text(cfg, workers, need, false)));
+}
+
 GatewayConfig parse_config(const std::string& yaml_text, const std::string& source_name) {
   std::vector<YAML::Node> docs;
   try {
@@ -743,20 +958,45 @@ GatewayConfig parse_config(const std::string& yaml_text, const std::string& sour
 }
 
 GatewayConfig load_config_file(const std::string& path) {
-  std::error_code ec;
-  auto st = std::filesystem::status(path, ec);
-  if (ec || !std::filesystem::exists(st)) {
-    int err = ec ? ec.value() : ENOENT;
+  // O_NONBLOCK: opening a FIFO must not hang; only a regular file is read.
+  int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    if (err == EISDIR) throw ConfigError(fmt::format("{}: cannot read configuration: is a directory", path));
     throw ConfigError(fmt::format("{}: cannot open configuration: {}", path, std::strerror(err)));
   }
-  if (std::filesystem::is_directory(st))
-    throw ConfigError(fmt::format("{}: cannot read configuration: is a directory", path));
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw ConfigError(fmt::format("{}: cannot open configuration: {}", path, std::strerror(errno)));
-  std::ostringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw ConfigError(fmt::format("{}: cannot read configuration: {}", path, std::strerror(errno)));
-  return parse_config(text.str(), path);
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0)
+    throw ConfigError(fmt::format("{}: cannot read configuration: {}", path, std::strerror(errno)));
+  if (S_ISDIR(st.st_mode)) throw ConfigError(fmt::format("{}: cannot read configuration: is a directory", path));
+  if (!S_ISREG(st.st_mode))
+    throw ConfigError(fmt::format("{}: cannot read configuration: not a regular file", path));
+  if (static_cast<uint64_t>(st.st_size) > kMaxConfigBytes)
+    throw ConfigError(fmt::format("{}: configuration is {} bytes; at most {} are read", path, st.st_size,
+                                  kMaxConfigBytes));
+  // The text holds keys: wiped once parsed, whatever happens.
+  std::string text;
+  struct Wipe {
+    std::string& s;
+    ~Wipe() { crypto::SecretBytes::wipe(s); }
+  } wipe{text};
+  text.resize(kMaxConfigBytes + 1);
+  size_t got = 0;
+  while (got < text.size()) {
+    ssize_t n = ::read(fd, text.data() + got, text.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw ConfigError(fmt::format("{}: cannot read configuration: {}", path, std::strerror(errno)));
+    if (n == 0) break;
+    got += static_cast<size_t>(n);
+  }
+  if (got > kMaxConfigBytes)  // grew since fstat
+    throw ConfigError(fmt::format("{}: configuration is larger than {} bytes", path, kMaxConfigBytes));
+  text.resize(got);
+  return parse_config(text, path);
 }
 
 // Keep in sync with examples/aws-route-based.yaml (the tests compare them).

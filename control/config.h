@@ -120,7 +120,29 @@ struct GatewayConfig {
   ControlConfig control;
   XfrmConfig xfrm;
   uint32_t stats_interval_s = 0;    // 0: print counters only at exit
+  // Not errors, but setups that cannot work as they stand (e.g. inbound SAs
+  // whose decrypted traffic no route can accept): --check prints them.
+  std::vector<std::string> warnings;
 };
+
+// The largest configuration file read (a key file, not a data set).
+inline constexpr size_t kMaxConfigBytes = 1 << 20;
+
+// How many workers the config asks for: workers: when given, else the
+// lcores of the eal: list (-l, --lcores, -c) but the main one; nullopt when
+// the file leaves it to EAL (every CPU the process may run on).
+std::optional<size_t> configured_workers(const GatewayConfig& cfg);
+
+// Mbufs the pool must hold so that no RX ring starves: for every port (the
+// exception port included) each worker's RX and TX ring, each lcore's
+// mempool cache (up to 1.5 x 256 objects), and bursts in flight.
+uint64_t mbufs_needed(const GatewayConfig& cfg, size_t workers);
+
+// The checks that depend on this host: when the file leaves the worker
+// count to EAL, the mbuf check with every CPU this process may run on (the
+// loader assumed one worker). Throws ConfigError. --check and the daemon
+// run it after loading.
+void check_on_this_host(const GatewayConfig& cfg, const std::string& source_name);
 
 // Parses and validates; throws ConfigError. `source_name` is used in messages.
 GatewayConfig parse_config(const std::string& yaml_text, const std::string& source_name = "<config>");

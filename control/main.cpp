@@ -42,11 +42,15 @@ int main(int argc, char** argv) {
   try {
     cfg = config_path.empty() ? espgw::control::parse_config(espgw::control::embedded_default_config(), "<embedded default>")
                               : espgw::control::load_config_file(config_path);
+    // What depends on this host (the worker count EAL would pick): the
+    // daemon and --check run the same checks before any port starts.
+    espgw::control::check_on_this_host(cfg, config_path.empty() ? "<embedded default>" : config_path);
   } catch (const std::exception& e) {
     fmt::print(stderr, "espgw: {}\n", e.what());
     return 2;
   }
   if (check_only) {
+    for (const auto& w : cfg.warnings) fmt::print("warning: {}\n", w);
     fmt::print("{}: OK ({} ports, {} tunnels, {} routes, {} SAs)\n", config_path.empty() ? "<embedded default>" : config_path,
                cfg.ports.size(), cfg.tunnels.size(), cfg.routes.size(), cfg.sas.size());
     return 0;

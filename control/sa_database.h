@@ -7,8 +7,21 @@
 // when no worker can still hold a pointer to them.
 //
 // Rekey, make-before-break: a new inbound SA is live as soon as it is added;
-// a new outbound SA becomes its tunnel's current one (the newest wins) and
-// workers switch at a burst boundary; older SAs stay until deleted.
+// a new outbound SA becomes its tunnel's current one (the newest by install
+// order wins) and workers switch at a burst boundary; older SAs stay until
+// deleted.
+//
+// Identity: (direction, SPI, destination): our address for inbound, the
+// peer's for outbound. The identity owns the SA's state: next sequence
+// number, replay window, counter slot and lifetime usage, install time and
+// install order. reconcile() and update() (replace-sa, XFRM NEWSA/UPDSA and
+// re-dumps, NAT rebinding, MOBIKE) keep all of it: the sequence number
+// never moves back, the window is never reset, a superseded outbound SA
+// never becomes current again, and a different key under the same identity
+// is refused. When what a worker reads must change (outer addresses, UDP
+// ports, selectors), a new worker-side object takes over the state: see
+// replace_outbound() / replace_inbound() for why no sequence number is
+// used twice and no replay is accepted.
 #pragma once
 
 #include <chrono>

@@ -528,8 +528,8 @@ const BadCase kBadCases[] = {
      },
      "sas[0].local_selectors[1]", "10.0.0.0/24 is listed twice"},
     // Globals.
-    {"MbufsTooSmall", [](YAML::Node& n) { n["mbufs"] = 4096; }, "mbufs", "4096 mbufs is too small: the ports' rx/tx rings alone need 5120"},
-    {"MbufsTooSmallForBigRings", [](YAML::Node& n) { n["ports"][1]["rx_desc"] = 16384; }, "mbufs", "need 20480"},
+    {"MbufsTooSmall", [](YAML::Node& n) { n["mbufs"] = 4096; }, "mbufs", "4096 mbufs is too small: 5888 needed"},
+    {"MbufsTooSmallForBigRings", [](YAML::Node& n) { n["ports"][1]["rx_desc"] = 16384; }, "mbufs", "21248 needed"},
     {"DuplicateWorker", [](YAML::Node& n) { n["workers"] = YAML::Load("[1, 2, 1]"); }, "workers[2]",
      "lcore 1 is listed twice (also workers[0])"},
     {"WorkerTooBig", [](YAML::Node& n) { n["workers"] = YAML::Load("[128]"); }, "workers[0]", "out of range 0..127"},

@@ -1,0 +1,272 @@
+// What --check must refuse (or warn about) before the daemon starts ports:
+// the mbuf pool for every worker's rings, file size and type, the SA
+// validator with the entry's position, inbound SAs no route can accept.
+// The last tests run the real `espgw --check`.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstring>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+
+#include "control/config.h"
+#include "dataplane/counters.h"
+
+namespace espgw::control {
+namespace {
+
+// Two ports, one worker pinned, one tunnel with both SAs.
+const char* kConfig = R"(eal: [-l, "0,1", --no-huge]
+workers: [1]
+mbufs: 16384
+ports:
+  - { name: lan, device: "net_null0", role: protected, addresses: [10.0.0.1], peer_ip: 10.0.0.2 }
+  - { name: wan, device: "net_null1", role: unprotected, addresses: [198.51.100.10] }
+tunnels:
+  - { name: t1, port: wan, local: 198.51.100.10, remote: 203.0.113.1 }
+routes:
+  - { prefix: 172.31.0.0/16, via: [ { tunnel: t1, priority: 10 } ] }
+sas:
+  - { direction: out, spi: 0x1001, tunnel: t1, algo: aes128-gcm, key: "0x000102030405060708090a0b0c0d0e0f10111213" }
+  - { direction: in,  spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "0x000102030405060708090a0b0c0d0e0f10111213" }
+)";
+
+const char* kInboundEntry =
+    R"(spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "0x000102030405060708090a0b0c0d0e0f10111213" })";
+const char* kInboundEntry16 =
+    R"(spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "0x000102030405060708090a0b0c0d0e0f10111213", replay_window: 16 })";
+
+std::string replace(std::string s, const std::string& from, const std::string& to) {
+  size_t at = s.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  if (at != std::string::npos) s.replace(at, from.size(), to);
+  return s;
+}
+
+std::string error_of(const std::string& text) {
+  try {
+    parse_config(text, "t.yaml");
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "accepted:\n" << text;
+  return "";
+}
+
+bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+TEST(ConfigMbufs, EveryWorkerHasItsOwnRingsOnEveryPort) {
+  // 4 workers x 3 ports (the exception port too): 4 x 3 x 2048 = 24576 in
+  // rings alone; 16384 passed the old check (sum of one rx + tx per port).
+  std::string four = replace(replace(kConfig, "workers: [1]", "workers: [1, 2, 3, 4]"), R"(-l, "0,1")",
+                             R"(-l, "0-4")");
+  four += "exception: { enabled: true, device: \"net_null2\" }\n";
+  std::string e = error_of(four);
+  EXPECT_TRUE(has(e, "t.yaml:3:8: mbufs: 16384 mbufs is too small: 27520 needed = 4 worker(s) x 6144")) << e;
+  EXPECT_TRUE(has(e, "5 lcores x 384 (mempool caches)")) << e;
+  GatewayConfig ok = parse_config(replace(four, "mbufs: 16384", "mbufs: 27520"));
+  EXPECT_EQ(ok.mbufs, 27520u);
+  EXPECT_TRUE(has(error_of(replace(four, "mbufs: 16384", "mbufs: 27519")), "27520 needed"));
+}
+
+TEST(ConfigMbufs, WorkerCountFromTheEalLcoreList) {
+  std::string no_workers = replace(kConfig, "workers: [1]\n", "");
+  GatewayConfig c = parse_config(no_workers);
+  EXPECT_EQ(configured_workers(c), 1u);
+  for (auto [eal, workers] : {std::pair{R"(-l, "0-3")", 3u}, std::pair{R"(-l, "0,2,4,6")", 3u},
+                              std::pair{R"(--lcores, "0@0,1@1,2@0")", 2u}, std::pair{R"(-c, "0xf")", 3u},
+                              std::pair{R"("-l0-7")", 7u}, std::pair{R"("--lcores=(0-1)@0,2@1")", 2u}}) {
+    GatewayConfig g = parse_config(replace(replace(no_workers, R"(-l, "0,1")", eal), "mbufs: 16384", "mbufs: 100000"));
+    EXPECT_EQ(configured_workers(g), workers) << eal;
+  }
+  // 7 workers from the lcore list need more than 16384.
+  EXPECT_TRUE(has(error_of(replace(no_workers, R"(-l, "0,1")", R"(-l, "0-7")")), "7 worker(s) x 4096")) << "";
+  EXPECT_TRUE(has(error_of(replace(no_workers, R"(-l, "0,1")", R"(-l, "0")")), "no worker lcore"));
+  // workers: must be enabled lcores other than the main one (init_eal refuses them otherwise).
+  EXPECT_TRUE(has(error_of(replace(kConfig, R"(-l, "0,1")", R"(-l, "0,2")")), "lcore 1 is not an enabled worker lcore"));
+  EXPECT_TRUE(has(error_of(replace(kConfig, "workers: [1]", "workers: [0]")), "lcore 0 is not an enabled worker lcore"));
+}
+
+TEST(ConfigMbufs, UnpinnedWorkerCountIsCheckedAgainstThisHost) {
+  std::string unpinned = replace(replace(kConfig, "workers: [1]\n", ""), R"(-l, "0,1", )", "");
+  GatewayConfig c = parse_config(unpinned);
+  EXPECT_FALSE(configured_workers(c));
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  size_t cpus = static_cast<size_t>(CPU_COUNT(&set));
+  size_t workers = cpus > 1 ? cpus - 1 : 1;
+  c.mbufs = static_cast<uint32_t>(mbufs_needed(c, workers));
+  EXPECT_NO_THROW(check_on_this_host(c, "t.yaml"));
+  c.mbufs -= 1;
+  try {
+    check_on_this_host(c, "t.yaml");
+    FAIL() << "accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_TRUE(has(e.what(), "EAL uses every CPU here")) << e.what();
+  }
+}
+
+TEST(ConfigSas, TheLoaderRunsTheSaValidatorWithTheEntrysPosition) {
+  // replay_window 16 used to pass --check and fail in the daemon, without a position.
+  std::string e = error_of(replace(kConfig, kInboundEntry, kInboundEntry16));
+  EXPECT_TRUE(has(e, "t.yaml:13:5: sas[1]: replay_window: 16 is neither 0 (off) nor in 32..4096")) << e;
+  e = error_of(replace(kConfig, "0x000102030405060708090a0b0c0d0e0f10111213\" }\n  - { direction: in",
+                       "0x0000000000000000000000000000000010111213\" }\n  - { direction: in"));
+  EXPECT_TRUE(has(e, "t.yaml:12:5: sas[0]: key: the AES key is all zeros")) << e;
+  EXPECT_FALSE(has(e, "10111213")) << e;
+  // The position travels with the entry, for the daemon's messages.
+  GatewayConfig c = parse_config(kConfig, "t.yaml");
+  EXPECT_EQ(c.sas[1].position, "t.yaml:13:5");
+}
+
+TEST(ConfigLimits, TheDataplanesTablesAreCheckedAtLoad) {
+  std::string nine = replace(kConfig, "addresses: [198.51.100.10] }",
+                             "addresses: [198.51.100.10, 198.51.100.11, 198.51.100.12, 198.51.100.13, 198.51.100.14, "
+                             "198.51.100.15, 198.51.100.16, 198.51.100.17, 198.51.100.18] }");
+  EXPECT_TRUE(has(error_of(nine), "ports[1].addresses: 9 addresses; at most 8 per port"));
+  std::string ports = kConfig;
+  for (int i = 2; i < 8; i++)
+    ports = replace(ports, "tunnels:\n", "  - { name: p" + std::to_string(i) + ", device: \"net_null1" +
+                                             std::to_string(i) + "\", role: unprotected }\ntunnels:\n");
+  GatewayConfig eight = parse_config(replace(ports, "mbufs: 16384", "mbufs: 40000"));
+  EXPECT_EQ(eight.ports.size(), 8u);
+  std::string with_exception = replace(ports, "mbufs: 16384", "mbufs: 40000") + "exception: { enabled: true, device: net_tap9 }\n";
+  EXPECT_TRUE(has(error_of(with_exception), "9 ports (the exception port included); at most 8"));
+}
+
+TEST(ConfigSas, EncapComesFromTheTunnel) {
+  GatewayConfig c = parse_config(replace(kConfig, "remote: 203.0.113.1 }", "remote: 203.0.113.1, udp_encap: true }"));
+  EXPECT_TRUE(c.tunnels[0].udp_encap);
+  EXPECT_EQ(c.sas.size(), 2u);
+}
+
+TEST(ConfigWarnings, InboundOnlyRouteBasedSetupIsWarnedAbout) {
+  EXPECT_TRUE(parse_config(kConfig).warnings.empty());
+  // No outbound SA: the route to the senders can never be active.
+  std::string inbound_only = replace(
+      kConfig,
+      "  - { direction: out, spi: 0x1001, tunnel: t1, algo: aes128-gcm, key: "
+      "\"0x000102030405060708090a0b0c0d0e0f10111213\" }\n",
+      "");
+  GatewayConfig c = parse_config(inbound_only, "t.yaml");
+  ASSERT_EQ(c.warnings.size(), 1u);
+  EXPECT_TRUE(has(c.warnings[0], "t.yaml:12:5: sas[0] (inbound SPI 0x00002001 on t1)")) << c.warnings[0];
+  EXPECT_TRUE(has(c.warnings[0], "dropped as 'policy'")) << c.warnings[0];
+  // No route at all.
+  GatewayConfig r = parse_config(replace(kConfig, "  - { prefix: 172.31.0.0/16, via: [ { tunnel: t1, priority: 10 } ] }\n",
+                                         "  []\n"));
+  ASSERT_EQ(r.warnings.size(), 1u);
+  EXPECT_TRUE(has(r.warnings[0], "no route covers its senders")) << r.warnings[0];
+  // The tunnel starts administratively down: same.
+  GatewayConfig d = parse_config(replace(kConfig, "remote: 203.0.113.1 }", "remote: 203.0.113.1, up: false }"));
+  EXPECT_EQ(d.warnings.size(), 1u);
+}
+
+class ConfigFileChecks : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           ("espgw-checks-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string write(const std::string& name, const std::string& text) {
+    std::string p = (dir_ / name).string();
+    std::ofstream(p) << text;
+    return p;
+  }
+  std::string load_error(const std::string& path) {
+    try {
+      load_config_file(path);
+    } catch (const ConfigError& e) {
+      return e.what();
+    }
+    ADD_FAILURE() << "loaded " << path;
+    return "";
+  }
+  std::filesystem::path dir_;
+};
+
+TEST_F(ConfigFileChecks, DevZeroIsRefusedNotRead) {
+  EXPECT_TRUE(has(load_error("/dev/zero"), "/dev/zero: cannot read configuration: not a regular file"));
+}
+
+TEST_F(ConfigFileChecks, AFifoIsRefusedWithoutBlocking) {
+  std::string p = (dir_ / "fifo").string();
+  ASSERT_EQ(::mkfifo(p.c_str(), 0600), 0);
+  EXPECT_TRUE(has(load_error(p), "not a regular file"));
+}
+
+TEST_F(ConfigFileChecks, AFileAboveOneMebibyteIsRefused) {
+  std::string big = std::string(kConfig) + "# " + std::string(kMaxConfigBytes, 'x') + "\n";
+  EXPECT_TRUE(has(load_error(write("big.yaml", big)), "at most 1048576 are read"));
+  std::string fits = std::string(kConfig) + "# " + std::string(kMaxConfigBytes - std::strlen(kConfig) - 3, 'x') + "\n";
+  ASSERT_EQ(fits.size(), kMaxConfigBytes);
+  EXPECT_EQ(load_config_file(write("fits.yaml", fits)).sas.size(), 2u);
+}
+
+// The real binary: exit status and output of `espgw --check`.
+struct CheckRun {
+  int status;
+  std::string output;
+};
+CheckRun run_check(const std::string& path) {
+  std::string cmd = std::string(ESPGW_BINARY) + " --check --config " + path + " 2>&1";
+  FILE* f = ::popen(cmd.c_str(), "r");
+  CheckRun r{-1, ""};
+  if (!f) return r;
+  std::array<char, 4096> buf{};
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), f)) > 0) r.output.append(buf.data(), n);
+  int st = ::pclose(f);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+TEST_F(ConfigFileChecks, CheckRefusesWhatTheDaemonWouldWithFileLineColumn) {
+  std::string p = write("w16.yaml", replace(kConfig, kInboundEntry, kInboundEntry16));
+  CheckRun r = run_check(p);
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_TRUE(has(r.output, p + ":13:5: sas[1]: replay_window: 16 is neither 0 (off) nor in 32..4096")) << r.output;
+  EXPECT_FALSE(has(r.output, "0a0b0c0d")) << r.output;
+}
+
+TEST_F(ConfigFileChecks, CheckPrintsWarningsAndSucceeds) {
+  std::string p = write("in-only.yaml", replace(kConfig,
+                                                "  - { direction: out, spi: 0x1001, tunnel: t1, algo: aes128-gcm, key: "
+                                                "\"0x000102030405060708090a0b0c0d0e0f10111213\" }\n",
+                                                ""));
+  CheckRun r = run_check(p);
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(has(r.output, "warning: " + p + ":12:5: sas[0] (inbound SPI 0x00002001 on t1)")) << r.output;
+  EXPECT_TRUE(has(r.output, ": OK (")) << r.output;
+}
+
+TEST_F(ConfigFileChecks, CheckRefusesDevZero) {
+  CheckRun r = run_check("/dev/zero");
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_TRUE(has(r.output, "not a regular file")) << r.output;
+}
+
+// docs/config.md explains every drop counter the data plane has.
+TEST(ConfigDocs, EveryDropCounterIsExplained) {
+  std::ifstream in(std::string(ESPGW_SOURCE_ROOT) + "/docs/config.md");
+  std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(doc.empty());
+  for (int r = 0; r < static_cast<int>(dataplane::DropReason::kCount); r++) {
+    std::string row = std::string("| `") + dataplane::drop_reason_name(static_cast<dataplane::DropReason>(r)) + "` |";
+    EXPECT_TRUE(has(doc, row)) << row;
+  }
+}
+
+}  // namespace
+}  // namespace espgw::control
