@@ -235,6 +235,12 @@ def test_espctl_every_subcommand(gw, tmp_path):
     assert "aws-a2" in espctl(gw, "routes").stdout.splitlines()[1]
     espctl(gw, "tunnel", "up", "aws-a1")
     assert "DROPS:" in espctl(gw, "stats").stdout
+    # update: new lifetimes on the live SA; decimal SPIs go as JSON integers
+    espctl(gw, "sa", "update", "-d", "out", "--spi", str(0x4100), "-t", "aws-b1", "--hard-seconds", "7200")
+    js = json.loads(espctl(gw, "--json", "sas").stdout)
+    assert [s["lifetime"]["hard"]["seconds"] for s in js["sas"] if s["spi"] == "0x00004100"] == [7200]
+    r = espctl(gw, "sa", "update", "-d", "out", "--spi", "0x4100", "-t", "aws-b1", check=False)
+    assert r.returncode == 1 and "nothing to change" in r.stderr
     espctl(gw, "sa", "delete", "-d", "out", "--spi", "0x4100")
     # Errors: non-zero exit and the daemon's reason.
     r = espctl(gw, "sa", "delete", "-d", "out", "--spi", "0x4100", check=False)
@@ -446,6 +452,8 @@ def test_telemetry_shows_tunnels_sas_routes_stats(gw):
     assert t[0].startswith("aws-a1 up spi=0x00001001") and len(t) == 4
     one = telemetry(prefix, "/espgw/tunnel,aws-a2")["/espgw/tunnel"]
     assert one["name"] == "aws-a2" and one["up"] == "true" and one["out_packets"] == 0
+    assert one["admin"] == "up" and one["oper"] == "up"
+    assert t[0].endswith(" admin=up")
     sas = telemetry(prefix, "/espgw/sas")["/espgw/sas"]
     assert any(l.startswith("out:0x00001001 tunnel=aws-a1") and l.endswith("current") for l in sas)
     sa = telemetry(prefix, "/espgw/sa,in:0x00002001")["/espgw/sa"]
@@ -455,6 +463,10 @@ def test_telemetry_shows_tunnels_sas_routes_stats(gw):
     gw.request({"op": "tunnel-down", "tunnel": "aws-a1"})
     time.sleep(0.2)  # the snapshot refreshes 20 times a second
     assert telemetry(prefix, "/espgw/routes")["/espgw/routes"][0].startswith("172.31.0.0/16 active=aws-a2")
+    a1 = telemetry(prefix, "/espgw/tunnels")["/espgw/tunnels"][0]
+    assert a1.startswith("aws-a1 down ") and a1.endswith(" admin=down"), a1
+    one = telemetry(prefix, "/espgw/tunnel,aws-a1")["/espgw/tunnel"]
+    assert one["admin"] == "down" and one["oper"] == "down" and one["oper_reason"] == "admin-down"
     stats = telemetry(prefix, "/espgw/stats")["/espgw/stats"]
     assert stats["drops_replay"] == 0 and "port_lan_rx_packets" in stats
     listing = telemetry(prefix, "/")["/"]
