@@ -112,7 +112,12 @@ void ControlServer::accept_clients() {
   for (;;) {
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
-    clients_[fd] = Client{};
+    try {
+      clients_[fd] = Client{};
+    } catch (...) {  // no memory for one more client: refuse it, keep serving
+      close(fd);
+      return;
+    }
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;
     ev.data.fd = fd;
@@ -124,21 +129,23 @@ namespace {
 // The request boundary: whatever the handler throws (a type error, a bad
 // allocation, anything) becomes an error reply and the next line is served.
 ControlReply serve_line(const ControlServer::Handler& handler, WipingString& line) noexcept {
+  const char* what = "internal error";
+  std::string message;
   try {
     return handler(line);
   } catch (const std::bad_alloc&) {
-    return {{{"ok", false}, {"error", "out of memory while serving the request"}}, false};
+    what = "out of memory while serving the request";
   } catch (const std::exception& e) {
     try {
-      return {{{"ok", false}, {"error", e.what()}}, false};
+      message = e.what();
     } catch (...) {
     }
   } catch (...) {
   }
   try {
-    return {{{"ok", false}, {"error", "internal error"}}, false};
+    return {{{"ok", false}, {"error", message.empty() ? std::string(what) : message}}, false};
   } catch (...) {
-    return {};
+    return {};  // still one line (queue() answers for a reply it cannot encode)
   }
 }
 }  // namespace
