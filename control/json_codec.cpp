@@ -341,9 +341,31 @@ ControlReply JsonCodec::handle_line(WipingString& line) noexcept {
       key_text.emplace(line.data() + pre.key_pos, pre.key_len);
       std::fill_n(line.begin() + static_cast<std::ptrdiff_t>(pre.key_pos), pre.key_len, '0');
     }
-    req = json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
+    // A member given twice is ambiguous ({"spi":1,"spi":2}): refused, not
+    // "the last one wins". Nesting is at most kMaxDepth (pre-scan).
+    std::vector<std::vector<std::string>> members;
+    std::string duplicate;
+    auto watch = [&](int, json::parse_event_t event, json& parsed) {
+      if (event == json::parse_event_t::object_start) members.emplace_back();
+      else if (event == json::parse_event_t::object_end && !members.empty()) members.pop_back();
+      else if (event == json::parse_event_t::key && !members.empty()) {
+        auto& seen = members.back();
+        const std::string& k = parsed.get_ref<const std::string&>();
+        if (std::find(seen.begin(), seen.end(), k) != seen.end()) {
+          if (duplicate.empty()) duplicate = k;
+        } else {
+          seen.push_back(k);
+        }
+      }
+      return true;
+    };
+    req = json::parse(line.begin(), line.end(), watch, /*allow_exceptions=*/false);
     if (req.is_discarded()) {
       out.body = {{"ok", false}, {"error", "malformed JSON"}};
+      return out;
+    }
+    if (!duplicate.empty()) {
+      out.body = {{"ok", false}, {"error", "field '" + duplicate + "' given twice"}};
       return out;
     }
     if (!req.is_object()) {

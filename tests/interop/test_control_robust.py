@@ -96,6 +96,21 @@ def test_deep_nesting_and_nul_bytes_are_refused_before_parsing(gw):
     assert state(gw) == before
 
 
+def test_a_member_given_twice_is_refused(gw):
+    # Was: the last one wins, silently.
+    before = state(gw)
+    r = send_lines(gw, [b'{"op":"delete-sa","direction":"out","spi":4097,"spi":4098}',
+                        b'{"op":"tunnel-down","tunnel":"aws-b2","tunnel":"aws-a1"}',
+                        b'{"op":"add-route","prefix":"10.9.0.0/16","via":[{"tunnel":"aws-a1","priority":1,'
+                        b'"priority":2}]}',
+                        b'{"op":"add-sa","direction":"out","spi":28673,"tunnel":"aws-a1","key":"' + b"01" * 20 +
+                        b'","key":"' + b"02" * 20 + b'"}'])
+    assert [x["ok"] for x in r] == [False] * 4, r
+    assert "'spi' given twice" in r[0]["error"] and "'tunnel' given twice" in r[1]["error"]
+    assert "'priority' given twice" in r[2]["error"] and "'key' given twice" in r[3]["error"]
+    assert state(gw) == before
+
+
 def test_invalid_utf8_is_malformed_json(gw):
     r = send_lines(gw, [b'{"op":"tunnel-down","tunnel":"aws-a1\xff"}', b'{"op":"ping","id":"\xc3\x28"}'])
     assert all(x == {"ok": False, "error": "malformed JSON"} for x in r), r
