@@ -5,12 +5,13 @@
 // an error, not a guess):
 //   - a line with a NUL byte, or nested deeper than kMaxDepth, is refused
 //     before the JSON parser sees it (the parser recurses);
-//   - unknown fields are an error on every operation;
+//   - unknown fields, and a member given twice, are an error on every
+//     operation;
 //   - integers are JSON integers: no strings, no negatives, no floats,
 //     range-checked per field;
 //   - SPIs are a JSON integer or "0x" + 1..8 hex digits (parse_spi_string);
 //   - `encap` is an object with exactly `sport` and `dport` (1..65535), or
-//     absent (the tunnel decides);
+//     false (plain ESP, said explicitly), or absent (the tunnel decides);
 //   - booleans are booleans.
 // handle_line() never throws: every line gets exactly one reply.
 //
