@@ -158,3 +158,39 @@ def test_admin_and_oper_state_are_separate(tmp_path):
         assert a1[1:3] == ["up", "up"]
         b1 = next(l for l in rows if l.startswith("aws-b1")).split()
         assert b1[1:4] == ["up", "down", "no-outbound-sa"]
+
+
+def test_update_sa_nat_rebinding_and_mobike_under_traffic(tmp_path):
+    # ESP-in-UDP tunnel; the peer's NAT rebinds its port, then the peer moves
+    # (MOBIKE): update-sa changes the outer header, the SA keeps counting.
+    sa = h.Sa("out", 0x1001, "aws-a1", udp=True)
+    gw = h.Gateway(tmp_path, [sa, IN["aws-a1"]], routes=ONLY_A1, lan_in=lan_traffic(), infinite_lan=True)
+    with gw:
+        wait_out_packets(gw, 0, 300)
+        r = gw.request({"op": "update-sa", "direction": "out", "spi": sa.spi, "tunnel": "aws-a1",
+                        "encap": {"sport": 4500, "dport": 62001}})
+        assert r["ok"], r
+        mark = gw.stats()["tunnels"][0]["out"]["packets"]
+        wait_out_packets(gw, 0, mark + 300)
+        r = gw.request({"op": "update-sa", "direction": "out", "spi": sa.spi, "tunnel": "aws-a1",
+                        "remote": "203.0.113.77"})
+        assert r["ok"], r
+        mark = gw.stats()["tunnels"][0]["out"]["packets"]
+        wait_out_packets(gw, 0, mark + 300)
+    outer = []
+    for pkt in h.pcap_records(gw.wan_out[0]):
+        ip = pkt[14:]
+        assert ip[9] == 17, "not ESP-in-UDP"
+        ihl = (ip[0] & 0xF) * 4
+        dst = ".".join(str(b) for b in ip[16:20])
+        dport = struct.unpack(">H", ip[ihl + 2:ihl + 4])[0]
+        spi, seq = struct.unpack(">II", ip[ihl + 8:ihl + 16])
+        if spi == sa.spi:
+            outer.append((dst, dport, seq))
+    phases = []
+    for dst, dport, _ in outer:
+        if not phases or phases[-1] != (dst, dport):
+            phases.append((dst, dport))
+    assert phases == [("203.0.113.1", 4500), ("203.0.113.1", 62001), ("203.0.113.77", 62001)], phases
+    seqs = [s for _, _, s in outer]
+    assert seqs == list(range(1, len(seqs) + 1)), "sequence numbers restarted or skipped across update-sa"
