@@ -349,22 +349,19 @@ class Parser {
   }
 
   // Key material: every copy made here is wiped on the way out (an error
-  // included), and so is the YAML node's own scalar once it is read.
+  // included); the YAML node's own scalar is wiped when parsing ends
+  // (wipe_key_scalars: an alias may read the same node twice).
   crypto::SecretBytes hex_bytes(const YAML::Node& n, const std::string& path) const {
     std::string s = scalar(n, path, "a hex string");
     std::string digits;
     struct Wipe {
       std::string& a;
       std::string& b;
-      const YAML::Node& node;
       ~Wipe() {
         crypto::SecretBytes::wipe(a);
         crypto::SecretBytes::wipe(b);
-        // yaml-cpp keeps the scalar in a non-const std::string it owns.
-        auto& held = const_cast<std::string&>(node.Scalar());
-        crypto::SecretBytes::wipe(held);
       }
-    } wipe{s, digits, n};
+    } wipe{s, digits};
     digits.reserve(s.size());
     std::string_view v = s;
     if (v.size() >= 2 && v[0] == '0' && (v[1] == 'x' || v[1] == 'X')) v.remove_prefix(2);
@@ -934,6 +931,25 @@ void check_on_this_host(const GatewayConfig& cfg, const std::string& source_name
                                   source_name, mbufs_text(cfg, workers, need, false)));
 }
 
+namespace {
+// yaml-cpp keeps each scalar in a std::string it owns (not const): wipe the
+// SAs' key strings once nothing reads them any more. (Its scanner's own
+// temporary copies are freed inside yaml-cpp, out of reach.)
+void wipe_key_scalars(const YAML::Node& root) noexcept {
+  try {
+    if (!root.IsMap()) return;
+    const YAML::Node sas = root["sas"];
+    if (!sas.IsSequence()) return;
+    for (const auto& sa : sas) {
+      if (!sa.IsMap()) continue;
+      const YAML::Node key = sa["key"];
+      if (key.IsScalar()) crypto::SecretBytes::wipe(const_cast<std::string&>(key.Scalar()));
+    }
+  } catch (const YAML::Exception&) {
+  }
+}
+}  // namespace
+
 GatewayConfig parse_config(const std::string& yaml_text, const std::string& source_name) {
   std::vector<YAML::Node> docs;
   try {
@@ -947,6 +963,10 @@ GatewayConfig parse_config(const std::string& yaml_text, const std::string& sour
   if (docs.empty() || docs[0].IsNull()) throw ConfigError(fmt::format("{}: empty configuration", source_name));
   if (docs.size() > 1)
     p.fail(docs[1], "", fmt::format("the file holds {} YAML documents; expected one", docs.size()));
+  struct WipeKeys {
+    YAML::Node root;
+    ~WipeKeys() { wipe_key_scalars(root); }
+  } wipe_keys{docs[0]};
   Loader l{p, {}, {}, {}, docs[0]};
   try {
     l.load_top();

@@ -53,15 +53,6 @@ void ControlOps::replace_sa(const SaSpec& spec, SaOrigin origin) {
   sas().reconcile(p);  // keeps next_seq, the replay window and the counters
 }
 
-void ControlOps::replace_existing_sa(const SaSpec& spec, SaOrigin origin) {
-  SaParams p = validate_sa_spec(spec, sas().tunnels());
-  if (!sas().contains(p.direction, p.spi, p.tunnel))
-    throw SaError(fmt::format("no SA {} 0x{:08x} on tunnel {} to replace (add-sa creates one)", dir_name(p.direction),
-                              p.spi, tunnels_[p.tunnel].name));
-  p.origin = origin;
-  sas().reconcile(p);
-}
-
 void ControlOps::update_sa(const SaUpdate& update) {
   validate_sa_update(update, sas().tunnels());
   sas().update(update);

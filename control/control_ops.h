@@ -66,8 +66,6 @@ class ControlOps {
   // Add-or-update of one identity (SaDatabase::reconcile): an existing SA
   // keeps its next sequence number, replay window and counters.
   void replace_sa(const SaSpec& spec, SaOrigin origin);
-  // Replace that must find the SA (the socket's replace-sa).
-  void replace_existing_sa(const SaSpec& spec, SaOrigin origin);
   void update_sa(const SaUpdate& update);
   void delete_sa(SaDirection dir, uint32_t spi, const std::optional<std::string>& tunnel,
                  const char* reason = "request");

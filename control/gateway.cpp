@@ -264,8 +264,6 @@ void Gateway::init_tables() {
   }
   d.nb_tunnels = static_cast<uint16_t>(cfg_.tunnels.size());
 
-  // SAs: the config file's static ones go through the same path as the
-  // control socket's add-sa.
   // The route table exists before any SA, so tunnel-state callbacks can run.
   lpm::RouteTableConfig rc;
   rc.max_routes = 1 << 16;

@@ -431,7 +431,7 @@ json JsonCodec::dispatch(json& req, const WipingString* key_text, bool& subscrib
     SaSpec spec = sa_spec_of(req, key_text);
     wipe_key(req);
     if (op == "add-sa") ops_.add_sa(spec, SaOrigin::kSocket);
-    else ops_.replace_existing_sa(spec, SaOrigin::kSocket);
+    else ops_.replace_sa(spec, SaOrigin::kSocket);  // add-or-update: SaDatabase::reconcile
     return ok;
   }
   if (op == "update-sa") {

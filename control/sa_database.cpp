@@ -181,9 +181,15 @@ std::unique_ptr<dp::InboundSa> SaDatabase::build_inbound(const SaParams& p, cons
 void SaDatabase::add(const SaParams& p) {
   check_params(p);
   const Key k = key_of(p);
-  if (auto it = entries_.find(k); it != entries_.end())
-    throw SaError(fmt::format("{} exists on tunnel {} (replace-sa updates it; a new key needs a new SPI)", describe(p),
-                              tunnels_[it->second.params.tunnel].name));
+  if (auto it = entries_.find(k); it != entries_.end()) {
+    const std::string& on = tunnels_[it->second.params.tunnel].name;
+    // The wire names an inbound SA by (SPI, our address): unique across tunnels sharing the address.
+    if (p.direction == SaDirection::kInbound)
+      throw SaError(fmt::format("inbound SPI 0x{:08x} is already used on {} for address {}", p.spi, on,
+                                format_ipv4(p.local_addr)));
+    throw SaError(fmt::format("SA out 0x{:08x} to {} on {} exists (replace-sa updates it; a new key needs a new SPI)",
+                              p.spi, format_ipv4(p.remote_addr), on));
+  }
   if (free_slots_.empty()) throw SaError(fmt::format("SA table full ({} SAs)", dp::kMaxSas));
 
   Entry e;
@@ -215,7 +221,8 @@ void SaDatabase::add(const SaParams& p) {
            {"direction", dir_name(p.direction)},
            {"spi", fmt::format("0x{:08x}", p.spi)},
            {"tunnel", tunnels_[p.tunnel].name},
-           {"origin", to_string(p.origin)}});
+           {"origin", to_string(p.origin)},
+           {"replaced", false}});
 }
 
 void SaDatabase::reconcile(const SaParams& p) {
@@ -264,9 +271,8 @@ void SaDatabase::apply(Iter it, SaParams next, const char* why) {
   const Key nk = key_of(next);
   if (nk != it->first && entries_.count(nk))
     throw SaError(fmt::format("{} exists already; cannot move {} there", describe(next), describe(cur)));
-  if (next.direction == SaDirection::kInbound && next.replay_window != cur.replay_window)
-    throw SaError(fmt::format("replay_window: {} cannot change on a live SA (it has {})", next.replay_window,
-                              cur.replay_window));
+  // The window's size is part of its state: a live SA keeps the one it has.
+  next.replay_window = cur.replay_window;
   std::unique_ptr<dp::OutboundSa> new_out;
   std::unique_ptr<dp::InboundSa> new_in;
   if (e.out && (next.local_addr != cur.local_addr || next.remote_addr != cur.remote_addr || next.encap != cur.encap))

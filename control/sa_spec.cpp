@@ -34,7 +34,7 @@ void check_spi(uint32_t spi) {
 const TunnelDefaults& find_tunnel(const std::string& name, std::span<const TunnelDefaults> tunnels) {
   for (const auto& t : tunnels)
     if (t.name == name) return t;
-  throw SaError(fmt::format("tunnel: no tunnel named '{}'", name));
+  throw SaError(fmt::format("tunnel: unknown tunnel '{}'", name));
 }
 
 void check_encap_ports(const UdpEncap& e) {

@@ -142,6 +142,17 @@ TEST(ConfigLimits, TheDataplanesTablesAreCheckedAtLoad) {
   EXPECT_TRUE(has(error_of(with_exception), "9 ports (the exception port included); at most 8"));
 }
 
+TEST(ConfigSas, AKeySharedThroughAnAliasIsReadByBothSas) {
+  std::string text = replace(replace(kConfig, R"(key: "0x000102030405060708090a0b0c0d0e0f10111213" }
+  - { direction: in)", R"(key: &k "0x000102030405060708090a0b0c0d0e0f10111213" }
+  - { direction: in)"), R"(spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "0x000102030405060708090a0b0c0d0e0f10111213" })",
+                             R"(spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: *k })");
+  GatewayConfig c = parse_config(text);
+  ASSERT_EQ(c.sas.size(), 2u);
+  EXPECT_TRUE(c.sas[0].keymat == c.sas[1].keymat);
+  EXPECT_EQ(c.sas[1].keymat.size(), 20u);
+}
+
 TEST(ConfigSas, EncapComesFromTheTunnel) {
   GatewayConfig c = parse_config(replace(kConfig, "remote: 203.0.113.1 }", "remote: 203.0.113.1, udp_encap: true }"));
   EXPECT_TRUE(c.tunnels[0].udp_encap);

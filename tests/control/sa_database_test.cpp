@@ -149,7 +149,10 @@ TEST_F(SaDatabaseTest, InitialSeqMovesTheCounterForwardNeverBack) {
 TEST_F(SaDatabaseTest, ReconcileKeepsTheReplayWindow) {
   db_->add(params(spec(SaDirection::kInbound, 0x2001, "plain")));
   EXPECT_EQ(receive(0x2001, 5), dp::ReplayVerdict::kOk);
-  db_->reconcile(params(spec(SaDirection::kInbound, 0x2001, "plain")));
+  SaSpec again = spec(SaDirection::kInbound, 0x2001, "plain");
+  again.replay_window = 64;  // a window size is state too: kept, not reset
+  db_->reconcile(params(again));
+  EXPECT_EQ(inbound(0x2001)->replay.window(), 1024u);
   EXPECT_EQ(receive(0x2001, 5), dp::ReplayVerdict::kReplay);  // accepted before: a replay after
   EXPECT_EQ(receive(0x2001, 6), dp::ReplayVerdict::kOk);
 }
@@ -226,6 +229,56 @@ TEST_F(SaDatabaseTest, ReconcileOfASupersededSaLeavesTheNewestCurrent) {
   ASSERT_NE(current(0), nullptr);
   EXPECT_EQ(current(0)->spi, 0x1001u);
   EXPECT_EQ(current(0)->outer_dst, kPeerMoved);
+}
+
+TEST_F(SaDatabaseTest, RefusedUpdatesChangeNothing) {
+  SaSpec s = spec(SaDirection::kOutbound, 0x1002, "natt");
+  s.hard.packets = 1000;
+  db_->add(params(s));
+  dp::OutboundSa* sa = current(1);
+  sa->next_seq.fetch_add(9);
+  SaUpdate u;
+  u.direction = SaDirection::kOutbound;
+  u.spi = 0x1002;
+  u.tunnel = "natt";
+  u.soft = SaLifetime{0, 2000, 0};  // above the installed hard limit
+  EXPECT_THROW(db_->update(u), SaError);
+  u.soft.reset();
+  u.spi = 0x1003;
+  u.encap = UdpEncap{4500, 1};
+  EXPECT_THROW(db_->update(u), SaError);  // no such SA
+  // Moving it onto another SA's identity (same SPI, that destination) is refused.
+  db_->add(params(spec(SaDirection::kOutbound, 0x1003, "plain", 7)));
+  u.spi = 0x1002;
+  u.encap.reset();
+  u.remote_addr = kPeer1;
+  EXPECT_NO_THROW(db_->update(u));  // 0x1002 to 203.0.113.1 does not exist yet: allowed
+  EXPECT_EQ(current(1)->outer_dst, kPeer1);
+  SaUpdate v = u;
+  v.spi = 0x1003;
+  v.tunnel = "plain";
+  v.remote_addr = kPeer2;
+  EXPECT_NO_THROW(db_->update(v));
+  EXPECT_EQ(current(1)->next_seq.load(), 10u);
+  // A plain-ESP SA cannot gain UDP encapsulation by an update.
+  SaUpdate w;
+  w.direction = SaDirection::kOutbound;
+  w.spi = 0x1003;
+  w.tunnel = "plain";
+  w.encap = UdpEncap{4500, 4500};
+  EXPECT_THROW(db_->update(w), SaError);
+  EXPECT_EQ(current(0)->udp_dst_port, 0);
+  // Same SPI towards two peers: two identities; moving one onto the other is refused.
+  db_->add(params(spec(SaDirection::kOutbound, 0x1004, "plain", 8)));  // to 203.0.113.1
+  db_->add(params(spec(SaDirection::kOutbound, 0x1004, "natt", 9)));   // to 203.0.113.2
+  SaUpdate x;
+  x.direction = SaDirection::kOutbound;
+  x.spi = 0x1004;
+  x.tunnel = "natt";
+  x.remote_addr = kPeer1;
+  EXPECT_THROW(db_->update(x), SaError);
+  EXPECT_EQ(current(1)->spi, 0x1004u);
+  EXPECT_EQ(current(1)->outer_dst, kPeer2);
 }
 
 TEST_F(SaDatabaseTest, AddOfAnExistingIdentityIsRefused) {

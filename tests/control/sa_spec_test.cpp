@@ -119,7 +119,7 @@ const Bad kBad[] = {
     {"Spi0", [] { auto s = outbound(); s.spi = 0; return s; }, "0 is reserved"},
     {"Spi1", [] { auto s = outbound(); s.spi = 1; return s; }, "reserved by IANA"},
     {"Spi255", [] { auto s = inbound(); s.spi = 255; return s; }, "reserved by IANA"},
-    {"UnknownTunnel", [] { auto s = outbound(); s.tunnel = "nope"; return s; }, "no tunnel named 'nope'"},
+    {"UnknownTunnel", [] { auto s = outbound(); s.tunnel = "nope"; return s; }, "unknown tunnel 'nope'"},
     {"EncapOnPlainTunnel", [] { auto s = outbound(); s.encap = UdpEncap{4500, 4500}; return s; },
      "tunnel 'plain' runs plain ESP"},
     {"PlainOnNattTunnel", [] { auto s = inbound(); s.tunnel = "natt"; s.plain_esp = true; return s; },

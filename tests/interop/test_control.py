@@ -82,7 +82,6 @@ ERRORS = [
     ({"op": "add-sa", "direction": "out", "spi": 0x5000, "tunnel": "aws-a1", "key": "01" * 20, "colour": "red"},
      "unknown field 'colour'"),
     ({"op": "add-sa", "direction": "out", "spi": "0xZZ", "tunnel": "aws-a1", "key": "01" * 20}, "not a number"),
-    ({"op": "replace-sa", "direction": "out", "spi": 0x5999, "tunnel": "aws-a1", "key": "01" * 20}, "no SA"),
     ({"op": "delete-sa", "direction": "out", "spi": 0x5999}, "no out SA"),
     ({"op": "delete-sa", "direction": "in"}, "missing field 'spi'"),
     ({"op": "tunnel-down", "tunnel": "nope"}, "unknown tunnel"),
