@@ -18,8 +18,6 @@ void add(dp::PacketByteCount& a, const dp::PacketByteCount& b) {
   a.packets += b.packets;
   a.bytes += b.bytes;
 }
-
-const char* dir_name(SaDirection d) { return d == SaDirection::kInbound ? "in" : "out"; }
 }  // namespace
 
 ControlOps::ControlOps(dp::Dataplane& d, lpm::RouteTable& routes, std::vector<std::string> tunnel_names,

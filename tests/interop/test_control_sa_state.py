@@ -194,3 +194,16 @@ def test_update_sa_nat_rebinding_and_mobike_under_traffic(tmp_path):
     assert phases == [("203.0.113.1", 4500), ("203.0.113.1", 62001), ("203.0.113.77", 62001)], phases
     seqs = [s for _, _, s in outer]
     assert seqs == list(range(1, len(seqs) + 1)), "sequence numbers restarted or skipped across update-sa"
+
+
+def test_replace_sa_is_add_or_update(tmp_path):
+    # replace-sa = SaDatabase::reconcile: an absent SA is installed, a present
+    # one is updated in place (same identity, same key).
+    with h.Gateway(tmp_path, ALL_SAS) as gw:
+        new = h.Sa("out", 0x7401, "aws-b1")
+        assert gw.request(sa_req("replace-sa", new))["ok"]
+        listed = [s for s in gw.request({"op": "list-sas"})["sas"] if s["spi"] == "0x00007401"]
+        assert len(listed) == 1 and listed[0]["origin"] == "socket" and listed[0]["current"] is True
+        assert gw.request(sa_req("replace-sa", new, lifetime={"hard": {"packets": 5000}}))["ok"]
+        listed = [s for s in gw.request({"op": "list-sas"})["sas"] if s["spi"] == "0x00007401"]
+        assert len(listed) == 1 and listed[0]["lifetime"]["hard"]["packets"] == 5000
