@@ -200,6 +200,9 @@ def test_the_documented_forms_are_accepted(gw):
 def test_200_clients_connecting_at_once_all_get_in(gw):
     # The daemon is stopped while 200 clients connect, so every connection
     # waits in the listen backlog (64 before: the 66th got EAGAIN).
+    somaxconn = int(open("/proc/sys/net/core/somaxconn").read())
+    if somaxconn < 200:
+        pytest.skip(f"net.core.somaxconn is {somaxconn}: the kernel caps any backlog below 200")
     os.kill(gw.proc.pid, signal.SIGSTOP)
     socks, refused = [], 0
     try:
