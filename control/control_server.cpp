@@ -12,7 +12,10 @@
 #include <cstring>
 #include <filesystem>
 #include <stdexcept>
+#include <new>
 #include <vector>
+
+#include <openssl/crypto.h>
 
 namespace espgw::control {
 namespace {
@@ -61,7 +64,7 @@ ControlServer::ControlServer(std::string path, const std::string& group_name, Ha
     }
   }
   chmod(path_.c_str(), 0660);
-  if (listen(listen_fd_, 64) < 0) throw sys_error("listen " + path_);
+  if (listen(listen_fd_, kListenBacklog) < 0) throw sys_error("listen " + path_);
   epoll_fd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) throw sys_error("epoll_create1");
   epoll_event ev{};
@@ -88,14 +91,20 @@ void ControlServer::poll(int timeout_ms) {
       accept_clients();
       continue;
     }
-    if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
-      // Serve what it sent before hanging up, then close.
+    // Whatever goes wrong with one client (out of memory while buffering
+    // its lines) ends that client's connection, never the daemon.
+    try {
+      if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
+        // Serve what it sent before hanging up, then close.
+        if (evs[i].events & EPOLLIN) read_client(fd);
+        close_client(fd);
+        continue;
+      }
       if (evs[i].events & EPOLLIN) read_client(fd);
+      if (clients_.count(fd) && (evs[i].events & EPOLLOUT)) write_client(fd);
+    } catch (...) {
       close_client(fd);
-      continue;
     }
-    if (evs[i].events & EPOLLIN) read_client(fd);
-    if (clients_.count(fd) && (evs[i].events & EPOLLOUT)) write_client(fd);
   }
 }
 
@@ -103,13 +112,43 @@ void ControlServer::accept_clients() {
   for (;;) {
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
-    clients_[fd] = Client{};
+    try {
+      clients_[fd] = Client{};
+    } catch (...) {  // no memory for one more client: refuse it, keep serving
+      close(fd);
+      return;
+    }
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;
     ev.data.fd = fd;
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
   }
 }
+
+namespace {
+// The request boundary: whatever the handler throws (a type error, a bad
+// allocation, anything) becomes an error reply and the next line is served.
+ControlReply serve_line(const ControlServer::Handler& handler, WipingString& line) noexcept {
+  const char* what = "internal error";
+  std::string message;
+  try {
+    return handler(line);
+  } catch (const std::bad_alloc&) {
+    what = "out of memory while serving the request";
+  } catch (const std::exception& e) {
+    try {
+      message = e.what();
+    } catch (...) {
+    }
+  } catch (...) {
+  }
+  try {
+    return {{{"ok", false}, {"error", message.empty() ? std::string(what) : message}}, false};
+  } catch (...) {
+    return {};  // still one line (queue() answers for a reply it cannot encode)
+  }
+}
+}  // namespace
 
 void ControlServer::read_client(int fd) {
   auto it = clients_.find(fd);
@@ -126,49 +165,49 @@ void ControlServer::read_client(int fd) {
     }
     if (r < 0) {
       if (errno == EAGAIN || errno == EINTR) break;
+      OPENSSL_cleanse(buf, sizeof(buf));
       close_client(fd);
       return;
     }
     c.in.append(buf, static_cast<size_t>(r));
     if (c.in.size() > kMaxRequest && c.in.find('\n') == std::string::npos) {
-      queue(fd, c, {{"ok", false}, {"error", "request longer than " + std::to_string(kMaxRequest) + " bytes"}});
+      OPENSSL_cleanse(buf, sizeof(buf));
       c.in.clear();
+      queue(fd, c, {{"ok", false}, {"error", "request longer than " + std::to_string(kMaxRequest) + " bytes"}});
       write_client(fd);
       close_client(fd);
       return;
     }
   }
-  size_t pos;
-  while ((pos = c.in.find('\n')) != std::string::npos) {
-    std::string line = c.in.substr(0, pos);
-    c.in.erase(0, pos + 1);
-    if (line.empty() || line == "\r") continue;
-    nlohmann::json reply;
-    nlohmann::json req = nlohmann::json::parse(line, nullptr, false);
-    if (req.is_discarded()) {
-      reply = {{"ok", false}, {"error", "malformed JSON"}};
-    } else if (!req.is_object()) {
-      reply = {{"ok", false}, {"error", "a request is a JSON object"}};
-    } else if (req.value("op", "") == "subscribe") {
-      c.subscribed = true;
-      reply = {{"ok", true}, {"subscribed", true}};
-    } else {
-      try {
-        reply = handler_(req);
-      } catch (const std::exception& e) {
-        reply = {{"ok", false}, {"error", e.what()}};
-      }
-    }
-    if (req.is_object() && req.contains("id")) reply["id"] = req["id"];
-    queue(fd, c, reply);
-    if (!clients_.count(fd)) return;
+  OPENSSL_cleanse(buf, sizeof(buf));  // request bytes may hold keys
+  size_t start = 0, pos;
+  while ((pos = c.in.find('\n', start)) != std::string::npos) {
+    WipingString line = c.in.substr(start, pos - start);
+    start = pos + 1;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.empty()) continue;
+    ControlReply reply = serve_line(handler_, line);
+    OPENSSL_cleanse(line.data(), line.size());  // short lines live inside the object (SSO)
+    if (reply.subscribe) c.subscribed = true;
+    queue(fd, c, reply.body);
+    if (!clients_.count(fd)) return;  // (c.in went with the client; see close_client)
+  }
+  // Keep the unfinished tail; the served lines' bytes are wiped, not just freed.
+  if (start > 0) {
+    WipingString rest = c.in.substr(start);
+    OPENSSL_cleanse(c.in.data(), c.in.size());
+    c.in = std::move(rest);
   }
   write_client(fd);
   if (eof) close_client(fd);  // a half-finished line from a client that left is dropped
 }
 
 void ControlServer::queue(int fd, Client& c, const nlohmann::json& msg) {
-  c.out += msg.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  try {
+    c.out += msg.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  } catch (...) {  // out of memory: the client still gets one line for its request
+    c.out += R"({"ok":false,"error":"reply could not be encoded"})";
+  }
   c.out += '\n';
   if (c.out.size() > kMaxPendingOut) {  // a client that never reads
     close_client(fd);
@@ -201,7 +240,10 @@ void ControlServer::update_interest(int fd, const Client& c) {
 }
 
 void ControlServer::close_client(int fd) {
-  if (!clients_.erase(fd)) return;
+  auto it = clients_.find(fd);
+  if (it == clients_.end()) return;
+  OPENSSL_cleanse(it->second.in.data(), it->second.in.size());
+  clients_.erase(it);
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   close(fd);
 }

@@ -10,14 +10,27 @@
 #include <map>
 #include <string>
 
+#include "control/wiping_string.h"
+
 namespace espgw::control {
+
+// What the request handler (the JSON codec) answers for one line.
+struct ControlReply {
+  nlohmann::json body;
+  bool subscribe = false;  // the connection asked for events
+};
 
 class ControlServer {
  public:
-  using Handler = std::function<nlohmann::json(const nlohmann::json& request)>;
+  // Gets one request line (without its newline) and may wipe it: a line can
+  // hold key material. Whatever it throws becomes an error reply.
+  using Handler = std::function<ControlReply(WipingString& line)>;
 
   static constexpr size_t kMaxRequest = 64 * 1024;     // bytes per line
   static constexpr size_t kMaxPendingOut = 4 << 20;    // per client
+  // listen() backlog: hooks of an IKE daemon may connect by the hundreds at
+  // once (a rekey storm); the kernel caps it at net.core.somaxconn.
+  static constexpr int kListenBacklog = 4096;
 
   // Creates the socket (mode 0660, group `group` when not empty); throws
   // std::runtime_error with the reason when it cannot.
@@ -37,7 +50,7 @@ class ControlServer {
 
  private:
   struct Client {
-    std::string in;
+    WipingString in;  // may hold keys: cleansed whenever it grows or shrinks
     std::string out;
     bool subscribed = false;
   };

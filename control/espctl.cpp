@@ -9,6 +9,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -71,13 +73,17 @@ std::string str(const json& j, const char* k, const char* dflt = "-") {
   return j.contains(k) && j[k].is_string() ? j[k].get<std::string>() : dflt;
 }
 
+// ADMIN: the operator's switch (tunnel up/down); OPER: what routing uses
+// (admin up and an outbound SA installed); WHY: the reason OPER is down.
 void print_tunnels(const json& tunnels) {
-  fmt::print("{:<14} {:>5} {:>11} {:>12} {:>14} {:>12} {:>14} {:>10}\n", "TUNNEL", "STATE", "OUT-SPI", "OUT-PKTS",
-             "OUT-BYTES", "IN-PKTS", "IN-BYTES", "ASYMMETRIC");
-  for (const auto& t : tunnels)
-    fmt::print("{:<14} {:>5} {:>11} {:>12} {:>14} {:>12} {:>14} {:>10}\n", str(t, "name"),
-               t.value("up", false) ? "up" : "down", str(t, "out_spi"), u64(t["out"], "packets"), u64(t["out"], "bytes"),
-               u64(t["in"], "packets"), u64(t["in"], "bytes"), u64(t, "asymmetric"));
+  fmt::print("{:<14} {:>5} {:>5} {:<14} {:>11} {:>12} {:>14} {:>12} {:>14} {:>10}\n", "TUNNEL", "ADMIN", "OPER", "WHY",
+             "OUT-SPI", "OUT-PKTS", "OUT-BYTES", "IN-PKTS", "IN-BYTES", "ASYMMETRIC");
+  for (const auto& t : tunnels) {
+    std::string why = str(t, "oper_reason");
+    fmt::print("{:<14} {:>5} {:>5} {:<14} {:>11} {:>12} {:>14} {:>12} {:>14} {:>10}\n", str(t, "name"), str(t, "admin"),
+               str(t, "oper"), why == "up" ? "-" : why, str(t, "out_spi"), u64(t["out"], "packets"),
+               u64(t["out"], "bytes"), u64(t["in"], "packets"), u64(t["in"], "bytes"), u64(t, "asymmetric"));
+  }
 }
 
 void print_sas(const json& sas) {
@@ -132,7 +138,7 @@ std::string read_key_file(const std::string& path) {
 }
 
 struct SaOpts {
-  std::string direction, tunnel, algo = "aes128-gcm", key, key_file, spi, encap;
+  std::string direction, tunnel, algo = "aes128-gcm", key, key_file, spi, encap, remote;
   bool esn = false;
   uint64_t replay_window = 1024, seq = 1;
   uint64_t soft_bytes = 0, hard_bytes = 0, soft_packets = 0, hard_packets = 0, soft_seconds = 0, hard_seconds = 0;
@@ -161,23 +167,29 @@ void add_sa_options(CLI::App* c, SaOpts& o) {
   c->add_option("--remote-ts", o.remote_ts, "policy-based: remote selector prefix (repeatable)");
 }
 
-json sa_request(const std::string& op, const SaOpts& o) {
-  json r = {{"op", op}, {"direction", o.direction}, {"spi", o.spi}, {"tunnel", o.tunnel}, {"algo", o.algo},
-            {"esn", o.esn}};
-  std::string key = o.key_file.empty() ? o.key : read_key_file(o.key_file);
-  if (key.empty()) die(1, "an SA needs --key or --key-file");
-  r["key"] = key;
-  if (o.direction == "in") r["replay_window"] = o.replay_window;
-  else r["seq"] = o.seq;
-  if (!o.encap.empty()) {
-    auto colon = o.encap.find(':');
-    try {
-      r["encap"] = {{"sport", std::stoul(o.encap.substr(0, colon))},
-                    {"dport", colon == std::string::npos ? 4500ul : std::stoul(o.encap.substr(colon + 1))}};
-    } catch (const std::exception&) {
-      die(1, "--encap wants SPORT:DPORT, e.g. 4500:4500");
-    }
+// The socket takes an SPI as a JSON integer or "0x" + hex digits: decimal
+// from the command line goes as an integer, the rest as written (the daemon
+// refuses what is neither).
+json spi_value(const std::string& spi) {
+  if (!spi.empty() && spi.size() <= 10 &&
+      std::all_of(spi.begin(), spi.end(), [](unsigned char c) { return std::isdigit(c); })) {
+    uint64_t v = std::stoull(spi);
+    if (v <= 0xFFFFFFFFull) return v;
   }
+  return spi;
+}
+
+json parse_encap(const std::string& encap) {
+  auto colon = encap.find(':');
+  try {
+    return {{"sport", std::stoul(encap.substr(0, colon))},
+            {"dport", colon == std::string::npos ? 4500ul : std::stoul(encap.substr(colon + 1))}};
+  } catch (const std::exception&) {
+    die(1, "--encap wants SPORT:DPORT, e.g. 4500:4500");
+  }
+}
+
+json lifetime_of(const SaOpts& o) {
   json soft = json::object(), hard = json::object();
   if (o.soft_bytes) soft["bytes"] = o.soft_bytes;
   if (o.soft_packets) soft["packets"] = o.soft_packets;
@@ -185,7 +197,22 @@ json sa_request(const std::string& op, const SaOpts& o) {
   if (o.hard_bytes) hard["bytes"] = o.hard_bytes;
   if (o.hard_packets) hard["packets"] = o.hard_packets;
   if (o.hard_seconds) hard["seconds"] = o.hard_seconds;
-  if (!soft.empty() || !hard.empty()) r["lifetime"] = {{"soft", soft}, {"hard", hard}};
+  json lt = json::object();
+  if (!soft.empty()) lt["soft"] = soft;
+  if (!hard.empty()) lt["hard"] = hard;
+  return lt;
+}
+
+json sa_request(const std::string& op, const SaOpts& o) {
+  json r = {{"op", op}, {"direction", o.direction}, {"spi", spi_value(o.spi)}, {"tunnel", o.tunnel},
+            {"algo", o.algo}, {"esn", o.esn}};
+  std::string key = o.key_file.empty() ? o.key : read_key_file(o.key_file);
+  if (key.empty()) die(1, "an SA needs --key or --key-file");
+  r["key"] = key;
+  if (o.direction == "in") r["replay_window"] = o.replay_window;
+  else r["seq"] = o.seq;
+  if (!o.encap.empty()) r["encap"] = parse_encap(o.encap);
+  if (json lt = lifetime_of(o); !lt.empty()) r["lifetime"] = lt;
   if (!o.local_ts.empty()) r["local_selectors"] = o.local_ts;
   if (!o.remote_ts.empty()) r["remote_selectors"] = o.remote_ts;
   return r;
@@ -228,7 +255,7 @@ int main(int argc, char** argv) {
   tun->require_subcommand(1);
 
   SaOpts sa_opts;
-  auto* sa = app.add_subcommand("sa", "add, replace, delete or list SAs");
+  auto* sa = app.add_subcommand("sa", "add, replace, update, delete or list SAs");
   auto* sa_add = sa->add_subcommand("add", "install an SA");
   auto* sa_replace = sa->add_subcommand("replace", "replace an installed SA (same SPI, direction, tunnel)");
   add_sa_options(sa_add, sa_opts);
@@ -237,6 +264,18 @@ int main(int argc, char** argv) {
   sa_del->add_option("--direction,-d", sa_opts.direction, "in or out")->required()->check(CLI::IsMember({"in", "out"}));
   sa_del->add_option("--spi", sa_opts.spi, "SPI")->required();
   sa_del->add_option("--tunnel,-t", sa_opts.tunnel, "tunnel (when the SPI is on several)");
+  auto* sa_update = sa->add_subcommand("update", "change a live SA: NAT-T ports, peer address, lifetimes");
+  sa_update->add_option("--direction,-d", sa_opts.direction, "in or out")->required()->check(CLI::IsMember({"in", "out"}));
+  sa_update->add_option("--spi", sa_opts.spi, "SPI")->required();
+  sa_update->add_option("--tunnel,-t", sa_opts.tunnel, "tunnel name")->required();
+  sa_update->add_option("--encap", sa_opts.encap, "new UDP ports SPORT:DPORT (NAT rebinding)");
+  sa_update->add_option("--remote", sa_opts.remote, "the peer's new outer address (MOBIKE)");
+  sa_update->add_option("--soft-bytes", sa_opts.soft_bytes);
+  sa_update->add_option("--hard-bytes", sa_opts.hard_bytes);
+  sa_update->add_option("--soft-packets", sa_opts.soft_packets);
+  sa_update->add_option("--hard-packets", sa_opts.hard_packets);
+  sa_update->add_option("--soft-seconds", sa_opts.soft_seconds);
+  sa_update->add_option("--hard-seconds", sa_opts.hard_seconds);
   auto* sa_list = sa->add_subcommand("list", "list SAs");
   sa->require_subcommand(1);
 
@@ -293,8 +332,14 @@ int main(int argc, char** argv) {
   else if (*tun_down) req = {{"op", "tunnel-down"}, {"tunnel", name}};
   else if (*sa_add) req = sa_request("add-sa", sa_opts);
   else if (*sa_replace) req = sa_request("replace-sa", sa_opts);
-  else if (*sa_del) {
-    req = {{"op", "delete-sa"}, {"direction", sa_opts.direction}, {"spi", sa_opts.spi}};
+  else if (*sa_update) {
+    req = {{"op", "update-sa"}, {"direction", sa_opts.direction}, {"spi", spi_value(sa_opts.spi)},
+           {"tunnel", sa_opts.tunnel}};
+    if (!sa_opts.encap.empty()) req["encap"] = parse_encap(sa_opts.encap);
+    if (!sa_opts.remote.empty()) req["remote"] = sa_opts.remote;
+    if (json lt = lifetime_of(sa_opts); !lt.empty()) req["lifetime"] = lt;
+  } else if (*sa_del) {
+    req = {{"op", "delete-sa"}, {"direction", sa_opts.direction}, {"spi", spi_value(sa_opts.spi)}};
     if (!sa_opts.tunnel.empty()) req["tunnel"] = sa_opts.tunnel;
   } else if (*route_add) req = {{"op", "add-route"}, {"prefix", prefix}, {"via", via_list(via)}};
   else if (*route_replace) req = {{"op", "replace-route"}, {"prefix", prefix}, {"via", via_list(via)}};

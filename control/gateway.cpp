@@ -10,18 +10,17 @@
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
 #include <rte_pdump.h>
-#include <rte_telemetry.h>
 
-#include <cctype>
 #include <csignal>
 #include <cstring>
-#include <mutex>
 #include <regex>
-#include <set>
 #include <stdexcept>
 
+#include "control/control_ops.h"
 #include "control/control_server.h"
-#include "control/xfrm.h"
+#include "control/json_codec.h"
+#include "control/telemetry.h"
+#include "control/xfrm_mirror.h"
 #include "dataplane/packet_util.h"
 
 namespace espgw::control {
@@ -43,34 +42,20 @@ bool is_pci_address(const std::string& dev) {
 
 std::string device_name(const std::string& dev) { return dev.substr(0, dev.find(',')); }
 
-json pbc(const dp::PacketByteCount& c) { return {{"packets", c.packets}, {"bytes", c.bytes}}; }
-
-void add(dp::PacketByteCount& a, const dp::PacketByteCount& b) {
-  a.packets += b.packets;
-  a.bytes += b.bytes;
-}
 }  // namespace
-
-struct Gateway::Snapshot {
-  std::mutex mu;
-  bool live = false;
-  json stats, sas, routes;
-};
 
 Gateway::Gateway(GatewayConfig cfg, std::vector<std::string> extra_eal)
     : cfg_(std::move(cfg)), extra_eal_(std::move(extra_eal)) {}
 
 Gateway::~Gateway() {
   stop();
-  if (snapshot_) {
-    std::lock_guard<std::mutex> lock(snapshot_->mu);
-    snapshot_->live = false;
-  }
+  telemetry_.reset();
   server_.reset();
+  codec_.reset();
   xfrm_.reset();
   sas_.reset();  // unpublishes and wipes keys (AeadContext destructors)
+  ops_.reset();
   routes_.reset();
-  tunnels_.clear();
   if (dp_) {
     for (uint16_t p = 0; p < dp_->nb_ports; p++) {
       rte_eth_dev_stop(dp_->ports[p].port_id);
@@ -222,8 +207,8 @@ void Gateway::init_ports() {
 }
 
 uint16_t Gateway::tunnel_index(const std::string& name) const {
-  for (size_t i = 0; i < tunnels_.size(); i++)
-    if (tunnels_[i].name == name) return static_cast<uint16_t>(i);
+  for (size_t i = 0; i < cfg_.tunnels.size(); i++)
+    if (cfg_.tunnels[i].name == name) return static_cast<uint16_t>(i);
   throw std::runtime_error("unknown tunnel '" + name + "'");
 }
 
@@ -259,7 +244,6 @@ void Gateway::init_tables() {
       if (cfg_.ports[i].name == name) return static_cast<uint16_t>(i);
     throw std::runtime_error("unknown port '" + name + "'");
   };
-  tunnels_.resize(cfg_.tunnels.size());
   for (size_t i = 0; i < cfg_.tunnels.size(); i++) {
     const TunnelConfig& tc = cfg_.tunnels[i];
     dp::Tunnel& t = d.tunnels[i];
@@ -277,8 +261,6 @@ void Gateway::init_tables() {
       memcpy(a.addr_bytes, tc.next_hop_mac->b, 6);
       t.next_hop.mac.store(dp::pack_mac(a));
     }
-    tunnels_[i].name = tc.name;
-    tunnels_[i].admin_up = tc.up;
   }
   d.nb_tunnels = static_cast<uint16_t>(cfg_.tunnels.size());
 
@@ -290,9 +272,22 @@ void Gateway::init_tables() {
   rc.name = "espgw";
   routes_ = std::make_unique<lpm::RouteTable>(rc);
   for (uint16_t t = 0; t < d.nb_tunnels; t++) routes_->add_tunnel(t, false);
+  {
+    std::vector<std::string> names, ports;
+    std::vector<bool> admin;
+    for (const auto& tc : cfg_.tunnels) {
+      names.push_back(tc.name);
+      admin.push_back(tc.up);
+    }
+    for (const auto& pc : cfg_.ports) ports.push_back(pc.name);
+    ops_ = std::make_unique<ControlOps>(d, *routes_, std::move(names), std::move(admin), std::move(ports),
+                                        [this](const json& ev) { emit(ev); });
+    ops_->set_stats_extras([this](json& j) { add_stats_extras(j); });
+  }
   sas_ = std::make_unique<SaDatabase>(
       d, cfg_.tunnels, [this](const json& ev) { emit(ev); },
       [this](uint16_t t, bool has_sa) { refresh_tunnel_state(t, has_sa); });
+  ops_->attach(*sas_);
   // SAs: the config file's static ones pass the same validator as every
   // other source (the loader ran it too, so this fails only on state: a
   // full table).
@@ -342,10 +337,13 @@ void Gateway::start() {
   init_eal();
   init_ports();
   init_tables();
-  if (!cfg_.control.socket_path.empty())
+  if (!cfg_.control.socket_path.empty()) {
+    codec_ = std::make_unique<JsonCodec>(*ops_);
     server_ = std::make_unique<ControlServer>(cfg_.control.socket_path, cfg_.control.socket_group,
-                                              [this](const json& r) { return handle(r); });
-  register_telemetry();
+                                              [this](WipingString& line) { return codec_->handle_line(line); });
+  }
+  telemetry_ = std::make_unique<Telemetry>();
+  publish_snapshot();
   // dpdk-dumpcap / dpdk-pdump attach as secondary processes; that needs the
   // shared configuration (no --no-shconf / --in-memory) and, in DPDK 22.11,
   // hugepage memory the secondary can map.
@@ -369,7 +367,7 @@ void Gateway::run() {
     if (xfrm_) xfrm_->poll();
     uint64_t now = rte_rdtsc();
     if (now >= next_housekeeping) {  // 20 times a second
-      sas_->check_lifetimes(sum_counters());
+      ops_->check_lifetimes();
       publish_snapshot();
       next_housekeeping = now + hz / 20;
     }
@@ -381,221 +379,31 @@ void Gateway::run() {
   }
 }
 
-// -------------------------------------------------------------- XFRM mirror
-
 void Gateway::start_xfrm_mirror() {
-  xfrm_ = std::make_unique<xfrm::Mirror>([this](const xfrm::Event& ev) { on_xfrm_event(&ev); });
-  xfrm_->dump();
-  fmt::print("espgw: xfrm mirror: following the kernel's SAs ({} mirrored at start)\n", xfrm_mirrored_);
+  std::vector<XfrmMirror::TunnelEnds> ends;
+  for (const auto& tc : cfg_.tunnels) ends.push_back({tc.name, tc.local, tc.remote});
+  xfrm_ = std::make_unique<XfrmMirror>(*ops_, std::move(ends));
+  fmt::print("espgw: xfrm mirror: following the kernel's SAs ({} mirrored at start)\n", xfrm_->counters().mirrored);
 }
 
-// Maps a kernel SA onto a tunnel by its outer addresses: outbound when the
-// source is one of our tunnel endpoints, inbound when the destination is.
-void Gateway::on_xfrm_event(const void* p) {
-  const auto& ev = *static_cast<const xfrm::Event*>(p);
-  auto find_tunnel = [&](uint32_t local, uint32_t remote) -> int {
-    for (size_t i = 0; i < cfg_.tunnels.size(); i++)
-      if (cfg_.tunnels[i].local == local && cfg_.tunnels[i].remote == remote) return static_cast<int>(i);
-    return -1;
-  };
-  auto is_local = [&](uint32_t a) {
-    for (const auto& t : cfg_.tunnels)
-      if (t.local == a) return true;
-    return false;
-  };
-  try {
-    if (auto* sa = std::get_if<xfrm::SaInfo>(&ev)) {
-      xfrm::Dir dir = xfrm::direction_of(sa->saddr, sa->daddr, is_local);
-      int t = dir == xfrm::Dir::kOut ? find_tunnel(sa->saddr, sa->daddr)
-              : dir == xfrm::Dir::kIn ? find_tunnel(sa->daddr, sa->saddr)
-                                      : -1;
-      if (t < 0) {
-        xfrm_ignored_++;
-        fmt::print(stderr, "espgw: xfrm: no tunnel for {} -> {}: {}\n", format_ipv4(sa->saddr), format_ipv4(sa->daddr),
-                   xfrm::to_string(ev));
-        return;
-      }
-      SaSpec q;
-      q.direction = dir == xfrm::Dir::kOut ? SaDirection::kOutbound : SaDirection::kInbound;
-      q.spi = sa->spi;
-      q.tunnel = cfg_.tunnels[static_cast<size_t>(t)].name;
-      q.algo = sa->key_len() == 16 ? SaAlgo::kAes128Gcm : SaAlgo::kAes256Gcm;
-      q.keymat = crypto::SecretBytes(std::span<const uint8_t>(sa->keymat.data(), sa->keymat.size()));
-      q.esn = sa->esn;
-      q.origin = SaOrigin::kXfrm;
-      if (q.direction == SaDirection::kInbound)
-        q.replay_window = sa->replay_window == 0 ? 0 : std::clamp<uint32_t>(sa->replay_window, 32, 4096);
-      if (sa->encap_sport || sa->encap_dport) {
-        // The kernel template: sender port, receiver port.
-        q.encap = q.direction == SaDirection::kOutbound ? UdpEncap{sa->encap_sport, sa->encap_dport}
-                                                        : UdpEncap{sa->encap_dport, sa->encap_sport};
-      } else {
-        q.plain_esp = true;
-      }
-      q.soft = {sa->soft_bytes, sa->soft_packets, sa->soft_add_seconds};
-      q.hard = {sa->hard_bytes, sa->hard_packets, sa->hard_add_seconds};
-      // NEWSA, UPDSA or a re-dump: the identity keeps its state.
-      sas_->reconcile(validate_sa_spec(q, sas_->tunnels()));
-      xfrm_mirrored_++;
-    } else if (auto* del = std::get_if<xfrm::SaDelete>(&ev)) {
-      SaDirection d = is_local(del->key.daddr) ? SaDirection::kInbound : SaDirection::kOutbound;
-      sas_->remove(d, del->key.spi, std::nullopt, "kernel");
-    } else if (auto* ex = std::get_if<xfrm::SaExpire>(&ev)) {
-      if (ex->hard) {
-        SaDirection d = is_local(ex->key.daddr) ? SaDirection::kInbound : SaDirection::kOutbound;
-        sas_->remove(d, ex->key.spi, std::nullopt, "kernel-hard-expire");
-      }
-    } else if (std::holds_alternative<xfrm::Unsupported>(ev) || std::holds_alternative<xfrm::Malformed>(ev)) {
-      xfrm_ignored_++;
-      fmt::print(stderr, "espgw: xfrm: ignored: {}\n", xfrm::to_string(ev));
-    }
-  } catch (const std::exception& e) {
-    xfrm_ignored_++;
-    fmt::print(stderr, "espgw: xfrm: {}: {}\n", xfrm::to_string(ev), e.what());
+void Gateway::add_stats_extras(json& j) const {
+  if (xfrm_) {
+    const auto& c = xfrm_->counters();
+    j["xfrm"] = {{"mirrored", c.mirrored},
+                 {"ignored", c.ignored},
+                 {"removed", c.removed},
+                 {"resyncs", c.resyncs},
+                 {"overruns", xfrm_->stats().overruns},
+                 {"flushes", xfrm_->stats().flushes}};
   }
-}
-
-// ---------------------------------------------------------------- telemetry
-
-namespace {
-// Telemetry callbacks take no user pointer: one gateway per process.
-std::shared_ptr<Gateway::Snapshot> g_snapshot;
-
-// DPDK 22.11 telemetry: dict keys may hold only [A-Za-z0-9_/], and only
-// arrays nest. List commands return one readable line per item; the
-// singular commands (/espgw/tunnel,NAME and /espgw/sa,DIR:SPI) return one
-// item as a dict with nested objects flattened to a_b keys.
-std::string tel_key(std::string k) {
-  for (char& c : k)
-    if (!std::isalnum(static_cast<unsigned char>(c)) && c != '_' && c != '/') c = '_';
-  return k;
-}
-
-void put_scalar(rte_tel_data* d, const std::string& key, const json& v) {
-  std::string k = tel_key(key);
-  if (v.is_boolean()) rte_tel_data_add_dict_string(d, k.c_str(), v.get<bool>() ? "true" : "false");
-  else if (v.is_number_unsigned()) rte_tel_data_add_dict_u64(d, k.c_str(), v.get<uint64_t>());
-  else if (v.is_number_integer()) rte_tel_data_add_dict_int(d, k.c_str(), static_cast<int>(v.get<int64_t>()));
-  else if (v.is_string()) rte_tel_data_add_dict_string(d, k.c_str(), v.get<std::string>().c_str());
-  else if (v.is_null()) rte_tel_data_add_dict_string(d, k.c_str(), "-");
-  else rte_tel_data_add_dict_string(d, k.c_str(), v.dump().c_str());
-}
-
-void flatten(const json& obj, const std::string& prefix, rte_tel_data* d) {
-  for (auto& [k, v] : obj.items()) {
-    std::string key = prefix.empty() ? k : prefix + "_" + k;
-    if (v.is_object()) flatten(v, key, d);
-    else put_scalar(d, key, v);
-  }
-}
-
-std::string tunnel_line(const json& t) {
-  return fmt::format("{} {} spi={} out={}/{} in={}/{} asymmetric={}", t["name"].get<std::string>(),
-                     t["up"].get<bool>() ? "up" : "down", t.value("out_spi", std::string("-")),
-                     t["out"]["packets"].get<uint64_t>(), t["out"]["bytes"].get<uint64_t>(),
-                     t["in"]["packets"].get<uint64_t>(), t["in"]["bytes"].get<uint64_t>(),
-                     t["asymmetric"].get<uint64_t>());
-}
-
-std::string sa_id(const json& sa) { return sa["direction"].get<std::string>() + ":" + sa["spi"].get<std::string>(); }
-
-std::string sa_line(const json& sa) {
-  return fmt::format("{} tunnel={} {} key={} packets={} bytes={}{}", sa_id(sa), sa["tunnel"].get<std::string>(),
-                     sa["algo"].get<std::string>(), sa["key_fingerprint"].get<std::string>(),
-                     sa["packets"].get<uint64_t>(), sa["bytes"].get<uint64_t>(),
-                     sa.value("current", false) ? " current" : "");
-}
-
-std::string route_line(const json& r) {
-  std::string via;
-  for (const auto& h : r["via"])
-    via += fmt::format("{}{}/{}", via.empty() ? "" : ",", h["tunnel"].get<std::string>(), h["priority"].get<uint32_t>());
-  return fmt::format("{} active={} via={}", r["prefix"].get<std::string>(),
-                     r["active"].is_null() ? "-" : r["active"].get<std::string>(), via);
-}
-
-template <class F>
-int with_snapshot(F f) {
-  auto snap = g_snapshot;
-  if (!snap) return -ENOENT;
-  std::lock_guard<std::mutex> lock(snap->mu);
-  if (!snap->live) return -ENOENT;
-  return f(*snap);
-}
-
-template <class Line>
-int tel_lines(const json& list, rte_tel_data* d, Line line) {
-  rte_tel_data_start_array(d, RTE_TEL_STRING_VAL);
-  for (const auto& item : list) rte_tel_data_add_array_string(d, line(item).c_str());
-  return 0;
-}
-
-int tel_tunnels(const char*, const char*, rte_tel_data* d) {
-  return with_snapshot([&](Gateway::Snapshot& s) { return tel_lines(s.stats["tunnels"], d, tunnel_line); });
-}
-int tel_sas(const char*, const char*, rte_tel_data* d) {
-  return with_snapshot([&](Gateway::Snapshot& s) { return tel_lines(s.sas, d, sa_line); });
-}
-int tel_routes(const char*, const char*, rte_tel_data* d) {
-  return with_snapshot([&](Gateway::Snapshot& s) { return tel_lines(s.routes, d, route_line); });
-}
-int tel_tunnel(const char*, const char* params, rte_tel_data* d) {
-  return with_snapshot([&](Gateway::Snapshot& s) {
-    for (const auto& t : s.stats["tunnels"])
-      if (params && t["name"] == params) {
-        rte_tel_data_start_dict(d);
-        flatten(t, "", d);
-        return 0;
-      }
-    return -EINVAL;
-  });
-}
-int tel_sa(const char*, const char* params, rte_tel_data* d) {
-  return with_snapshot([&](Gateway::Snapshot& s) {
-    for (const auto& sa : s.sas)
-      if (params && sa_id(sa) == params) {
-        rte_tel_data_start_dict(d);
-        flatten(sa, "", d);
-        return 0;
-      }
-    return -EINVAL;
-  });
-}
-int tel_stats(const char*, const char*, rte_tel_data* d) {
-  return with_snapshot([&](Gateway::Snapshot& s) {
-    rte_tel_data_start_dict(d);
-    json flat = s.stats;
-    json ports = flat["ports"];
-    for (const char* k : {"tunnels", "sas", "ports", "ok"}) flat.erase(k);
-    flatten(flat, "", d);
-    for (const auto& p : ports) flatten(json{{"rx", p["rx"]}, {"tx", p["tx"]}}, "port_" + p["name"].get<std::string>(), d);
-    return 0;
-  });
-}
-}  // namespace
-
-void Gateway::register_telemetry() {
-  snapshot_ = std::make_shared<Snapshot>();
-  g_snapshot = snapshot_;
-  publish_snapshot();
-  rte_telemetry_register_cmd("/espgw/tunnels", tel_tunnels, "espgw tunnels: state, active SPI, counters");
-  rte_telemetry_register_cmd("/espgw/sas", tel_sas, "espgw SAs (key fingerprints only, never keys)");
-  rte_telemetry_register_cmd("/espgw/routes", tel_routes, "espgw routes: prefix -> active tunnel, next hops");
-  rte_telemetry_register_cmd("/espgw/stats", tel_stats, "espgw counters: ports, drops by reason, exception path");
-  rte_telemetry_register_cmd("/espgw/tunnel", tel_tunnel, "one tunnel's details. Parameters: tunnel name");
-  rte_telemetry_register_cmd("/espgw/sa", tel_sa, "one SA's details. Parameters: in:0xSPI or out:0xSPI");
+  j["mbufs"] = {{"in_use", mbufs_in_use()}, {"in_use_at_start", mbufs_at_start_}};
 }
 
 void Gateway::publish_snapshot() {
-  if (!snapshot_) return;
-  json stats = stats_json();
+  if (!telemetry_) return;
+  json stats = ops_->stats();
   json sas = stats["sas"];
-  json routes = handle({{"op", "routes"}})["routes"];
-  std::lock_guard<std::mutex> lock(snapshot_->mu);
-  snapshot_->stats = std::move(stats);
-  snapshot_->sas = std::move(sas);
-  snapshot_->routes = std::move(routes);
-  snapshot_->live = true;
+  telemetry_->publish(std::move(stats), std::move(sas), ops_->routes());
 }
 
 void Gateway::stop() {
@@ -609,321 +417,13 @@ unsigned Gateway::mbufs_in_use() const {
   return dp_ && dp_->pool ? rte_mempool_in_use_count(dp_->pool) : 0;
 }
 
-void Gateway::refresh_tunnel_state(uint16_t t, bool has_sa) {
-  bool up = tunnels_[t].admin_up && has_sa;
-  if (routes_->tunnel_up(t) == up) return;
-  routes_->set_tunnel_up(t, up);
-  // When this returns, every worker has finished the burst it was in: no
-  // packet routed by the old state is still on its way.
-  rte_rcu_qsbr_synchronize(dp_->qsbr, RTE_QSBR_THRID_INVALID);
-  emit({{"event", "tunnel-state"}, {"tunnel", tunnels_[t].name}, {"up", up}});
-}
+void Gateway::refresh_tunnel_state(uint16_t t, bool has_sa) { ops_->tunnel_sa_changed(t, has_sa); }
 
-void Gateway::set_tunnel_admin(const std::string& name, bool up) {
-  uint16_t t = tunnel_index(name);
-  tunnels_[t].admin_up = up;
-  refresh_tunnel_state(t, dp_->tunnels[t].out_sa.load() != nullptr);
-}
-
-dp::WorkerCounters Gateway::sum_counters() const {
-  dp::WorkerCounters s;
-  memset(static_cast<void*>(&s), 0, sizeof(s));
-  for (uint16_t w = 0; w < dp_->nb_workers; w++) {
-    const dp::WorkerCounters& c = *dp_->counters[w];
-    for (int p = 0; p < dp::kMaxPorts; p++) {
-      add(s.port[p].rx, c.port[p].rx);
-      add(s.port[p].tx, c.port[p].tx);
-    }
-    for (int t = 0; t < dp::kMaxTunnels; t++) {
-      add(s.tunnel[t].out, c.tunnel[t].out);
-      add(s.tunnel[t].in, c.tunnel[t].in);
-      s.tunnel[t].asymmetric += c.tunnel[t].asymmetric;
-    }
-    for (uint32_t i = 0; i < dp::kMaxSas; i++) add(s.sa[i], c.sa[i]);
-    for (int r = 0; r < static_cast<int>(dp::DropReason::kCount); r++) s.drop[r] += c.drop[r];
-    s.exception_to_host += c.exception_to_host;
-    s.exception_from_host += c.exception_from_host;
-    s.arp_replies += c.arp_replies;
-    s.icmp_sent += c.icmp_sent;
-    s.fragments += c.fragments;
-    s.mss_clamped += c.mss_clamped;
-    s.loops += c.loops;
-    s.busy_loops += c.busy_loops;
-  }
-  return s;
-}
-
-json Gateway::stats_json() const {
-  dp::WorkerCounters s = sum_counters();
-  json j;
-  j["ok"] = true;
-  json ports = json::array();
-  for (uint16_t p = 0; p < dp_->nb_ports; p++) {
-    const char* kind = dp_->ports[p].kind == dp::PortKind::kProtected     ? "protected"
-                       : dp_->ports[p].kind == dp::PortKind::kUnprotected ? "unprotected"
-                                                                          : "exception";
-    std::string name = p < cfg_.ports.size() ? cfg_.ports[p].name : "exception";
-    ports.push_back({{"name", name}, {"kind", kind}, {"rx", pbc(s.port[p].rx)}, {"tx", pbc(s.port[p].tx)}});
-  }
-  j["ports"] = ports;
-  json tunnels = json::array();
-  for (uint16_t t = 0; t < dp_->nb_tunnels; t++) {
-    const dp::OutboundSa* sa = dp_->tunnels[t].out_sa.load();
-    json tj = {{"name", tunnels_[t].name},
-               {"up", routes_->tunnel_up(t)},
-               {"admin_up", tunnels_[t].admin_up},
-               {"out", pbc(s.tunnel[t].out)},
-               {"in", pbc(s.tunnel[t].in)},
-               {"asymmetric", s.tunnel[t].asymmetric}};
-    if (sa) tj["out_spi"] = fmt::format("0x{:08x}", sa->spi);
-    tunnels.push_back(tj);
-  }
-  j["tunnels"] = tunnels;
-  json sas = sas_->list(s);
-  j["sas"] = sas;
-  json drops = json::object();
-  uint64_t total_drops = 0;
-  for (int r = 0; r < static_cast<int>(dp::DropReason::kCount); r++) {
-    drops[dp::drop_reason_name(static_cast<dp::DropReason>(r))] = s.drop[r];
-    total_drops += s.drop[r];
-  }
-  j["drops"] = drops;
-  j["drops_total"] = total_drops;
-  j["exception"] = {{"to_host", s.exception_to_host}, {"from_host", s.exception_from_host}};
-  j["arp_replies"] = s.arp_replies;
-  j["icmp_sent"] = s.icmp_sent;
-  j["fragments"] = s.fragments;
-  j["mss_clamped"] = s.mss_clamped;
-  j["workers"] = dp_->nb_workers;
-  if (xfrm_) j["xfrm"] = {{"mirrored", xfrm_mirrored_}, {"ignored", xfrm_ignored_}};
-  j["mbufs"] = {{"in_use", mbufs_in_use()}, {"in_use_at_start", mbufs_at_start_}};
-  return j;
-}
-
-std::string Gateway::format_stats() const {
-  json j = stats_json();
-  std::string out;
-  out += fmt::format("{:<12} {:>7} {:>14} {:>14} {:>14} {:>14} {:>10}\n", "tunnel", "state", "out pkts", "out bytes",
-                     "in pkts", "in bytes", "asymmetric");
-  for (const auto& t : j["tunnels"])
-    out += fmt::format("{:<12} {:>7} {:>14} {:>14} {:>14} {:>14} {:>10}\n", t["name"].get<std::string>(),
-                       t["up"].get<bool>() ? "up" : "down", t["out"]["packets"].get<uint64_t>(),
-                       t["out"]["bytes"].get<uint64_t>(), t["in"]["packets"].get<uint64_t>(),
-                       t["in"]["bytes"].get<uint64_t>(), t["asymmetric"].get<uint64_t>());
-  out += fmt::format("{:<12} {:>14} {:>14} {:>14} {:>14}\n", "port", "rx pkts", "rx bytes", "tx pkts", "tx bytes");
-  for (const auto& p : j["ports"])
-    out += fmt::format("{:<12} {:>14} {:>14} {:>14} {:>14}\n", p["name"].get<std::string>(),
-                       p["rx"]["packets"].get<uint64_t>(), p["rx"]["bytes"].get<uint64_t>(),
-                       p["tx"]["packets"].get<uint64_t>(), p["tx"]["bytes"].get<uint64_t>());
-  std::string drops;
-  for (auto& [k, v] : j["drops"].items())
-    if (v.get<uint64_t>()) drops += fmt::format(" {}={}", k, v.get<uint64_t>());
-  out += "drops:" + (drops.empty() ? std::string(" none") : drops) + "\n";
-  return out;
-}
-
-namespace {
-uint64_t u64_field(const json& j, const char* name, uint64_t dflt, uint64_t max = ~uint64_t{0}) {
-  if (!j.contains(name)) return dflt;
-  const json& v = j[name];
-  uint64_t x;
-  if (v.is_number_unsigned()) {
-    x = v.get<uint64_t>();
-  } else if (v.is_string()) {  // "0x1001" for SPIs, as people write them
-    const std::string s = v.get<std::string>();
-    size_t used = 0;
-    try {
-      x = std::stoull(s, &used, 0);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used == 0 || used != s.size()) throw std::runtime_error(fmt::format("field '{}': '{}' is not a number", name, s));
-  } else {
-    throw std::runtime_error(fmt::format("field '{}' must be a non-negative integer", name));
-  }
-  if (x > max) throw std::runtime_error(fmt::format("field '{}': {} is larger than {}", name, x, max));
-  return x;
-}
-
-bool bool_field(const json& j, const char* name, bool dflt) {
-  if (!j.contains(name)) return dflt;
-  if (!j[name].is_boolean()) throw std::runtime_error(fmt::format("field '{}' must be true or false", name));
-  return j[name].get<bool>();
-}
-
-std::string str_field(const json& j, const char* name) {
-  if (!j.contains(name) || !j[name].is_string())
-    throw std::runtime_error(fmt::format("missing field '{}' (a string)", name));
-  return j[name].get<std::string>();
-}
-
-std::vector<uint8_t> hex_field(const json& j, const char* name) {
-  std::string s = str_field(j, name);
-  if (s.rfind("0x", 0) == 0 || s.rfind("0X", 0) == 0) s = s.substr(2);
-  if (s.size() % 2) throw std::runtime_error(fmt::format("field '{}': odd number of hex digits", name));
-  std::vector<uint8_t> out;
-  for (size_t i = 0; i < s.size(); i += 2) {
-    auto nib = [&](char c) -> int {
-      if (c >= '0' && c <= '9') return c - '0';
-      if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-      if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-      throw std::runtime_error(fmt::format("field '{}': not hex", name));
-    };
-    out.push_back(static_cast<uint8_t>(nib(s[i]) << 4 | nib(s[i + 1])));
-  }
-  return out;
-}
-
-SaDirection dir_field(const json& j) {
-  std::string d = str_field(j, "direction");
-  if (d == "in" || d == "inbound") return SaDirection::kInbound;
-  if (d == "out" || d == "outbound") return SaDirection::kOutbound;
-  throw std::runtime_error("field 'direction': '" + d + "' is neither in nor out");
-}
-
-std::vector<Ipv4Prefix> prefixes_field(const json& j, const char* name) {
-  std::vector<Ipv4Prefix> out;
-  if (!j.contains(name)) return out;
-  if (!j[name].is_array()) throw std::runtime_error(fmt::format("field '{}' must be a list of prefixes", name));
-  for (const auto& v : j[name]) {
-    if (!v.is_string()) throw std::runtime_error(fmt::format("field '{}': prefixes are strings", name));
-    lpm::Prefix4 p = lpm::parse_prefix4(v.get<std::string>());
-    out.push_back({p.addr, p.len});
-  }
-  return out;
-}
-
-SaLifetime lifetime_field(const json& j, const char* kind) {
-  SaLifetime l;
-  if (!j.contains("lifetime")) return l;
-  const json& lt = j["lifetime"];
-  if (!lt.is_object()) throw std::runtime_error("field 'lifetime' must be an object {soft: {...}, hard: {...}}");
-  if (!lt.contains(kind)) return l;
-  const json& k = lt[kind];
-  if (!k.is_object()) throw std::runtime_error(fmt::format("field 'lifetime.{}' must be an object", kind));
-  for (auto& [key, v] : k.items())
-    if (key != "bytes" && key != "packets" && key != "seconds")
-      throw std::runtime_error(fmt::format("field 'lifetime.{}': unknown key '{}'", kind, key));
-  l.bytes = u64_field(k, "bytes", 0);
-  l.packets = u64_field(k, "packets", 0);
-  l.seconds = u64_field(k, "seconds", 0);
-  return l;
-}
-
-const std::set<std::string> kSaFields = {"op",   "id",         "direction",     "spi",  "tunnel", "algo",
-                                         "key",  "esn",        "replay_window", "seq",  "encap",  "lifetime",
-                                         "local_selectors", "remote_selectors"};
-}  // namespace
-
-SaParams Gateway::sa_params_from_json(const json& req) const {
-  for (auto& [k, v] : req.items())
-    if (!kSaFields.count(k)) throw std::runtime_error("unknown field '" + k + "'");
-  SaSpec p;
-  p.origin = SaOrigin::kSocket;
-  p.direction = dir_field(req);
-  if (!req.contains("spi")) throw std::runtime_error("missing field 'spi'");
-  if (req["spi"].is_string()) {
-    auto spi = parse_spi_string(req["spi"].get<std::string>());
-    if (!spi)
-      throw std::runtime_error(fmt::format("field 'spi': '{}' is not a number (an integer, or 0x and 1..8 hex digits)",
-                                           req["spi"].get<std::string>()));
-    p.spi = *spi;
-  } else {
-    p.spi = static_cast<uint32_t>(u64_field(req, "spi", 0, 0xFFFFFFFFu));
-  }
-  p.tunnel = str_field(req, "tunnel");
-  std::string algo = req.contains("algo") ? str_field(req, "algo") : "aes128-gcm";
-  if (algo == "aes128-gcm" || algo == "aes-128-gcm") p.algo = SaAlgo::kAes128Gcm;
-  else if (algo == "aes256-gcm" || algo == "aes-256-gcm") p.algo = SaAlgo::kAes256Gcm;
-  else throw std::runtime_error("field 'algo': '" + algo + "' is not aes128-gcm or aes256-gcm");
-  std::vector<uint8_t> key = hex_field(req, "key");
-  p.keymat = crypto::SecretBytes::adopt(key);
-  p.esn = bool_field(req, "esn", false);
-  if (req.contains("replay_window")) p.replay_window = static_cast<uint32_t>(u64_field(req, "replay_window", 1024, 0xFFFFFFFFu));
-  if (req.contains("seq")) p.initial_seq = u64_field(req, "seq", 1);
-  if (req.contains("encap")) {
-    const json& e = req["encap"];
-    if (e.is_boolean() && !e.get<bool>()) {
-      p.plain_esp = true;
-    } else {
-      if (!e.is_object()) throw std::runtime_error("field 'encap' must be an object {sport, dport} or false");
-      uint16_t sport = static_cast<uint16_t>(u64_field(e, "sport", 4500, 65535));
-      uint16_t dport = static_cast<uint16_t>(u64_field(e, "dport", 4500, 65535));
-      // sport/dport as on the wire: outbound we send from sport, inbound we receive on dport.
-      p.encap = p.direction == SaDirection::kOutbound ? UdpEncap{sport, dport} : UdpEncap{dport, sport};
-    }
-  }
-  p.soft = lifetime_field(req, "soft");
-  p.hard = lifetime_field(req, "hard");
-  p.local_selectors = prefixes_field(req, "local_selectors");
-  p.remote_selectors = prefixes_field(req, "remote_selectors");
-  return validate_sa_spec(p, sas_->tunnels());
-}
+std::string Gateway::format_stats() const { return ops_->format_stats(); }
 
 void Gateway::emit(const json& event) {
   events_emitted_++;
   if (server_) server_->broadcast_event(event);
-}
-
-json Gateway::handle(const json& req) {
-  const std::string op = str_field(req, "op");
-  if (op == "ping") return {{"ok", true}};
-  if (op == "stats") return stats_json();
-  if (op == "tunnel-down" || op == "tunnel-up") {
-    set_tunnel_admin(str_field(req, "tunnel"), op == "tunnel-up");
-    return {{"ok", true}};
-  }
-  if (op == "tunnels") {
-    json j = stats_json();
-    return {{"ok", true}, {"tunnels", j["tunnels"]}};
-  }
-  if (op == "add-sa" || op == "replace-sa") {
-    if (op == "add-sa") sas_->add(sa_params_from_json(req));
-    else sas_->reconcile(sa_params_from_json(req));
-    return {{"ok", true}};
-  }
-  if (op == "delete-sa") {
-    for (auto& [k, v] : req.items())
-      if (k != "op" && k != "id" && k != "direction" && k != "spi" && k != "tunnel")
-        throw std::runtime_error("unknown field '" + k + "'");
-    if (!req.contains("spi")) throw std::runtime_error("missing field 'spi'");
-    std::optional<uint16_t> t;
-    if (req.contains("tunnel")) t = tunnel_index(str_field(req, "tunnel"));
-    sas_->remove(dir_field(req), static_cast<uint32_t>(u64_field(req, "spi", 0, 0xFFFFFFFFu)), t);
-    return {{"ok", true}};
-  }
-  if (op == "list-sas" || op == "sas") return {{"ok", true}, {"sas", sas_->list(sum_counters())}};
-  if (op == "add-route" || op == "replace-route") {
-    lpm::Prefix4 prefix = lpm::parse_prefix4(str_field(req, "prefix"));
-    if (!req.contains("via") || !req["via"].is_array())
-      throw std::runtime_error("missing field 'via' (a list of {tunnel, priority})");
-    std::vector<lpm::NextHop> hops;
-    for (const auto& h : req["via"]) {
-      if (!h.is_object()) throw std::runtime_error("field 'via': entries are {tunnel, priority}");
-      hops.push_back({tunnel_index(str_field(h, "tunnel")), static_cast<uint32_t>(u64_field(h, "priority", 0, 65535))});
-    }
-    if (op == "add-route") routes_->add_route(prefix, hops);
-    else routes_->replace_route(prefix, hops);
-    rte_rcu_qsbr_synchronize(dp_->qsbr, RTE_QSBR_THRID_INVALID);
-    return {{"ok", true}};
-  }
-  if (op == "delete-route") {
-    routes_->delete_route(lpm::parse_prefix4(str_field(req, "prefix")));
-    rte_rcu_qsbr_synchronize(dp_->qsbr, RTE_QSBR_THRID_INVALID);
-    return {{"ok", true}};
-  }
-  if (op == "routes") {
-    json routes = json::array();
-    for (const auto& r : routes_->list()) {
-      json hops = json::array();
-      for (const auto& h : r.hops) hops.push_back({{"tunnel", tunnels_[h.tunnel].name}, {"priority", h.priority}});
-      routes.push_back({{"prefix", lpm::to_string(r.prefix)},
-                        {"via", hops},
-                        {"active", r.active == lpm::kNoRoute ? json(nullptr) : json(tunnels_[r.active].name)}});
-    }
-    return {{"ok", true}, {"routes", routes}};
-  }
-  throw std::runtime_error("unknown operation '" + op + "'");
 }
 
 }  // namespace espgw::control

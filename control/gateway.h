@@ -1,28 +1,30 @@
-// The gateway: builds the data plane from a GatewayConfig (EAL, ports,
-// queues, RCU, SA tables, FIB), launches one worker per lcore and runs the
-// control thread on the main lcore until asked to stop.
+// The gateway daemon's bring-up and control loop: builds the data plane from
+// a GatewayConfig (EAL, ports, queues, RCU, SA tables, FIB), launches one
+// worker per lcore and runs the control thread on the main lcore until asked
+// to stop. The control operations themselves live in ControlOps
+// (control_ops.h), the socket's JSON in JsonCodec (json_codec.h), telemetry
+// in telemetry.h, the XFRM mapping in xfrm_mirror.h.
 #pragma once
 
 #include <nlohmann/json.hpp>
 
 #include <atomic>
-#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "control/config.h"
-#include "crypto/aead.h"
-#include "dataplane/dataplane.h"
 #include "control/sa_database.h"
+#include "dataplane/dataplane.h"
 #include "lpm/route_table.h"
 
 namespace espgw::control {
 
+class ControlOps;
 class ControlServer;
-namespace xfrm {
-class Mirror;
-}
+class JsonCodec;
+class Telemetry;
+class XfrmMirror;
 
 class Gateway {
  public:
@@ -42,11 +44,7 @@ class Gateway {
   // Stops workers, prints nothing; counters stay readable.
   void stop();
 
-  // Control operations (also reachable through the socket).
-  nlohmann::json handle(const nlohmann::json& request);
-  void set_tunnel_admin(const std::string& name, bool up);
-
-  nlohmann::json stats_json() const;
+  ControlOps& ops() { return *ops_; }
   std::string format_stats() const;
   // Mbufs of the pool in use now, and right after the ports started (the
   // RX rings' share): equal when nothing leaked.
@@ -54,17 +52,10 @@ class Gateway {
   unsigned mbufs_in_use_at_start() const { return mbufs_at_start_; }
 
  private:
-  struct TunnelCtl {
-    std::string name;
-    bool admin_up = true;
-  };
-
-  SaParams sa_params_from_json(const nlohmann::json& req) const;
   void publish_snapshot();
-  void register_telemetry();
   void emit(const nlohmann::json& event);
   void start_xfrm_mirror();
-  void on_xfrm_event(const void* event);  // xfrm::Event
+  void add_stats_extras(nlohmann::json& stats) const;
 
   void init_eal();
   void init_ports();
@@ -72,7 +63,6 @@ class Gateway {
   void launch_workers();
   void refresh_tunnel_state(uint16_t t, bool has_sa);
   uint16_t tunnel_index(const std::string& name) const;
-  dataplane::WorkerCounters sum_counters() const;
 
   GatewayConfig cfg_;
   std::vector<std::string> extra_eal_;
@@ -81,21 +71,16 @@ class Gateway {
   std::vector<uint16_t> port_ids_;
   std::unique_ptr<dataplane::Dataplane> dp_;
   std::unique_ptr<lpm::RouteTable> routes_;
-  std::vector<TunnelCtl> tunnels_;
+  std::unique_ptr<ControlOps> ops_;
   std::unique_ptr<SaDatabase> sas_;
   std::vector<dataplane::WorkerArgs> worker_args_;
   std::vector<unsigned> worker_lcores_;
+  std::unique_ptr<JsonCodec> codec_;
   std::unique_ptr<ControlServer> server_;
-  std::unique_ptr<xfrm::Mirror> xfrm_;
-  uint64_t xfrm_mirrored_ = 0, xfrm_ignored_ = 0;
+  std::unique_ptr<Telemetry> telemetry_;
+  std::unique_ptr<XfrmMirror> xfrm_;
   unsigned mbufs_at_start_ = 0;
   uint64_t events_emitted_ = 0;
- public:
-  // Read by DPDK's telemetry thread: a JSON snapshot the control thread
-  // refreshes, so telemetry never touches the control thread's containers.
-  struct Snapshot;
- private:
-  std::shared_ptr<Snapshot> snapshot_;
   uint64_t start_tsc_ = 0;
 };
 

@@ -37,6 +37,14 @@ constexpr size_t kSaltLen = 4;
 // ---------------------------------------------------------------------------
 // Small helpers
 
+// Wipes a buffer that held netlink messages (NEWSA carries key bytes) on
+// every way out of a scope.
+template <class Buffer>
+struct WipeOnExit {
+  Buffer& b;
+  ~WipeOnExit() { crypto::SecretBytes::wipe(b); }
+};
+
 uint64_t inf_to_zero(uint64_t v) { return v == XFRM_INF ? 0 : v; }
 
 std::string ipv4(uint32_t host) {
@@ -135,6 +143,10 @@ class Message {
       : words_((MNL_ALIGN(nlmsg_len) + sizeof(uint64_t) - 1) / sizeof(uint64_t), 0) {
     std::memcpy(words_.data(), p, nlmsg_len);
   }
+  // A NEWSA/UPDSA copy holds key bytes: wiped, not just freed.
+  ~Message() { crypto::SecretBytes::wipe(words_); }
+  Message(const Message&) = delete;
+  Message& operator=(const Message&) = delete;
   const nlmsghdr* nlh() const { return reinterpret_cast<const nlmsghdr*>(words_.data()); }
   size_t payload_len() const { return nlh()->nlmsg_len - MNL_NLMSG_HDRLEN; }
   const char* payload() const { return static_cast<const char*>(mnl_nlmsg_get_payload(nlh())); }
@@ -424,7 +436,7 @@ Event parse_sa(const Message& m, bool update) {
   const size_t key_bytes = aead.alg_key_len / 8;
   const auto* key = static_cast<const uint8_t*>(mnl_attr_get_payload(at[XFRMA_ALG_AEAD])) +
                     sizeof(xfrm_algo_aead);
-  sa.keymat.assign(key, key + key_bytes);  // key || salt, as the kernel holds it
+  sa.keymat = crypto::SecretBytes(std::span<const uint8_t>(key, key_bytes));  // key || salt, as the kernel holds it
   sa.icv_bits = aead.alg_icv_len;
   sa.esn = (p.flags & XFRM_STATE_ESN) != 0;
   if (has_esn_attr) {
@@ -837,6 +849,7 @@ size_t Mirror::poll() {
       deliver(parse_message(nlh, nlh->nlmsg_len));
       ++handled;
     }
+    OPENSSL_cleanse(impl_->buf.data(), static_cast<size_t>(n));  // NEWSA messages carry keys
   }
   return handled;
 }
@@ -850,6 +863,7 @@ template <typename OnMsg>
 int await_replies(mnl_socket* s, uint32_t seq, int timeout_ms, const char* what,
                   OnMsg&& on_msg) {
   std::vector<char> buf(kRecvBuf);
+  WipeOnExit<std::vector<char>> wipe_buf{buf};  // dump replies carry keys
   const unsigned portid = mnl_socket_get_portid(s);
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
@@ -914,6 +928,7 @@ void Mirror::request(const void* nlmsg, size_t len, int timeout_ms) {
   }
   std::vector<uint64_t> copy(len / 8 + 1);
   std::memcpy(copy.data(), nlmsg, len);
+  WipeOnExit<std::vector<uint64_t>> wipe_copy{copy};  // a NEWSA request holds a key
   auto* nlh = reinterpret_cast<nlmsghdr*>(copy.data());
   if (nlh->nlmsg_len != len) throw std::invalid_argument("xfrm: request nlmsg_len does not match its size");
   nlh->nlmsg_flags |= NLM_F_REQUEST | NLM_F_ACK;

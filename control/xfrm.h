@@ -18,6 +18,8 @@
 #include <variant>
 #include <vector>
 
+#include "crypto/secret.h"
+
 namespace espgw::control::xfrm {
 
 // XFRM SAs have no direction: the caller decides it from the outer addresses
@@ -49,7 +51,7 @@ struct SaInfo {
   uint32_t spi = 0;                // host order
   uint32_t saddr = 0, daddr = 0;   // outer addresses, host order (IPv4 only for now)
   uint32_t reqid = 0;
-  std::vector<uint8_t> keymat;     // key || 4-byte salt (16+4 or 32+4 bytes)
+  crypto::SecretBytes keymat;      // key || 4-byte salt (16+4 or 32+4 bytes); wipes itself
   uint32_t icv_bits = 128;         // always 128 for a mirrored SA
   bool esn = false;                // XFRM_STATE_ESN flag
   // Anti-replay window in packets: XFRMA_REPLAY_ESN_VAL's replay_window

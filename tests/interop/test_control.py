@@ -67,22 +67,21 @@ ERRORS = [
     ({"op": "frobnicate"}, "unknown operation"),
     ({"nop": 1}, "missing field 'op'"),
     ({"op": "add-sa", "direction": "out", "spi": 0x5000, "tunnel": "aws-a1"}, "missing field 'key'"),
-    ({"op": "add-sa", "direction": "out", "tunnel": "aws-a1", "key": "00" * 20}, "missing field 'spi'"),
-    ({"op": "add-sa", "direction": "out", "spi": 0x5000, "tunnel": "aws-a1", "key": "00" * 19}, "needs 20 bytes"),
-    ({"op": "add-sa", "direction": "out", "spi": 0x5000, "tunnel": "aws-a1", "algo": "aes256-gcm", "key": "00" * 20},
+    ({"op": "add-sa", "direction": "out", "tunnel": "aws-a1", "key": "01" * 20}, "missing field 'spi'"),
+    ({"op": "add-sa", "direction": "out", "spi": 0x5000, "tunnel": "aws-a1", "key": "01" * 19}, "needs 20 bytes"),
+    ({"op": "add-sa", "direction": "out", "spi": 0x5000, "tunnel": "aws-a1", "algo": "aes256-gcm", "key": "01" * 20},
      "needs 36 bytes"),
     ({"op": "add-sa", "direction": "out", "spi": 0x5000, "tunnel": "aws-a1", "key": "zz" * 20}, "not hex"),
-    ({"op": "add-sa", "direction": "out", "spi": 0x1001, "tunnel": "aws-a1", "key": "00" * 20}, "exists"),
-    ({"op": "add-sa", "direction": "in", "spi": 0x2001, "tunnel": "aws-a2", "key": "00" * 20}, "already used"),
-    ({"op": "add-sa", "direction": "out", "spi": 0x5000, "tunnel": "nope", "key": "00" * 20}, "unknown tunnel"),
-    ({"op": "add-sa", "direction": "sideways", "spi": 0x5000, "tunnel": "aws-a1", "key": "00" * 20}, "neither in nor out"),
-    ({"op": "add-sa", "direction": "out", "spi": 7, "tunnel": "aws-a1", "key": "00" * 20}, "reserved"),
-    ({"op": "add-sa", "direction": "in", "spi": 0x5000, "tunnel": "aws-a1", "key": "00" * 20, "replay_window": 5000},
+    ({"op": "add-sa", "direction": "out", "spi": 0x1001, "tunnel": "aws-a1", "key": "01" * 20}, "exists"),
+    ({"op": "add-sa", "direction": "in", "spi": 0x2001, "tunnel": "aws-a2", "key": "01" * 20}, "already used"),
+    ({"op": "add-sa", "direction": "out", "spi": 0x5000, "tunnel": "nope", "key": "01" * 20}, "unknown tunnel"),
+    ({"op": "add-sa", "direction": "sideways", "spi": 0x5000, "tunnel": "aws-a1", "key": "01" * 20}, "neither in nor out"),
+    ({"op": "add-sa", "direction": "out", "spi": 7, "tunnel": "aws-a1", "key": "01" * 20}, "reserved"),
+    ({"op": "add-sa", "direction": "in", "spi": 0x5000, "tunnel": "aws-a1", "key": "01" * 20, "replay_window": 5000},
      "replay_window"),
-    ({"op": "add-sa", "direction": "out", "spi": 0x5000, "tunnel": "aws-a1", "key": "00" * 20, "colour": "red"},
+    ({"op": "add-sa", "direction": "out", "spi": 0x5000, "tunnel": "aws-a1", "key": "01" * 20, "colour": "red"},
      "unknown field 'colour'"),
-    ({"op": "add-sa", "direction": "out", "spi": "0xZZ", "tunnel": "aws-a1", "key": "00" * 20}, "not a number"),
-    ({"op": "replace-sa", "direction": "out", "spi": 0x5999, "tunnel": "aws-a1", "key": "00" * 20}, "no SA"),
+    ({"op": "add-sa", "direction": "out", "spi": "0xZZ", "tunnel": "aws-a1", "key": "01" * 20}, "not a number"),
     ({"op": "delete-sa", "direction": "out", "spi": 0x5999}, "no out SA"),
     ({"op": "delete-sa", "direction": "in"}, "missing field 'spi'"),
     ({"op": "tunnel-down", "tunnel": "nope"}, "unknown tunnel"),
@@ -178,22 +177,24 @@ def test_sa_lifecycle_and_list_shows_fingerprints_only(gw):
     new_in = h.Sa("in", 0x3001, "aws-a1")
     new_out = h.Sa("out", 0x4001, "aws-a1")
     assert gw.request(sa_req("add-sa", new_in, replay_window=64))["ok"]
-    assert gw.request(sa_req("add-sa", new_out, encap={"sport": 4500, "dport": 4500},
+    assert gw.request(sa_req("add-sa", new_out,
                              lifetime={"soft": {"bytes": 1000}, "hard": {"seconds": 3600}}))["ok"]
     sas = {(s["direction"], s["spi"]): s for s in gw.request({"op": "list-sas"})["sas"]}
     s = sas[("out", "0x00004001")]
-    assert s["current"] is True and s["udp_encap"] is True and s["lifetime"]["soft"]["bytes"] == 1000
+    assert s["current"] is True and s["udp_encap"] is False and s["lifetime"]["soft"]["bytes"] == 1000
     assert sas[("out", "0x00001001")]["current"] is False  # make-before-break: the newest is current
     assert sas[("in", "0x00003001")]["replay_window"] == 64
     assert len(s["key_fingerprint"]) == 8
     assert new_out.key.hex() not in json.dumps(list(sas.values()))
     tun = {t["name"]: t for t in gw.request({"op": "tunnels"})["tunnels"]}
     assert tun["aws-a1"]["out_spi"] == "0x00004001"
-    # replace keeps the slot, changes the key
-    repl = h.Sa("out", 0x4001, "aws-a1", seed=99)
-    assert gw.request(sa_req("replace-sa", repl))["ok"]
+    # replace keeps the identity and its key (a new key needs a new SPI), changes what may change
+    assert gw.request(sa_req("replace-sa", new_out, lifetime={"soft": {"bytes": 2000}}))["ok"]
     sas2 = {(s["direction"], s["spi"]): s for s in gw.request({"op": "list-sas"})["sas"]}
-    assert sas2[("out", "0x00004001")]["key_fingerprint"] != s["key_fingerprint"]
+    assert sas2[("out", "0x00004001")]["key_fingerprint"] == s["key_fingerprint"]
+    assert sas2[("out", "0x00004001")]["lifetime"]["soft"]["bytes"] == 2000
+    r = gw.request(sa_req("replace-sa", h.Sa("out", 0x4001, "aws-a1", seed=99)))
+    assert r["ok"] is False and "new SPI" in r["error"]
     assert gw.request({"op": "delete-sa", "direction": "out", "spi": "0x4001"})["ok"]
     tun = {t["name"]: t for t in gw.request({"op": "tunnels"})["tunnels"]}
     assert tun["aws-a1"]["out_spi"] == "0x00001001"  # back to the older SA
@@ -233,6 +234,12 @@ def test_espctl_every_subcommand(gw, tmp_path):
     assert "aws-a2" in espctl(gw, "routes").stdout.splitlines()[1]
     espctl(gw, "tunnel", "up", "aws-a1")
     assert "DROPS:" in espctl(gw, "stats").stdout
+    # update: new lifetimes on the live SA; decimal SPIs go as JSON integers
+    espctl(gw, "sa", "update", "-d", "out", "--spi", str(0x4100), "-t", "aws-b1", "--hard-seconds", "7200")
+    js = json.loads(espctl(gw, "--json", "sas").stdout)
+    assert [s["lifetime"]["hard"]["seconds"] for s in js["sas"] if s["spi"] == "0x00004100"] == [7200]
+    r = espctl(gw, "sa", "update", "-d", "out", "--spi", "0x4100", "-t", "aws-b1", check=False)
+    assert r.returncode == 1 and "nothing to change" in r.stderr
     espctl(gw, "sa", "delete", "-d", "out", "--spi", "0x4100")
     # Errors: non-zero exit and the daemon's reason.
     r = espctl(gw, "sa", "delete", "-d", "out", "--spi", "0x4100", check=False)
@@ -444,6 +451,8 @@ def test_telemetry_shows_tunnels_sas_routes_stats(gw):
     assert t[0].startswith("aws-a1 up spi=0x00001001") and len(t) == 4
     one = telemetry(prefix, "/espgw/tunnel,aws-a2")["/espgw/tunnel"]
     assert one["name"] == "aws-a2" and one["up"] == "true" and one["out_packets"] == 0
+    assert one["admin"] == "up" and one["oper"] == "up"
+    assert t[0].endswith(" admin=up")
     sas = telemetry(prefix, "/espgw/sas")["/espgw/sas"]
     assert any(l.startswith("out:0x00001001 tunnel=aws-a1") and l.endswith("current") for l in sas)
     sa = telemetry(prefix, "/espgw/sa,in:0x00002001")["/espgw/sa"]
@@ -453,6 +462,10 @@ def test_telemetry_shows_tunnels_sas_routes_stats(gw):
     gw.request({"op": "tunnel-down", "tunnel": "aws-a1"})
     time.sleep(0.2)  # the snapshot refreshes 20 times a second
     assert telemetry(prefix, "/espgw/routes")["/espgw/routes"][0].startswith("172.31.0.0/16 active=aws-a2")
+    a1 = telemetry(prefix, "/espgw/tunnels")["/espgw/tunnels"][0]
+    assert a1.startswith("aws-a1 down ") and a1.endswith(" admin=down"), a1
+    one = telemetry(prefix, "/espgw/tunnel,aws-a1")["/espgw/tunnel"]
+    assert one["admin"] == "down" and one["oper"] == "down" and one["oper_reason"] == "admin-down"
     stats = telemetry(prefix, "/espgw/stats")["/espgw/stats"]
     assert stats["drops_replay"] == 0 and "port_lan_rx_packets" in stats
     listing = telemetry(prefix, "/")["/"]
@@ -506,7 +519,7 @@ def test_xfrm_mirror_starts_and_dumps_the_kernel_state(tmp_path):
     gw = xfrm_gateway(tmp_path)
     try:
         st = gw.stats()
-        assert st["xfrm"] == {"mirrored": 0, "ignored": 0}
+        assert st["xfrm"]["mirrored"] == 0 and st["xfrm"]["ignored"] == 0 and st["xfrm"]["resyncs"] == 0
         assert "xfrm mirror: following the kernel's SAs (0 mirrored at start)" in gw.read_log()
     finally:
         gw.stop()

@@ -219,7 +219,7 @@ TEST_F(XfrmLive, EspSaEndToEnd) {
   ASSERT_TRUE(wait_for(*m, rec, [&](const x::Event& ev) {
     const auto* sa = std::get_if<x::SaInfo>(&ev);
     if (!sa || sa->spi != s.spi) return false;
-    EXPECT_EQ(sa->keymat, s.keymat);
+    EXPECT_TRUE(sa->keymat.equals(s.keymat));
     EXPECT_EQ(sa->saddr, s.saddr);
     EXPECT_EQ(sa->daddr, s.daddr);
     EXPECT_EQ(sa->reqid, 31u);

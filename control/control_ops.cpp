@@ -1,0 +1,252 @@
+#include "control/control_ops.h"
+
+#include <fmt/format.h>
+#include <rte_mempool.h>
+#include <rte_rcu_qsbr.h>
+
+#include <cstring>
+#include <stdexcept>
+
+namespace espgw::control {
+namespace dp = espgw::dataplane;
+using nlohmann::json;
+
+namespace {
+json pbc(const dp::PacketByteCount& c) { return {{"packets", c.packets}, {"bytes", c.bytes}}; }
+
+void add(dp::PacketByteCount& a, const dp::PacketByteCount& b) {
+  a.packets += b.packets;
+  a.bytes += b.bytes;
+}
+}  // namespace
+
+ControlOps::ControlOps(dp::Dataplane& d, lpm::RouteTable& routes, std::vector<std::string> tunnel_names,
+                       std::vector<bool> admin_up, std::vector<std::string> port_names, EventSink emit)
+    : dp_(d), routes_(routes), port_names_(std::move(port_names)), emit_(std::move(emit)) {
+  for (size_t i = 0; i < tunnel_names.size(); i++)
+    tunnels_.push_back({std::move(tunnel_names[i]), i < admin_up.size() ? bool(admin_up[i]) : true});
+}
+
+SaDatabase& ControlOps::sas() const {
+  if (!sas_) throw std::logic_error("control operations: no SA database attached");
+  return *sas_;
+}
+
+void ControlOps::synchronize() const { rte_rcu_qsbr_synchronize(dp_.qsbr, RTE_QSBR_THRID_INVALID); }
+
+// ------------------------------------------------------------------ SAs
+// Every runtime SA enters through one of these four: the spec is validated
+// by the same validator the config file uses, then the database applies its
+// identity rules. Nothing else builds SaParams at run time.
+
+void ControlOps::add_sa(const SaSpec& spec, SaOrigin origin) {
+  SaParams p = validate_sa_spec(spec, sas().tunnels());
+  p.origin = origin;
+  sas().add(p);
+}
+
+void ControlOps::replace_sa(const SaSpec& spec, SaOrigin origin) {
+  SaParams p = validate_sa_spec(spec, sas().tunnels());
+  p.origin = origin;
+  sas().reconcile(p);  // keeps next_seq, the replay window and the counters
+}
+
+void ControlOps::update_sa(const SaUpdate& update) {
+  validate_sa_update(update, sas().tunnels());
+  sas().update(update);
+}
+
+void ControlOps::delete_sa(SaDirection dir, uint32_t spi, const std::optional<std::string>& tunnel,
+                           const char* reason) {
+  std::optional<uint16_t> t;
+  if (tunnel) t = tunnel_index(*tunnel);
+  sas().remove(dir, spi, t, reason);
+}
+
+size_t ControlOps::delete_all_sas(std::optional<SaOrigin> origin, const char* reason) {
+  return sas().remove_all(origin, reason);
+}
+
+std::vector<SaKey> ControlOps::sa_keys(std::optional<SaOrigin> origin) const { return sas().keys(origin); }
+
+bool ControlOps::has_sa(SaDirection dir, uint32_t spi, uint16_t tunnel) const {
+  return sas().contains(dir, spi, tunnel);
+}
+
+json ControlOps::list_sas() const { return sas().list(sum_counters()); }
+
+void ControlOps::check_lifetimes() {
+  if (sas_) sas_->check_lifetimes(sum_counters());
+}
+
+// -------------------------------------------------------------- tunnels
+
+uint16_t ControlOps::tunnel_index(const std::string& name) const {
+  for (size_t i = 0; i < tunnels_.size(); i++)
+    if (tunnels_[i].name == name) return static_cast<uint16_t>(i);
+  throw std::runtime_error("unknown tunnel '" + name + "'");
+}
+
+void ControlOps::tunnel_sa_changed(uint16_t t, bool has_sa) {
+  bool oper = tunnels_[t].admin_up && has_sa;
+  if (routes_.tunnel_up(t) == oper) return;
+  routes_.set_tunnel_up(t, oper);
+  // When this returns, every worker has finished the burst it was in: no
+  // packet routed by the old state is still on its way.
+  synchronize();
+  emit_({{"event", "tunnel-state"},
+         {"tunnel", tunnels_[t].name},
+         {"up", oper},
+         {"admin", tunnels_[t].admin_up ? "up" : "down"},
+         {"oper", oper ? "up" : "down"}});
+}
+
+void ControlOps::set_tunnel_admin(const std::string& name, bool up) {
+  uint16_t t = tunnel_index(name);
+  tunnels_[t].admin_up = up;
+  tunnel_sa_changed(t, dp_.tunnels[t].out_sa.load() != nullptr);
+}
+
+json ControlOps::tunnels_json(const dp::WorkerCounters& s) const {
+  json tunnels = json::array();
+  for (uint16_t t = 0; t < dp_.nb_tunnels; t++) {
+    const dp::OutboundSa* sa = dp_.tunnels[t].out_sa.load();
+    const bool admin = tunnels_[t].admin_up, oper = routes_.tunnel_up(t);
+    json tj = {{"name", tunnels_[t].name},
+               {"admin", admin ? "up" : "down"},
+               {"oper", oper ? "up" : "down"},
+               {"oper_reason", oper ? "up" : !admin ? "admin-down" : "no-outbound-sa"},
+               {"up", oper},
+               {"admin_up", admin},
+               {"out", pbc(s.tunnel[t].out)},
+               {"in", pbc(s.tunnel[t].in)},
+               {"asymmetric", s.tunnel[t].asymmetric}};
+    if (sa) tj["out_spi"] = fmt::format("0x{:08x}", sa->spi);
+    tunnels.push_back(tj);
+  }
+  return tunnels;
+}
+
+json ControlOps::tunnels() const { return tunnels_json(sum_counters()); }
+
+// --------------------------------------------------------------- routes
+
+std::vector<lpm::NextHop> ControlOps::hops_of(const RouteRequest& r) const {
+  std::vector<lpm::NextHop> hops;
+  for (const auto& h : r.via) hops.push_back({tunnel_index(h.tunnel), h.priority});
+  return hops;
+}
+
+void ControlOps::add_route(const RouteRequest& r) {
+  routes_.add_route(r.prefix, hops_of(r));
+  synchronize();
+}
+
+void ControlOps::replace_route(const RouteRequest& r) {
+  routes_.replace_route(r.prefix, hops_of(r));
+  synchronize();
+}
+
+void ControlOps::delete_route(const lpm::Prefix4& prefix) {
+  routes_.delete_route(prefix);
+  synchronize();
+}
+
+json ControlOps::routes() const {
+  json routes = json::array();
+  for (const auto& r : routes_.list()) {
+    json hops = json::array();
+    for (const auto& h : r.hops) hops.push_back({{"tunnel", tunnels_[h.tunnel].name}, {"priority", h.priority}});
+    routes.push_back({{"prefix", lpm::to_string(r.prefix)},
+                      {"via", hops},
+                      {"active", r.active == lpm::kNoRoute ? json(nullptr) : json(tunnels_[r.active].name)}});
+  }
+  return routes;
+}
+
+// ------------------------------------------------------------- counters
+
+dp::WorkerCounters ControlOps::sum_counters() const {
+  dp::WorkerCounters s;
+  memset(static_cast<void*>(&s), 0, sizeof(s));
+  for (uint16_t w = 0; w < dp_.nb_workers; w++) {
+    const dp::WorkerCounters& c = *dp_.counters[w];
+    for (int p = 0; p < dp::kMaxPorts; p++) {
+      add(s.port[p].rx, c.port[p].rx);
+      add(s.port[p].tx, c.port[p].tx);
+    }
+    for (int t = 0; t < dp::kMaxTunnels; t++) {
+      add(s.tunnel[t].out, c.tunnel[t].out);
+      add(s.tunnel[t].in, c.tunnel[t].in);
+      s.tunnel[t].asymmetric += c.tunnel[t].asymmetric;
+    }
+    for (uint32_t i = 0; i < dp::kMaxSas; i++) add(s.sa[i], c.sa[i]);
+    for (int r = 0; r < static_cast<int>(dp::DropReason::kCount); r++) s.drop[r] += c.drop[r];
+    s.exception_to_host += c.exception_to_host;
+    s.exception_from_host += c.exception_from_host;
+    s.arp_replies += c.arp_replies;
+    s.icmp_sent += c.icmp_sent;
+    s.fragments += c.fragments;
+    s.mss_clamped += c.mss_clamped;
+    s.loops += c.loops;
+    s.busy_loops += c.busy_loops;
+  }
+  return s;
+}
+
+json ControlOps::stats() const {
+  dp::WorkerCounters s = sum_counters();
+  json j;
+  j["ok"] = true;
+  json ports = json::array();
+  for (uint16_t p = 0; p < dp_.nb_ports; p++) {
+    const char* kind = dp_.ports[p].kind == dp::PortKind::kProtected     ? "protected"
+                       : dp_.ports[p].kind == dp::PortKind::kUnprotected ? "unprotected"
+                                                                         : "exception";
+    std::string name = p < port_names_.size() ? port_names_[p] : "exception";
+    ports.push_back({{"name", name}, {"kind", kind}, {"rx", pbc(s.port[p].rx)}, {"tx", pbc(s.port[p].tx)}});
+  }
+  j["ports"] = ports;
+  j["tunnels"] = tunnels_json(s);
+  j["sas"] = sas_ ? sas_->list(s) : json::array();
+  json drops = json::object();
+  uint64_t total_drops = 0;
+  for (int r = 0; r < static_cast<int>(dp::DropReason::kCount); r++) {
+    drops[dp::drop_reason_name(static_cast<dp::DropReason>(r))] = s.drop[r];
+    total_drops += s.drop[r];
+  }
+  j["drops"] = drops;
+  j["drops_total"] = total_drops;
+  j["exception"] = {{"to_host", s.exception_to_host}, {"from_host", s.exception_from_host}};
+  j["arp_replies"] = s.arp_replies;
+  j["icmp_sent"] = s.icmp_sent;
+  j["fragments"] = s.fragments;
+  j["mss_clamped"] = s.mss_clamped;
+  j["workers"] = dp_.nb_workers;
+  if (extras_) extras_(j);
+  return j;
+}
+
+std::string ControlOps::format_stats() const {
+  json j = stats();
+  std::string out;
+  out += fmt::format("{:<12} {:>5} {:>5} {:>14} {:>14} {:>14} {:>14} {:>10}\n", "tunnel", "admin", "oper", "out pkts",
+                     "out bytes", "in pkts", "in bytes", "asymmetric");
+  for (const auto& t : j["tunnels"])
+    out += fmt::format("{:<12} {:>5} {:>5} {:>14} {:>14} {:>14} {:>14} {:>10}\n", t["name"].get<std::string>(),
+                       t["admin"].get<std::string>(), t["oper"].get<std::string>(), t["out"]["packets"].get<uint64_t>(),
+                       t["out"]["bytes"].get<uint64_t>(), t["in"]["packets"].get<uint64_t>(),
+                       t["in"]["bytes"].get<uint64_t>(), t["asymmetric"].get<uint64_t>());
+  out += fmt::format("{:<12} {:>14} {:>14} {:>14} {:>14}\n", "port", "rx pkts", "rx bytes", "tx pkts", "tx bytes");
+  for (const auto& p : j["ports"])
+    out += fmt::format("{:<12} {:>14} {:>14} {:>14} {:>14}\n", p["name"].get<std::string>(),
+                       p["rx"]["packets"].get<uint64_t>(), p["rx"]["bytes"].get<uint64_t>(),
+                       p["tx"]["packets"].get<uint64_t>(), p["tx"]["bytes"].get<uint64_t>());
+  std::string drops;
+  for (auto& [k, v] : j["drops"].items())
+    if (v.get<uint64_t>()) drops += fmt::format(" {}={}", k, v.get<uint64_t>());
+  out += "drops:" + (drops.empty() ? std::string(" none") : drops) + "\n";
+  return out;
+}
+
+}  // namespace espgw::control

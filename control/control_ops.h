@@ -1,0 +1,118 @@
+// The typed control operations: the ONE place an SA, a route or a tunnel's
+// administrative state enters at run time, whatever the source (control
+// socket through the JSON codec, XFRM mirror, later the charon plugin).
+//
+// What is checked on the way in:
+//   - SAs: validate_sa_spec() / validate_sa_update() (control/sa_spec.h, the
+//     validator the config file uses too), then the SA database's identity
+//     rules (add: new identity; replace: reconcile, the identity keeps its
+//     sequence number and replay window; update: only what may change).
+//   - routes: tunnel names resolved here, prefixes and priorities checked by
+//     the route table;
+//   - tunnels: names resolved here.
+// Every operation either succeeds or throws (std::runtime_error / SaError
+// with the reason) having changed nothing.
+//
+// Tunnel state has two columns (docs/control-api.md):
+//   admin: the operator's switch, set only by tunnel-up / tunnel-down (or the
+//          config's `up:`); SA events never change it;
+//   oper:  admin up AND the tunnel has an outbound SA. Routes follow oper.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "control/sa_database.h"
+#include "control/sa_spec.h"
+#include "dataplane/dataplane.h"
+#include "lpm/route_table.h"
+
+namespace espgw::control {
+
+struct RouteHopRequest {
+  std::string tunnel;
+  uint32_t priority = 0;
+};
+
+struct RouteRequest {
+  lpm::Prefix4 prefix{};
+  std::vector<RouteHopRequest> via;
+};
+
+class ControlOps {
+ public:
+  using EventSink = std::function<void(const nlohmann::json&)>;
+  // Adds the daemon's own counters (XFRM mirror, mbufs) to a stats reply.
+  using StatsExtras = std::function<void(nlohmann::json&)>;
+
+  // `admin_up`: the tunnels' initial administrative state (config `up:`).
+  ControlOps(dataplane::Dataplane& dp, lpm::RouteTable& routes, std::vector<std::string> tunnel_names,
+             std::vector<bool> admin_up, std::vector<std::string> port_names, EventSink emit);
+  ControlOps(const ControlOps&) = delete;
+  ControlOps& operator=(const ControlOps&) = delete;
+
+  // The SA database is built after the tunnels (its tunnel callback lands in
+  // tunnel_sa_changed()); attach it before any SA operation.
+  void attach(SaDatabase& sas) { sas_ = &sas; }
+  void set_stats_extras(StatsExtras f) { extras_ = std::move(f); }
+
+  // ---- SAs
+  void add_sa(const SaSpec& spec, SaOrigin origin);
+  // Add-or-update of one identity (SaDatabase::reconcile): an existing SA
+  // keeps its next sequence number, replay window and counters.
+  void replace_sa(const SaSpec& spec, SaOrigin origin);
+  void update_sa(const SaUpdate& update);
+  void delete_sa(SaDirection dir, uint32_t spi, const std::optional<std::string>& tunnel,
+                 const char* reason = "request");
+  size_t delete_all_sas(std::optional<SaOrigin> origin, const char* reason);
+  std::vector<SaKey> sa_keys(std::optional<SaOrigin> origin) const;
+  bool has_sa(SaDirection dir, uint32_t spi, uint16_t tunnel) const;
+  nlohmann::json list_sas() const;
+
+  // ---- tunnels
+  void set_tunnel_admin(const std::string& name, bool up);
+  // The SA database's callback: the tunnel gained its first / is losing its
+  // last outbound SA. Never touches the admin state.
+  void tunnel_sa_changed(uint16_t tunnel, bool has_sa);
+  uint16_t tunnel_index(const std::string& name) const;
+  const std::string& tunnel_name(uint16_t t) const { return tunnels_[t].name; }
+  size_t tunnel_count() const { return tunnels_.size(); }
+  nlohmann::json tunnels() const;
+
+  // ---- routes
+  void add_route(const RouteRequest& r);
+  void replace_route(const RouteRequest& r);
+  void delete_route(const lpm::Prefix4& prefix);
+  nlohmann::json routes() const;
+
+  // ---- counters
+  dataplane::WorkerCounters sum_counters() const;
+  nlohmann::json stats() const;
+  std::string format_stats() const;
+  void check_lifetimes();
+
+ private:
+  struct TunnelState {
+    std::string name;
+    bool admin_up = true;
+  };
+  SaDatabase& sas() const;
+  std::vector<lpm::NextHop> hops_of(const RouteRequest& r) const;
+  nlohmann::json tunnels_json(const dataplane::WorkerCounters& sums) const;
+  void synchronize() const;
+
+  dataplane::Dataplane& dp_;
+  lpm::RouteTable& routes_;
+  std::vector<TunnelState> tunnels_;
+  std::vector<std::string> port_names_;
+  EventSink emit_;
+  StatsExtras extras_;
+  SaDatabase* sas_ = nullptr;
+};
+
+}  // namespace espgw::control
