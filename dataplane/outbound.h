@@ -192,6 +192,12 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       }
       w.c->fragments += nf;
       for (int f = 0; f < nf; f++) {
+        // copy_nonseg leaves each fragment's header checksum 0 for the
+        // caller (a NIC offload or software): without this every fragment
+        // is dropped by the receiver after decryption.
+        auto* fip = rte_pktmbuf_mtod(frags[f], rte_ipv4_hdr*);
+        fip->hdr_checksum = 0;
+        fip->hdr_checksum = rte_ipv4_cksum(fip);
         if (ni == kWork) {  // the work array is full: send what we have
           encrypt_and_send_all(w, items, ni, groups);
           ni = 0;
