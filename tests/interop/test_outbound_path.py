@@ -49,3 +49,45 @@ def test_df_clear_packets_of_every_size_reassemble_at_the_receiver(tmp_path):
     for p in inner:
         assert bytes(whole[p.id]) == bytes(forwarded(p)), f"size {len(p)} did not reassemble"
     assert_no_leak(gw)
+
+
+def tcp_checksum_ok(p):
+    """scapy recomputes the TCP checksum (pseudo header included) and compares."""
+    fresh = IP(bytes(p))
+    del fresh[TCP].chksum
+    return IP(bytes(fresh))[TCP].chksum == p[TCP].chksum
+
+
+MSS_LAYOUTS = [
+    # (options before the NOPs, options after MSS): with 0..3 NOPs in front,
+    # the MSS value lands at every offset mod 4.
+    ([], []), ([("SAckOK", b"")], []), ([("WScale", 7)], []), ([("SAckOK", b""), ("WScale", 7)], []),
+    ([("Timestamp", (1, 0))], [("WScale", 2)]), ([], [("SAckOK", b""), ("Timestamp", (9, 0))]),
+    ([("WScale", 14), ("WScale", 14)], [("SAckOK", b"")]),
+]
+
+
+def test_mss_clamp_keeps_the_tcp_checksum_at_every_option_alignment(tmp_path):
+    syns = []
+    for i, (pre, post) in enumerate(MSS_LAYOUTS):
+        for nops in range(4):
+            for mss in (1460, 1380, 8960, 65535):
+                opts = pre + [("NOP", None)] * nops + [("MSS", mss)] + post
+                syns.append(IP(bytes(IP(src="10.240.128.5", dst="172.31.1.1", id=len(syns)) /
+                                     TCP(sport=1000 + len(syns), dport=443, seq=len(syns) * 7919, flags="S",
+                                         options=opts))))
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(p) for p in syns])
+    with gw:
+        st = gw.wait_rx(lan=len(syns))
+    out = [decrypt_outbound(f, OUT["aws-a1"]) for f in gw.sent("wan")]
+    assert len(out) == len(syns)
+    for sent, got in zip(syns, out):
+        assert got.id == sent.id
+        assert dict(o for o in got[TCP].options if isinstance(o, tuple))["MSS"] == 1379
+        assert tcp_checksum_ok(got), f"options {sent[TCP].options}: TCP checksum {got[TCP].chksum:#06x} wrong"
+        # Nothing else changed: same options but the MSS value.
+        want = IP(bytes(forwarded(sent)))
+        want[TCP].options = [(n, 1379) if n == "MSS" else (n, v) for n, v in want[TCP].options]
+        del want[TCP].chksum
+        assert bytes(got) == bytes(IP(bytes(want)))
+    assert st["mss_clamped"] == len(syns)
