@@ -228,10 +228,15 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   // the sender? None: the tunnel's routes do not allow this source.
   lpm::TunnelId back[kBurst];
   dp.fib->lookup_burst(src, back, nf);
-  uint64_t lan_mac = dp.lan_peer.mac.load(std::memory_order_relaxed);
+  // Next hop per destination (on-link host or the LAN gateway), looked up
+  // once per run of packets to the same destination.
+  NeighborTable& lan = dp.neighbors[dp.protected_port];
   const Port& out = dp.ports[dp.protected_port];
+  const uint64_t now = rte_rdtsc();
   uint8_t eth[16];
-  make_eth(eth, out.mac, lan_mac);
+  uint64_t eth_mac = 0, mac = 0;
+  uint32_t last_dst = 0;
+  NextHop nh = NextHop::kNoRoute;
   uint64_t tx_bytes = 0;
   for (uint16_t i = 0; i < nf; i++) {
     rte_mbuf* m = fwd[i];
@@ -247,8 +252,14 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kTtlExceeded);
       continue;
     }
-    if (!(lan_mac & kMacValid)) {
-      drop(w, m, DropReason::kNoNeighbor);
+    uint32_t d = detail::be32(ip->dst_addr);
+    if (d != last_dst || eth_mac == 0) {
+      last_dst = d;
+      nh = neighbor_lookup(lan, d, now, w.tsc_hz, &mac);
+      if (nh == NextHop::kResolved && mac != eth_mac) make_eth(eth, out.mac, eth_mac = mac);
+    }
+    if (nh != NextHop::kResolved) {
+      drop(w, m, nh == NextHop::kNoRoute ? DropReason::kNoRoute : DropReason::kNoNeighbor);
       continue;
     }
     ipv4_decrement_ttl(ip);

@@ -110,7 +110,8 @@ inline bool arp_sender(const rte_mbuf* m, uint32_t* ip, rte_ether_addr* mac) {
   return ipv4_names_one_host(*ip) && rte_is_unicast_ether_addr(mac);
 }
 
-inline bool build_arp_request(rte_mbuf* m, const Port& port, uint32_t target) {
+// A broadcast "who has `target`" from `src` (0: the port's first address).
+inline bool build_arp_request(rte_mbuf* m, const Port& port, uint32_t target, uint32_t src = 0) {
   auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, sizeof(rte_ether_hdr) + sizeof(rte_arp_hdr)));
   if (!eth || port.nb_addrs == 0) return false;
   memset(&eth->dst_addr, 0xFF, sizeof(eth->dst_addr));
@@ -123,7 +124,7 @@ inline bool build_arp_request(rte_mbuf* m, const Port& port, uint32_t target) {
   arp->arp_plen = 4;
   arp->arp_opcode = rte_cpu_to_be_16(RTE_ARP_OP_REQUEST);
   arp->arp_data.arp_sha = port.mac;
-  arp->arp_data.arp_sip = rte_cpu_to_be_32(port.addrs[0]);
+  arp->arp_data.arp_sip = rte_cpu_to_be_32(src ? src : port.addrs[0]);
   memset(&arp->arp_data.arp_tha, 0, sizeof(arp->arp_data.arp_tha));
   arp->arp_data.arp_tip = rte_cpu_to_be_32(target);
   return true;
