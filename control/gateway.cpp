@@ -22,6 +22,7 @@
 
 #include "control/control_server.h"
 #include "control/xfrm.h"
+#include "dataplane/neighbor_info.h"
 #include "dataplane/packet_util.h"
 
 namespace espgw::control {
@@ -657,6 +658,7 @@ void Gateway::stop() {
   if (!workers_running_) return;
   dp_->stop.store(true);
   rte_eal_mp_wait_lcore();
+  dp::drop_all_held(*dp_);
   workers_running_ = false;
 }
 
@@ -950,6 +952,20 @@ json Gateway::handle(const json& req) {
     routes_->delete_route(lpm::parse_prefix4(str_field(req, "prefix")));
     rte_rcu_qsbr_synchronize(dp_->qsbr, RTE_QSBR_THRID_INVALID);
     return {{"ok", true}};
+  }
+  if (op == "neighbors") {
+    json list = json::array();
+    for (const auto& n : dp::list_neighbors(*dp_)) {
+      std::string port = n.port < cfg_.ports.size() ? cfg_.ports[n.port].name : "exception";
+      json mac = nullptr;
+      if (n.mac) mac = fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", (*n.mac)[0], (*n.mac)[1], (*n.mac)[2],
+                                   (*n.mac)[3], (*n.mac)[4], (*n.mac)[5]);
+      list.push_back({{"port", port}, {"ip", n.ip ? json(format_ipv4(n.ip)) : json(nullptr)}, {"mac", mac},
+                      {"state", n.state}, {"static", n.is_static}, {"gateway", n.is_gateway},
+                      {"tunnel_next_hop", n.is_tunnel_next_hop},
+                      {"age_s", n.age_s < 0 ? json(nullptr) : json(n.age_s)}});
+    }
+    return {{"ok", true}, {"neighbors", list}};
   }
   if (op == "routes") {
     json routes = json::array();

@@ -8,12 +8,50 @@
 
 namespace espgw::dataplane {
 
+// Sends what an entry held, now that its MAC is known: from this worker's
+// own TX queue of the port (every worker owns one on every port).
+inline void release_held(Worker& w, NeighborEntry& e, uint16_t port, uint64_t mac) {
+  for (uint32_t i = 0; i < kHoldPackets; i++) {
+    if (e.held[i].load(std::memory_order_relaxed) == nullptr) continue;
+    rte_mbuf* m = e.held[i].exchange(nullptr, std::memory_order_acquire);
+    if (m == nullptr) continue;
+    unpack_mac(mac, &rte_pktmbuf_mtod(m, rte_ether_hdr*)->dst_addr);
+    w.c->port[port].tx.bytes += rte_pktmbuf_pkt_len(m);
+    stage_tx(w, port, m);
+  }
+}
+
+inline void drop_held(Worker& w, NeighborEntry& e) {
+  for (uint32_t i = 0; i < kHoldPackets; i++) {
+    if (e.held[i].load(std::memory_order_relaxed) == nullptr) continue;
+    if (rte_mbuf* m = e.held[i].exchange(nullptr, std::memory_order_acquire)) drop(w, m, DropReason::kNoNeighbor);
+  }
+}
+
+// Keeps a packet (its Ethernet header in place) until the entry's MAC is
+// known; dropped as no_neighbor when the entry already holds kHoldPackets.
+inline void hold_or_drop(Worker& w, NeighborEntry* e, uint16_t port, rte_mbuf* m) {
+  if (e != nullptr)
+    for (uint32_t i = 0; i < kHoldPackets; i++) {
+      rte_mbuf* expected = nullptr;
+      if (!e->held[i].compare_exchange_strong(expected, m, std::memory_order_release, std::memory_order_relaxed))
+        continue;
+      // The MAC may have been learned (and the queue released) between our
+      // lookup and this store: then send it now.
+      uint64_t mac = e->mac.load(std::memory_order_acquire);
+      if (mac & kMacValid) release_held(w, *e, port, mac);
+      return;
+    }
+  drop(w, m, DropReason::kNoNeighbor);
+}
+
 // Learns MACs from any ARP packet: the port's neighbour table (an entry is
 // created only when the ARP was addressed to us, so broadcast chatter cannot
 // fill the table) and the tunnels' next hops. Workers write these words
 // directly: ARP is rare, each store is one atomic word, and every writer
 // stores the same value for the same sender.
-inline void learn_neighbor(Dataplane& dp, const rte_mbuf* m, uint16_t port) {
+inline void learn_neighbor(Worker& w, const rte_mbuf* m, uint16_t port) {
+  Dataplane& dp = *w.dp;
   uint32_t ip;
   rte_ether_addr mac;
   if (!arp_sender(m, &ip, &mac)) return;
@@ -21,7 +59,8 @@ inline void learn_neighbor(Dataplane& dp, const rte_mbuf* m, uint16_t port) {
   uint64_t now = rte_rdtsc();
   auto* arp = rte_pktmbuf_mtod_offset(m, const rte_arp_hdr*, sizeof(rte_ether_hdr));
   bool to_us = port_owns(dp.ports[port], rte_be_to_cpu_32(arp->arp_data.arp_tip));
-  neighbor_learn(dp.neighbors[port], ip, packed, to_us, now);
+  if (NeighborEntry* e = neighbor_learn(dp.neighbors[port], ip, packed, to_us, now))
+    release_held(w, *e, port, packed);
   for (uint16_t t = 0; t < dp.nb_tunnels; t++) {
     Neighbor& n = dp.tunnels[t].next_hop;
     if (dp.tunnels[t].port == port && n.ip == ip && !n.is_static) {
@@ -34,7 +73,7 @@ inline void learn_neighbor(Dataplane& dp, const rte_mbuf* m, uint16_t port) {
 // ARP on a protected/unprotected port: answer for our addresses, learn.
 inline void handle_arp(Worker& w, rte_mbuf* m, uint16_t port) {
   Dataplane& dp = *w.dp;
-  learn_neighbor(dp, m, port);
+  learn_neighbor(w, m, port);
   if (arp_make_reply(m, dp.ports[port])) {
     w.c->arp_replies++;
     stage_tx(w, port, m);
@@ -57,12 +96,15 @@ inline void send_arp_request(Worker& w, uint16_t port, uint32_t target) {
 // One table entry's ARP duty (worker 0): resolve it while packets want it,
 // re-confirm it once its confirmation is older than the reachable time
 // (keeping the MAC meanwhile), and forget the MAC after kArpRetries
-// unanswered requests or when nothing used it for a reachable time.
+// unanswered requests or when nothing used it for a reachable time. Held
+// packets leave once the MAC is known, or are dropped once the entry failed.
 inline void maintain_entry(Worker& w, uint16_t port, NeighborEntry& e, uint64_t now) {
   const NeighborTable& t = w.dp->neighbors[port];
   uint32_t ip = e.ip.load(std::memory_order_relaxed);
   if (ip == 0 || e.is_static.load(std::memory_order_relaxed)) return;
-  uint64_t mac = e.mac.load(std::memory_order_relaxed);
+  uint64_t mac = e.mac.load(std::memory_order_acquire);
+  if (mac & kMacValid) release_held(w, e, port, mac);  // held just as the MAC arrived
+  else if (e.unanswered.load(std::memory_order_relaxed) >= kArpRetries) drop_held(w, e);
   uint64_t used = e.used_tsc.load(std::memory_order_relaxed);
   bool wanted = used != 0 && now - used < t.reachable_tsc;
   uint32_t unanswered = e.unanswered.load(std::memory_order_relaxed);

@@ -237,6 +237,7 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint64_t eth_mac = 0, mac = 0;
   uint32_t last_dst = 0;
   NextHop nh = NextHop::kNoRoute;
+  NeighborEntry* entry = nullptr;
   uint64_t tx_bytes = 0;
   for (uint16_t i = 0; i < nf; i++) {
     rte_mbuf* m = fwd[i];
@@ -255,14 +256,24 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     uint32_t d = detail::be32(ip->dst_addr);
     if (d != last_dst || eth_mac == 0) {
       last_dst = d;
-      nh = neighbor_lookup(lan, d, now, w.tsc_hz, &mac);
+      nh = neighbor_lookup(lan, d, now, w.tsc_hz, &mac, &entry);
       if (nh == NextHop::kResolved && mac != eth_mac) make_eth(eth, out.mac, eth_mac = mac);
     }
-    if (nh != NextHop::kResolved) {
-      drop(w, m, nh == NextHop::kNoRoute ? DropReason::kNoRoute : DropReason::kNoNeighbor);
+    if (nh == NextHop::kNoRoute) {
+      drop(w, m, DropReason::kNoRoute);
       continue;
     }
     ipv4_decrement_ttl(ip);
+    if (nh == NextHop::kUnresolved) {  // held until ARP resolves it (destination MAC filled then)
+      uint8_t pending[16];
+      make_eth(pending, out.mac, 0);
+      if (!put_eth(m, pending)) {
+        drop(w, m, DropReason::kNoBuffer);
+        continue;
+      }
+      hold_or_drop(w, entry, dp.protected_port, m);
+      continue;
+    }
     if (!put_eth(m, eth)) {
       drop(w, m, DropReason::kNoBuffer);
       continue;

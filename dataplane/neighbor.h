@@ -8,12 +8,16 @@
 // with plain atomic stores (every writer stores the same value for the same
 // sender); worker 0 alone sends the ARP requests and ages entries. No
 // allocation and no lock on the hot path; a full table drops and counts
-// (no_neighbor). There is no hold queue: a packet to an unresolved neighbour
-// is dropped and counted as no_neighbor while worker 0 asks for the MAC.
+// (no_neighbor). Each entry holds up to kHoldPackets packets while its MAC
+// is being resolved (claimed with a compare-and-swap, sent by whichever
+// worker learns the MAC, dropped as no_neighbor after kArpRetries
+// unanswered requests); more are dropped and counted as no_neighbor.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+
+struct rte_mbuf;
 
 namespace espgw::dataplane {
 
@@ -21,6 +25,7 @@ inline constexpr uint32_t kNeighborSlots = 1024;  // per port; a power of two
 inline constexpr uint32_t kNeighborProbe = 32;    // linear probing limit
 inline constexpr uint8_t kMaxSubnets = 8;
 inline constexpr uint32_t kArpRetries = 3;        // unanswered requests before an entry is failed
+inline constexpr uint32_t kHoldPackets = 4;       // packets an unresolved entry keeps
 
 // A learned or configured MAC: 48 bits, bit 63 set when valid. One 64-bit
 // atomic so a worker never reads half a MAC.
@@ -34,6 +39,7 @@ struct NeighborEntry {
   std::atomic<uint64_t> last_request_tsc{0};  // ARP request pacing (worker 0)
   std::atomic<uint32_t> unanswered{0};        // requests since the last confirmation
   std::atomic<bool> is_static{false};
+  std::atomic<rte_mbuf*> held[kHoldPackets] = {};  // Ethernet header in place, destination MAC to fill
 };
 
 struct NeighborTable {
@@ -121,7 +127,8 @@ enum class NextHop : uint8_t { kResolved, kUnresolved, kNoRoute };
 // The MAC a packet to `dst` leaves this port with: `dst` itself when it is
 // on-link, else the port's gateway (a port without connected subnets sends
 // everything to its gateway, as before subnets existed).
-inline NextHop neighbor_lookup(NeighborTable& t, uint32_t dst, uint64_t now, uint64_t tsc_hz, uint64_t* mac) {
+inline NextHop neighbor_lookup(NeighborTable& t, uint32_t dst, uint64_t now, uint64_t tsc_hz, uint64_t* mac,
+                               NeighborEntry** entry = nullptr) {
   NeighborEntry* e;
   if (t.nb_subnets != 0 && on_link(t, dst)) {
     if (is_directed_broadcast(t, dst)) return NextHop::kNoRoute;
@@ -133,19 +140,22 @@ inline NextHop neighbor_lookup(NeighborTable& t, uint32_t dst, uint64_t now, uin
     if (e == nullptr) return NextHop::kNoRoute;
   }
   neighbor_touch(*e, now, tsc_hz);
-  *mac = e->mac.load(std::memory_order_relaxed);
+  if (entry) *entry = e;
+  *mac = e->mac.load(std::memory_order_acquire);
   return (*mac & kMacValid) ? NextHop::kResolved : NextHop::kUnresolved;
 }
 
 // An ARP packet from `ip` (a host) with `mac`: refresh its entry (and create
 // it when `create`, i.e. the ARP was addressed to us and `ip` is on-link).
-inline void neighbor_learn(NeighborTable& t, uint32_t ip, uint64_t mac, bool create, uint64_t now) {
+// Returns the entry updated, or nullptr.
+inline NeighborEntry* neighbor_learn(NeighborTable& t, uint32_t ip, uint64_t mac, bool create, uint64_t now) {
   NeighborEntry* e = neighbor_find(t, ip);
   if (e == nullptr && create && on_link(t, ip)) e = neighbor_find_or_add(t, ip);
-  if (e == nullptr || e->is_static.load(std::memory_order_relaxed)) return;
-  e->mac.store(mac, std::memory_order_relaxed);
+  if (e == nullptr || e->is_static.load(std::memory_order_relaxed)) return nullptr;
   e->confirmed_tsc.store(now, std::memory_order_relaxed);
   e->unanswered.store(0, std::memory_order_relaxed);
+  e->mac.store(mac, std::memory_order_release);
+  return e;
 }
 
 }  // namespace espgw::dataplane
