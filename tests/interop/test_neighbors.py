@@ -150,3 +150,166 @@ def test_exception_path_reaches_wan_addresses_that_are_not_tunnel_peers(tmp_path
         assert f[Ether].src == h.WAN_MAC
     assert bytes(out["192.0.2.99"][IP]) == bytes(ike[IP])
     assert st["drops"]["no_neighbor"] == 0 and st["drops"]["no_route"] == 0
+
+
+# ------------------------------------------------------- the kernel as the LAN
+# espgw's LAN port is a net_tap bridged to three network namespaces whose
+# Linux stacks are two LAN hosts and a LAN router (with 192.168.77.1
+# behind it). ESP is injected on the WAN net_tap; the kernels' own ARP
+# answers espgw's requests and their UDP sockets receive the decrypted
+# packets only when the frame carried their own MAC.
+
+LISTENER = textwrap.dedent("""
+    import json, socket, sys, time
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 5000))
+    s.settimeout(0.2)
+    end = time.time() + float(sys.argv[1])
+    while time.time() < end:
+        try:
+            data, peer = s.recvfrom(2000)
+        except OSError:
+            continue
+        print(json.dumps([peer[0], data.decode()]), flush=True)
+""")
+
+INJECTOR = textwrap.dedent("""
+    import json, sys, time
+    from scapy.all import AsyncSniffer, ARP, Ether, IP, UDP, Raw, conf, sendp
+    from scapy.layers.ipsec import ESP, SecurityAssociation
+    conf.verb = 0
+    key, spi, wan_mac, nh_mac, local, remote = bytes.fromhex(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:7]
+    sa = SecurityAssociation(ESP, spi=spi, crypt_algo="AES-GCM", crypt_key=key, auth_algo="NULL",
+                             tunnel_header=IP(src=remote, dst=local))
+    seq = [0]
+    def send(dst, tag):
+        seq[0] += 1
+        inner = IP(src="172.31.1.1", dst=dst) / UDP(sport=4000, dport=5000) / Raw(tag.encode())
+        sendp(Ether(src=nh_mac, dst=wan_mac) / sa.encrypt(inner, seq_num=seq[0]), iface="egw-wan")
+    sn = AsyncSniffer(iface="br0", lfilter=lambda p: ARP in p and p[ARP].op == 1, store=True)
+    sn.start(); time.sleep(0.5)
+    for dst in ("10.77.0.2", "10.77.0.3", "192.168.77.1"):
+        send(dst, "first " + dst)
+    time.sleep(1.5)
+    print("PHASE1", flush=True)
+    # Aging: .2 stays in use past the 2 s reachable time (re-ARP, no loss);
+    # .3 stays idle (its MAC is forgotten).
+    end = time.time() + 5
+    n = 0
+    while time.time() < end:
+        n += 1
+        send("10.77.0.2", f"steady {n}")
+        time.sleep(0.25)
+    time.sleep(0.5)
+    reqs = [(p[ARP].psrc, p[ARP].pdst, p.time) for p in sn.stop()]
+    print("SENT", n)
+    print("ARP", json.dumps(reqs), flush=True)
+""")
+
+
+def run(*cmd, check=True):
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
+                    reason="needs root and /dev/net/tun (TAP devices, network namespaces)")
+def test_kernel_lan_hosts_and_router_resolved_by_arp_with_aging(tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    ns, hosts = f"egwn-{tag}", {"h1": "10.77.0.2", "h2": "10.77.0.3", "r": "10.77.0.254"}
+    names = [ns] + [f"egwn-{tag}-{k}" for k in hosts]
+    for n in names:
+        if run("ip", "netns", "add", n, check=False).returncode != 0:
+            pytest.skip("cannot create network namespaces here")
+    proc = listeners = None
+    try:
+        for n in names:
+            run("ip", "netns", "exec", n, "ip", "link", "set", "lo", "up")
+            run("ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        sock = str(tmp_path / "espgw.sock")
+        sa_in = IN["aws-a1"]
+        cfg = {
+            "eal": ["-l", "0,1", "--no-huge", "-m", "512", "--no-pci", "--file-prefix", ns, "--log-level", "lib.eal:error"],
+            "workers": [1], "mbufs": 8192, "control": {"socket": sock},
+            "ports": [
+                {"name": "lan", "device": "net_tap0,iface=egw-lan", "role": "protected", "mac": h.LAN_MAC,
+                 "addresses": ["10.77.0.1/24"], "gateway": "10.77.0.254", "neighbor_timeout": 2},
+                {"name": "wan", "device": "net_tap1,iface=egw-wan", "role": "unprotected", "mac": h.WAN_MAC,
+                 "addresses": [h.LOCAL_A, h.LOCAL_B]},
+            ],
+            "tunnels": [{"name": t, "port": "wan", "local": l, "remote": r, "next_hop_mac": h.NH_MAC}
+                        for t, (l, r) in h.TUNNELS.items()],
+            "routes": h.default_routes(),
+            "sas": [s.config() for s in list(OUT.values()) + list(IN.values())],
+        }
+        path = tmp_path / "espgw.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        log = open(tmp_path / "espgw.log", "w+")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, str(h.ESPGW), "--config", str(path)], stdout=log,
+                                stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while not os.path.exists(sock) and time.time() < deadline:
+            assert proc.poll() is None, open(tmp_path / "espgw.log").read()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        x = ["ip", "netns", "exec"]
+        # The TAP's kernel side shares the port's MAC, and a bridge keeps frames
+        # to its ports' own MACs for itself: give the kernel side (and the
+        # bridge) other MACs, so frames to espgw's MAC go out to espgw.
+        run(*x, ns, "ip", "link", "add", "br0", "address", "02:00:00:00:ee:02", "type", "bridge")
+        run(*x, ns, "ip", "link", "set", "egw-lan", "address", "02:00:00:00:ee:01")
+        run(*x, ns, "ip", "link", "set", "egw-lan", "master", "br0")
+        for dev in ("br0", "egw-lan", "egw-wan"):
+            run(*x, ns, "ip", "link", "set", dev, "up")
+        macs = {}
+        for (k, addr), hns in zip(hosts.items(), names[1:]):
+            run(*x, ns, "ip", "link", "add", f"v{k}", "type", "veth", "peer", "name", "eth0", "netns", hns)
+            run(*x, ns, "ip", "link", "set", f"v{k}", "master", "br0", "up")
+            run(*x, hns, "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
+            run(*x, hns, "ip", "link", "set", "eth0", "up")
+            run(*x, hns, "ip", "route", "add", "default", "via", "10.77.0.1")
+            macs[addr] = json.loads(run(*x, hns, "ip", "-j", "link", "show", "eth0").stdout)[0]["address"]
+        rns = names[3]
+        run(*x, rns, "ip", "addr", "add", "192.168.77.1/32", "dev", "lo")  # the network behind the router
+        listeners = {addr: subprocess.Popen([*x, hns, "/usr/bin/python3", "-c", LISTENER, "12"], stdout=subprocess.PIPE,
+                                            text=True) for addr, hns in zip(hosts.values(), names[1:])}
+        time.sleep(1.0)  # bridge ports forwarding, listeners bound
+        inj = subprocess.Popen([*x, ns, "/usr/bin/python3", "-c", INJECTOR, sa_in.key.hex(), str(sa_in.spi), h.WAN_MAC,
+                                h.NH_MAC, h.LOCAL_A, h.TUNNELS["aws-a1"][1]], stdout=subprocess.PIPE, text=True)
+        assert inj.stdout.readline().strip() == "PHASE1"
+        table1 = {n["ip"]: n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"}
+        out, _ = inj.communicate(timeout=40)
+        lines = dict(l.split(" ", 1) for l in out.splitlines())
+        table2 = {n["ip"]: n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"}
+        got = {addr: [json.loads(l) for l in p.communicate(timeout=30)[0].splitlines()] for addr, p in listeners.items()}
+        st = h.control_request(sock, {"op": "stats"})
+    finally:
+        if proc and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=20)
+        for p in (listeners or {}).values():
+            if p.poll() is None:
+                p.kill()
+        for n in names:
+            run("ip", "netns", "del", n, check=False)
+        subprocess.run(["rm", "-rf", f"/var/run/dpdk/{ns}"])
+    # Every first packet arrived (held while ARP resolved its next hop), at
+    # the kernel whose MAC the frame carried: hosts directly, 192.168.77.1
+    # through the router.
+    assert ["172.31.1.1", "first 10.77.0.2"] in got["10.77.0.2"]
+    assert ["172.31.1.1", "first 10.77.0.3"] in got["10.77.0.3"]
+    assert got["10.77.0.254"] == [["172.31.1.1", "first 192.168.77.1"]]
+    for addr in hosts.values():
+        assert table1[addr]["mac"] == macs[addr] and table1[addr]["state"] == "reachable", table1
+    assert table1["10.77.0.254"]["gateway"]
+    assert "192.168.77.1" not in table1
+    # Aging: .2 was re-confirmed by a fresh request while in use, and lost
+    # nothing; idle .3 lost its MAC after the 2 s reachable time.
+    sent = int(lines["SENT"])
+    steady = [d for _, d in got["10.77.0.2"] if d.startswith("steady")]
+    assert len(steady) == sent, (len(steady), sent, st["drops"])
+    reqs = json.loads(lines["ARP"])
+    refresh = [r for r in reqs if r[1] == "10.77.0.2" and r[0] == "10.77.0.1"]
+    assert len(refresh) >= 2, reqs  # the first resolution, then at least one re-ARP
+    assert table2["10.77.0.2"]["mac"] == macs["10.77.0.2"] and table2["10.77.0.2"]["age_s"] < 2.5
+    assert table2["10.77.0.3"]["mac"] is None and table2["10.77.0.3"]["state"] in ("incomplete", "failed")
+    assert proc.returncode == 0
