@@ -523,8 +523,6 @@ struct Loader {
           p.fail(*em.get("ip"), em.sub("ip"), fmt::format("{} is one of this gateway's own addresses", format_ipv4(nc.ip)));
         if (!seen.insert(nc.ip).second)
           p.fail(*em.get("ip"), em.sub("ip"), fmt::format("{} is listed twice", format_ipv4(nc.ip)));
-        if (nc.mac.b[0] & 1)
-          p.fail(*em.get("mac"), em.sub("mac"), "a neighbour's MAC must be unicast (multicast bit set)");
         port.neighbors.push_back(nc);
       });
       if (port.neighbors.size() > kMaxStaticNeighbors)
