@@ -73,6 +73,14 @@ inline void learn_neighbor(Worker& w, const rte_mbuf* m, uint16_t port) {
 // ARP on a protected/unprotected port: answer for our addresses, learn.
 inline void handle_arp(Worker& w, rte_mbuf* m, uint16_t port) {
   Dataplane& dp = *w.dp;
+  uint32_t sender;
+  rte_ether_addr sha;
+  // A sender claiming a connected subnet's broadcast address is no host:
+  // neither learned nor answered (RFC 1812 §4.3.2.7 / §5.3.7).
+  if (arp_sender(m, &sender, &sha) && is_directed_broadcast(dp.neighbors[port], sender)) {
+    rte_pktmbuf_free(m);
+    return;
+  }
   learn_neighbor(w, m, port);
   if (arp_make_reply(m, dp.ports[port])) {
     w.c->arp_replies++;

@@ -3,6 +3,7 @@
 // offending packet came in on.
 #pragma once
 
+#include "dataplane/neighbor.h"
 #include "dataplane/worker_context.h"
 
 namespace espgw::dataplane {
@@ -14,7 +15,8 @@ inline void send_frag_needed(Worker& w, rte_mbuf* m, uint16_t in_port, uint16_t 
   Dataplane& dp = *w.dp;
   auto* eth = rte_pktmbuf_mtod(m, const rte_ether_hdr*);
   auto* ip = reinterpret_cast<const rte_ipv4_hdr*>(eth + 1);
-  if (icmp_error_permitted(eth, ip) && icmp_allowed(w)) {
+  if (icmp_error_permitted(eth, ip) && !is_directed_broadcast(dp.neighbors[in_port], detail::be32(ip->src_addr)) &&
+      icmp_allowed(w)) {
     if (rte_mbuf* icmp = build_icmp_frag_needed(dp.pool, eth, ip, dp.ports[in_port], mtu)) {
       w.c->icmp_sent++;
       stage_tx(w, in_port, icmp);
@@ -29,7 +31,8 @@ inline void send_time_exceeded(Worker& w, rte_mbuf* m, uint16_t in_port) {
   Dataplane& dp = *w.dp;
   auto* eth = rte_pktmbuf_mtod(m, const rte_ether_hdr*);
   auto* ip = reinterpret_cast<const rte_ipv4_hdr*>(eth + 1);
-  if (icmp_error_permitted(eth, ip) && icmp_allowed(w)) {
+  if (icmp_error_permitted(eth, ip) && !is_directed_broadcast(dp.neighbors[in_port], detail::be32(ip->src_addr)) &&
+      icmp_allowed(w)) {
     if (rte_mbuf* icmp = build_icmp_time_exceeded(dp.pool, eth, ip, dp.ports[in_port])) {
       w.c->icmp_sent++;
       stage_tx(w, in_port, icmp);

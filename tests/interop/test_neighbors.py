@@ -313,3 +313,26 @@ def test_kernel_lan_hosts_and_router_resolved_by_arp_with_aging(tmp_path):
     assert table2["10.77.0.2"]["mac"] == macs["10.77.0.2"] and table2["10.77.0.2"]["age_s"] < 2.5
     assert table2["10.77.0.3"]["mac"] is None and table2["10.77.0.3"]["state"] in ("incomplete", "failed")
     assert proc.returncode == 0
+
+
+def test_off_link_tunnel_peers_go_via_the_wan_gateway(tmp_path):
+    from test_gateway import ALL_SAS, inner_packets
+    import random
+    inner = inner_packets(16, random.Random(8), sizes=(40, 100))
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(p) for p in inner], infinite_lan=True,
+                   wan_in=[arp(2, WAN_GW_MAC, "198.51.100.1", h.LOCAL_A, dst_mac=h.WAN_MAC)])
+    for t in gw.config["tunnels"]:
+        t.pop("next_hop_mac")  # no gateway of their own: the port's, since 203.0.113.x is off-link
+    reconfigure(gw, {"wan": {"addresses": [h.LOCAL_A + "/24", h.LOCAL_B + "/24"], "gateway": "198.51.100.1"}})
+    with gw:
+        deadline = time.time() + 20
+        while gw.stats()["tunnels"][0]["out"]["packets"] < 300 and time.time() < deadline:
+            time.sleep(0.05)
+        neigh = gw.request({"op": "neighbors"})
+    recs = list(h.raw_esp_records_l2(gw.wan_out[0]))
+    assert {dst for dst, etype in recs if etype == 0x0800} == {WAN_GW_MAC}
+    asked = {f[ARP].pdst for f in gw.sent("wan") if ARP in f and f[ARP].op == 1}
+    assert asked <= {"198.51.100.1"}, asked
+    wan = [n for n in neigh["neighbors"] if n["port"] == "wan"]
+    assert [(n["ip"], n["mac"], n["gateway"], n["tunnel_next_hop"]) for n in wan] == \
+        [("198.51.100.1", WAN_GW_MAC, True, True)]

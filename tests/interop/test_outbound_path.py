@@ -190,3 +190,20 @@ def test_arp_requests_from_non_hosts_and_gratuitous_ones_are_not_answered(tmp_pa
     assert len(host) == 1 and host[0][ARP].psrc == "203.0.113.1" and host[0][ARP].pdst == h.LOCAL_A
     assert st["arp_replies"] == 2
     assert_no_leak(gw)
+
+
+def test_no_icmp_error_or_arp_reply_for_a_connected_subnets_broadcast_source(tmp_path):
+    from test_neighbors import reconfigure
+    dying = [IP(bytes(IP(src=s, dst="172.31.1.1", ttl=1, id=i) / UDP() / Raw(b"d" * 20)))
+             for i, s in enumerate(("10.240.128.255", "10.240.128.5"))]
+    asks = [arp(1, "02:00:00:00:09:09", s, "10.240.128.1") for s in ("10.240.128.255", "10.240.128.6")]
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(p) for p in dying] + asks)
+    reconfigure(gw, {"lan": {"addresses": ["10.240.128.1/24"]}})
+    with gw:
+        st = gw.wait_rx(lan=4)
+    lan = gw.sent("lan")
+    icmps = [f for f in lan if ICMP in f]
+    assert len(icmps) == 1 and icmps[0][IP].dst == "10.240.128.5"
+    replies = [f for f in lan if ARP in f and f[ARP].op == 2]
+    assert len(replies) == 1 and replies[0][ARP].pdst == "10.240.128.6"
+    assert st["drops"]["ttl_exceeded"] == 2
