@@ -30,7 +30,8 @@ inline void drop_held(Worker& w, NeighborEntry& e) {
 
 // Keeps a packet (its Ethernet header in place) until the entry's MAC is
 // known; dropped as no_neighbor when the entry already holds kHoldPackets.
-inline void hold_or_drop(Worker& w, NeighborEntry* e, uint16_t port, rte_mbuf* m) {
+// Returns whether it was kept.
+inline bool hold_or_drop(Worker& w, NeighborEntry* e, uint16_t port, rte_mbuf* m) {
   if (e != nullptr)
     for (uint32_t i = 0; i < kHoldPackets; i++) {
       rte_mbuf* expected = nullptr;
@@ -40,9 +41,10 @@ inline void hold_or_drop(Worker& w, NeighborEntry* e, uint16_t port, rte_mbuf* m
       // lookup and this store: then send it now.
       uint64_t mac = e->mac.load(std::memory_order_acquire);
       if (mac & kMacValid) release_held(w, *e, port, mac);
-      return;
+      return true;
     }
   drop(w, m, DropReason::kNoNeighbor);
+  return false;
 }
 
 // Learns MACs from any ARP packet: the port's neighbour table (an entry is
