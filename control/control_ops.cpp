@@ -1,5 +1,7 @@
 #include "control/control_ops.h"
 
+#include "dataplane/neighbor_info.h"
+
 #include <fmt/format.h>
 #include <rte_mempool.h>
 #include <rte_rcu_qsbr.h>
@@ -162,6 +164,28 @@ json ControlOps::routes() const {
                       {"active", r.active == lpm::kNoRoute ? json(nullptr) : json(tunnels_[r.active].name)}});
   }
   return routes;
+}
+
+// ----------------------------------------------------------- neighbours
+
+json ControlOps::neighbors() const {
+  json list = json::array();
+  for (const auto& n : dp::list_neighbors(dp_)) {
+    std::string port = n.port < port_names_.size() ? port_names_[n.port] : "exception";
+    json mac = nullptr;
+    if (n.mac)
+      mac = fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", (*n.mac)[0], (*n.mac)[1], (*n.mac)[2], (*n.mac)[3],
+                        (*n.mac)[4], (*n.mac)[5]);
+    list.push_back({{"port", port},
+                    {"ip", n.ip ? json(format_ipv4(n.ip)) : json(nullptr)},
+                    {"mac", mac},
+                    {"state", n.state},
+                    {"static", n.is_static},
+                    {"gateway", n.is_gateway},
+                    {"tunnel_next_hop", n.is_tunnel_next_hop},
+                    {"age_s", n.age_s < 0 ? json(nullptr) : json(n.age_s)}});
+  }
+  return list;
 }
 
 // ------------------------------------------------------------- counters

@@ -90,6 +90,9 @@ class ControlOps {
   void delete_route(const lpm::Prefix4& prefix);
   nlohmann::json routes() const;
 
+  // ---- neighbours (both sides' ARP tables, the tunnels' next hops)
+  nlohmann::json neighbors() const;
+
   // ---- counters
   dataplane::WorkerCounters sum_counters() const;
   nlohmann::json stats() const;

@@ -28,6 +28,11 @@ namespace dp = espgw::dataplane;
 using nlohmann::json;
 
 namespace {
+// Ethernet + VLAN tag, and ESP-in-UDP's growth (UDP 8, ESP 8, IV 8, pad 3,
+// pad length and next header 2, ICV 16) rounded up: tailroom a frame of a
+// port's MTU needs beyond the MTU.
+constexpr uint32_t kL2AndEspRoom = 128;
+
 std::atomic<bool> g_stop{false};
 void on_signal(int) { g_stop.store(true); }
 
@@ -109,10 +114,46 @@ void Gateway::init_eal() {
   if (worker_lcores_.size() > dp::kMaxWorkers) throw std::runtime_error("too many workers");
 }
 
+// A port's neighbour table: connected subnets, the gateway (the protected
+// port's legacy peer_ip / peer_mac), static entries, the reachable time.
+static void init_neighbors(dp::NeighborTable& t, const PortConfig& pc) {
+  t.reachable_tsc = rte_get_tsc_hz() * pc.neighbor_timeout_s;
+  for (size_t i = 0; i < pc.addresses.size(); i++) {
+    if (pc.prefix_lens[i] == 0 || t.nb_subnets == dp::kMaxSubnets) continue;
+    uint32_t mask = pc.prefix_lens[i] == 32 ? ~0u : ~(~0u >> pc.prefix_lens[i]);
+    t.subnet[t.nb_subnets] = pc.addresses[i] & mask;
+    t.mask[t.nb_subnets] = mask;
+    t.subnet_src[t.nb_subnets++] = pc.addresses[i];
+  }
+  auto add_static = [&](uint32_t ip, const MacAddr& mac) {
+    dp::NeighborEntry* e = dp::neighbor_find_or_add(t, ip);
+    if (e == nullptr) throw std::runtime_error(fmt::format("neighbour table full at {}", format_ipv4(ip)));
+    e->mac.store(dp::pack_mac_bytes(mac.b));
+    e->is_static.store(true);
+  };
+  for (const auto& n : pc.neighbors) add_static(n.ip, n.mac);
+  std::optional<uint32_t> gw = pc.gateway ? pc.gateway : pc.peer_ip;
+  if (gw) {
+    t.gateway = dp::neighbor_find_or_add(t, *gw);
+    if (t.gateway == nullptr) throw std::runtime_error(fmt::format("neighbour table full at {}", format_ipv4(*gw)));
+    if (pc.peer_mac) add_static(*gw, *pc.peer_mac);
+  } else if (pc.peer_mac) {  // a LAN next hop known by MAC only
+    t.anon_gateway.mac.store(dp::pack_mac_bytes(pc.peer_mac->b));
+    t.anon_gateway.is_static.store(true);
+    t.gateway = &t.anon_gateway;
+  }
+}
+
 void Gateway::init_ports() {
   auto& d = *dp_;
   d.nb_workers = static_cast<uint16_t>(worker_lcores_.size());
-  d.pool = rte_pktmbuf_pool_create("espgw_mbufs", cfg_.mbufs, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
+  // One segment holds the largest frame a port takes (jumbo MTUs included):
+  // the pipelines work on single-segment mbufs only.
+  uint16_t max_mtu = 1500;
+  for (const auto& pc : cfg_.ports) max_mtu = std::max(max_mtu, pc.mtu);
+  const uint32_t data_room = std::max<uint32_t>(RTE_MBUF_DEFAULT_BUF_SIZE,
+                                                RTE_PKTMBUF_HEADROOM + max_mtu + kL2AndEspRoom);
+  d.pool = rte_pktmbuf_pool_create("espgw_mbufs", cfg_.mbufs, 256, 0, static_cast<uint16_t>(data_room),
                                    static_cast<int>(rte_socket_id()));
   if (!d.pool) throw dpdk_error(fmt::format("mbuf pool of {} mbufs", cfg_.mbufs), rte_errno);
 
@@ -190,16 +231,8 @@ void Gateway::init_ports() {
         throw std::runtime_error(fmt::format("{}: at most {} addresses per port", what, dp::kMaxPortAddrs));
       for (uint32_t a : w.pc->addresses) p.addrs[p.nb_addrs++] = a;
     }
-    if (w.kind == dp::PortKind::kProtected && d.protected_port == dp::kNoPort) {
-      d.protected_port = d.nb_ports;
-      d.lan_peer.ip = w.pc->peer_ip.value_or(0);
-      d.lan_peer.is_static = w.pc->peer_mac.has_value();
-      if (w.pc->peer_mac) {
-        rte_ether_addr a;
-        memcpy(a.addr_bytes, w.pc->peer_mac->b, 6);
-        d.lan_peer.mac.store(dp::pack_mac(a));
-      }
-    }
+    if (w.pc) init_neighbors(d.neighbors[d.nb_ports], *w.pc);
+    if (w.kind == dp::PortKind::kProtected && d.protected_port == dp::kNoPort) d.protected_port = d.nb_ports;
     if (w.kind == dp::PortKind::kException) d.exception_port = d.nb_ports;
     d.nb_ports++;
   }
@@ -254,12 +287,23 @@ void Gateway::init_tables() {
     t.max_inner_udp = dp::esp_max_inner(t.mtu, true);
     t.mss_clamp = tc.mss_clamp;
     t.remote = tc.remote;
-    t.next_hop.ip = tc.gateway.value_or(tc.remote);
+    // The peer's next hop: its own `gateway`, else the port's gateway when
+    // the peer is off the port's connected subnets, else the peer itself.
+    const PortConfig& tpc = cfg_.ports[t.port];
+    const dp::NeighborTable& nt = d.neighbors[t.port];
+    t.next_hop.ip = tc.gateway.value_or(tpc.gateway && nt.nb_subnets && !dp::on_link(nt, tc.remote) ? *tpc.gateway
+                                                                                                      : tc.remote);
     t.next_hop.is_static = tc.next_hop_mac.has_value();
     if (tc.next_hop_mac) {
       rte_ether_addr a;
       memcpy(a.addr_bytes, tc.next_hop_mac->b, 6);
       t.next_hop.mac.store(dp::pack_mac(a));
+    } else {
+      for (const auto& n : tpc.neighbors)  // a static neighbour entry for the next hop counts too
+        if (n.ip == t.next_hop.ip) {
+          t.next_hop.mac.store(dp::pack_mac_bytes(n.mac.b));
+          t.next_hop.is_static = true;
+        }
     }
   }
   d.nb_tunnels = static_cast<uint16_t>(cfg_.tunnels.size());
@@ -410,6 +454,7 @@ void Gateway::stop() {
   if (!workers_running_) return;
   dp_->stop.store(true);
   rte_eal_mp_wait_lcore();
+  dp::drop_all_held(*dp_);
   workers_running_ = false;
 }
 

@@ -410,7 +410,7 @@ json JsonCodec::dispatch(json& req, const WipingString* key_text, bool& subscrib
   const json ok = {{"ok", true}};
 
   if (op == "ping" || op == "stats" || op == "tunnels" || op == "list-sas" || op == "sas" || op == "routes" ||
-      op == "subscribe")
+      op == "neighbors" || op == "subscribe")
     allow_only(req, {"op", "id"}, "");
   if (op == "ping") return ok;
   if (op == "subscribe") {
@@ -421,6 +421,7 @@ json JsonCodec::dispatch(json& req, const WipingString* key_text, bool& subscrib
   if (op == "tunnels") return {{"ok", true}, {"tunnels", ops_.tunnels()}};
   if (op == "list-sas" || op == "sas") return {{"ok", true}, {"sas", ops_.list_sas()}};
   if (op == "routes") return {{"ok", true}, {"routes", ops_.routes()}};
+  if (op == "neighbors") return {{"ok", true}, {"neighbors", ops_.neighbors()}};
 
   if (op == "tunnel-down" || op == "tunnel-up") {
     allow_only(req, {"op", "id", "tunnel"}, "");
