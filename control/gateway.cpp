@@ -21,6 +21,7 @@
 #include "control/json_codec.h"
 #include "control/telemetry.h"
 #include "control/xfrm_mirror.h"
+#include "dataplane/neighbor_info.h"
 #include "dataplane/packet_util.h"
 
 namespace espgw::control {

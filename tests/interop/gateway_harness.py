@@ -153,7 +153,7 @@ class Gateway:
             "eal": eal + ["--no-huge", "-m", "512", "--no-pci", "--file-prefix", f"espgw-test-{os.getpid()}-{id(self)}",
                           "--log-level", "lib.eal:error"],
             "workers": worker_lcores,
-            "mbufs": 8192,
+            "mbufs": 16384,
             "icmp_rate_limit": icmp_rate_limit,
             "control": {"socket": self.sock},
             "ports": [
