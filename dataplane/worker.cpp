@@ -573,6 +573,19 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   if (nops == 0) return;
   uint8_t ok[kBurst];
   crypto::decrypt_burst(ops, nops, ok);
+  // Only an authenticated packet moves the window. Another worker may hold
+  // packets of the same SA (RSS is no guarantee): the updates run under the
+  // window's lock, once per run of one SA (replay_window.h). update()
+  // re-checks, so a duplicate within this burst or on another queue fails.
+  ReplayVerdict verdict[kBurst];
+  {
+    ReplayWindow::UpdateLock guard;
+    for (uint16_t j = 0; j < nops; j++) {
+      if (!ok[j]) continue;
+      guard.hold(&sa[j]->replay);
+      verdict[j] = sa[j]->replay.update(full[idx[j]]);
+    }
+  }
 
   rte_mbuf* fwd[kBurst];
   uint32_t src[kBurst];
@@ -586,9 +599,7 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kIcvFailure);
       continue;
     }
-    // Only an authenticated packet moves the window; update() re-checks so a
-    // duplicate within this burst is caught here.
-    ReplayVerdict v = sa[j]->replay.update(full[i]);
+    ReplayVerdict v = verdict[j];
     if (v != ReplayVerdict::kOk) {
       drop(w, m, v == ReplayVerdict::kReplay ? DropReason::kReplay : DropReason::kTooOld);
       continue;
