@@ -300,8 +300,18 @@ struct EspInboundInfo {
   bool udp;
 };
 
+inline constexpr uint16_t kIkePort = 500;
+// esp_inbound_parse()'s nat_t_port for "ESP-in-UDP on any port but 500".
+inline constexpr uint16_t kAnyNatTPort = 0;
+
 // Validates the outer IPv4 (+UDP) header and the ESP length; no change to the
-// mbuf. `nat_t_port` is the UDP destination port treated as ESP-in-UDP.
+// mbuf. `nat_t_port` is the UDP destination port treated as ESP-in-UDP, or
+// kAnyNatTPort: every UDP datagram but IKE (port 500), the non-ESP marker and
+// NAT keepalives is a candidate (info.udp set) and the caller decides by the
+// SA it finds for (SPI, destination): an SA whose UDP port is the datagram's
+// destination port makes it ESP (RFC 3948 on a local port other than 4500);
+// otherwise it is not ESP. In that mode a datagram to a port other than 4500
+// too short for ESP is kNotEsp (someone else's UDP), not kShortEsp.
 //
 // kOuterChecked: the caller guarantees a single-segment mbuf whose IPv4
 // version, IHL and total length (<= data length) were validated (the
@@ -330,7 +340,8 @@ inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t na
   if (p[9] == kIpProtoUdp) {
     if (tot < ihl + kUdpHdrLen) return EspStatus::kTruncated;
     const uint8_t* u = p + ihl;
-    if (ld16(u + 2) != nat_t_port) return EspStatus::kNotEsp;
+    const uint16_t dport = ld16(u + 2);
+    if (nat_t_port == kAnyNatTPort ? dport == kIkePort : dport != nat_t_port) return EspStatus::kNotEsp;
     if (ld16(u + 4) != tot - ihl) return EspStatus::kBadOuterHeader;
     off += kUdpHdrLen;
     const uint32_t plen = tot - off;
@@ -345,7 +356,8 @@ inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t na
     out.udp_sport = out.udp_dport = 0;
   }
   const uint32_t esp_len = tot - off;
-  if (esp_len < kEspMinLen) return EspStatus::kShortEsp;
+  if (esp_len < kEspMinLen)
+    return udp && nat_t_port == kAnyNatTPort && out.udp_dport != kNatTPort ? EspStatus::kNotEsp : EspStatus::kShortEsp;
   out.spi = ld32(p + off);
   out.seq_low = ld32(p + off + 4);
   out.outer_src = ld32(p + 12);

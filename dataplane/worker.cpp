@@ -524,10 +524,12 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     m->data_off = uint16_t(m->data_off + kEthLen);
     m->data_len = uint16_t(m->data_len - kEthLen);
     m->pkt_len -= kEthLen;
-    EspStatus st = esp_inbound_parse<true>(m, info[k]);
+    // ESP-in-UDP on any port but 500: the SA decides below (an SA's local
+    // NAT-T port need not be 4500).
+    EspStatus st = esp_inbound_parse<true>(m, info[k], kAnyNatTPort);
     if (st == EspStatus::kNotEsp) {
-      // IKE on 500, IKE behind the non-ESP marker on 4500, NAT keepalives,
-      // ICMP: the host's IKE daemon and stack deal with them.
+      // IKE on 500, IKE behind the non-ESP marker, NAT keepalives, ICMP:
+      // the host's IKE daemon and stack deal with them.
       rte_pktmbuf_prepend(m, kEthLen);
       to_exception(w, m);
       continue;
@@ -553,6 +555,14 @@ void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint16_t nops = 0;
   for (uint16_t i = 0; i < k; i++) {
     InboundSa* s = found[i];
+    // UDP to a port other than 4500 is ESP only when an SA for this (SPI,
+    // destination) expects it on that port; anything else there is the
+    // host's (its IKE daemon may float to any port).
+    if (info[i].udp && info[i].udp_dport != kNatTPort && (s == nullptr || s->udp_port != info[i].udp_dport)) {
+      rte_pktmbuf_prepend(esp[i], kEthLen);
+      to_exception(w, esp[i]);
+      continue;
+    }
     if (s == nullptr) {
       drop(w, esp[i], DropReason::kUnknownSpi);
       continue;
