@@ -29,6 +29,11 @@ namespace dp = espgw::dataplane;
 using nlohmann::json;
 
 namespace {
+// Ethernet + VLAN tag, and ESP-in-UDP's growth (UDP 8, ESP 8, IV 8, pad 3,
+// pad length and next header 2, ICV 16) rounded up: tailroom a frame of a
+// port's MTU needs beyond the MTU.
+constexpr uint32_t kL2AndEspRoom = 128;
+
 std::atomic<bool> g_stop{false};
 void on_signal(int) { g_stop.store(true); }
 
@@ -133,7 +138,13 @@ void Gateway::init_eal() {
 void Gateway::init_ports() {
   auto& d = *dp_;
   d.nb_workers = static_cast<uint16_t>(worker_lcores_.size());
-  d.pool = rte_pktmbuf_pool_create("espgw_mbufs", cfg_.mbufs, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
+  // One segment holds the largest frame a port takes (jumbo MTUs included):
+  // the pipelines work on single-segment mbufs only.
+  uint16_t max_mtu = 1500;
+  for (const auto& pc : cfg_.ports) max_mtu = std::max(max_mtu, pc.mtu);
+  const uint32_t data_room = std::max<uint32_t>(RTE_MBUF_DEFAULT_BUF_SIZE,
+                                                RTE_PKTMBUF_HEADROOM + max_mtu + kL2AndEspRoom);
+  d.pool = rte_pktmbuf_pool_create("espgw_mbufs", cfg_.mbufs, 256, 0, static_cast<uint16_t>(data_room),
                                    static_cast<int>(rte_socket_id()));
   if (!d.pool) throw dpdk_error(fmt::format("mbuf pool of {} mbufs", cfg_.mbufs), rte_errno);
 

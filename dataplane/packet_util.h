@@ -123,6 +123,14 @@ inline bool clamp_tcp_mss(rte_ipv4_hdr* ip, uint32_t l3_len_avail, uint16_t clam
       if (rte_be_to_cpu_16(old_be) <= clamp) return false;
       uint16_t new_be = rte_cpu_to_be_16(clamp);
       memcpy(opt + 2, &new_be, 2);
+      // The checksum sums 16-bit words aligned to the TCP header: a field at
+      // an odd offset (after NOP, NOP, SACK-permitted, window scale, say)
+      // straddles two words, so its bytes count swapped (RFC 1071 §2(B):
+      // the sum is byte-order independent, swap in, swap out).
+      if ((opt + 2 - reinterpret_cast<uint8_t*>(tcp)) & 1) {
+        old_be = uint16_t(old_be << 8 | old_be >> 8);
+        new_be = uint16_t(new_be << 8 | new_be >> 8);
+      }
       tcp->cksum = csum_update16(tcp->cksum, old_be, new_be);
       return true;
     }

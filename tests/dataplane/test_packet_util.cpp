@@ -1,9 +1,14 @@
 // Forwarding helpers of dataplane/packet_util.h: TTL decrement with the
 // incremental checksum, ICMP errors (time exceeded, fragmentation needed),
-// and the outer-header checksum fast path of esp.h.
+// the TCP MSS clamp (vectors from scapy), and the outer-header checksum fast
+// path of esp.h.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <random>
+#include <sstream>
+#include <string>
 
 #include "dataplane/packet_util.h"
 #include "tests/dataplane/esp_test_util.h"
@@ -100,6 +105,89 @@ TEST(PacketUtil, IcmpTimeExceeded) {
   EXPECT_EQ(fo[14 + 21], 4);
   EXPECT_EQ(ld16(&fo[14 + 26]), 1446);
   EXPECT_EQ(cksum(&fo[14 + 20], 36), 0);
+}
+
+// scapy builds TCP SYNs with the MSS option behind every mix of 0..3 NOPs
+// and other options (so the MSS value sits at even and odd offsets), and the
+// same SYN with the MSS clamped and the checksum recomputed from scratch.
+// Prints "input-hex expected-hex mss-value-offset-in-tcp" per vector, or NOSCAPY.
+constexpr const char* kMssVectorScript = R"PY(
+import random
+try:
+    from scapy.all import IP, TCP, Raw
+except Exception:
+    print("NOSCAPY"); raise SystemExit(0)
+rng = random.Random(1624)
+CLAMP = 1379
+other = {"S": ("SAckOK", b""), "W": ("WScale", 7), "T": ("Timestamp", (123456, 0))}
+prefixes = ["", "S", "W", "T", "SW", "WS", "TW", "WT", "ST", "SWT", "WWW"]
+suffixes = ["", "S", "W", "T", "SW", "WS"]
+for nops in range(4):
+    for pre in prefixes:
+        for suf in suffixes:
+            opts = [other[c] for c in pre] + [("NOP", None)] * nops + [("MSS", 0)] + [other[c] for c in suf]
+            for k in range(6):
+                mss = [1380, 1460, 8960, 65535, 1379, 536][k] if k < 6 else 0
+                if rng.random() < 0.5 and mss > CLAMP:
+                    mss = rng.randint(CLAMP + 1, 65535)
+                o = [(n, mss) if n == "MSS" else (n, v) for n, v in opts]
+                p = IP(src="10.%d.%d.%d" % (rng.randint(0, 255), rng.randint(0, 255), rng.randint(1, 254)),
+                       dst="172.31.%d.%d" % (rng.randint(0, 255), rng.randint(1, 254)), id=rng.randint(0, 65535)) / \
+                    TCP(sport=rng.randint(1, 65535), dport=443, seq=rng.getrandbits(32), flags="S",
+                        window=rng.randint(0, 65535), options=o) / Raw(bytes(rng.getrandbits(8) for _ in range(rng.randint(0, 9))))
+                inp = bytes(p)
+                q = IP(inp)
+                q[TCP].options = [(n, min(v, CLAMP)) if n == "MSS" else (n, v) for n, v in q[TCP].options]
+                del q[TCP].chksum
+                exp = bytes(q)
+                assert len(exp) == len(inp)
+                size = {"NOP": 1, "SAckOK": 2, "WScale": 3, "Timestamp": 10}
+                before = [n for n, _ in opts[:opts.index(("MSS", 0))]]
+                print(inp.hex(), exp.hex(), 20 + sum(size[n] for n in before) + 2)
+)PY";
+
+Bytes unhex(const std::string& s) {
+  Bytes b(s.size() / 2);
+  for (size_t i = 0; i < b.size(); i++) b[i] = static_cast<uint8_t>(std::stoi(s.substr(2 * i, 2), nullptr, 16));
+  return b;
+}
+
+TEST(PacketUtil, MssClampMatchesScapyAtEveryOptionAlignment) {
+  char path[] = "/tmp/espgw-mss-vectors-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  std::string script = kMssVectorScript;
+  ASSERT_EQ(write(fd, script.data(), script.size()), static_cast<ssize_t>(script.size()));
+  close(fd);
+  FILE* f = popen(("/usr/bin/python3 " + std::string(path) + " 2>&1").c_str(), "r");
+  ASSERT_NE(f, nullptr);
+  std::string out;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), f)) > 0) out.append(buf, n);
+  int rc = pclose(f);
+  unlink(path);
+  if (out.rfind("NOSCAPY", 0) == 0) GTEST_SKIP() << "scapy not installed for /usr/bin/python3";
+  ASSERT_EQ(rc, 0) << out;
+  std::istringstream lines(out);
+  std::string in_hex, exp_hex;
+  size_t mss_at = 0;
+  int vectors = 0, clamped_odd = 0, clamped_even = 0;
+  while (lines >> in_hex >> exp_hex >> mss_at) {
+    Bytes in = unhex(in_hex), want = unhex(exp_hex);
+    MbufPtr m = to_mbuf(in);
+    ASSERT_NE(m, nullptr);
+    auto* ip = rte_pktmbuf_mtod(m.get(), rte_ipv4_hdr*);
+    bool changed = clamp_tcp_mss(ip, static_cast<uint32_t>(in.size()), 1379);
+    Bytes got = from_mbuf(m.get());
+    ASSERT_EQ(got, want) << "vector " << vectors << ", MSS value at TCP offset " << mss_at << ": " << in_hex;
+    ASSERT_EQ(changed, in != want) << in_hex;
+    if (changed) (mss_at & 1 ? clamped_odd : clamped_even)++;
+    vectors++;
+  }
+  EXPECT_GT(vectors, 1000);
+  EXPECT_GT(clamped_odd, 100);   // the case the RFC 1624 update got wrong
+  EXPECT_GT(clamped_even, 100);
 }
 
 TEST(PacketUtil, DropReasonNames) {

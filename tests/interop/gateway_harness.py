@@ -120,7 +120,7 @@ class Gateway:
 
     def __init__(self, tmp: Path, sas, routes=None, lan_in=(), wan_in=(), workers=1, tunnels_extra=None,
                  infinite_lan=False, icmp_rate_limit=100, lan_in_split=None, wan_in_split=None, down=(),
-                 host_in=None):
+                 host_in=None, ports_extra=None):
         self.tmp = Path(tmp)
         self.sas = sas
         self.workers = workers
@@ -166,6 +166,8 @@ class Gateway:
             "routes": routes if routes is not None else default_routes(),
             "sas": [s.config() for s in sas],
         }
+        for port in self.config["ports"]:  # e.g. {"lan": {"mtu": 9000}}
+            port.update((ports_extra or {}).get(port["name"], {}))
         if host_in is not None:
             # The exception path's host side, as a pcap pair: what the host's
             # IKE daemon sends (host_in) and what espgw hands it (host_out).

@@ -1,0 +1,286 @@
+// The inbound pipeline (unprotected side): ESP in, SPI -> replay -> ESP
+// decap -> policy -> protected port; IKE and ICMP go to the host.
+#pragma once
+
+#include <rte_hash.h>
+#include <rte_prefetch.h>
+
+#include "dataplane/esp.h"
+#include "dataplane/host_path.h"
+#include "dataplane/rx_frame.h"
+#include "dataplane/worker_context.h"
+
+namespace espgw::dataplane {
+
+inline DropReason esp_drop_reason(EspStatus st) {
+  switch (st) {
+    case EspStatus::kTruncated: return DropReason::kTruncated;
+    case EspStatus::kBadOuterHeader:
+    case EspStatus::kShortEsp: return DropReason::kBadHeader;
+    case EspStatus::kUnknownSpi: return DropReason::kUnknownSpi;
+    case EspStatus::kReplay: return DropReason::kReplay;
+    case EspStatus::kTooOld: return DropReason::kTooOld;
+    case EspStatus::kIcvMismatch: return DropReason::kIcvFailure;
+    case EspStatus::kBadPadding:
+    case EspStatus::kPadLength:
+    case EspStatus::kBadNextHeader:
+    case EspStatus::kDummy: return DropReason::kBadPadding;
+    case EspStatus::kBadInner: return DropReason::kBadHeader;
+    case EspStatus::kNoRoom: return DropReason::kNoBuffer;
+    case EspStatus::kSeqExhausted: return DropReason::kSeqExhausted;
+    default: return DropReason::kUnsupported;
+  }
+}
+
+inline bool in_selectors(const Selector* s, uint8_t n, uint32_t a) {
+  for (uint8_t i = 0; i < n; i++)
+    if (((a ^ s[i].addr) & s[i].mask) == 0) return true;
+  return false;
+}
+
+// Per-burst SA lookup: the distinct (SPI, destination) keys of a burst are
+// looked up once each (a burst usually carries one or two SAs). Nothing is
+// kept across poll iterations, so no SA pointer outlives the quiescent state
+// the worker reports after each iteration (RCU reclamation stays safe).
+constexpr uint16_t kMaxDistinctSa = 4;
+
+inline void lookup_inbound_sas(const Dataplane& dp, const InboundKey* keys, uint16_t k, InboundSa** out) {
+  uint64_t ukey[kMaxDistinctSa];
+  const void* ukeyp[kMaxDistinctSa];
+  uint8_t which[kBurst];
+  uint16_t nu = 0;
+  for (uint16_t i = 0; i < k; i++) {
+    uint64_t kv;
+    memcpy(&kv, &keys[i], sizeof(kv));
+    uint16_t j = 0;
+    while (j < nu && ukey[j] != kv) j++;
+    if (j == nu) {
+      if (nu == kMaxDistinctSa) {  // many SAs in one burst: the hash's bulk lookup
+        const void* keyp[kBurst];
+        void* data[kBurst];
+        uint64_t hits = 0;
+        for (uint16_t x = 0; x < k; x++) keyp[x] = &keys[x];
+        rte_hash_lookup_bulk_data(dp.inbound, keyp, k, &hits, data);
+        for (uint16_t x = 0; x < k; x++) out[x] = (hits >> x) & 1 ? static_cast<InboundSa*>(data[x]) : nullptr;
+        return;
+      }
+      ukey[nu] = kv;
+      ukeyp[nu++] = &keys[i];
+    }
+    which[i] = uint8_t(j);
+  }
+  InboundSa* usa[kMaxDistinctSa];
+  if (nu == 1) {
+    void* d = nullptr;
+    usa[0] = rte_hash_lookup_data(dp.inbound, ukeyp[0], &d) >= 0 ? static_cast<InboundSa*>(d) : nullptr;
+  } else {
+    void* data[kMaxDistinctSa];
+    uint64_t hits = 0;
+    rte_hash_lookup_bulk_data(dp.inbound, ukeyp, nu, &hits, data);
+    for (uint16_t j = 0; j < nu; j++) usa[j] = (hits >> j) & 1 ? static_cast<InboundSa*>(data[j]) : nullptr;
+  }
+  for (uint16_t i = 0; i < k; i++) out[i] = usa[which[i]];
+}
+
+// Counts runs of packets on the same SA with one counter update per run.
+struct SaRunCounter {
+  WorkerCounters* c;
+  const InboundSa* sa = nullptr;
+  uint64_t packets = 0, bytes = 0;
+  void flush() {
+    if (sa == nullptr) return;
+    c->sa[sa->slot].packets += packets;
+    c->sa[sa->slot].bytes += bytes;
+    c->tunnel[sa->tunnel].in.packets += packets;
+    c->tunnel[sa->tunnel].in.bytes += bytes;
+  }
+  void add(const InboundSa* s, uint32_t len) {
+    if (s != sa) {
+      flush();
+      sa = s;
+      packets = bytes = 0;
+    }
+    packets++;
+    bytes += len;
+  }
+};
+
+// Unprotected side: ESP in, plaintext out; IKE and ICMP to the host.
+inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
+  Dataplane& dp = *w.dp;
+  const Port& in = dp.ports[port];
+  rte_mbuf* esp[kBurst];
+  EspInboundInfo info[kBurst];
+  InboundKey keys[kBurst];
+  uint16_t k = 0;
+  uint64_t rx_bytes = 0;
+
+  for (uint16_t i = 0; i < n; i++) {
+    rte_mbuf* m = pkts[i];
+    if (i + 1 < n) rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void*));
+    rx_bytes += rte_pktmbuf_pkt_len(m);
+    rte_ipv4_hdr* ip = accept_ipv4_frame(w, m, port);
+    if (ip == nullptr) continue;  // dropped, or ARP answered
+    if (!port_owns(in, detail::be32(ip->dst_addr))) {
+      drop(w, m, DropReason::kNotForUs);
+      continue;
+    }
+    // Single segment, at least 14 bytes: strip Ethernet in place.
+    m->data_off = uint16_t(m->data_off + kEthLen);
+    m->data_len = uint16_t(m->data_len - kEthLen);
+    m->pkt_len -= kEthLen;
+    // ESP-in-UDP on any port but 500: the SA decides below (an SA's local
+    // NAT-T port need not be 4500).
+    EspStatus st = esp_inbound_parse<true>(m, info[k], kAnyNatTPort);
+    if (st == EspStatus::kNotEsp) {
+      // IKE on 500, IKE behind the non-ESP marker, NAT keepalives, ICMP:
+      // the host's IKE daemon and stack deal with them.
+      rte_pktmbuf_prepend(m, kEthLen);
+      to_exception(w, m);
+      continue;
+    }
+    if (st != EspStatus::kOk) {
+      drop(w, m, esp_drop_reason(st));
+      continue;
+    }
+    keys[k] = {info[k].spi, info[k].outer_dst};
+    esp[k++] = m;
+  }
+  w.c->port[port].rx.bytes += rx_bytes;
+  if (k == 0) return;
+
+  InboundSa* found[kBurst];
+  lookup_inbound_sas(dp, keys, k, found);
+
+  crypto::AeadOp ops[kBurst];
+  uint8_t aad[kBurst][kAadScratch];
+  InboundSa* sa[kBurst];
+  uint64_t full[kBurst];
+  uint16_t idx[kBurst];
+  uint16_t nops = 0;
+  for (uint16_t i = 0; i < k; i++) {
+    InboundSa* s = found[i];
+    // UDP to a port other than 4500 is ESP only when an SA for this (SPI,
+    // destination) expects it on that port; anything else there is the
+    // host's (its IKE daemon may float to any port).
+    if (info[i].udp && info[i].udp_dport != kNatTPort && (s == nullptr || s->udp_port != info[i].udp_dport)) {
+      rte_pktmbuf_prepend(esp[i], kEthLen);
+      to_exception(w, esp[i]);
+      continue;
+    }
+    if (s == nullptr) {
+      drop(w, esp[i], DropReason::kUnknownSpi);
+      continue;
+    }
+    ReplayVerdict v = s->replay.check(info[i].seq_low, &full[i]);
+    if (v != ReplayVerdict::kOk) {
+      drop(w, esp[i], v == ReplayVerdict::kReplay ? DropReason::kReplay : DropReason::kTooOld);
+      continue;
+    }
+    EspStatus st = esp_inbound_prepare(esp[i], info[i], *s, full[i], ops[nops], aad[nops]);
+    if (st != EspStatus::kOk) {
+      drop(w, esp[i], esp_drop_reason(st));
+      continue;
+    }
+    sa[nops] = s;
+    idx[nops++] = i;
+  }
+  if (nops == 0) return;
+  uint8_t ok[kBurst];
+  crypto::decrypt_burst(ops, nops, ok);
+  // Only an authenticated packet moves the window. Another worker may hold
+  // packets of the same SA (RSS is no guarantee): the updates run under the
+  // window's lock, once per run of one SA (replay_window.h). update()
+  // re-checks, so a duplicate within this burst or on another queue fails.
+  ReplayVerdict verdict[kBurst];
+  {
+    ReplayWindow::UpdateLock guard;
+    for (uint16_t j = 0; j < nops; j++) {
+      if (!ok[j]) continue;
+      guard.hold(&sa[j]->replay);
+      verdict[j] = sa[j]->replay.update(full[idx[j]]);
+    }
+  }
+
+  rte_mbuf* fwd[kBurst];
+  uint32_t src[kBurst];
+  uint16_t tun_of[kBurst];
+  uint16_t nf = 0;
+  SaRunCounter sc{w.c};
+  for (uint16_t j = 0; j < nops; j++) {
+    uint16_t i = idx[j];
+    rte_mbuf* m = esp[i];
+    if (!ok[j]) {
+      drop(w, m, DropReason::kIcvFailure);
+      continue;
+    }
+    ReplayVerdict v = verdict[j];
+    if (v != ReplayVerdict::kOk) {
+      drop(w, m, v == ReplayVerdict::kReplay ? DropReason::kReplay : DropReason::kTooOld);
+      continue;
+    }
+    EspStatus st = esp_inbound_finish(m, info[i], true);
+    if (st != EspStatus::kOk) {
+      if (st == EspStatus::kDummy) {  // TFC dummy packet: silently discarded
+        rte_pktmbuf_free(m);
+        continue;
+      }
+      drop(w, m, esp_drop_reason(st));
+      continue;
+    }
+    auto* ip = rte_pktmbuf_mtod(m, rte_ipv4_hdr*);
+    uint32_t s = detail::be32(ip->src_addr);
+    uint32_t d = detail::be32(ip->dst_addr);
+    InboundSa& isa = *sa[j];
+    if (isa.nb_remote_sel &&
+        (!in_selectors(isa.remote_sel, isa.nb_remote_sel, s) || !in_selectors(isa.local_sel, isa.nb_local_sel, d))) {
+      drop(w, m, DropReason::kPolicy);
+      continue;
+    }
+    sc.add(&isa, rte_pktmbuf_pkt_len(m));
+    fwd[nf] = m;
+    src[nf] = s;
+    tun_of[nf++] = isa.tunnel;
+  }
+  sc.flush();
+  if (nf == 0) return;
+
+  // Route-based acceptance and asymmetry: which tunnel would we use to reach
+  // the sender? None: the tunnel's routes do not allow this source.
+  lpm::TunnelId back[kBurst];
+  dp.fib->lookup_burst(src, back, nf);
+  uint64_t lan_mac = dp.lan_peer.mac.load(std::memory_order_relaxed);
+  const Port& out = dp.ports[dp.protected_port];
+  uint8_t eth[16];
+  make_eth(eth, out.mac, lan_mac);
+  uint64_t tx_bytes = 0;
+  for (uint16_t i = 0; i < nf; i++) {
+    rte_mbuf* m = fwd[i];
+    if (back[i] == lpm::kNoRoute) {
+      drop(w, m, DropReason::kPolicy);
+      continue;
+    }
+    if (back[i] != tun_of[i]) w.c->tunnel[tun_of[i]].asymmetric++;
+    // Forwarding (RFC 1812 §5.3.1): the decrypted packet's TTL must not
+    // expire here. No ICMP back through the tunnel: dropped and counted.
+    auto* ip = rte_pktmbuf_mtod(m, rte_ipv4_hdr*);
+    if (ip->time_to_live <= 1) {
+      drop(w, m, DropReason::kTtlExceeded);
+      continue;
+    }
+    if (!(lan_mac & kMacValid)) {
+      drop(w, m, DropReason::kNoNeighbor);
+      continue;
+    }
+    ipv4_decrement_ttl(ip);
+    if (!put_eth(m, eth)) {
+      drop(w, m, DropReason::kNoBuffer);
+      continue;
+    }
+    tx_bytes += rte_pktmbuf_pkt_len(m);
+    stage_tx(w, dp.protected_port, m);
+  }
+  w.c->port[dp.protected_port].tx.bytes += tx_bytes;
+}
+
+}  // namespace espgw::dataplane

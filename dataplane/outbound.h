@@ -1,0 +1,223 @@
+// The outbound pipeline (protected side): plaintext in, FIB -> tunnel ->
+// MSS clamp, TTL, MTU (ICMP or pre-encryption fragmentation) -> ESP encap
+// -> unprotected port.
+#pragma once
+
+#include <rte_ip_frag.h>
+#include <rte_prefetch.h>
+
+#include "dataplane/esp.h"
+#include "dataplane/host_path.h"
+#include "dataplane/icmp_errors.h"
+#include "dataplane/rx_frame.h"
+#include "dataplane/worker_context.h"
+
+namespace espgw::dataplane {
+
+struct OutItem {
+  rte_mbuf* m;
+  uint16_t inner_len;
+  uint8_t grp;  // index into the burst's (tunnel, SA) list
+};
+
+// The (tunnel, SA) pairs of one outbound burst: each tunnel's SA is read once
+// per burst, so a rekey switches every tunnel at a burst boundary.
+struct OutGroups {
+  uint16_t n;
+  uint16_t tunnel[kBurst];
+  OutboundSa* sa[kBurst];
+};
+
+// Encrypts up to kBurst items (all with a usable SA) and stages them for TX:
+// one sequence number reservation, one next-hop MAC read and one counter
+// update per (tunnel, SA) group and call.
+inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const OutGroups& groups) {
+  Dataplane& dp = *w.dp;
+  struct Group {
+    uint16_t cnt;
+    uint16_t sent;
+    uint16_t port;
+    bool ok;
+    uint64_t base;
+    uint64_t inner_bytes;
+    uint64_t wire_bytes;
+    uint8_t eth[16];
+  };
+  Group g[kBurst];
+  const uint16_t ng = groups.n;
+  for (uint16_t k = 0; k < ng; k++) g[k].cnt = 0;
+  for (uint16_t i = 0; i < n; i++) g[items[i].grp].cnt++;
+  for (uint16_t k = 0; k < ng; k++) {
+    Group& gr = g[k];
+    gr.sent = 0;
+    gr.inner_bytes = gr.wire_bytes = 0;
+    if (gr.cnt == 0) continue;
+    const Tunnel& t = dp.tunnels[groups.tunnel[k]];
+    uint64_t mac = t.next_hop.mac.load(std::memory_order_relaxed);
+    gr.ok = (mac & kMacValid) != 0;
+    gr.port = t.port;
+    if (!gr.ok) continue;  // dropped below, before a sequence number is spent
+    make_eth(gr.eth, dp.ports[t.port].mac, mac);
+    gr.base = groups.sa[k]->next_seq.fetch_add(gr.cnt, std::memory_order_relaxed);
+  }
+
+  crypto::AeadOp ops[kBurst];
+  uint8_t aad[kBurst][kAadScratch];
+  uint16_t ok_items[kBurst];
+  uint16_t nops = 0;
+  for (uint16_t i = 0; i < n; i++) {
+    const OutItem& it = items[i];
+    Group& gr = g[it.grp];
+    if (!gr.ok) {
+      drop(w, it.m, DropReason::kNoNeighbor);
+      continue;
+    }
+    uint64_t seq = gr.base++;
+    EspStatus st = esp_outbound_prepare<true>(it.m, *groups.sa[it.grp], seq, ops[nops], aad[nops]);
+    if (st != EspStatus::kOk) {
+      drop(w, it.m, st == EspStatus::kSeqExhausted ? DropReason::kSeqExhausted
+                    : st == EspStatus::kNoRoom     ? DropReason::kNoBuffer
+                                                   : DropReason::kUnsupported);
+      continue;
+    }
+    ok_items[nops++] = i;
+  }
+  if (nops == 0) return;
+  crypto::encrypt_burst(ops, nops);
+  for (uint16_t j = 0; j < nops; j++) {
+    const OutItem& it = items[ok_items[j]];
+    Group& gr = g[it.grp];
+    if (!put_eth(it.m, gr.eth)) {
+      drop(w, it.m, DropReason::kNoBuffer);
+      continue;
+    }
+    gr.sent++;
+    gr.inner_bytes += it.inner_len;
+    gr.wire_bytes += rte_pktmbuf_pkt_len(it.m);
+    stage_tx(w, gr.port, it.m);
+  }
+  for (uint16_t k = 0; k < ng; k++) {
+    const Group& gr = g[k];
+    if (gr.sent == 0) continue;
+    PacketByteCount& tc = w.c->tunnel[groups.tunnel[k]].out;
+    tc.packets += gr.sent;
+    tc.bytes += gr.inner_bytes;
+    PacketByteCount& sc = w.c->sa[groups.sa[k]->slot];
+    sc.packets += gr.sent;
+    sc.bytes += gr.inner_bytes;
+    w.c->port[gr.port].tx.bytes += gr.wire_bytes;
+  }
+}
+
+inline void encrypt_and_send_all(Worker& w, const OutItem* items, uint16_t n, const OutGroups& groups) {
+  for (uint16_t s = 0; s < n; s += kBurst) encrypt_and_send(w, items + s, std::min<uint16_t>(kBurst, n - s), groups);
+}
+
+// Protected side: plaintext in, ESP out.
+inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
+  Dataplane& dp = *w.dp;
+  const Port& in = dp.ports[port];
+  rte_mbuf* ip_pkts[kBurst];
+  uint32_t dst[kBurst];
+  uint16_t k = 0;
+  uint64_t rx_bytes = 0;
+
+  for (uint16_t i = 0; i < n; i++) {
+    rte_mbuf* m = pkts[i];
+    if (i + 1 < n) rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void*));
+    rx_bytes += rte_pktmbuf_pkt_len(m);
+    rte_ipv4_hdr* ip = accept_ipv4_frame(w, m, port);
+    if (ip == nullptr) continue;  // dropped, or ARP answered
+    uint32_t d = detail::be32(ip->dst_addr);
+    if (port_owns(in, d)) {  // ICMP echo to the gateway, management traffic
+      to_exception(w, m);
+      continue;
+    }
+    ip_pkts[k] = m;
+    dst[k++] = d;
+  }
+  w.c->port[port].rx.bytes += rx_bytes;
+  if (k == 0) return;
+
+  lpm::TunnelId tun[kBurst];
+  dp.fib->lookup_burst(dst, tun, k);
+
+  OutItem items[kWork];
+  uint16_t ni = 0;
+  OutGroups groups;
+  groups.n = 0;
+  for (uint16_t i = 0; i < k; i++) {
+    rte_mbuf* m = ip_pkts[i];
+    if (tun[i] == lpm::kNoRoute) {
+      drop(w, m, DropReason::kNoRoute);
+      continue;
+    }
+    Tunnel& t = dp.tunnels[tun[i]];
+    uint16_t si = 0;
+    while (si < groups.n && groups.tunnel[si] != tun[i]) si++;
+    if (si == groups.n) {
+      groups.tunnel[groups.n] = tun[i];
+      groups.sa[groups.n++] = t.out_sa.load(std::memory_order_acquire);
+    }
+    OutboundSa* sa = groups.sa[si];
+    if (sa == nullptr) {
+      drop(w, m, DropReason::kTunnelDown);
+      continue;
+    }
+    auto* ip = rte_pktmbuf_mtod_offset(m, rte_ipv4_hdr*, kEthLen);
+    // RFC 1812 §5.3.1: a router never forwards a packet whose TTL expires.
+    if (ip->time_to_live <= 1) {
+      send_time_exceeded(w, m, port);
+      continue;
+    }
+    uint16_t inner_len = detail::be16(ip->total_length);
+    if (t.mss_clamp && clamp_tcp_mss(ip, inner_len, t.mss_clamp)) w.c->mss_clamped++;
+
+    uint16_t max_inner = sa->udp_dst_port ? t.max_inner_udp : t.max_inner;
+    if (inner_len > max_inner) {
+      if (ip->fragment_offset & rte_cpu_to_be_16(RTE_IPV4_HDR_DF_FLAG)) {
+        send_frag_needed(w, m, port, max_inner);  // quotes the header as received
+        continue;
+      }
+      ipv4_decrement_ttl(ip);  // every fragment carries the decremented TTL
+      // DF clear: fragment the inner packet, then encrypt each fragment
+      // (RFC 4301 §8.1 pre-encryption fragmentation).
+      rte_pktmbuf_adj(m, kEthLen);
+      rte_mbuf* frags[kMaxFrags];
+      int nf = rte_ipv4_fragment_copy_nonseg_packet(m, frags, kMaxFrags, max_inner & ~7u, dp.pool);
+      rte_pktmbuf_free(m);
+      if (nf <= 0) {
+        w.c->drop[static_cast<int>(DropReason::kMtu)]++;
+        continue;
+      }
+      w.c->fragments += nf;
+      for (int f = 0; f < nf; f++) {
+        // copy_nonseg leaves each fragment's header checksum 0 for the
+        // caller (a NIC offload or software): without this every fragment
+        // is dropped by the receiver after decryption.
+        auto* fip = rte_pktmbuf_mtod(frags[f], rte_ipv4_hdr*);
+        fip->hdr_checksum = 0;
+        fip->hdr_checksum = rte_ipv4_cksum(fip);
+        if (ni == kWork) {  // the work array is full: send what we have
+          encrypt_and_send_all(w, items, ni, groups);
+          ni = 0;
+        }
+        // copy_nonseg leaves headroom for an L2 header: the ESP header fits.
+        items[ni++] = {frags[f], uint16_t(rte_pktmbuf_data_len(frags[f])), uint8_t(si)};
+      }
+      continue;
+    }
+    ipv4_decrement_ttl(ip);
+    m->data_off = uint16_t(m->data_off + kEthLen);  // single segment: strip Ethernet in place
+    m->data_len = uint16_t(m->data_len - kEthLen);
+    m->pkt_len -= kEthLen;
+    if (ni == kWork) {
+      encrypt_and_send_all(w, items, ni, groups);
+      ni = 0;
+    }
+    items[ni++] = {m, inner_len, uint8_t(si)};
+  }
+  encrypt_and_send_all(w, items, ni, groups);
+}
+
+}  // namespace espgw::dataplane

@@ -1,0 +1,42 @@
+// First checks of every frame a protected or unprotected port receives
+// (shared by the outbound and inbound pipelines).
+#pragma once
+
+#include "dataplane/arp.h"
+#include "dataplane/worker_context.h"
+
+namespace espgw::dataplane {
+
+// First checks of every frame a protected or unprotected port received:
+// single segment, Ethernet, ARP handled here, IPv4 header sane (Ethernet
+// padding trimmed). Returns the IPv4 header, or nullptr when the frame was
+// consumed (ARP) or dropped and counted.
+inline rte_ipv4_hdr* accept_ipv4_frame(Worker& w, rte_mbuf* m, uint16_t port) {
+  if (m->nb_segs != 1) {
+    drop(w, m, DropReason::kUnsupported);
+    return nullptr;
+  }
+  if (rte_pktmbuf_data_len(m) < kEthLen) {
+    drop(w, m, DropReason::kTruncated);
+    return nullptr;
+  }
+  auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
+  uint16_t type = detail::be16(eth->ether_type);
+  if (type == RTE_ETHER_TYPE_ARP) {
+    handle_arp(w, m, port);
+    return nullptr;
+  }
+  if (type != RTE_ETHER_TYPE_IPV4) {
+    drop(w, m, DropReason::kUnsupported);
+    return nullptr;
+  }
+  auto* ip = reinterpret_cast<rte_ipv4_hdr*>(eth + 1);
+  DropReason r = check_ipv4(m, ip, rte_pktmbuf_data_len(m) - kEthLen);
+  if (r != DropReason::kCount) {
+    drop(w, m, r);
+    return nullptr;
+  }
+  return ip;
+}
+
+}  // namespace espgw::dataplane

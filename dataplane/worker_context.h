@@ -1,0 +1,103 @@
+// The per-worker state every pipeline stage shares: the Worker struct, TX
+// staging (stage_tx/flush_tx), the one way to drop a packet (drop, counted by
+// reason), the ICMP error token bucket and the prebuilt-Ethernet helpers.
+// Header-only, included into worker.cpp's single translation unit so the hot
+// path stays inline.
+#pragma once
+
+#include <rte_cycles.h>
+#include <rte_ethdev.h>
+#include <rte_mbuf.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "dataplane/dataplane.h"
+#include "dataplane/esp.h"  // detail::be16/be32
+#include "dataplane/packet_util.h"
+
+namespace espgw::dataplane {
+
+constexpr uint16_t kEthLen = sizeof(rte_ether_hdr);
+constexpr uint16_t kMaxFrags = 8;  // fragments of one packet before encryption
+constexpr uint16_t kWork = kBurst * 2;
+
+// Per-port TX staging: packets are flushed once per poll iteration.
+struct TxBuffer {
+  uint16_t n;
+  rte_mbuf* pkts[kBurst * (kMaxFrags + 1)];
+};
+
+struct Worker {
+  Dataplane* dp;
+  uint16_t index;
+  WorkerCounters* c;
+  TxBuffer tx[kMaxPorts];
+  // ICMP error token bucket (RFC 1812 §4.3.2.8 asks routers to rate-limit).
+  uint64_t icmp_tokens;
+  uint64_t icmp_last_tsc;
+  uint64_t tsc_hz;
+  uint64_t arp_check_tsc;
+};
+
+inline void drop(Worker& w, rte_mbuf* m, DropReason r) {
+  w.c->drop[static_cast<int>(r)]++;
+  rte_pktmbuf_free(m);
+}
+
+inline void stage_tx(Worker& w, uint16_t port, rte_mbuf* m) {
+  TxBuffer& b = w.tx[port];
+  if (b.n == RTE_DIM(b.pkts)) {
+    drop(w, m, DropReason::kTxFull);
+    return;
+  }
+  b.pkts[b.n++] = m;
+}
+
+inline void flush_tx(Worker& w) {
+  Dataplane& dp = *w.dp;
+  for (uint16_t p = 0; p < dp.nb_ports; p++) {
+    TxBuffer& b = w.tx[p];
+    if (b.n == 0) continue;
+    uint16_t sent = 0;
+    // A couple of retries absorb a momentarily full ring; then drop.
+    for (int tries = 0; tries < 4 && sent < b.n; tries++)
+      sent += rte_eth_tx_burst(dp.ports[p].port_id, w.index, b.pkts + sent, uint16_t(b.n - sent));
+    w.c->port[p].tx.packets += sent;
+    for (uint16_t i = sent; i < b.n; i++) drop(w, b.pkts[i], DropReason::kTxFull);
+    b.n = 0;
+  }
+}
+
+inline bool icmp_allowed(Worker& w) {
+  uint64_t now = rte_rdtsc();
+  uint64_t rate = w.dp->icmp_tokens_per_s;
+  if (rate == 0) return false;
+  uint64_t elapsed = std::min(now - w.icmp_last_tsc, w.tsc_hz);  // a full bucket refills in 1 s
+  uint64_t add = elapsed * rate / w.tsc_hz;
+  if (add) {
+    w.icmp_tokens = std::min<uint64_t>(w.icmp_tokens + add, rate);
+    w.icmp_last_tsc = now;
+  }
+  if (w.icmp_tokens == 0) return false;
+  w.icmp_tokens--;
+  return true;
+}
+
+// The 14-byte Ethernet header of a next hop, built once per burst.
+inline void make_eth(uint8_t* out, const rte_ether_addr& src, uint64_t dst_mac) {
+  for (int i = 0; i < 6; i++) out[i] = uint8_t(dst_mac >> (8 * i));
+  memcpy(out + 6, &src, 6);
+  const uint16_t type = rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4);
+  memcpy(out + 12, &type, 2);
+}
+
+// Prepends a prebuilt Ethernet header; false when there is no headroom.
+inline bool put_eth(rte_mbuf* m, const uint8_t* eth) {
+  uint8_t* p = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, kEthLen));
+  if (p == nullptr) return false;
+  memcpy(p, eth, kEthLen);
+  return true;
+}
+
+}  // namespace espgw::dataplane
