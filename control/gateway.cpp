@@ -20,6 +20,7 @@
 #include <set>
 #include <stdexcept>
 
+#include "control/accounting.h"
 #include "control/control_server.h"
 #include "control/xfrm.h"
 #include "dataplane/packet_util.h"
@@ -672,6 +673,9 @@ dp::WorkerCounters Gateway::sum_counters() const {
     s.exception_to_host += c.exception_to_host;
     s.exception_from_host += c.exception_from_host;
     s.arp_replies += c.arp_replies;
+    s.arp_consumed += c.arp_consumed;
+    s.tfc_dummies += c.tfc_dummies;
+    s.generated_dropped += c.generated_dropped;
     s.icmp_sent += c.icmp_sent;
     s.fragments += c.fragments;
     s.mss_clamped += c.mss_clamped;
@@ -679,6 +683,12 @@ dp::WorkerCounters Gateway::sum_counters() const {
     s.busy_loops += c.busy_loops;
   }
   return s;
+}
+
+std::vector<std::string> Gateway::port_names() const {
+  std::vector<std::string> names;
+  for (uint16_t p = 0; p < dp_->nb_ports; p++) names.push_back(p < cfg_.ports.size() ? cfg_.ports[p].name : "exception");
+  return names;
 }
 
 json Gateway::stats_json() const {
@@ -725,6 +735,10 @@ json Gateway::stats_json() const {
   j["workers"] = dp_->nb_workers;
   if (xfrm_) j["xfrm"] = {{"mirrored", xfrm_mirrored_}, {"ignored", xfrm_ignored_}};
   j["mbufs"] = {{"in_use", mbufs_in_use()}, {"in_use_at_start", mbufs_at_start_}};
+  j["accounting"] = balance_json(*dp_, port_names());
+  j["tfc_dummies"] = s.tfc_dummies;
+  j["arp_consumed"] = s.arp_consumed;
+  j["generated_dropped"] = s.generated_dropped;
   return j;
 }
 
@@ -747,6 +761,7 @@ std::string Gateway::format_stats() const {
   for (auto& [k, v] : j["drops"].items())
     if (v.get<uint64_t>()) drops += fmt::format(" {}={}", k, v.get<uint64_t>());
   out += "drops:" + (drops.empty() ? std::string(" none") : drops) + "\n";
+  out += balance_text(j["accounting"]);
   return out;
 }
 

@@ -47,6 +47,7 @@ class Gateway {
   void set_tunnel_admin(const std::string& name, bool up);
 
   nlohmann::json stats_json() const;
+  std::vector<std::string> port_names() const;  // by port index, as the stats name them
   std::string format_stats() const;
   // Mbufs of the pool in use now, and right after the ports started (the
   // RX rings' share): equal when nothing leaked.

@@ -26,12 +26,14 @@ inline void learn_neighbor(Dataplane& dp, const rte_mbuf* m, uint16_t port) {
 inline void handle_arp(Worker& w, rte_mbuf* m, uint16_t port) {
   Dataplane& dp = *w.dp;
   learn_neighbor(dp, m, port);
+  w.c->arp_consumed++;
   if (arp_make_reply(m, dp.ports[port])) {
     w.c->arp_replies++;
+    reuse_as_generated(w, m);  // the request is consumed, the reply generated
     stage_tx(w, port, m);
     return;
   }
-  rte_pktmbuf_free(m);  // replies to us and requests for others: consumed
+  consume(w, m);  // replies to us and requests for others
 }
 
 // Worker 0 asks for next-hop MACs that are still unknown, once a second.

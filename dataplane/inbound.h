@@ -204,9 +204,8 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
 
   rte_mbuf* fwd[kBurst];
   uint32_t src[kBurst];
-  uint16_t tun_of[kBurst];
+  const InboundSa* sa_of[kBurst];
   uint16_t nf = 0;
-  SaRunCounter sc{w.c};
   for (uint16_t j = 0; j < nops; j++) {
     uint16_t i = idx[j];
     rte_mbuf* m = esp[i];
@@ -221,8 +220,9 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     }
     EspStatus st = esp_inbound_finish(m, info[i], true);
     if (st != EspStatus::kOk) {
-      if (st == EspStatus::kDummy) {  // TFC dummy packet: silently discarded
-        rte_pktmbuf_free(m);
+      if (st == EspStatus::kDummy) {  // TFC dummy packet (RFC 4303 §2.6): discarded, not an error
+        w.c->tfc_dummies++;
+        consume(w, m);
         continue;
       }
       drop(w, m, esp_drop_reason(st));
@@ -237,12 +237,10 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kPolicy);
       continue;
     }
-    sc.add(&isa, rte_pktmbuf_pkt_len(m));
     fwd[nf] = m;
     src[nf] = s;
-    tun_of[nf++] = isa.tunnel;
+    sa_of[nf++] = &isa;
   }
-  sc.flush();
   if (nf == 0) return;
 
   // Route-based acceptance and asymmetry: which tunnel would we use to reach
@@ -253,14 +251,15 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   const Port& out = dp.ports[dp.protected_port];
   uint8_t eth[16];
   make_eth(eth, out.mac, lan_mac);
-  uint64_t tx_bytes = 0;
+  // Tunnel and SA counters count a packet once, when it is accepted
+  // (counters.h): after the last check, just before TX.
+  SaRunCounter sc{w.c};
   for (uint16_t i = 0; i < nf; i++) {
     rte_mbuf* m = fwd[i];
     if (back[i] == lpm::kNoRoute) {
       drop(w, m, DropReason::kPolicy);
       continue;
     }
-    if (back[i] != tun_of[i]) w.c->tunnel[tun_of[i]].asymmetric++;
     // Forwarding (RFC 1812 §5.3.1): the decrypted packet's TTL must not
     // expire here. No ICMP back through the tunnel: dropped and counted.
     auto* ip = rte_pktmbuf_mtod(m, rte_ipv4_hdr*);
@@ -273,14 +272,17 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     ipv4_decrement_ttl(ip);
+    const uint32_t inner_len = rte_pktmbuf_pkt_len(m);
     if (!put_eth(m, eth)) {
       drop(w, m, DropReason::kNoBuffer);
       continue;
     }
-    tx_bytes += rte_pktmbuf_pkt_len(m);
+    const uint16_t tun = sa_of[i]->tunnel;
+    if (back[i] != tun) w.c->tunnel[tun].asymmetric++;
+    sc.add(sa_of[i], inner_len);
     stage_tx(w, dp.protected_port, m);
   }
-  w.c->port[dp.protected_port].tx.bytes += tx_bytes;
+  sc.flush();
 }
 
 }  // namespace espgw::dataplane

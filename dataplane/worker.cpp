@@ -36,6 +36,11 @@ uint32_t worker_poll_once_impl(Worker& w) {
     uint16_t n = rte_eth_rx_burst(port.port_id, w.index, pkts, kBurst);
     if (n == 0) continue;
     total += n;
+    begin_counting(w);
+    w.rx_port = p;
+    // Received, not generated (kGeneratedPort): drivers such as net_ring
+    // leave mbuf->port as the sender had it.
+    for (uint16_t i = 0; i < n; i++) pkts[i]->port = port.port_id;
     w.c->port[p].rx.packets += n;  // rx bytes: counted by the pipelines, which touch each mbuf anyway
     switch (port.kind) {
       case PortKind::kProtected: outbound(w, p, pkts, n); break;
@@ -45,6 +50,7 @@ uint32_t worker_poll_once_impl(Worker& w) {
   }
   if (w.index == 0) resolve_neighbors(w);
   flush_tx(w);
+  end_counting(w);  // every packet of this iteration has its disposition
   w.c->loops++;
   if (total) w.c->busy_loops++;
   return total;
