@@ -23,6 +23,7 @@ const char* to_string(EspStatus s) {
     case EspStatus::kNoRoom: return "no-room";
     case EspStatus::kSeqExhausted: return "seq-exhausted";
     case EspStatus::kUnsupported: return "unsupported";
+    case EspStatus::kCeNotEct: return "ce-not-ect";
     case EspStatus::kCount: break;
   }
   return "unknown";

@@ -28,6 +28,7 @@ inline DropReason esp_drop_reason(EspStatus st) {
     case EspStatus::kBadInner: return DropReason::kBadHeader;
     case EspStatus::kNoRoom: return DropReason::kNoBuffer;
     case EspStatus::kSeqExhausted: return DropReason::kSeqExhausted;
+    case EspStatus::kCeNotEct: return DropReason::kCeNotEct;
     default: return DropReason::kUnsupported;
   }
 }
