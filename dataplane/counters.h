@@ -13,9 +13,13 @@
 //   consumed[p]    absorbed without being an error: ARP (requests, replies,
 //                  gratuitous; an answered request becomes a generated reply),
 //                  TFC dummy packets (RFC 4303 §2.6, next header 59);
-//   dropped[p][r]  freed for reason r (DropReason).
+//   dropped[p][r]  freed for reason r (DropReason);
+//   held[p]        an outer fragment waiting in the reassembly table (a gauge:
+//                  when its datagram completes, its N fragments leave held,
+//                  N - 1 become consumed and the reassembled frame takes one
+//                  of the dispositions above; reassembly.h).
 // so, per worker and per RX port, exactly (checked by port_balance()):
-//   port[p].rx.packets = forwarded[p] + to_host[p] + consumed[p] + sum_r dropped[p][r]
+//   port[p].rx.packets = forwarded[p] + to_host[p] + consumed[p] + sum_r dropped[p][r] + held[p]
 // Packets the worker makes itself are not received and are counted on TX
 // only: generated[q] (ARP replies and requests, ICMP errors, and the extra
 // fragments of a packet fragmented before encryption -- its first fragment
@@ -66,6 +70,8 @@ enum class DropReason : uint8_t {
   kUnsupported,     // IPv6, IP options we don't handle on this path, multi-segment...
   kTtlExceeded,     // forwarded packet's TTL would reach 0 (outbound: ICMP time exceeded sent, rate-limited)
   kCeNotEct,        // RFC 6040 §4.2: outer CE over a Not-ECT inner packet (the congestion mark cannot be kept)
+  kReasmTimeout,    // outer fragment whose datagram did not complete in time
+  kReasmFailed,     // outer fragment refused by reassembly (overlap, duplicate, too many fragments, table full)
   kCount
 };
 
@@ -74,7 +80,7 @@ constexpr const char* drop_reason_name(DropReason r) {
       "truncated",   "bad_header",    "unknown_spi", "replay",       "too_old",   "icv_failure",
       "bad_padding", "no_route",      "tunnel_down", "mtu",          "policy",    "seq_exhausted",
       "not_for_us",  "no_exception",  "no_neighbor", "no_buffer",    "tx_full",   "unsupported",
-      "ttl_exceeded", "ce_not_ect"};
+      "ttl_exceeded", "ce_not_ect",   "reassembly_timeout", "reassembly_failed"};
   static_assert(sizeof(names) / sizeof(names[0]) == static_cast<int>(DropReason::kCount));
   return names[static_cast<int>(r)];
 }
@@ -100,6 +106,7 @@ struct RxDisposition {
   uint64_t forwarded;
   uint64_t to_host;
   uint64_t consumed;
+  uint64_t held;  // outer fragments waiting in the reassembly table (a gauge)
   uint64_t dropped[static_cast<int>(DropReason::kCount)];
 };
 
@@ -126,6 +133,8 @@ struct WorkerCounters {
   uint64_t arp_replies;
   uint64_t arp_consumed;             // ARP frames received (all of them end in consumed[p])
   uint64_t tfc_dummies;              // inbound TFC dummy packets (next header 59), consumed
+  uint64_t reassembled;              // outer datagrams reassembled from fragments
+  uint64_t reasm_timeouts;           // outer fragments freed because their datagram timed out
   uint64_t icmp_sent;                // ICMP errors generated (frag needed, time exceeded)
   uint64_t fragments;                // fragments made before encryption
   uint64_t mss_clamped;
@@ -136,9 +145,9 @@ struct WorkerCounters {
 // The two equations of one port in one worker's block (or in a sum of
 // blocks: the equations are linear).
 struct PortBalance {
-  uint64_t rx, forwarded, to_host, consumed, dropped;  // RX side
-  uint64_t staged, sent, tx_dropped, generated;        // TX side
-  bool rx_holds() const { return rx == forwarded + to_host + consumed + dropped; }
+  uint64_t rx, forwarded, to_host, consumed, dropped, held;  // RX side
+  uint64_t staged, sent, tx_dropped, generated;              // TX side
+  bool rx_holds() const { return rx == forwarded + to_host + consumed + dropped + held; }
   bool tx_holds() const { return staged == sent + tx_dropped; }
   bool holds() const { return rx_holds() && tx_holds(); }
 };
@@ -150,6 +159,7 @@ inline PortBalance port_balance(const WorkerCounters& c, uint16_t p) {
   b.forwarded = d.forwarded;
   b.to_host = d.to_host;
   b.consumed = d.consumed;
+  b.held = d.held;
   for (uint64_t x : d.dropped) b.dropped += x;
   b.staged = c.tx_disp[p].staged;
   b.generated = c.tx_disp[p].generated;
@@ -159,7 +169,7 @@ inline PortBalance port_balance(const WorkerCounters& c, uint16_t p) {
 }
 
 inline void add(PortBalance& a, const PortBalance& b) {
-  a.rx += b.rx, a.forwarded += b.forwarded, a.to_host += b.to_host, a.consumed += b.consumed;
+  a.rx += b.rx, a.forwarded += b.forwarded, a.to_host += b.to_host, a.consumed += b.consumed, a.held += b.held;
   a.dropped += b.dropped, a.staged += b.staged, a.sent += b.sent, a.tx_dropped += b.tx_dropped;
   a.generated += b.generated;
 }

@@ -7,6 +7,7 @@
 
 #include "dataplane/esp.h"
 #include "dataplane/host_path.h"
+#include "dataplane/reassembly.h"
 #include "dataplane/rx_frame.h"
 #include "dataplane/worker_context.h"
 
@@ -125,6 +126,15 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     if (!port_owns(in, detail::be32(ip->dst_addr))) {
       drop(w, m, DropReason::kNotForUs);
       continue;
+    }
+    if (__builtin_expect(rte_ipv4_frag_pkt_is_fragmented(ip), 0)) {
+      if (!reasm_wanted(ip)) {  // not ESP, not UDP: the host's stack reassembles it
+        to_exception(w, m);
+        continue;
+      }
+      m = reasm_feed(w, port, m, ip);  // reassembly.h
+      if (m == nullptr) continue;      // held, or dropped and counted
+      ip = rte_pktmbuf_mtod_offset(m, rte_ipv4_hdr*, kEthLen);
     }
     // Single segment, at least 14 bytes: strip Ethernet in place.
     m->data_off = uint16_t(m->data_off + kEthLen);
