@@ -690,6 +690,8 @@ dp::WorkerCounters Gateway::sum_counters() const {
     s.arp_replies += c.arp_replies;
     s.arp_consumed += c.arp_consumed;
     s.tfc_dummies += c.tfc_dummies;
+    s.reassembled += c.reassembled;
+    s.reasm_timeouts += c.reasm_timeouts;
     s.generated_dropped += c.generated_dropped;
     s.icmp_sent += c.icmp_sent;
     s.fragments += c.fragments;
@@ -752,6 +754,8 @@ json Gateway::stats_json() const {
   j["mbufs"] = {{"in_use", mbufs_in_use()}, {"in_use_at_start", mbufs_at_start_}};
   j["accounting"] = balance_json(*dp_, port_names());
   j["tfc_dummies"] = s.tfc_dummies;
+  j["reassembly"] = {{"reassembled", s.reassembled}, {"timeouts", s.reasm_timeouts},
+                     {"failed", s.drop[static_cast<int>(dp::DropReason::kReasmFailed)]}};
   j["arp_consumed"] = s.arp_consumed;
   j["generated_dropped"] = s.generated_dropped;
   return j;

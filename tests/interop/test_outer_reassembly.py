@@ -108,6 +108,9 @@ def test_outer_fragments(tmp_path):
     d = st["drops"]
     assert d["reassembly_failed"] == failed + failed_overlap, d
     assert st["drops_total"] == d["reassembly_timeout"] + d["reassembly_failed"], d
+    # Reassembled: ESP 1, 2, 3, 4, 9 and the IKE datagram.
+    assert st["reassembly"] == {"reassembled": 6, "timeouts": timeouts,
+                                "failed": failed + failed_overlap}
     wan = {p["name"]: p for p in st["accounting"]["ports"]}["wan"]
     assert wan["held"] == 0 and st["accounting"]["holds"], st["accounting"]
     in_use, at_start = gw.mbufs()
