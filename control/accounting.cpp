@@ -20,6 +20,7 @@ nlohmann::json port_json(const std::string& name, const dp::PortBalance& b) {
           {"forwarded", b.forwarded},
           {"to_host", b.to_host},
           {"consumed", b.consumed},
+          {"queued", b.queued},
           {"held", b.held},
           {"dropped", b.dropped},
           {"rx_holds", b.rx_holds()},
@@ -28,9 +29,9 @@ nlohmann::json port_json(const std::string& name, const dp::PortBalance& b) {
           {"tx_dropped", b.tx_dropped},
           {"generated", b.generated},
           {"tx_holds", b.tx_holds()},
-          {"equation", fmt::format("rx {} {} forwarded {} + to_host {} + consumed {} + dropped {} + held {}; "
+          {"equation", fmt::format("rx {} {} forwarded {} + to_host {} + consumed {} + dropped {} + queued {} + held {}; "
                                    "staged {} {} sent {} + tx_dropped {}",
-                                   b.rx, b.rx_holds() ? "=" : "!=", b.forwarded, b.to_host, b.consumed, b.dropped, b.held,
+                                   b.rx, b.rx_holds() ? "=" : "!=", b.forwarded, b.to_host, b.consumed, b.dropped, b.queued, b.held,
                                    b.staged, b.tx_holds() ? "=" : "!=", b.sent, b.tx_dropped)}};
 }
 }  // namespace

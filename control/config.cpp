@@ -20,6 +20,7 @@
 #include <functional>
 #include <initializer_list>
 #include <map>
+#include <set>
 #include <sstream>
 #include <utility>
 
@@ -35,6 +36,7 @@ constexpr uint16_t kMinMtu = 576;
 constexpr uint16_t kMaxMtu = 9000;
 constexpr uint32_t kMbufSlack = 1024;        // bursts in flight, per-core caches
 constexpr size_t kMaxNameLen = 32;
+constexpr size_t kMaxStaticNeighbors = 256;  // per port (the data plane's table holds 1024)
 constexpr size_t kMaxSocketPath = 107;       // sizeof(sockaddr_un::sun_path) - 1
 
 std::string lower(std::string s) {
@@ -408,7 +410,8 @@ struct Loader {
     std::map<uint32_t, std::string> addr_owner;
     bool have_protected = false, have_unprotected = false;
     p.each(list, "ports", [&](const YAML::Node& n, const std::string& path) {
-      Map m(p, n, path, {"name", "device", "role", "addresses", "mac", "peer_mac", "peer_ip", "mtu", "rx_desc", "tx_desc"});
+      Map m(p, n, path, {"name", "device", "role", "addresses", "mac", "peer_mac", "peer_ip", "mtu", "rx_desc", "tx_desc",
+                         "gateway", "neighbors", "neighbor_timeout"});
       PortConfig port;
       port.name = p.name(m.require("name"), m.sub("name"));
       if (port_index.count(port.name))
@@ -424,10 +427,32 @@ struct Loader {
         p.each(
             *v, m.sub("addresses"),
             [&](const YAML::Node& a, const std::string& apath) {
-              uint32_t ip = p.ipv4(a, apath);
+              // "a.b.c.d" or "a.b.c.d/len": the address and its connected subnet.
+              uint32_t ip;
+              uint8_t len = 0;
+              std::string text = a.IsScalar() ? a.Scalar() : std::string();
+              if (size_t slash = text.find('/'); slash != std::string::npos) {
+                auto addr = parse_ipv4_text(std::string_view(text).substr(0, slash));
+                std::string len_text = text.substr(slash + 1);
+                unsigned l = 0;
+                auto [ptr, ec] = std::from_chars(len_text.data(), len_text.data() + len_text.size(), l);
+                if (!addr || len_text.empty() || ec != std::errc() || ptr != len_text.data() + len_text.size() ||
+                    l < 1 || l > 32 || (len_text.size() > 1 && len_text[0] == '0'))
+                  p.fail(a, apath, fmt::format("bad address '{}' (expected a.b.c.d or a.b.c.d/len with len 1..32)", text));
+                if (!is_unicast_host(*addr))
+                  p.fail(a, apath, fmt::format("{} is not a unicast host address", text));
+                ip = *addr;
+                len = static_cast<uint8_t>(l);
+                uint32_t mask = prefix_mask(len);
+                if (len <= 30 && ((ip & ~mask) == 0 || (ip & ~mask) == ~mask))
+                  p.fail(a, apath, fmt::format("{} is the subnet's network or broadcast address, not a host", text));
+              } else {
+                ip = p.ipv4(a, apath);
+              }
               auto [it, fresh] = addr_owner.emplace(ip, apath);
               if (!fresh) p.fail(a, apath, fmt::format("address {} is already used by {}", format_ipv4(ip), it->second));
               port.addresses.push_back(ip);
+              port.prefix_lens.push_back(len);
             },
             true);
       if (auto v = m.get("mac")) port.mac = p.mac(*v, m.sub("mac"));
@@ -436,12 +461,19 @@ struct Loader {
       if (auto v = m.get("mtu")) port.mtu = mtu(*v, m.sub("mtu"));
       if (auto v = m.get("rx_desc")) port.rx_desc = desc(*v, m.sub("rx_desc"));
       if (auto v = m.get("tx_desc")) port.tx_desc = desc(*v, m.sub("tx_desc"));
+      load_neighbor_fields(m, port, addr_owner);
 
       if (port.role == PortRole::kProtected) {
         have_protected = true;
-        if (!port.peer_mac && !port.peer_ip)
+        bool has_subnet = std::any_of(port.prefix_lens.begin(), port.prefix_lens.end(), [](uint8_t l) { return l; });
+        if (!port.peer_mac && !port.peer_ip && !port.gateway && !has_subnet)
           p.fail(n, path,
-                 "a protected port needs peer_ip or peer_mac (the LAN next hop that decrypted traffic is sent to)");
+                 "a protected port needs peer_ip, peer_mac, gateway or an address with a subnet (a.b.c.d/len): "
+                 "where decrypted traffic is sent");
+        if (port.gateway && port.peer_ip && *port.gateway != *port.peer_ip)
+          p.fail(*m.get("gateway"), m.sub("gateway"),
+                 fmt::format("gateway {} differs from peer_ip {} (they name the same next hop: give one)",
+                             format_ipv4(*port.gateway), format_ipv4(*port.peer_ip)));
         if (port.peer_ip && addr_owner.count(*port.peer_ip))
           p.fail(*m.get("peer_ip"), m.sub("peer_ip"),
                  fmt::format("{} is one of this gateway's own addresses", format_ipv4(*port.peer_ip)));
@@ -460,6 +492,44 @@ struct Loader {
     });
     if (!have_protected) p.fail(list, "ports", "no port has role: protected (the LAN side)");
     if (!have_unprotected) p.fail(list, "ports", "no port has role: unprotected (the side where the tunnels run)");
+  }
+
+  // gateway, neighbors (static entries) and neighbor_timeout of a port.
+  void load_neighbor_fields(const Map& m, PortConfig& port, const std::map<uint32_t, std::string>& addr_owner) {
+    auto on_link = [&](uint32_t a) {
+      for (size_t i = 0; i < port.addresses.size(); i++)
+        if (port.prefix_lens[i] && ((a ^ port.addresses[i]) & prefix_mask(port.prefix_lens[i])) == 0) return true;
+      return false;
+    };
+    bool has_subnet = std::any_of(port.prefix_lens.begin(), port.prefix_lens.end(), [](uint8_t l) { return l; });
+    if (auto v = m.get("gateway")) {
+      port.gateway = p.ipv4(*v, m.sub("gateway"));
+      if (addr_owner.count(*port.gateway))
+        p.fail(*v, m.sub("gateway"), fmt::format("{} is one of this gateway's own addresses", format_ipv4(*port.gateway)));
+      if (port.addresses.empty())
+        p.fail(*v, m.sub("gateway"), "resolving the gateway by ARP needs an address on this port: set addresses");
+      if (has_subnet && !on_link(*port.gateway))
+        p.fail(*v, m.sub("gateway"),
+               fmt::format("{} is not in any of this port's subnets (a gateway must be on-link)", format_ipv4(*port.gateway)));
+    }
+    if (auto v = m.get("neighbors")) {
+      std::set<uint32_t> seen;
+      p.each(*v, m.sub("neighbors"), [&](const YAML::Node& e, const std::string& epath) {
+        Map em(p, e, epath, {"ip", "mac"});
+        NeighborConfig nc;
+        nc.ip = p.ipv4(em.require("ip"), em.sub("ip"));
+        nc.mac = p.mac(em.require("mac"), em.sub("mac"));
+        if (addr_owner.count(nc.ip))
+          p.fail(*em.get("ip"), em.sub("ip"), fmt::format("{} is one of this gateway's own addresses", format_ipv4(nc.ip)));
+        if (!seen.insert(nc.ip).second)
+          p.fail(*em.get("ip"), em.sub("ip"), fmt::format("{} is listed twice", format_ipv4(nc.ip)));
+        port.neighbors.push_back(nc);
+      });
+      if (port.neighbors.size() > kMaxStaticNeighbors)
+        p.fail(*v, m.sub("neighbors"), fmt::format("at most {} static neighbours per port", kMaxStaticNeighbors));
+    }
+    if (auto v = m.get("neighbor_timeout"))
+      port.neighbor_timeout_s = static_cast<uint32_t>(p.integer(*v, m.sub("neighbor_timeout"), 1, 86400));
   }
 
   void load_tunnels(const YAML::Node& list) {

@@ -29,6 +29,11 @@ struct Ipv4Prefix {
 
 enum class PortRole : uint8_t { kProtected, kUnprotected };
 
+struct NeighborConfig {           // a static ARP entry
+  uint32_t ip;
+  MacAddr mac;
+};
+
 struct PortConfig {
   std::string name;                 // how tunnels and the rest refer to it
   std::string device;               // PCI address ("0000:3b:00.0") or vdev string ("net_pcap0,rx_pcap=a.pcap")
@@ -37,6 +42,10 @@ struct PortConfig {
   std::optional<MacAddr> mac;       // override the port's MAC
   std::optional<MacAddr> peer_mac;  // protected: the LAN next hop for decrypted traffic
   std::optional<uint32_t> peer_ip;  // protected: LAN next hop IP (resolved by ARP when peer_mac is absent)
+  std::vector<uint8_t> prefix_lens; // per address: its connected subnet's length ("10.0.0.1/24"); 0: bare address
+  std::optional<uint32_t> gateway;  // default next hop for off-link destinations (protected: same as peer_ip)
+  std::vector<NeighborConfig> neighbors;  // static entries
+  uint32_t neighbor_timeout_s = 300;      // a learned MAC is re-confirmed by ARP after this long
   uint16_t mtu = 1500;              // IP MTU of the link
   uint16_t rx_desc = 1024;
   uint16_t tx_desc = 1024;

@@ -96,6 +96,17 @@ void print_sas(const json& sas) {
   }
 }
 
+void print_neighbors(const json& list) {
+  fmt::print("{:<10} {:<16} {:<18} {:<11} {}\n", "port", "ip", "mac", "state", "age");
+  for (const auto& n : list) {
+    std::string flags = std::string(n.value("gateway", false) ? " gateway" : "") +
+                        (n.value("tunnel_next_hop", false) ? " tunnel" : "");
+    fmt::print("{:<10} {:<16} {:<18} {:<11} {}{}\n", str(n, "port"), n["ip"].is_null() ? "-" : str(n, "ip"),
+               n["mac"].is_null() ? "(none)" : str(n, "mac"), str(n, "state"),
+               n["age_s"].is_null() ? "-" : fmt::format("{:.0f}s", n["age_s"].get<double>()), flags);
+  }
+}
+
 void print_routes(const json& routes) {
   fmt::print("{:<20} {:<14} {}\n", "PREFIX", "ACTIVE", "VIA (tunnel/priority)");
   for (const auto& rt : routes) {
@@ -218,6 +229,7 @@ int main(int argc, char** argv) {
   auto* tunnels = app.add_subcommand("tunnels", "tunnel states and counters");
   auto* routes = app.add_subcommand("routes", "routes and their active tunnel");
   auto* sas = app.add_subcommand("sas", "installed SAs (key fingerprints only)");
+  auto* neighbors = app.add_subcommand("neighbors", "neighbour tables: port, IP, MAC, state, static, age");
 
   std::string name;
   auto* tun = app.add_subcommand("tunnel", "tunnel up/down");
@@ -289,6 +301,7 @@ int main(int argc, char** argv) {
   else if (*tunnels) req = {{"op", "tunnels"}}, view = "tunnels";
   else if (*routes || *route_list) req = {{"op", "routes"}}, view = "routes";
   else if (*sas || *sa_list) req = {{"op", "list-sas"}}, view = "sas";
+  else if (*neighbors) req = {{"op", "neighbors"}}, view = "neighbors";
   else if (*tun_up) req = {{"op", "tunnel-up"}, {"tunnel", name}};
   else if (*tun_down) req = {{"op", "tunnel-down"}, {"tunnel", name}};
   else if (*sa_add) req = sa_request("add-sa", sa_opts);
@@ -316,6 +329,7 @@ int main(int argc, char** argv) {
   else if (view == "tunnels") print_tunnels(r["tunnels"]);
   else if (view == "routes") print_routes(r["routes"]);
   else if (view == "sas") print_sas(r["sas"]);
+  else if (view == "neighbors") print_neighbors(r["neighbors"]);
   else fmt::print("ok\n");
   return 0;
 }

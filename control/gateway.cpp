@@ -23,6 +23,7 @@
 #include "control/accounting.h"
 #include "control/control_server.h"
 #include "control/xfrm.h"
+#include "dataplane/neighbor_info.h"
 #include "dataplane/packet_util.h"
 
 namespace espgw::control {
@@ -140,6 +141,36 @@ void Gateway::init_eal() {
   if (worker_lcores_.size() > dp::kMaxWorkers) throw std::runtime_error("too many workers");
 }
 
+// A port's neighbour table: connected subnets, the gateway (the protected
+// port's legacy peer_ip / peer_mac), static entries, the reachable time.
+static void init_neighbors(dp::NeighborTable& t, const PortConfig& pc) {
+  t.reachable_tsc = rte_get_tsc_hz() * pc.neighbor_timeout_s;
+  for (size_t i = 0; i < pc.addresses.size(); i++) {
+    if (pc.prefix_lens[i] == 0 || t.nb_subnets == dp::kMaxSubnets) continue;
+    uint32_t mask = pc.prefix_lens[i] == 32 ? ~0u : ~(~0u >> pc.prefix_lens[i]);
+    t.subnet[t.nb_subnets] = pc.addresses[i] & mask;
+    t.mask[t.nb_subnets] = mask;
+    t.subnet_src[t.nb_subnets++] = pc.addresses[i];
+  }
+  auto add_static = [&](uint32_t ip, const MacAddr& mac) {
+    dp::NeighborEntry* e = dp::neighbor_find_or_add(t, ip);
+    if (e == nullptr) throw std::runtime_error(fmt::format("neighbour table full at {}", format_ipv4(ip)));
+    e->mac.store(dp::pack_mac_bytes(mac.b));
+    e->is_static.store(true);
+  };
+  for (const auto& n : pc.neighbors) add_static(n.ip, n.mac);
+  std::optional<uint32_t> gw = pc.gateway ? pc.gateway : pc.peer_ip;
+  if (gw) {
+    t.gateway = dp::neighbor_find_or_add(t, *gw);
+    if (t.gateway == nullptr) throw std::runtime_error(fmt::format("neighbour table full at {}", format_ipv4(*gw)));
+    if (pc.peer_mac) add_static(*gw, *pc.peer_mac);
+  } else if (pc.peer_mac) {  // a LAN next hop known by MAC only
+    t.anon_gateway.mac.store(dp::pack_mac_bytes(pc.peer_mac->b));
+    t.anon_gateway.is_static.store(true);
+    t.gateway = &t.anon_gateway;
+  }
+}
+
 void Gateway::init_ports() {
   auto& d = *dp_;
   d.nb_workers = static_cast<uint16_t>(worker_lcores_.size());
@@ -227,16 +258,8 @@ void Gateway::init_ports() {
         throw std::runtime_error(fmt::format("{}: at most {} addresses per port", what, dp::kMaxPortAddrs));
       for (uint32_t a : w.pc->addresses) p.addrs[p.nb_addrs++] = a;
     }
-    if (w.kind == dp::PortKind::kProtected && d.protected_port == dp::kNoPort) {
-      d.protected_port = d.nb_ports;
-      d.lan_peer.ip = w.pc->peer_ip.value_or(0);
-      d.lan_peer.is_static = w.pc->peer_mac.has_value();
-      if (w.pc->peer_mac) {
-        rte_ether_addr a;
-        memcpy(a.addr_bytes, w.pc->peer_mac->b, 6);
-        d.lan_peer.mac.store(dp::pack_mac(a));
-      }
-    }
+    if (w.pc) init_neighbors(d.neighbors[d.nb_ports], *w.pc);
+    if (w.kind == dp::PortKind::kProtected && d.protected_port == dp::kNoPort) d.protected_port = d.nb_ports;
     if (w.kind == dp::PortKind::kException) d.exception_port = d.nb_ports;
     d.nb_ports++;
   }
@@ -302,7 +325,12 @@ void Gateway::init_tables() {
     t.max_inner_udp = dp::esp_max_inner(t.mtu, true);
     t.mss_clamp = tc.mss_clamp;
     t.remote = tc.remote;
-    t.next_hop.ip = tc.gateway.value_or(tc.remote);
+    // The peer's next hop: its own `gateway`, else the port's gateway when
+    // the peer is off the port's connected subnets, else the peer itself.
+    const PortConfig& tpc = cfg_.ports[t.port];
+    const dp::NeighborTable& nt = d.neighbors[t.port];
+    t.next_hop.ip = tc.gateway.value_or(tpc.gateway && nt.nb_subnets && !dp::on_link(nt, tc.remote) ? *tpc.gateway
+                                                                                                      : tc.remote);
     t.next_hop.is_static = tc.next_hop_mac.has_value();
     if (tc.next_hop_mac) {
       rte_ether_addr a;
@@ -645,6 +673,7 @@ void Gateway::stop() {
   if (!workers_running_) return;
   dp_->stop.store(true);
   rte_eal_mp_wait_lcore();
+  dp::drop_all_held(*dp_);
   workers_running_ = false;
   for (uint16_t w = 0; w < dp_->nb_workers; w++) dp::worker_release_fragments(*dp_, w);
 }
@@ -957,6 +986,20 @@ json Gateway::handle(const json& req) {
     routes_->delete_route(lpm::parse_prefix4(str_field(req, "prefix")));
     rte_rcu_qsbr_synchronize(dp_->qsbr, RTE_QSBR_THRID_INVALID);
     return {{"ok", true}};
+  }
+  if (op == "neighbors") {
+    json list = json::array();
+    for (const auto& n : dp::list_neighbors(*dp_)) {
+      std::string port = n.port < cfg_.ports.size() ? cfg_.ports[n.port].name : "exception";
+      json mac = nullptr;
+      if (n.mac) mac = fmt::format("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", (*n.mac)[0], (*n.mac)[1], (*n.mac)[2],
+                                   (*n.mac)[3], (*n.mac)[4], (*n.mac)[5]);
+      list.push_back({{"port", port}, {"ip", n.ip ? json(format_ipv4(n.ip)) : json(nullptr)}, {"mac", mac},
+                      {"state", n.state}, {"static", n.is_static}, {"gateway", n.is_gateway},
+                      {"tunnel_next_hop", n.is_tunnel_next_hop},
+                      {"age_s", n.age_s < 0 ? json(nullptr) : json(n.age_s)}});
+    }
+    return {{"ok", true}, {"neighbors", list}};
   }
   if (op == "routes") {
     json routes = json::array();

@@ -1,32 +1,94 @@
 // ARP on the protected and unprotected ports: answer for our addresses,
-// learn next-hop MACs, and (worker 0) ask for the ones still unknown.
+// learn neighbour MACs, and (worker 0) ask for the ones needed and still
+// unknown, and re-ask for the ones whose confirmation aged out.
 #pragma once
 
+#include "dataplane/neighbor.h"
 #include "dataplane/worker_context.h"
 
 namespace espgw::dataplane {
 
-// Learns next-hop MACs from any ARP packet whose sender we are waiting for.
-// Workers write these words directly: ARP is rare, the store is one atomic
-// 64-bit word, and every writer stores the same value for the same sender.
-inline void learn_neighbor(Dataplane& dp, const rte_mbuf* m, uint16_t port) {
+// Sends what an entry held, now that its MAC is known: from this worker's
+// own TX queue of the port (every worker owns one on every port).
+inline void release_held(Worker& w, NeighborEntry& e, uint16_t port, uint64_t mac) {
+  for (uint32_t i = 0; i < kHoldPackets; i++) {
+    if (e.held[i].load(std::memory_order_relaxed) == nullptr) continue;
+    rte_mbuf* m = e.held[i].exchange(nullptr, std::memory_order_acquire);
+    if (m == nullptr) continue;
+    unpack_mac(mac, &rte_pktmbuf_mtod(m, rte_ether_hdr*)->dst_addr);
+    stage_tx(w, port, m);  // counted as generated: its disposition was "queued" (counters.h)
+  }
+}
+
+inline void drop_held(Worker& w, NeighborEntry& e) {
+  for (uint32_t i = 0; i < kHoldPackets; i++) {
+    if (e.held[i].load(std::memory_order_relaxed) == nullptr) continue;
+    if (rte_mbuf* m = e.held[i].exchange(nullptr, std::memory_order_acquire)) drop(w, m, DropReason::kNoNeighbor);
+  }
+}
+
+// Keeps a packet (its Ethernet header in place) until the entry's MAC is
+// known; dropped as no_neighbor when the entry already holds kHoldPackets.
+// Accounting (counters.h): a held packet's disposition is "queued" on the
+// worker and port that received it; it leaves the hold queue (from any
+// worker) as a generated packet, sent or dropped.
+inline void hold_or_drop(Worker& w, NeighborEntry* e, uint16_t port, rte_mbuf* m) {
+  const uint16_t rx_mark = m->port;
+  m->port = kGeneratedPort;  // before it is visible to other workers
+  if (e != nullptr)
+    for (uint32_t i = 0; i < kHoldPackets; i++) {
+      rte_mbuf* expected = nullptr;
+      if (!e->held[i].compare_exchange_strong(expected, m, std::memory_order_release, std::memory_order_relaxed))
+        continue;
+      if (rx_mark != kGeneratedPort) w.c->rx_disp[w.rx_port].queued++;
+      // The MAC may have been learned (and the queue released) between our
+      // lookup and this store: then send it now.
+      uint64_t mac = e->mac.load(std::memory_order_acquire);
+      if (mac & kMacValid) release_held(w, *e, port, mac);
+      return;
+    }
+  m->port = rx_mark;
+  drop(w, m, DropReason::kNoNeighbor);
+}
+
+// Learns MACs from any ARP packet: the port's neighbour table (an entry is
+// created only when the ARP was addressed to us, so broadcast chatter cannot
+// fill the table) and the tunnels' next hops. Workers write these words
+// directly: ARP is rare, each store is one atomic word, and every writer
+// stores the same value for the same sender.
+inline void learn_neighbor(Worker& w, const rte_mbuf* m, uint16_t port) {
+  Dataplane& dp = *w.dp;
   uint32_t ip;
   rte_ether_addr mac;
   if (!arp_sender(m, &ip, &mac)) return;
   uint64_t packed = pack_mac(mac);
-  if (port == dp.protected_port && dp.lan_peer.ip == ip && !dp.lan_peer.is_static)
-    dp.lan_peer.mac.store(packed, std::memory_order_relaxed);
+  uint64_t now = rte_rdtsc();
+  auto* arp = rte_pktmbuf_mtod_offset(m, const rte_arp_hdr*, sizeof(rte_ether_hdr));
+  bool to_us = port_owns(dp.ports[port], rte_be_to_cpu_32(arp->arp_data.arp_tip));
+  if (NeighborEntry* e = neighbor_learn(dp.neighbors[port], ip, packed, to_us, now))
+    release_held(w, *e, port, packed);
   for (uint16_t t = 0; t < dp.nb_tunnels; t++) {
     Neighbor& n = dp.tunnels[t].next_hop;
-    if (dp.tunnels[t].port == port && n.ip == ip && !n.is_static) n.mac.store(packed, std::memory_order_relaxed);
+    if (dp.tunnels[t].port == port && n.ip == ip && !n.is_static) {
+      n.mac.store(packed, std::memory_order_relaxed);
+      n.confirmed_tsc.store(now, std::memory_order_relaxed);
+    }
   }
 }
 
 // ARP on a protected/unprotected port: answer for our addresses, learn.
 inline void handle_arp(Worker& w, rte_mbuf* m, uint16_t port) {
   Dataplane& dp = *w.dp;
-  learn_neighbor(dp, m, port);
+  uint32_t sender;
+  rte_ether_addr sha;
   w.c->arp_consumed++;
+  // A sender claiming a connected subnet's broadcast address is no host:
+  // neither learned nor answered (RFC 1812 §4.3.2.7 / §5.3.7).
+  if (arp_sender(m, &sender, &sha) && is_directed_broadcast(dp.neighbors[port], sender)) {
+    consume(w, m);
+    return;
+  }
+  learn_neighbor(w, m, port);
   if (arp_make_reply(m, dp.ports[port])) {
     w.c->arp_replies++;
     reuse_as_generated(w, m);  // the request is consumed, the reply generated
@@ -36,26 +98,73 @@ inline void handle_arp(Worker& w, rte_mbuf* m, uint16_t port) {
   consume(w, m);  // replies to us and requests for others
 }
 
-// Worker 0 asks for next-hop MACs that are still unknown, once a second.
+inline void send_arp_request(Worker& w, uint16_t port, uint32_t target) {
+  Dataplane& dp = *w.dp;
+  rte_mbuf* m = rte_pktmbuf_alloc(dp.pool);
+  if (!m) return;
+  if (!build_arp_request(m, dp.ports[port], target, source_for(dp.neighbors[port], target))) {
+    rte_pktmbuf_free(m);  // never received: nothing to account
+    return;
+  }
+  stage_tx(w, port, m);
+}
+
+// One table entry's ARP duty (worker 0): resolve it while packets want it,
+// re-confirm it once its confirmation is older than the reachable time
+// (keeping the MAC meanwhile), and forget the MAC after kArpRetries
+// unanswered requests or when nothing used it for a reachable time. Held
+// packets leave once the MAC is known, or are dropped once the entry failed.
+inline void maintain_entry(Worker& w, uint16_t port, NeighborEntry& e, uint64_t now) {
+  const NeighborTable& t = w.dp->neighbors[port];
+  uint32_t ip = e.ip.load(std::memory_order_relaxed);
+  if (ip == 0 || e.is_static.load(std::memory_order_relaxed)) return;
+  uint64_t mac = e.mac.load(std::memory_order_acquire);
+  if (mac & kMacValid) release_held(w, e, port, mac);  // held just as the MAC arrived
+  else if (e.unanswered.load(std::memory_order_relaxed) >= kArpRetries) drop_held(w, e);
+  uint64_t used = e.used_tsc.load(std::memory_order_relaxed);
+  bool wanted = used != 0 && now - used < t.reachable_tsc;
+  uint32_t unanswered = e.unanswered.load(std::memory_order_relaxed);
+  if (mac & kMacValid) {
+    if (now - e.confirmed_tsc.load(std::memory_order_relaxed) < t.reachable_tsc) return;  // reachable
+    if (!wanted || unanswered >= kArpRetries) {  // idle, or gone: resolve afresh when next needed
+      e.mac.store(0, std::memory_order_relaxed);
+      e.unanswered.store(0, std::memory_order_relaxed);
+      return;
+    }
+  } else if (used == 0 || now - used > 3 * w.tsc_hz) {
+    return;  // nobody asked for it lately
+  }
+  if (now - e.last_request_tsc.load(std::memory_order_relaxed) < w.tsc_hz) return;  // one request a second
+  e.last_request_tsc.store(now, std::memory_order_relaxed);
+  e.unanswered.store(unanswered + 1, std::memory_order_relaxed);
+  send_arp_request(w, port, ip);
+}
+
+// Worker 0, ten times a second: the tunnels' next hops and every port's
+// neighbour table.
 inline void resolve_neighbors(Worker& w) {
   Dataplane& dp = *w.dp;
   uint64_t now = rte_rdtsc();
   if (now - w.arp_check_tsc < w.tsc_hz / 10) return;
   w.arp_check_tsc = now;
-  auto ask = [&](Neighbor& n, uint16_t port) {
-    if (n.ip == 0 || (n.mac.load(std::memory_order_relaxed) & kMacValid)) return;
-    if (now - n.last_request_tsc.load(std::memory_order_relaxed) < w.tsc_hz) return;
-    n.last_request_tsc.store(now, std::memory_order_relaxed);
-    rte_mbuf* m = rte_pktmbuf_alloc(dp.pool);
-    if (!m) return;
-    if (!build_arp_request(m, dp.ports[port], n.ip)) {
-      rte_pktmbuf_free(m);
-      return;
+  for (uint16_t ti = 0; ti < dp.nb_tunnels; ti++) {
+    Neighbor& n = dp.tunnels[ti].next_hop;
+    if (n.ip == 0 || n.is_static) continue;
+    // A tunnel always needs its next hop: ask while unknown, re-confirm
+    // after the port's reachable time (the MAC stays in use meanwhile).
+    if (n.mac.load(std::memory_order_relaxed) & kMacValid) {
+      uint64_t age = now - n.confirmed_tsc.load(std::memory_order_relaxed);
+      if (age < dp.neighbors[dp.tunnels[ti].port].reachable_tsc) continue;
     }
-    stage_tx(w, port, m);
-  };
-  if (dp.protected_port != kNoPort) ask(dp.lan_peer, dp.protected_port);
-  for (uint16_t t = 0; t < dp.nb_tunnels; t++) ask(dp.tunnels[t].next_hop, dp.tunnels[t].port);
+    if (now - n.last_request_tsc.load(std::memory_order_relaxed) < w.tsc_hz) continue;
+    n.last_request_tsc.store(now, std::memory_order_relaxed);
+    send_arp_request(w, dp.tunnels[ti].port, n.ip);
+  }
+  for (uint16_t p = 0; p < dp.nb_ports; p++) {
+    NeighborTable& t = dp.neighbors[p];
+    if (t.nb_used.load(std::memory_order_relaxed) == 0) continue;
+    for (uint32_t i = 0; i < kNeighborSlots; i++) maintain_entry(w, p, t.slots[i], now);
+  }
 }
 
 }  // namespace espgw::dataplane

@@ -14,14 +14,20 @@
 //                  gratuitous; an answered request becomes a generated reply),
 //                  TFC dummy packets (RFC 4303 §2.6, next header 59);
 //   dropped[p][r]  freed for reason r (DropReason);
+//   queued[p]      handed to a neighbour entry's hold queue while ARP resolves
+//                  its next hop (arp.h); from there it leaves, from whichever
+//                  worker, as a generated packet (sent, or dropped as
+//                  no_neighbor in generated_dropped);
 //   held[p]        an outer fragment waiting in the reassembly table (a gauge:
 //                  when its datagram completes, its N fragments leave held,
 //                  N - 1 become consumed and the reassembled frame takes one
 //                  of the dispositions above; reassembly.h).
 // so, per worker and per RX port, exactly (checked by port_balance()):
-//   port[p].rx.packets = forwarded[p] + to_host[p] + consumed[p] + sum_r dropped[p][r] + held[p]
+//   port[p].rx.packets = forwarded[p] + to_host[p] + consumed[p] + sum_r dropped[p][r]
+//                        + queued[p] + held[p]
 // Packets the worker makes itself are not received and are counted on TX
-// only: generated[q] (ARP replies and requests, ICMP errors, and the extra
+// only: generated[q] (ARP replies and requests, ICMP errors, packets
+// released from a hold queue, and the extra
 // fragments of a packet fragmented before encryption -- its first fragment
 // carries the received frame's disposition). A generated packet that
 // cannot be sent counts in generated_dropped (and drop[r]).
@@ -106,7 +112,8 @@ struct RxDisposition {
   uint64_t forwarded;
   uint64_t to_host;
   uint64_t consumed;
-  uint64_t held;  // outer fragments waiting in the reassembly table (a gauge)
+  uint64_t held;    // outer fragments waiting in the reassembly table (a gauge)
+  uint64_t queued;  // handed to a neighbour's ARP hold queue (leaves it as generated)
   uint64_t dropped[static_cast<int>(DropReason::kCount)];
 };
 
@@ -145,9 +152,9 @@ struct WorkerCounters {
 // The two equations of one port in one worker's block (or in a sum of
 // blocks: the equations are linear).
 struct PortBalance {
-  uint64_t rx, forwarded, to_host, consumed, dropped, held;  // RX side
-  uint64_t staged, sent, tx_dropped, generated;              // TX side
-  bool rx_holds() const { return rx == forwarded + to_host + consumed + dropped + held; }
+  uint64_t rx, forwarded, to_host, consumed, dropped, queued, held;  // RX side
+  uint64_t staged, sent, tx_dropped, generated;                      // TX side
+  bool rx_holds() const { return rx == forwarded + to_host + consumed + dropped + queued + held; }
   bool tx_holds() const { return staged == sent + tx_dropped; }
   bool holds() const { return rx_holds() && tx_holds(); }
 };
@@ -160,6 +167,7 @@ inline PortBalance port_balance(const WorkerCounters& c, uint16_t p) {
   b.to_host = d.to_host;
   b.consumed = d.consumed;
   b.held = d.held;
+  b.queued = d.queued;
   for (uint64_t x : d.dropped) b.dropped += x;
   b.staged = c.tx_disp[p].staged;
   b.generated = c.tx_disp[p].generated;
@@ -170,6 +178,7 @@ inline PortBalance port_balance(const WorkerCounters& c, uint16_t p) {
 
 inline void add(PortBalance& a, const PortBalance& b) {
   a.rx += b.rx, a.forwarded += b.forwarded, a.to_host += b.to_host, a.consumed += b.consumed, a.held += b.held;
+  a.queued += b.queued;
   a.dropped += b.dropped, a.staged += b.staged, a.sent += b.sent, a.tx_dropped += b.tx_dropped;
   a.generated += b.generated;
 }

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "dataplane/counters.h"
+#include "dataplane/neighbor.h"
 #include "dataplane/sa.h"
 #include "lpm/route_table.h"
 
@@ -45,16 +46,16 @@ struct Port {
   uint32_t addrs[kMaxPortAddrs];  // host order
 };
 
-// A learned or configured MAC: 48 bits, bit 63 set when valid. One 64-bit
-// atomic so a worker never reads half a MAC.
+// A tunnel's next hop (the peer, or its `gateway`): a learned or configured
+// MAC (kMacValid | 48 bits, one atomic word so a worker never reads half a
+// MAC). The ports' other neighbours live in their NeighborTable.
 struct Neighbor {
   uint32_t ip;  // host order; 0 = none
   std::atomic<uint64_t> mac;
   std::atomic<uint64_t> last_request_tsc;  // ARP request pacing (worker 0)
+  std::atomic<uint64_t> confirmed_tsc;     // last ARP heard from it
   bool is_static;
 };
-
-inline constexpr uint64_t kMacValid = 1ull << 63;
 
 inline uint64_t pack_mac(const rte_ether_addr& a) {
   uint64_t v = 0;
@@ -93,7 +94,9 @@ struct Dataplane {
   Port ports[kMaxPorts];
   uint16_t protected_port = kNoPort;  // where decrypted traffic leaves
   uint16_t exception_port = kNoPort;  // net_tap to the host's IKE daemon
-  Neighbor lan_peer;                  // protected side next hop
+  // Per port: connected subnets, gateway (the protected port's is the legacy
+  // peer_ip/peer_mac), static and ARP-resolved neighbours.
+  NeighborTable neighbors[kMaxPorts];
 
   uint16_t nb_tunnels = 0;
   Tunnel tunnels[kMaxTunnels];

@@ -3,6 +3,8 @@
 // (IKE, ARP) leaves by the port that owns its source address.
 #pragma once
 
+#include "dataplane/arp.h"
+#include "dataplane/neighbor.h"
 #include "dataplane/worker_context.h"
 
 namespace espgw::dataplane {
@@ -62,22 +64,36 @@ inline void from_host(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kNoRoute);
       continue;
     }
+    // A tunnel peer leaves by the tunnel's next hop (its static MAC or its
+    // gateway); anything else (IKE to a peer that is no tunnel yet, DNS,
+    // NTP) by the port's neighbour table: on-link directly, else the gateway.
     uint64_t mac = 0;
-    if (out == dp.protected_port) {
-      mac = dp.lan_peer.mac.load(std::memory_order_relaxed);
-    } else {
-      for (uint16_t t = 0; t < dp.nb_tunnels; t++)
-        if (dp.tunnels[t].port == out && dp.tunnels[t].remote == d) {
-          mac = dp.tunnels[t].next_hop.mac.load(std::memory_order_relaxed);
-          break;
-        }
+    bool tunnel_peer = false;
+    NeighborEntry* entry = nullptr;
+    for (uint16_t t = 0; t < dp.nb_tunnels; t++)
+      if (dp.tunnels[t].port == out && dp.tunnels[t].remote == d) {
+        mac = dp.tunnels[t].next_hop.mac.load(std::memory_order_relaxed);
+        tunnel_peer = true;
+        break;
+      }
+    if (!tunnel_peer) {
+      NextHop nh = neighbor_lookup(dp.neighbors[out], d, rte_rdtsc(), w.tsc_hz, &mac, &entry);
+      if (nh == NextHop::kNoRoute) {
+        drop(w, m, DropReason::kNoRoute);
+        continue;
+      }
     }
+    eth->src_addr = dp.ports[out].mac;
     if (!(mac & kMacValid)) {
-      drop(w, m, DropReason::kNoNeighbor);
+      if (tunnel_peer) {
+        drop(w, m, DropReason::kNoNeighbor);
+      } else {
+        w.c->exception_from_host++;
+        hold_or_drop(w, entry, out, m);  // until ARP resolves the destination or the gateway
+      }
       continue;
     }
     unpack_mac(mac, &eth->dst_addr);
-    eth->src_addr = dp.ports[out].mac;
     w.c->exception_from_host++;
     stage_tx(w, out, m);
   }

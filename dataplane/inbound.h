@@ -258,12 +258,19 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   // the sender? None: the tunnel's routes do not allow this source.
   lpm::TunnelId back[kBurst];
   dp.fib->lookup_burst(src, back, nf);
-  uint64_t lan_mac = dp.lan_peer.mac.load(std::memory_order_relaxed);
+  // Next hop per destination (on-link host or the LAN gateway), looked up
+  // once per run of packets to the same destination.
+  NeighborTable& lan = dp.neighbors[dp.protected_port];
   const Port& out = dp.ports[dp.protected_port];
+  const uint64_t now = rte_rdtsc();
   uint8_t eth[16];
-  make_eth(eth, out.mac, lan_mac);
+  uint64_t eth_mac = 0, mac = 0;
+  uint32_t last_dst = 0;
+  NextHop nh = NextHop::kNoRoute;
+  NeighborEntry* entry = nullptr;
   // Tunnel and SA counters count a packet once, when it is accepted
-  // (counters.h): after the last check, just before TX.
+  // (counters.h): after the last check, when it is handed to TX or to the
+  // neighbour's hold queue.
   SaRunCounter sc{w.c};
   for (uint16_t i = 0; i < nf; i++) {
     rte_mbuf* m = fwd[i];
@@ -278,17 +285,35 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kTtlExceeded);
       continue;
     }
-    if (!(lan_mac & kMacValid)) {
-      drop(w, m, DropReason::kNoNeighbor);
+    uint32_t d = detail::be32(ip->dst_addr);
+    if (d != last_dst || eth_mac == 0) {
+      last_dst = d;
+      nh = neighbor_lookup(lan, d, now, w.tsc_hz, &mac, &entry);
+      if (nh == NextHop::kResolved && mac != eth_mac) make_eth(eth, out.mac, eth_mac = mac);
+    }
+    if (nh == NextHop::kNoRoute) {
+      drop(w, m, DropReason::kNoRoute);
       continue;
     }
     ipv4_decrement_ttl(ip);
     const uint32_t inner_len = rte_pktmbuf_pkt_len(m);
+    const uint16_t tun = sa_of[i]->tunnel;
+    if (nh == NextHop::kUnresolved) {  // held until ARP resolves it (destination MAC filled then)
+      uint8_t pending[16];
+      make_eth(pending, out.mac, 0);
+      if (!put_eth(m, pending)) {
+        drop(w, m, DropReason::kNoBuffer);
+        continue;
+      }
+      if (back[i] != tun) w.c->tunnel[tun].asymmetric++;
+      sc.add(sa_of[i], inner_len);
+      hold_or_drop(w, entry, dp.protected_port, m);
+      continue;
+    }
     if (!put_eth(m, eth)) {
       drop(w, m, DropReason::kNoBuffer);
       continue;
     }
-    const uint16_t tun = sa_of[i]->tunnel;
     if (back[i] != tun) w.c->tunnel[tun].asymmetric++;
     sc.add(sa_of[i], inner_len);
     stage_tx(w, dp.protected_port, m);

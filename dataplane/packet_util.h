@@ -23,6 +23,37 @@ inline bool port_owns(const Port& p, uint32_t addr) {
   return false;
 }
 
+// RFC 1812 §4.3.2.7 / §5.3.7: whether an address can name a single host;
+// not 0/8 ("this network"), 127/8 (loopback), 224/4 (multicast), 240/4
+// (class E) nor 255.255.255.255 (limited broadcast). Host order.
+inline bool ipv4_names_one_host(uint32_t a) {
+  uint32_t top = a >> 24;
+  return top != 0 && top != 127 && top < 224;
+}
+
+// ICMP types that are errors (RFC 792, RFC 1812 §4.3.2.7): an error is
+// never answered with another error.
+inline bool icmp_type_is_error(uint8_t type) {
+  return type == 3 || type == 4 || type == 5 || type == 11 || type == 12;
+}
+
+// Whether RFC 1812 §4.3.2.7 lets a router answer this packet (as received:
+// its Ethernet and validated IPv4 headers) with an ICMP error: not an ICMP
+// error itself, not a non-first fragment, not sent to a link-layer or IP
+// broadcast/multicast, and from a source that names a single host.
+inline bool icmp_error_permitted(const rte_ether_hdr* eth, const rte_ipv4_hdr* ip) {
+  if (rte_is_multicast_ether_addr(&eth->dst_addr)) return false;  // broadcast included
+  if (ip->fragment_offset & rte_cpu_to_be_16(RTE_IPV4_HDR_OFFSET_MASK)) return false;
+  if (!ipv4_names_one_host(rte_be_to_cpu_32(ip->src_addr))) return false;
+  if ((rte_be_to_cpu_32(ip->dst_addr) >> 24) >= 224) return false;  // multicast, class E, broadcast
+  if (ip->next_proto_id == IPPROTO_ICMP) {
+    uint32_t ihl = (ip->version_ihl & 0xF) * 4u;
+    if (rte_be_to_cpu_16(ip->total_length) <= ihl) return false;  // no type to tell
+    if (icmp_type_is_error(reinterpret_cast<const uint8_t*>(ip)[ihl])) return false;
+  }
+  return true;
+}
+
 // Validates the IPv4 header at `ip` against the `avail` bytes that follow it
 // and trims Ethernet padding. Returns the drop reason, or kCount when good.
 inline DropReason check_ipv4(rte_mbuf* m, const rte_ipv4_hdr* ip, uint32_t avail) {
@@ -48,6 +79,13 @@ inline bool arp_make_reply(rte_mbuf* m, const Port& port, bool proxy_any = false
       arp->arp_opcode != rte_cpu_to_be_16(RTE_ARP_OP_REQUEST))
     return false;
   uint32_t target = rte_be_to_cpu_32(arp->arp_data.arp_tip);
+  uint32_t sender = rte_be_to_cpu_32(arp->arp_data.arp_sip);
+  // No reply to a sender that cannot be a host (RFC 1812 §5.3.7 martians,
+  // an RFC 5227 probe from 0.0.0.0, a group MAC), nor to a gratuitous
+  // request (sender = target) for an address that is not ours: replying
+  // would tell its owner someone else holds it.
+  if (!ipv4_names_one_host(sender) || rte_is_multicast_ether_addr(&arp->arp_data.arp_sha)) return false;
+  if (sender == target && !port_owns(port, target)) return false;
   if (!proxy_any && !port_owns(port, target)) return false;
   arp->arp_opcode = rte_cpu_to_be_16(RTE_ARP_OP_REPLY);
   arp->arp_data.arp_tha = arp->arp_data.arp_sha;
@@ -69,10 +107,11 @@ inline bool arp_sender(const rte_mbuf* m, uint32_t* ip, rte_ether_addr* mac) {
     return false;
   *ip = rte_be_to_cpu_32(arp->arp_data.arp_sip);
   *mac = arp->arp_data.arp_sha;
-  return *ip != 0;
+  return ipv4_names_one_host(*ip) && rte_is_unicast_ether_addr(mac);
 }
 
-inline bool build_arp_request(rte_mbuf* m, const Port& port, uint32_t target) {
+// A broadcast "who has `target`" from `src` (0: the port's first address).
+inline bool build_arp_request(rte_mbuf* m, const Port& port, uint32_t target, uint32_t src = 0) {
   auto* eth = reinterpret_cast<rte_ether_hdr*>(rte_pktmbuf_append(m, sizeof(rte_ether_hdr) + sizeof(rte_arp_hdr)));
   if (!eth || port.nb_addrs == 0) return false;
   memset(&eth->dst_addr, 0xFF, sizeof(eth->dst_addr));
@@ -85,7 +124,7 @@ inline bool build_arp_request(rte_mbuf* m, const Port& port, uint32_t target) {
   arp->arp_plen = 4;
   arp->arp_opcode = rte_cpu_to_be_16(RTE_ARP_OP_REQUEST);
   arp->arp_data.arp_sha = port.mac;
-  arp->arp_data.arp_sip = rte_cpu_to_be_32(port.addrs[0]);
+  arp->arp_data.arp_sip = rte_cpu_to_be_32(src ? src : port.addrs[0]);
   memset(&arp->arp_data.arp_tha, 0, sizeof(arp->arp_data.arp_tha));
   arp->arp_data.arp_tip = rte_cpu_to_be_32(target);
   return true;

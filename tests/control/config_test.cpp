@@ -297,6 +297,32 @@ sas:
   EXPECT_EQ(c.sas[2].replay_window, 4096u);
 }
 
+TEST(ConfigParse, NeighborFields) {
+  YAML::Node n = base();
+  n["ports"][0]["addresses"] = YAML::Load("[10.0.0.1/24, 10.1.0.1]");
+  n["ports"][0].remove("peer_ip");
+  n["ports"][0]["gateway"] = "10.0.0.254";
+  n["ports"][0]["neighbors"] = YAML::Load("[{ip: 10.0.0.9, mac: '02:00:00:00:00:09'}]");
+  n["ports"][0]["neighbor_timeout"] = 60;
+  n["ports"][1]["gateway"] = "198.51.100.1";  // bare addresses: any gateway
+  GatewayConfig c = parse_config(dump(n), "test.yaml");
+  const PortConfig& lan = c.ports[0];
+  EXPECT_EQ(lan.addresses, (std::vector<uint32_t>{0x0a000001u, 0x0a010001u}));
+  EXPECT_EQ(lan.prefix_lens, (std::vector<uint8_t>{24, 0}));
+  EXPECT_EQ(lan.gateway, 0x0a0000feu);
+  ASSERT_EQ(lan.neighbors.size(), 1u);
+  EXPECT_EQ(lan.neighbors[0].ip, 0x0a000009u);
+  EXPECT_EQ(lan.neighbors[0].mac.b[5], 0x09);
+  EXPECT_EQ(lan.neighbor_timeout_s, 60u);
+  EXPECT_EQ(c.ports[1].gateway, 0xc6336401u);
+  EXPECT_EQ(c.ports[1].neighbor_timeout_s, 300u);  // the default
+  // A protected port with only a subnet: on-link destinations only.
+  YAML::Node m = base();
+  m["ports"][0]["addresses"] = YAML::Load("[10.0.0.1/24]");
+  m["ports"][0].remove("peer_ip");
+  EXPECT_NO_THROW(parse_config(dump(m), "test.yaml"));
+}
+
 TEST(ConfigParse, SameSpiInBothDirectionsIsAllowed) {
   YAML::Node n = base();
   n["sas"][1]["spi"] = "0x1001";
@@ -447,7 +473,43 @@ const BadCase kBadCases[] = {
        n.remove("sas");
      },
      "ports", "no port has role: unprotected"},
-    {"ProtectedWithoutPeer", [](YAML::Node& n) { n["ports"][0].remove("peer_ip"); }, "ports[0]", "needs peer_ip or peer_mac"},
+    {"ProtectedWithoutPeer", [](YAML::Node& n) { n["ports"][0].remove("peer_ip"); }, "ports[0]",
+     "needs peer_ip, peer_mac, gateway or an address with a subnet"},
+    // Neighbour fields.
+    {"SubnetLengthZero", [](YAML::Node& n) { n["ports"][0]["addresses"] = YAML::Load("[10.0.0.1/0]"); },
+     "ports[0].addresses[0]", "len 1..32"},
+    {"SubnetLengthGarbage", [](YAML::Node& n) { n["ports"][0]["addresses"] = YAML::Load("[10.0.0.1/2x]"); },
+     "ports[0].addresses[0]", "expected a.b.c.d or a.b.c.d/len"},
+    {"SubnetNetworkAddress", [](YAML::Node& n) { n["ports"][0]["addresses"] = YAML::Load("[10.0.0.0/24]"); },
+     "ports[0].addresses[0]", "network or broadcast address"},
+    {"SubnetBroadcastAddress", [](YAML::Node& n) { n["ports"][0]["addresses"] = YAML::Load("[10.0.0.255/24]"); },
+     "ports[0].addresses[0]", "network or broadcast address"},
+    {"GatewayOffLink",
+     [](YAML::Node& n) {
+       n["ports"][1]["addresses"] = YAML::Load("[198.51.100.10/24, 198.51.100.11/24]");
+       n["ports"][1]["gateway"] = "192.0.2.1";
+     },
+     "ports[1].gateway", "192.0.2.1 is not in any of this port's subnets"},
+    {"GatewayIsOwn", [](YAML::Node& n) { n["ports"][1]["gateway"] = "198.51.100.11"; }, "ports[1].gateway",
+     "one of this gateway's own addresses"},
+    {"GatewayDiffersFromPeerIp", [](YAML::Node& n) { n["ports"][0]["gateway"] = "10.0.0.3"; }, "ports[0].gateway",
+     "differs from peer_ip 10.0.0.2"},
+    {"NeighborTwice",
+     [](YAML::Node& n) {
+       n["ports"][0]["neighbors"] = YAML::Load("[{ip: 10.0.0.9, mac: '02:00:00:00:00:09'}, {ip: 10.0.0.9, mac: '02:00:00:00:00:0a'}]");
+     },
+     "ports[0].neighbors[1].ip", "10.0.0.9 is listed twice"},
+    {"NeighborMulticastMac",
+     [](YAML::Node& n) { n["ports"][0]["neighbors"] = YAML::Load("[{ip: 10.0.0.9, mac: '01:00:5e:00:00:09'}]"); },
+     "ports[0].neighbors[0].mac", "a unicast address is required"},
+    {"NeighborOwnAddress",
+     [](YAML::Node& n) { n["ports"][0]["neighbors"] = YAML::Load("[{ip: 10.0.0.1, mac: '02:00:00:00:00:09'}]"); },
+     "ports[0].neighbors[0].ip", "one of this gateway's own addresses"},
+    {"NeighborUnknownKey",
+     [](YAML::Node& n) { n["ports"][0]["neighbors"] = YAML::Load("[{ip: 10.0.0.9, hw: '02:00:00:00:00:09'}]"); },
+     "ports[0].neighbors[0].hw", "unknown key 'hw'"},
+    {"NeighborTimeoutZero", [](YAML::Node& n) { n["ports"][0]["neighbor_timeout"] = 0; }, "ports[0].neighbor_timeout",
+     "out of range 1..86400"},
     {"PeerIpNeedsAddress", [](YAML::Node& n) { n["ports"][0].remove("addresses"); }, "ports[0].peer_ip", "needs an address"},
     {"PeerIpIsOwn", [](YAML::Node& n) { n["ports"][0]["peer_ip"] = "10.0.0.1"; }, "ports[0].peer_ip",
      "is one of this gateway's own addresses"},
@@ -766,7 +828,8 @@ TEST(ShippedConfig, DocsMentionEveryKey) {
         "enabled", "device", "ports", "name", "role", "addresses", "mac", "peer_mac", "peer_ip", "mtu", "rx_desc",
         "tx_desc", "tunnels", "port", "local", "remote", "gateway", "next_hop_mac", "udp_encap", "udp_src_port",
         "udp_dst_port", "ttl", "dscp", "df", "mss_clamp", "up", "routes", "prefix", "via", "tunnel", "priority", "sas",
-        "direction", "spi", "algo", "key", "esn", "replay_window", "seq", "local_selectors", "remote_selectors"})
+        "direction", "spi", "algo", "key", "esn", "replay_window", "seq", "local_selectors", "remote_selectors",
+        "neighbors", "neighbor_timeout", "ip"})
     EXPECT_TRUE(contains(doc, std::string("`") + key + "`")) << key << " is not documented in docs/config.md";
 }
 

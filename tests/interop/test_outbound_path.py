@@ -3,13 +3,14 @@ with scapy as the independent implementation: pre-encryption fragments
 (header checksums, reassembly), the TCP MSS clamp at every option alignment,
 and the ICMP-error / ARP rules of RFC 1812 and RFC 792."""
 
-from scapy.all import ICMP, IP, TCP, UDP, Ether, Raw, defragment
+import time
+
+import pytest
+from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, Raw, defragment
 from scapy.utils import checksum
 
 import gateway_harness as h
-from test_gateway import ALL_SAS, OUT, assert_no_leak, decrypt_outbound, forwarded
-
-import pytest
+from test_gateway import ALL_SAS, OUT, arp, assert_no_leak, decrypt_outbound, forwarded
 
 pytestmark = pytest.mark.skipif(not h.ESPGW.exists(), reason=f"espgw not built at {h.ESPGW}")
 
@@ -91,3 +92,118 @@ def test_mss_clamp_keeps_the_tcp_checksum_at_every_option_alignment(tmp_path):
         del want[TCP].chksum
         assert bytes(got) == bytes(IP(bytes(want)))
     assert st["mss_clamped"] == len(syns)
+
+
+def icmp_error_cases(kind):
+    """(frame, whether RFC 1812 §4.3.2.7 allows an ICMP error for it) for a
+    packet that would expire here (TTL 1) or needs fragmenting with DF set."""
+    def pkt(src="10.240.128.5", payload=None, frag=0, l2dst=h.LAN_MAC, **kw):
+        ip = IP(src=src, dst="172.31.1.1", frag=frag, **kw)
+        ip.flags = "DF" if kind == "frag-needed" else 0
+        if kind == "ttl-exceeded":
+            ip.ttl = 1
+        body = payload if payload is not None else UDP(sport=7, dport=9)
+        size = 1480 if kind == "frag-needed" else 60
+        p = ip / body
+        p = IP(bytes(p / Raw(b"z" * max(0, size - len(p)))))
+        return Ether(src=h.PEER_MAC, dst=l2dst) / p
+    quote = IP(src="172.31.1.1", dst="10.240.128.5") / UDP(sport=9, dport=7)
+    return [
+        (pkt(), True),
+        (pkt(payload=ICMP(type=8) / Raw(b"echo")), True),          # an echo request is no error
+        (pkt(payload=ICMP(type=3, code=1) / quote), False),         # ICMP errors: never answered
+        (pkt(payload=ICMP(type=11, code=0) / quote), False),
+        (pkt(payload=ICMP(type=12) / quote), False),
+        (pkt(payload=ICMP(type=4) / quote), False),
+        (pkt(payload=ICMP(type=5) / quote), False),
+        (pkt(frag=185), False),                                     # non-first fragment
+        (pkt(src="255.255.255.255"), False),                        # limited broadcast source
+        (pkt(src="224.0.0.5"), False),                              # multicast source
+        (pkt(src="127.0.0.1"), False),                              # loopback source
+        (pkt(src="0.0.0.0"), False),                                # "this host"
+        (pkt(src="0.1.2.3"), False),                                # 0/8
+        (pkt(src="240.0.0.1"), False),                              # class E
+        (pkt(l2dst="ff:ff:ff:ff:ff:ff"), False),                    # link-layer broadcast
+        (pkt(l2dst="01:00:5e:00:00:05"), False),                    # link-layer multicast
+        (pkt(id=4242), True),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["frag-needed", "ttl-exceeded"])
+def test_no_icmp_error_about_errors_fragments_or_non_host_sources(tmp_path, kind):
+    cases = icmp_error_cases(kind)
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[f for f, _ in cases])
+    with gw:
+        st = gw.wait_rx(lan=len(cases))
+    icmps = gw.sent("lan")
+    answered = [f for f, ok in cases if ok]
+    assert len(icmps) == len(answered), [i[ICMP].payload.summary() for i in icmps]
+    for icmp, orig in zip(icmps, answered):
+        assert icmp[ICMP].type == (3 if kind == "frag-needed" else 11)
+        assert bytes(icmp[ICMP].payload)[:28] == bytes(orig[IP])[:28]
+    reason = "mtu" if kind == "frag-needed" else "ttl_exceeded"
+    assert st["drops"][reason] == len(cases)
+    assert st["icmp_sent"] == len(answered)
+    assert len(gw.sent("wan")) == 0
+    assert_no_leak(gw)
+
+
+def test_inner_header_with_a_bad_checksum_is_dropped_not_encrypted(tmp_path):
+    good = IP(bytes(IP(src="10.240.128.5", dst="172.31.1.1", id=1) / UDP() / Raw(b"g" * 30)))
+    bad = IP(bytes(IP(src="10.240.128.5", dst="172.31.1.1", id=2, chksum=0x1234) / UDP() / Raw(b"b" * 30)))
+    opts = IP(bytes(IP(src="10.240.128.5", dst="172.31.1.1", id=3, options=[b"\x01\x01\x01\x00"]) / UDP()))
+    bad_opts = IP(bytes(opts))
+    raw = bytearray(bytes(bad_opts))
+    raw[22] ^= 0x01  # an option byte: only a checksum over the whole header sees it
+    bad_opts = IP(bytes(raw))
+    assert bad.chksum != IP(bytes(IP(src=bad.src, dst=bad.dst, id=2) / UDP() / Raw(b"b" * 30))).chksum
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(p) for p in (good, bad, opts, bad_opts)])
+    with gw:
+        st = gw.wait_rx(lan=4)
+    out = [decrypt_outbound(f, OUT["aws-a1"]) for f in gw.sent("wan")]
+    assert [bytes(o) for o in out] == [bytes(forwarded(good)), bytes(forwarded(opts))]
+    assert st["drops"]["bad_header"] == 2
+    assert_no_leak(gw)
+
+
+def test_arp_requests_from_non_hosts_and_gratuitous_ones_are_not_answered(tmp_path):
+    asker = "02:00:00:00:09:09"
+    host_mac = "02:00:00:00:0e:0e"
+    lan_in = [arp(1, asker, sip, "10.240.128.1")
+              for sip in ("0.0.0.0", "255.255.255.255", "224.0.0.1", "127.0.0.1", "240.0.0.9", "0.9.9.9")]
+    lan_in += [arp(1, asker, "10.240.128.77", "10.240.128.77"),   # gratuitous, not ours
+               arp(1, "01:00:5e:00:00:01", "10.240.128.2", "10.240.128.1"),  # group sender MAC
+               arp(1, asker, "10.240.128.2", "10.240.128.1")]    # the one to answer
+    host_in = [arp(1, host_mac, h.LOCAL_A, h.LOCAL_A),           # the host's own gratuitous ARP
+               arp(1, host_mac, "127.0.0.1", "203.0.113.1"),
+               arp(1, host_mac, h.LOCAL_A, "203.0.113.1")]       # proxied: answered
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=lan_in, host_in=host_in)
+    with gw:
+        st = gw.wait_rx(lan=len(lan_in))
+        deadline = time.time() + 5
+        while gw.stats()["ports"][2]["rx"]["packets"] < len(host_in) and time.time() < deadline:
+            time.sleep(0.05)
+        st = gw.stats()
+    lan = [f for f in gw.sent("lan") if ARP in f]
+    assert len(lan) == 1 and lan[0][ARP].op == 2 and lan[0][ARP].pdst == "10.240.128.2"
+    host = [f for f in gw.sent("host") if ARP in f]
+    assert len(host) == 1 and host[0][ARP].psrc == "203.0.113.1" and host[0][ARP].pdst == h.LOCAL_A
+    assert st["arp_replies"] == 2
+    assert_no_leak(gw)
+
+
+def test_no_icmp_error_or_arp_reply_for_a_connected_subnets_broadcast_source(tmp_path):
+    from test_neighbors import reconfigure
+    dying = [IP(bytes(IP(src=s, dst="172.31.1.1", ttl=1, id=i) / UDP() / Raw(b"d" * 20)))
+             for i, s in enumerate(("10.240.128.255", "10.240.128.5"))]
+    asks = [arp(1, "02:00:00:00:09:09", s, "10.240.128.1") for s in ("10.240.128.255", "10.240.128.6")]
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(p) for p in dying] + asks)
+    reconfigure(gw, {"lan": {"addresses": ["10.240.128.1/24"]}})
+    with gw:
+        st = gw.wait_rx(lan=4)
+    lan = gw.sent("lan")
+    icmps = [f for f in lan if ICMP in f]
+    assert len(icmps) == 1 and icmps[0][IP].dst == "10.240.128.5"
+    replies = [f for f in lan if ARP in f and f[ARP].op == 2]
+    assert len(replies) == 1 and replies[0][ARP].pdst == "10.240.128.6"
+    assert st["drops"]["ttl_exceeded"] == 2

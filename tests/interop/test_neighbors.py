@@ -1,0 +1,338 @@
+"""Neighbour tables end to end through the real espgw daemon: per-destination
+ARP on the LAN (on-link hosts get their own MAC, off-link destinations go
+via the LAN router), static entries, the WAN gateway for what the host sends
+through the exception path, the `neighbors` control operation and `espctl
+neighbors`; and, in network namespaces, the Linux kernel's own ARP and IP
+stack as the LAN hosts and router (resolution, aging and re-ARP)."""
+
+import json
+import os
+import subprocess
+import textwrap
+import time
+import uuid
+
+import pytest
+import yaml
+from scapy.all import ARP, IP, UDP, Ether, Raw
+
+import gateway_harness as h
+from test_gateway import IN, OUT, arp
+
+pytestmark = pytest.mark.skipif(not h.ESPGW.exists(), reason=f"espgw not built at {h.ESPGW}")
+
+HOST1_MAC, HOST2_MAC, ROUTER_MAC = "02:00:00:00:10:14", "02:00:00:00:10:15", "02:00:00:00:10:fe"
+WAN_GW_MAC, DNS_MAC = "02:00:00:00:20:01", "02:00:00:00:20:53"
+
+
+def reconfigure(gw, ports):
+    """Replaces keys of the ports' config ({"lan": {...}}); a None value removes the key."""
+    for p in gw.config["ports"]:
+        for k, v in ports.get(p["name"], {}).items():
+            if v is None:
+                p.pop(k, None)
+            else:
+                p[k] = v
+    gw.config_path.write_text(yaml.safe_dump(gw.config, sort_keys=False))
+
+
+def inbound(dsts, sa=None):
+    """ESP frames (scapy-encrypted) carrying one UDP packet to each destination."""
+    sa = sa or IN["aws-a1"]
+    inner = [IP(bytes(IP(src="172.31.1.1", dst=d, id=100 + i) / UDP(sport=4000, dport=5000 + i) / Raw(b"n" * 20)))
+             for i, d in enumerate(dsts)]
+    return inner, [h.wan_frame(sa.encrypt(p, s)) for s, p in enumerate(inner, 1)]
+
+
+def sent_ip(gw, port):
+    return [f for f in gw.sent(port) if IP in f]
+
+
+def test_lan_hosts_resolved_per_destination_and_off_link_via_the_router(tmp_path):
+    dsts = ["10.240.128.20", "10.240.128.21", "192.168.50.5", "10.240.128.20", "192.168.60.6"]
+    inner, wan_in = inbound(dsts)
+    # The hosts' and the router's ARP replies to our requests (addressed to us).
+    lan_in = [arp(2, HOST1_MAC, "10.240.128.20", "10.240.128.1", dst_mac=h.LAN_MAC),
+              arp(2, HOST2_MAC, "10.240.128.21", "10.240.128.1", dst_mac=h.LAN_MAC),
+              arp(2, ROUTER_MAC, "10.240.128.254", "10.240.128.1", dst_mac=h.LAN_MAC)]
+    gw = h.Gateway(tmp_path, list(OUT.values()) + list(IN.values()), wan_in=wan_in, lan_in=lan_in)
+    reconfigure(gw, {"lan": {"addresses": ["10.240.128.1/24"], "gateway": "10.240.128.254", "peer_mac": None}})
+    with gw:
+        deadline = time.time() + 10
+        while len(sent_ip(gw, "lan")) < len(dsts) and time.time() < deadline:
+            time.sleep(0.1)
+        st = gw.wait_rx(wan=len(wan_in), lan=len(lan_in))
+        neigh = gw.request({"op": "neighbors"})
+        cli = subprocess.run([str(h.BUILD / "control" / "espctl"), "-s", gw.sock, "neighbors"], capture_output=True,
+                             text=True, timeout=10)
+    got = {(f[IP].dst, f[UDP].dport): f[Ether].dst for f in sent_ip(gw, "lan")}
+    want_mac = {"10.240.128.20": HOST1_MAC, "10.240.128.21": HOST2_MAC, "192.168.50.5": ROUTER_MAC,
+                "192.168.60.6": ROUTER_MAC}
+    assert got == {(p.dst, p[UDP].dport): want_mac[p.dst] for p in inner}
+    for f in sent_ip(gw, "lan"):
+        assert f[Ether].src == h.LAN_MAC and f[IP].ttl == 63
+    assert st["drops"]["no_neighbor"] == 0
+    # The gateway asked for each on-link next hop, from its LAN address.
+    asked = {f[ARP].pdst for f in gw.sent("lan") if ARP in f and f[ARP].op == 1}
+    assert asked <= {"10.240.128.20", "10.240.128.21", "10.240.128.254"}
+    assert neigh["ok"]
+    table = {(n["port"], n["ip"]): n for n in neigh["neighbors"]}
+    assert table[("lan", "10.240.128.20")]["mac"] == HOST1_MAC
+    assert table[("lan", "10.240.128.21")]["mac"] == HOST2_MAC
+    router = table[("lan", "10.240.128.254")]
+    assert router["mac"] == ROUTER_MAC and router["gateway"] and router["state"] == "reachable"
+    assert not router["static"] and router["age_s"] is not None
+    assert ("lan", "192.168.50.5") not in table  # off-link: never resolved itself
+    assert cli.returncode == 0, cli.stderr
+    line = next(l for l in cli.stdout.splitlines() if "10.240.128.21" in l)
+    assert HOST2_MAC in line and "reachable" in line
+    gw.stop()
+    from test_gateway import assert_no_leak
+    assert_no_leak(gw)
+
+
+def test_static_neighbors_are_used_without_arp_and_never_overwritten(tmp_path):
+    inner, wan_in = inbound(["10.240.128.30", "10.240.128.30"])
+    spoof = arp(2, "02:00:00:00:66:66", "10.240.128.30", "10.240.128.1", dst_mac=h.LAN_MAC)
+    gw = h.Gateway(tmp_path, list(OUT.values()) + list(IN.values()), wan_in=wan_in, lan_in=[spoof])
+    reconfigure(gw, {"lan": {"addresses": ["10.240.128.1/24"],
+                             "neighbors": [{"ip": "10.240.128.30", "mac": "02:00:00:00:30:30"}]}})
+    with gw:
+        st = gw.wait_rx(wan=2, lan=1)
+        neigh = gw.request({"op": "neighbors"})
+    lan = sent_ip(gw, "lan")
+    assert [f[Ether].dst for f in lan] == ["02:00:00:00:30:30"] * 2
+    assert not [f for f in gw.sent("lan") if ARP in f and f[ARP].pdst == "10.240.128.30"]
+    entry = next(n for n in neigh["neighbors"] if n["ip"] == "10.240.128.30")
+    assert entry["static"] and entry["state"] == "static" and entry["mac"] == "02:00:00:00:30:30"
+    assert st["drops"]["no_neighbor"] == 0
+
+
+def test_unresolved_neighbor_holds_a_few_packets_then_drops_and_counts(tmp_path):
+    # Nobody answers for .40: the entry holds 4 packets, the rest are
+    # dropped as no_neighbor at once, the held ones when the daemon stops.
+    inner, wan_in = inbound(["10.240.128.40"] * 10)
+    gw = h.Gateway(tmp_path, list(OUT.values()) + list(IN.values()), wan_in=wan_in)
+    reconfigure(gw, {"lan": {"addresses": ["10.240.128.1/24"]}})
+    with gw:
+        st = gw.wait_rx(wan=10)
+        time.sleep(0.5)
+        st = gw.stats()
+    assert st["drops"]["no_neighbor"] == 6
+    assert sent_ip(gw, "lan") == []
+    reqs = [f for f in gw.sent("lan") if ARP in f]
+    assert reqs and reqs[0][ARP].pdst == "10.240.128.40" and reqs[0][ARP].psrc == "10.240.128.1"
+    assert "no_neighbor" in gw.output
+    from test_gateway import assert_no_leak
+    assert_no_leak(gw)
+
+
+def test_exception_path_reaches_wan_addresses_that_are_not_tunnel_peers(tmp_path):
+    host_mac = "02:00:00:00:0e:0e"
+    ike = Ether(src=host_mac, dst=h.WAN_MAC) / IP(src=h.LOCAL_A, dst="192.0.2.99") / UDP(sport=500, dport=500) / Raw(b"I" * 40)
+    dns = Ether(src=host_mac, dst=h.WAN_MAC) / IP(src=h.LOCAL_A, dst="198.51.100.53") / UDP(sport=3333, dport=53) / Raw(b"q" * 20)
+    ntp = Ether(src=host_mac, dst=h.WAN_MAC) / IP(src=h.LOCAL_B, dst="203.0.113.200") / UDP(sport=123, dport=123) / Raw(b"t" * 48)
+    wan_in = [arp(2, WAN_GW_MAC, "198.51.100.1", h.LOCAL_A, dst_mac=h.WAN_MAC),
+              arp(2, DNS_MAC, "198.51.100.53", h.LOCAL_A, dst_mac=h.WAN_MAC)]
+    gw = h.Gateway(tmp_path, list(OUT.values()), wan_in=wan_in, host_in=[ike, dns, ntp])
+    reconfigure(gw, {"wan": {"addresses": [h.LOCAL_A + "/24", h.LOCAL_B + "/24"], "gateway": "198.51.100.1"}})
+    with gw:
+        deadline = time.time() + 10
+        while len(sent_ip(gw, "wan")) < 3 and time.time() < deadline:
+            time.sleep(0.1)
+        st = gw.stats()
+    out = {f[IP].dst: f for f in sent_ip(gw, "wan")}
+    assert set(out) == {"192.0.2.99", "198.51.100.53", "203.0.113.200"}
+    assert out["192.0.2.99"][Ether].dst == WAN_GW_MAC      # off-link: via the WAN gateway
+    assert out["203.0.113.200"][Ether].dst == WAN_GW_MAC
+    assert out["198.51.100.53"][Ether].dst == DNS_MAC      # on-link: its own MAC
+    for f in out.values():
+        assert f[Ether].src == h.WAN_MAC
+    assert bytes(out["192.0.2.99"][IP]) == bytes(ike[IP])
+    assert st["drops"]["no_neighbor"] == 0 and st["drops"]["no_route"] == 0
+
+
+# ------------------------------------------------------- the kernel as the LAN
+# espgw's LAN port is a net_tap bridged to three network namespaces whose
+# Linux stacks are two LAN hosts and a LAN router (with 192.168.77.1
+# behind it). ESP is injected on the WAN net_tap; the kernels' own ARP
+# answers espgw's requests and their UDP sockets receive the decrypted
+# packets only when the frame carried their own MAC.
+
+LISTENER = textwrap.dedent("""
+    import json, socket, sys, time
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("0.0.0.0", 5000))
+    s.settimeout(0.2)
+    end = time.time() + float(sys.argv[1])
+    while time.time() < end:
+        try:
+            data, peer = s.recvfrom(2000)
+        except OSError:
+            continue
+        print(json.dumps([peer[0], data.decode()]), flush=True)
+""")
+
+INJECTOR = textwrap.dedent("""
+    import json, sys, time
+    from scapy.all import AsyncSniffer, ARP, Ether, IP, UDP, Raw, conf, sendp
+    from scapy.layers.ipsec import ESP, SecurityAssociation
+    conf.verb = 0
+    key, spi, wan_mac, nh_mac, local, remote = bytes.fromhex(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:7]
+    sa = SecurityAssociation(ESP, spi=spi, crypt_algo="AES-GCM", crypt_key=key, auth_algo="NULL",
+                             tunnel_header=IP(src=remote, dst=local))
+    seq = [0]
+    def send(dst, tag):
+        seq[0] += 1
+        inner = IP(src="172.31.1.1", dst=dst) / UDP(sport=4000, dport=5000) / Raw(tag.encode())
+        sendp(Ether(src=nh_mac, dst=wan_mac) / sa.encrypt(inner, seq_num=seq[0]), iface="egw-wan")
+    sn = AsyncSniffer(iface="br0", lfilter=lambda p: ARP in p and p[ARP].op == 1, store=True)
+    sn.start(); time.sleep(0.5)
+    for dst in ("10.77.0.2", "10.77.0.3", "192.168.77.1"):
+        send(dst, "first " + dst)
+    time.sleep(1.5)
+    print("PHASE1", flush=True)
+    # Aging: .2 stays in use past the 2 s reachable time (re-ARP, no loss);
+    # .3 stays idle (its MAC is forgotten).
+    end = time.time() + 5
+    n = 0
+    while time.time() < end:
+        n += 1
+        send("10.77.0.2", f"steady {n}")
+        time.sleep(0.25)
+    time.sleep(0.5)
+    reqs = [(p[ARP].psrc, p[ARP].pdst, p.time) for p in sn.stop()]
+    print("SENT", n)
+    print("ARP", json.dumps(reqs), flush=True)
+""")
+
+
+def run(*cmd, check=True):
+    return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
+                    reason="needs root and /dev/net/tun (TAP devices, network namespaces)")
+def test_kernel_lan_hosts_and_router_resolved_by_arp_with_aging(tmp_path):
+    tag = uuid.uuid4().hex[:6]
+    ns, hosts = f"egwn-{tag}", {"h1": "10.77.0.2", "h2": "10.77.0.3", "r": "10.77.0.254"}
+    names = [ns] + [f"egwn-{tag}-{k}" for k in hosts]
+    for n in names:
+        if run("ip", "netns", "add", n, check=False).returncode != 0:
+            pytest.skip("cannot create network namespaces here")
+    proc = listeners = None
+    try:
+        for n in names:
+            run("ip", "netns", "exec", n, "ip", "link", "set", "lo", "up")
+            run("ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        sock = str(tmp_path / "espgw.sock")
+        sa_in = IN["aws-a1"]
+        cfg = {
+            "eal": ["-l", "0,1", "--no-huge", "-m", "512", "--no-pci", "--file-prefix", ns, "--log-level", "lib.eal:error"],
+            "workers": [1], "mbufs": 8192, "control": {"socket": sock},
+            "ports": [
+                {"name": "lan", "device": "net_tap0,iface=egw-lan", "role": "protected", "mac": h.LAN_MAC,
+                 "addresses": ["10.77.0.1/24"], "gateway": "10.77.0.254", "neighbor_timeout": 2},
+                {"name": "wan", "device": "net_tap1,iface=egw-wan", "role": "unprotected", "mac": h.WAN_MAC,
+                 "addresses": [h.LOCAL_A, h.LOCAL_B]},
+            ],
+            "tunnels": [{"name": t, "port": "wan", "local": l, "remote": r, "next_hop_mac": h.NH_MAC}
+                        for t, (l, r) in h.TUNNELS.items()],
+            "routes": h.default_routes(),
+            "sas": [s.config() for s in list(OUT.values()) + list(IN.values())],
+        }
+        path = tmp_path / "espgw.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        log = open(tmp_path / "espgw.log", "w+")
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, str(h.ESPGW), "--config", str(path)], stdout=log,
+                                stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while not os.path.exists(sock) and time.time() < deadline:
+            assert proc.poll() is None, open(tmp_path / "espgw.log").read()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        x = ["ip", "netns", "exec"]
+        # The TAP's kernel side shares the port's MAC, and a bridge keeps frames
+        # to its ports' own MACs for itself: give the kernel side (and the
+        # bridge) other MACs, so frames to espgw's MAC go out to espgw.
+        run(*x, ns, "ip", "link", "add", "br0", "address", "02:00:00:00:ee:02", "type", "bridge")
+        run(*x, ns, "ip", "link", "set", "egw-lan", "address", "02:00:00:00:ee:01")
+        run(*x, ns, "ip", "link", "set", "egw-lan", "master", "br0")
+        for dev in ("br0", "egw-lan", "egw-wan"):
+            run(*x, ns, "ip", "link", "set", dev, "up")
+        macs = {}
+        for (k, addr), hns in zip(hosts.items(), names[1:]):
+            run(*x, ns, "ip", "link", "add", f"v{k}", "type", "veth", "peer", "name", "eth0", "netns", hns)
+            run(*x, ns, "ip", "link", "set", f"v{k}", "master", "br0", "up")
+            run(*x, hns, "ip", "addr", "add", f"{addr}/24", "dev", "eth0")
+            run(*x, hns, "ip", "link", "set", "eth0", "up")
+            run(*x, hns, "ip", "route", "add", "default", "via", "10.77.0.1")
+            macs[addr] = json.loads(run(*x, hns, "ip", "-j", "link", "show", "eth0").stdout)[0]["address"]
+        rns = names[3]
+        run(*x, rns, "ip", "addr", "add", "192.168.77.1/32", "dev", "lo")  # the network behind the router
+        listeners = {addr: subprocess.Popen([*x, hns, "/usr/bin/python3", "-c", LISTENER, "12"], stdout=subprocess.PIPE,
+                                            text=True) for addr, hns in zip(hosts.values(), names[1:])}
+        time.sleep(1.0)  # bridge ports forwarding, listeners bound
+        inj = subprocess.Popen([*x, ns, "/usr/bin/python3", "-c", INJECTOR, sa_in.key.hex(), str(sa_in.spi), h.WAN_MAC,
+                                h.NH_MAC, h.LOCAL_A, h.TUNNELS["aws-a1"][1]], stdout=subprocess.PIPE, text=True)
+        assert inj.stdout.readline().strip() == "PHASE1"
+        table1 = {n["ip"]: n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"}
+        out, _ = inj.communicate(timeout=40)
+        lines = dict(l.split(" ", 1) for l in out.splitlines())
+        table2 = {n["ip"]: n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"}
+        got = {addr: [json.loads(l) for l in p.communicate(timeout=30)[0].splitlines()] for addr, p in listeners.items()}
+        st = h.control_request(sock, {"op": "stats"})
+    finally:
+        if proc and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=20)
+        for p in (listeners or {}).values():
+            if p.poll() is None:
+                p.kill()
+        for n in names:
+            run("ip", "netns", "del", n, check=False)
+        subprocess.run(["rm", "-rf", f"/var/run/dpdk/{ns}"])
+    # Every first packet arrived (held while ARP resolved its next hop), at
+    # the kernel whose MAC the frame carried: hosts directly, 192.168.77.1
+    # through the router.
+    assert ["172.31.1.1", "first 10.77.0.2"] in got["10.77.0.2"]
+    assert ["172.31.1.1", "first 10.77.0.3"] in got["10.77.0.3"]
+    assert got["10.77.0.254"] == [["172.31.1.1", "first 192.168.77.1"]]
+    for addr in hosts.values():
+        assert table1[addr]["mac"] == macs[addr] and table1[addr]["state"] == "reachable", table1
+    assert table1["10.77.0.254"]["gateway"]
+    assert "192.168.77.1" not in table1
+    # Aging: .2 was re-confirmed by a fresh request while in use, and lost
+    # nothing; idle .3 lost its MAC after the 2 s reachable time.
+    sent = int(lines["SENT"])
+    steady = [d for _, d in got["10.77.0.2"] if d.startswith("steady")]
+    assert len(steady) == sent, (len(steady), sent, st["drops"])
+    reqs = json.loads(lines["ARP"])
+    refresh = [r for r in reqs if r[1] == "10.77.0.2" and r[0] == "10.77.0.1"]
+    assert len(refresh) >= 2, reqs  # the first resolution, then at least one re-ARP
+    assert table2["10.77.0.2"]["mac"] == macs["10.77.0.2"] and table2["10.77.0.2"]["age_s"] < 3.0
+    assert table2["10.77.0.3"]["mac"] is None and table2["10.77.0.3"]["state"] in ("incomplete", "failed")
+    assert proc.returncode == 0
+
+
+def test_off_link_tunnel_peers_go_via_the_wan_gateway(tmp_path):
+    from test_gateway import ALL_SAS, inner_packets
+    import random
+    inner = inner_packets(16, random.Random(8), sizes=(40, 100))
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(p) for p in inner], infinite_lan=True,
+                   wan_in=[arp(2, WAN_GW_MAC, "198.51.100.1", h.LOCAL_A, dst_mac=h.WAN_MAC)])
+    for t in gw.config["tunnels"]:
+        t.pop("next_hop_mac")  # no gateway of their own: the port's, since 203.0.113.x is off-link
+    reconfigure(gw, {"wan": {"addresses": [h.LOCAL_A + "/24", h.LOCAL_B + "/24"], "gateway": "198.51.100.1"}})
+    with gw:
+        deadline = time.time() + 20
+        while gw.stats()["tunnels"][0]["out"]["packets"] < 300 and time.time() < deadline:
+            time.sleep(0.05)
+        neigh = gw.request({"op": "neighbors"})
+    recs = list(h.raw_esp_records_l2(gw.wan_out[0]))
+    assert {dst for dst, etype in recs if etype == 0x0800} == {WAN_GW_MAC}
+    asked = {f[ARP].pdst for f in gw.sent("wan") if ARP in f and f[ARP].op == 1}
+    assert asked <= {"198.51.100.1"}, asked
+    wan = [n for n in neigh["neighbors"] if n["port"] == "wan"]
+    assert [(n["ip"], n["mac"], n["gateway"], n["tunnel_next_hop"]) for n in wan] == \
+        [("198.51.100.1", WAN_GW_MAC, True, True)]
