@@ -38,7 +38,7 @@ def check_balance(st, workers):
         assert w["consistent"]
         for p in w["ports"]:
             assert p["rx_holds"] and p["tx_holds"], p["equation"]
-            assert p["rx"] == p["forwarded"] + p["to_host"] + p["consumed"] + p["dropped"], p
+            assert p["rx"] == p["forwarded"] + p["to_host"] + p["consumed"] + p["dropped"] + p["queued"] + p["held"], p
             assert p["staged"] == p["sent"] + p["tx_dropped"], p
     # The per-port totals match the port counters the stats have always shown.
     ports = {p["name"]: p for p in st["ports"]}
@@ -122,5 +122,30 @@ def test_every_frame_accounted_for(tmp_path, workers):
         assert ports[name]["tx"]["packets"] == pcap_count(files), name
         assert ports[name]["tx"]["bytes"] == pcap_bytes(files), name
     assert ports["exception"]["tx"]["bytes"] > 0
+    in_use, at_start = gw.mbufs()
+    assert in_use == at_start
+
+
+def test_hold_queue_is_accounted(tmp_path):
+    # Decrypted packets for an unresolved LAN host: 4 wait in its hold queue
+    # ("queued"), the rest are dropped (no_neighbor); at stop the held ones
+    # are dropped as generated packets. The equations hold throughout.
+    sa_out, sa_in = h.Sa("out", 0x1001, "aws-a1"), h.Sa("in", 0x2001, "aws-a1")
+    tx = eo.EspSender(sa_in.key, sa_in.spi, REMOTE, LOCAL)
+    wan_in = [eo.ether(h.WAN_MAC, h.NH_MAC, tx.packet(s, eo.inner_udp("172.31.1.1", "10.240.128.40", b"q" * s)))
+              for s in range(1, 11)]
+    gw = h.Gateway(tmp_path, [sa_out, sa_in], routes=ROUTES, wan_in=wan_in)
+    for p in gw.config["ports"]:
+        if p["name"] == "lan":
+            p["addresses"] = ["10.240.128.1/24"]
+    import yaml
+    gw.config_path.write_text(yaml.safe_dump(gw.config, sort_keys=False))
+    with gw:
+        st = gw.wait_rx(wan=len(wan_in))
+    bal = check_balance(st, 1)
+    assert (bal["wan"]["queued"], bal["wan"]["dropped"], bal["wan"]["forwarded"]) == (4, 6, 0)
+    assert st["drops"]["no_neighbor"] == 6
+    assert bal["lan"]["generated"] >= 1  # the ARP request for .40
+    assert "accounting: holds" in gw.output
     in_use, at_start = gw.mbufs()
     assert in_use == at_start
