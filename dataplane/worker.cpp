@@ -41,8 +41,8 @@ uint32_t worker_poll_once_impl(Worker& w) {
     w.rx_port = p;
     // Received, not generated (kGeneratedPort). Hardware PMDs, net_pcap and
     // net_tap set mbuf->port on every mbuf; net_ring leaves it as the sender
-    // had it: stamp the burst when its first mbuf shows that.
-    if (pkts[0]->port != port.port_id)
+    // had it: stamp the burst when its first or last mbuf shows that.
+    if (pkts[0]->port != port.port_id || pkts[n - 1]->port != port.port_id)
       for (uint16_t i = 0; i < n; i++) pkts[i]->port = port.port_id;
     w.c->port[p].rx.packets += n;  // rx bytes: counted by the pipelines, which touch each mbuf anyway
     switch (port.kind) {
