@@ -336,6 +336,12 @@ void Gateway::init_tables() {
       rte_ether_addr a;
       memcpy(a.addr_bytes, tc.next_hop_mac->b, 6);
       t.next_hop.mac.store(dp::pack_mac(a));
+    } else {
+      for (const auto& n : tpc.neighbors)  // a static neighbour entry for the next hop counts too
+        if (n.ip == t.next_hop.ip) {
+          t.next_hop.mac.store(dp::pack_mac_bytes(n.mac.b));
+          t.next_hop.is_static = true;
+        }
     }
     tunnels_[i].name = tc.name;
     tunnels_[i].admin_up = tc.up;

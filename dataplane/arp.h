@@ -29,10 +29,11 @@ inline void drop_held(Worker& w, NeighborEntry& e) {
 
 // Keeps a packet (its Ethernet header in place) until the entry's MAC is
 // known; dropped as no_neighbor when the entry already holds kHoldPackets.
-// Accounting (counters.h): a held packet's disposition is "queued" on the
-// worker and port that received it; it leaves the hold queue (from any
-// worker) as a generated packet, sent or dropped.
-inline void hold_or_drop(Worker& w, NeighborEntry* e, uint16_t port, rte_mbuf* m) {
+// Returns whether it was kept. Accounting (counters.h): a held packet's
+// disposition is "queued" on the worker and port that received it; it
+// leaves the hold queue (from any worker) as a generated packet, sent or
+// dropped.
+inline bool hold_or_drop(Worker& w, NeighborEntry* e, uint16_t port, rte_mbuf* m) {
   const uint16_t rx_mark = m->port;
   m->port = kGeneratedPort;  // before it is visible to other workers
   if (e != nullptr)
@@ -45,10 +46,11 @@ inline void hold_or_drop(Worker& w, NeighborEntry* e, uint16_t port, rte_mbuf* m
       // lookup and this store: then send it now.
       uint64_t mac = e->mac.load(std::memory_order_acquire);
       if (mac & kMacValid) release_held(w, *e, port, mac);
-      return;
+      return true;
     }
   m->port = rx_mark;
   drop(w, m, DropReason::kNoNeighbor);
+  return false;
 }
 
 // Learns MACs from any ARP packet: the port's neighbour table (an entry is

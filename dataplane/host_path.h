@@ -87,9 +87,8 @@ inline void from_host(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     if (!(mac & kMacValid)) {
       if (tunnel_peer) {
         drop(w, m, DropReason::kNoNeighbor);
-      } else {
+      } else if (hold_or_drop(w, entry, out, m)) {  // until ARP resolves the destination or the gateway
         w.c->exception_from_host++;
-        hold_or_drop(w, entry, out, m);  // until ARP resolves the destination or the gateway
       }
       continue;
     }

@@ -336,3 +336,20 @@ def test_off_link_tunnel_peers_go_via_the_wan_gateway(tmp_path):
     wan = [n for n in neigh["neighbors"] if n["port"] == "wan"]
     assert [(n["ip"], n["mac"], n["gateway"], n["tunnel_next_hop"]) for n in wan] == \
         [("198.51.100.1", WAN_GW_MAC, True, True)]
+
+
+def test_a_static_neighbor_entry_serves_as_a_tunnels_next_hop(tmp_path):
+    from test_gateway import ALL_SAS, inner_packets
+    import random
+    inner = inner_packets(8, random.Random(9), sizes=(40, 100))
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(p) for p in inner])
+    for t in gw.config["tunnels"]:
+        t.pop("next_hop_mac")
+    reconfigure(gw, {"wan": {"addresses": [h.LOCAL_A + "/24", h.LOCAL_B + "/24"], "gateway": "198.51.100.1",
+                             "neighbors": [{"ip": "198.51.100.1", "mac": WAN_GW_MAC}]}})
+    with gw:
+        st = gw.wait_rx(lan=len(inner))
+    wan = gw.sent("wan")
+    assert len(wan) == len(inner) and {f[Ether].dst for f in wan} == {WAN_GW_MAC}
+    assert not [f for f in wan if ARP in f]
+    assert st["drops"]["no_neighbor"] == 0
