@@ -5,6 +5,8 @@ the pcap files the ports wrote); tunnel and SA "in" counters count only the
 packets that were accepted. Packets are made by scapy and OpenSSL
 (esp_oracle), never by espgw."""
 
+import subprocess
+
 import pytest
 from scapy.all import ARP, ICMP, IP, UDP, Ether, Raw
 
@@ -91,7 +93,11 @@ def test_every_frame_accounted_for(tmp_path, workers):
     gw = h.Gateway(tmp_path, [sa_out, sa_in], routes=ROUTES, host_in=host_in, workers=workers, **split)
     with gw:
         st = gw.wait_rx(wan=len(wan_in), lan=len(lan_in))
+        cli = subprocess.run([str(h.BUILD / "control" / "espctl"), "-s", gw.sock, "stats"], capture_output=True,
+                             text=True, timeout=10)
     assert gw.proc.returncode == 0, gw.output
+    assert cli.returncode == 0 and "ACCOUNTING: holds" in cli.stdout, cli.stdout + cli.stderr
+    assert sum(1 for line in cli.stdout.splitlines() if line.startswith("  worker ")) == 3 * workers  # lan, wan, host
     bal = check_balance(st, workers)
     assert "accounting: holds" in gw.output  # the final report prints it too
 
