@@ -1,5 +1,7 @@
 #include "control/control_ops.h"
 
+#include "control/accounting.h"
+
 #include "dataplane/neighbor_info.h"
 
 #include <fmt/format.h>
@@ -209,6 +211,11 @@ dp::WorkerCounters ControlOps::sum_counters() const {
     s.exception_to_host += c.exception_to_host;
     s.exception_from_host += c.exception_from_host;
     s.arp_replies += c.arp_replies;
+    s.arp_consumed += c.arp_consumed;
+    s.tfc_dummies += c.tfc_dummies;
+    s.reassembled += c.reassembled;
+    s.reasm_timeouts += c.reasm_timeouts;
+    s.generated_dropped += c.generated_dropped;
     s.icmp_sent += c.icmp_sent;
     s.fragments += c.fragments;
     s.mss_clamped += c.mss_clamped;
@@ -247,6 +254,13 @@ json ControlOps::stats() const {
   j["fragments"] = s.fragments;
   j["mss_clamped"] = s.mss_clamped;
   j["workers"] = dp_.nb_workers;
+  j["accounting"] = balance_json(dp_, port_names_);
+  j["tfc_dummies"] = s.tfc_dummies;
+  j["reassembly"] = {{"reassembled", s.reassembled},
+                     {"timeouts", s.reasm_timeouts},
+                     {"failed", s.drop[static_cast<int>(dp::DropReason::kReasmFailed)]}};
+  j["arp_consumed"] = s.arp_consumed;
+  j["generated_dropped"] = s.generated_dropped;
   if (extras_) extras_(j);
   return j;
 }
@@ -270,6 +284,7 @@ std::string ControlOps::format_stats() const {
   for (auto& [k, v] : j["drops"].items())
     if (v.get<uint64_t>()) drops += fmt::format(" {}={}", k, v.get<uint64_t>());
   out += "drops:" + (drops.empty() ? std::string(" none") : drops) + "\n";
+  out += balance_text(j["accounting"]);
   return out;
 }
 

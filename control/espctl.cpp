@@ -136,6 +136,16 @@ void print_stats(const json& r) {
   fmt::print("EXCEPTION: to_host={} from_host={}   ICMP sent={} fragments={} mss_clamped={}\n",
              u64(r["exception"], "to_host"), u64(r["exception"], "from_host"), u64(r, "icmp_sent"), u64(r, "fragments"),
              u64(r, "mss_clamped"));
+  // Accounting to the packet (dataplane/counters.h): each port's equations
+  // per worker, and whether they hold.
+  if (r.contains("accounting") && r["accounting"].is_object()) {
+    const json& a = r["accounting"];
+    fmt::print("ACCOUNTING: {}\n", a.value("holds", false) ? "holds" : "DOES NOT HOLD");
+    for (const auto& w : a["workers"])
+      for (const auto& p : w["ports"])
+        fmt::print("  worker {} {:<10} {}{}\n", u64(w, "worker"), str(p, "name"), str(p, "equation"),
+                   w.value("consistent", true) ? "" : " (unsettled)");
+  }
 }
 
 std::string read_key_file(const std::string& path) {

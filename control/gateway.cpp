@@ -68,7 +68,11 @@ Gateway::~Gateway() {
       rte_eth_dev_close(dp_->ports[p].port_id);
     }
     if (dp_->inbound) rte_hash_free(dp_->inbound);
-    for (uint16_t w = 0; w < dp_->nb_workers; w++) rte_free(dp_->counters[w]);
+    for (uint16_t w = 0; w < dp_->nb_workers; w++) {
+      rte_free(dp_->counters[w]);
+      for (uint16_t p = 0; p < dp::kMaxPorts; p++)
+        if (dp_->reasm[w][p]) rte_ip_frag_table_destroy(dp_->reasm[w][p]);
+    }
     rte_free(dp_->qsbr);
   }
   if (dp_ && dp_->pool) rte_mempool_free(dp_->pool);
@@ -258,6 +262,16 @@ void Gateway::init_tables() {
                            static_cast<int>(rte_lcore_to_socket_id(worker_lcores_[w]))));
     if (!d.counters[w]) throw std::runtime_error("no memory for worker counters");
   }
+  // Outer reassembly (dataplane/reassembly.h): a table per worker and
+  // unprotected port, bounded.
+  const uint64_t reasm_cycles = rte_get_tsc_hz() / 1000 * d.reasm_timeout_ms;
+  for (uint16_t w = 0; w < d.nb_workers; w++)
+    for (uint16_t p = 0; p < d.nb_ports; p++)
+      if (d.ports[p].kind == dp::PortKind::kUnprotected) {
+        d.reasm[w][p] = rte_ip_frag_table_create(dp::kReasmBuckets, dp::kReasmBucketEntries, dp::kReasmMaxEntries,
+                                                 reasm_cycles, static_cast<int>(rte_lcore_to_socket_id(worker_lcores_[w])));
+        if (!d.reasm[w][p]) throw dpdk_error("outer reassembly table", rte_errno);
+      }
   d.icmp_tokens_per_s = std::max<uint64_t>(1, cfg_.icmp_rate_limit_pps / d.nb_workers);
   if (cfg_.icmp_rate_limit_pps == 0) d.icmp_tokens_per_s = 0;
 
@@ -457,6 +471,7 @@ void Gateway::stop() {
   rte_eal_mp_wait_lcore();
   dp::drop_all_held(*dp_);
   workers_running_ = false;
+  for (uint16_t w = 0; w < dp_->nb_workers; w++) dp::worker_release_fragments(*dp_, w);
 }
 
 unsigned Gateway::mbufs_in_use() const {

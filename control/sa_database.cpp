@@ -347,7 +347,7 @@ void SaDatabase::replace_inbound(Entry& e, std::unique_ptr<dp::InboundSa> next) 
   dp::InboundKey key{old->spi, old->local_addr};
   rte_hash_add_key_data(dp_.inbound, &key, nullptr);  // existing key: an atomic data update
   synchronize();
-  next->replay = old->replay;
+  next->replay.copy_state_from(old->replay);
   rte_hash_add_key_data(dp_.inbound, &key, next.get());
   std::unique_ptr<dp::InboundSa> retired = std::move(e.in);
   e.in = std::move(next);

@@ -16,8 +16,7 @@ inline void release_held(Worker& w, NeighborEntry& e, uint16_t port, uint64_t ma
     rte_mbuf* m = e.held[i].exchange(nullptr, std::memory_order_acquire);
     if (m == nullptr) continue;
     unpack_mac(mac, &rte_pktmbuf_mtod(m, rte_ether_hdr*)->dst_addr);
-    w.c->port[port].tx.bytes += rte_pktmbuf_pkt_len(m);
-    stage_tx(w, port, m);
+    stage_tx(w, port, m);  // counted as generated: its disposition was "queued" (counters.h)
   }
 }
 
@@ -30,19 +29,26 @@ inline void drop_held(Worker& w, NeighborEntry& e) {
 
 // Keeps a packet (its Ethernet header in place) until the entry's MAC is
 // known; dropped as no_neighbor when the entry already holds kHoldPackets.
-// Returns whether it was kept.
+// Returns whether it was kept. Accounting (counters.h): a held packet's
+// disposition is "queued" on the worker and port that received it; it
+// leaves the hold queue (from any worker) as a generated packet, sent or
+// dropped.
 inline bool hold_or_drop(Worker& w, NeighborEntry* e, uint16_t port, rte_mbuf* m) {
+  const uint16_t rx_mark = m->port;
+  m->port = kGeneratedPort;  // before it is visible to other workers
   if (e != nullptr)
     for (uint32_t i = 0; i < kHoldPackets; i++) {
       rte_mbuf* expected = nullptr;
       if (!e->held[i].compare_exchange_strong(expected, m, std::memory_order_release, std::memory_order_relaxed))
         continue;
+      if (rx_mark != kGeneratedPort) w.c->rx_disp[w.rx_port].queued++;
       // The MAC may have been learned (and the queue released) between our
       // lookup and this store: then send it now.
       uint64_t mac = e->mac.load(std::memory_order_acquire);
       if (mac & kMacValid) release_held(w, *e, port, mac);
       return true;
     }
+  m->port = rx_mark;
   drop(w, m, DropReason::kNoNeighbor);
   return false;
 }
@@ -77,19 +83,21 @@ inline void handle_arp(Worker& w, rte_mbuf* m, uint16_t port) {
   Dataplane& dp = *w.dp;
   uint32_t sender;
   rte_ether_addr sha;
+  w.c->arp_consumed++;
   // A sender claiming a connected subnet's broadcast address is no host:
   // neither learned nor answered (RFC 1812 §4.3.2.7 / §5.3.7).
   if (arp_sender(m, &sender, &sha) && is_directed_broadcast(dp.neighbors[port], sender)) {
-    rte_pktmbuf_free(m);
+    consume(w, m);
     return;
   }
   learn_neighbor(w, m, port);
   if (arp_make_reply(m, dp.ports[port])) {
     w.c->arp_replies++;
+    reuse_as_generated(w, m);  // the request is consumed, the reply generated
     stage_tx(w, port, m);
     return;
   }
-  rte_pktmbuf_free(m);  // replies to us and requests for others: consumed
+  consume(w, m);  // replies to us and requests for others
 }
 
 inline void send_arp_request(Worker& w, uint16_t port, uint32_t target) {

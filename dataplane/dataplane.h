@@ -8,6 +8,7 @@
 
 #include <rte_ether.h>
 #include <rte_hash.h>
+#include <rte_ip_frag.h>
 #include <rte_mempool.h>
 #include <rte_rcu_qsbr.h>
 
@@ -25,6 +26,13 @@ inline constexpr uint16_t kBurst = 32;
 inline constexpr uint16_t kMaxWorkers = 64;
 inline constexpr uint8_t kMaxPortAddrs = 8;
 inline constexpr uint16_t kNoPort = 0xFFFF;
+// Outer reassembly table of one (worker, unprotected port): at most
+// kReasmMaxEntries datagrams in progress (each of at most
+// RTE_LIBRTE_IP_FRAG_MAX_FRAG fragments), kept at most kReasmTimeoutMs.
+inline constexpr uint32_t kReasmBuckets = 64;
+inline constexpr uint32_t kReasmBucketEntries = 4;
+inline constexpr uint32_t kReasmMaxEntries = kReasmBuckets * kReasmBucketEntries;
+inline constexpr uint32_t kReasmTimeoutMs = 2000;
 
 enum class PortKind : uint8_t { kProtected, kUnprotected, kException };
 
@@ -96,6 +104,10 @@ struct Dataplane {
   uint16_t nb_workers = 0;
   WorkerCounters* counters[kMaxWorkers] = {};
   uint64_t icmp_tokens_per_s = 100;  // per worker
+  // Outer IPv4 reassembly (reassembly.h): one table per worker and
+  // unprotected port, made and destroyed by the control side; nullptr = none.
+  rte_ip_frag_tbl* reasm[kMaxWorkers][kMaxPorts] = {};
+  uint32_t reasm_timeout_ms = kReasmTimeoutMs;
 
   std::atomic<bool> stop{false};
 };
@@ -111,5 +123,10 @@ int worker_main(void* worker_args);
 // One poll iteration, exposed for tests that drive a worker in-process.
 // Returns the number of packets received.
 uint32_t worker_poll_once(Dataplane& dp, uint16_t index);
+
+// After the workers stopped: frees the outer fragments still waiting in
+// worker `index`'s reassembly tables, counted as reassembly timeouts (so
+// that the accounting still balances and no mbuf stays held).
+void worker_release_fragments(Dataplane& dp, uint16_t index);
 
 }  // namespace espgw::dataplane

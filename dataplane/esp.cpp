@@ -23,6 +23,7 @@ const char* to_string(EspStatus s) {
     case EspStatus::kNoRoom: return "no-room";
     case EspStatus::kSeqExhausted: return "seq-exhausted";
     case EspStatus::kUnsupported: return "unsupported";
+    case EspStatus::kCeNotEct: return "ce-not-ect";
     case EspStatus::kCount: break;
   }
   return "unknown";
@@ -142,6 +143,10 @@ uint16_t esp_decap_burst(rte_mbuf** pkts, InboundSa& sa, uint16_t n, EspStatus* 
     }
     if (nops == 0) continue;
     crypto::decrypt_burst(ops, nops, ok);
+    // Another worker may update this window at the same time: one lock for
+    // the chunk's updates (replay_window.h).
+    ReplayWindow::UpdateLock guard;
+    guard.hold(&sa.replay);
     for (uint32_t k = 0; k < nops; ++k) {
       const uint16_t j = idx[k];
       const uint16_t i = i0 + j;

@@ -23,8 +23,11 @@
 //   esp_inbound_parse() -> SA lookup by SPI (caller) -> ReplayWindow::check()
 //   -> esp_inbound_prepare() -> crypto::decrypt_burst() ->
 //   ReplayWindow::update() if the ICV verified -> esp_inbound_finish().
-// finish() leaves exactly the inner IPv4 packet in the mbuf. On an outer CE
-// mark and an ECN-capable inner packet, the inner ECN becomes CE (RFC 6040).
+// finish() leaves exactly the inner IPv4 packet in the mbuf: TFC padding
+// after it (RFC 4303 §2.4, §2.7: the payload is longer than the inner total
+// length) is trimmed. ECN per RFC 6040 §4.2 (normal mode): outer CE marks an
+// ECN-capable inner packet CE and drops a Not-ECT one (kCeNotEct); outer
+// ECT(1) turns an inner ECT(0) into ECT(1); otherwise the inner field stays.
 //
 // On any failure status the mbuf is left as it was, except that after
 // esp_inbound_prepare()+decrypt the payload region has been decrypted in
@@ -59,10 +62,11 @@ enum class EspStatus : uint8_t {
   kPadLength,       // pad length beyond the payload
   kBadNextHeader,   // next header is not 4 (IPv4) (nor 41 / 59, below)
   kDummy,           // next header 59: RFC 4303 §2.6 dummy (TFC) packet, discard silently
-  kBadInner,        // inner packet not IPv4, bad IHL, total length != decrypted length
+  kBadInner,        // inner packet not IPv4, bad IHL, total length beyond the decrypted payload
   kNoRoom,          // not enough headroom/tailroom, or outer packet > 65535 bytes
   kSeqExhausted,    // SA's sequence numbers used up (rekey needed)
   kUnsupported,     // multi-segment mbuf, inner IPv6 (next header 41)
+  kCeNotEct,        // outer CE over a Not-ECT inner packet: RFC 6040 §4.2 says drop
   kCount
 };
 
@@ -300,8 +304,18 @@ struct EspInboundInfo {
   bool udp;
 };
 
+inline constexpr uint16_t kIkePort = 500;
+// esp_inbound_parse()'s nat_t_port for "ESP-in-UDP on any port but 500".
+inline constexpr uint16_t kAnyNatTPort = 0;
+
 // Validates the outer IPv4 (+UDP) header and the ESP length; no change to the
-// mbuf. `nat_t_port` is the UDP destination port treated as ESP-in-UDP.
+// mbuf. `nat_t_port` is the UDP destination port treated as ESP-in-UDP, or
+// kAnyNatTPort: every UDP datagram but IKE (port 500), the non-ESP marker and
+// NAT keepalives is a candidate (info.udp set) and the caller decides by the
+// SA it finds for (SPI, destination): an SA whose UDP port is the datagram's
+// destination port makes it ESP (RFC 3948 on a local port other than 4500);
+// otherwise it is not ESP. In that mode a datagram to a port other than 4500
+// too short for ESP is kNotEsp (someone else's UDP), not kShortEsp.
 //
 // kOuterChecked: the caller guarantees a single-segment mbuf whose IPv4
 // version, IHL and total length (<= data length) were validated (the
@@ -330,7 +344,8 @@ inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t na
   if (p[9] == kIpProtoUdp) {
     if (tot < ihl + kUdpHdrLen) return EspStatus::kTruncated;
     const uint8_t* u = p + ihl;
-    if (ld16(u + 2) != nat_t_port) return EspStatus::kNotEsp;
+    const uint16_t dport = ld16(u + 2);
+    if (nat_t_port == kAnyNatTPort ? dport == kIkePort : dport != nat_t_port) return EspStatus::kNotEsp;
     if (ld16(u + 4) != tot - ihl) return EspStatus::kBadOuterHeader;
     off += kUdpHdrLen;
     const uint32_t plen = tot - off;
@@ -345,7 +360,8 @@ inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t na
     out.udp_sport = out.udp_dport = 0;
   }
   const uint32_t esp_len = tot - off;
-  if (esp_len < kEspMinLen) return EspStatus::kShortEsp;
+  if (esp_len < kEspMinLen)
+    return udp && nat_t_port == kAnyNatTPort && out.udp_dport != kNatTPort ? EspStatus::kNotEsp : EspStatus::kShortEsp;
   out.spi = ld32(p + off);
   out.seq_low = ld32(p + off + 4);
   out.outer_src = ld32(p + 12);
@@ -409,14 +425,24 @@ inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, boo
     if (nh == kNextHdrIpv6) return EspStatus::kUnsupported;
     return EspStatus::kBadNextHeader;
   }
-  if (plen < kIpv4HdrLen || (pt[0] >> 4) != 4 || (pt[0] & 0xf) < 5 || uint32_t{pt[0] & 0xfu} * 4 > plen ||
-      ld16(pt + 2) != plen)
-    return EspStatus::kBadInner;
+  if (plen < kIpv4HdrLen || (pt[0] >> 4) != 4 || (pt[0] & 0xf) < 5) return EspStatus::kBadInner;
+  const uint32_t inner_len = ld16(pt + 2);
+  // Anything after the inner packet is TFC padding (RFC 4303 §2.4).
+  if (uint32_t{pt[0] & 0xfu} * 4 > inner_len || inner_len > plen) return EspStatus::kBadInner;
 
-  // RFC 6040 decapsulation: outer CE onto an ECN-capable inner packet.
-  if ((info.outer_tos & 3) == 3 && (pt[1] & 3) != 0 && (pt[1] & 3) != 3) {
+  // RFC 6040 §4.2 decapsulation (ECN codepoints: 0 Not-ECT, 1 ECT(1),
+  // 2 ECT(0), 3 CE).
+  const uint8_t outer_ecn = info.outer_tos & 3, inner_ecn = pt[1] & 3;
+  uint8_t new_ecn = inner_ecn;
+  if (outer_ecn == 3) {
+    if (inner_ecn == 0) return EspStatus::kCeNotEct;
+    new_ecn = 3;
+  } else if (outer_ecn == 1 && inner_ecn == 2) {
+    new_ecn = 1;
+  }
+  if (new_ecn != inner_ecn) {
     uint16_t old_w = ld16(pt);
-    pt[1] |= 3;
+    pt[1] = static_cast<uint8_t>((pt[1] & ~3) | new_ecn);
     uint16_t new_w = ld16(pt);
     uint32_t c = static_cast<uint16_t>(~ld16(pt + 10));  // RFC 1624: HC' = ~(~HC + ~m + m')
     c += static_cast<uint16_t>(~old_w);
@@ -428,11 +454,11 @@ inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, boo
   const uint16_t strip = static_cast<uint16_t>(info.esp_off + kEspHdrLen + kEspIvLen);
   if (m->nb_segs == 1) {
     m->data_off = static_cast<uint16_t>(m->data_off + strip);
-    m->data_len = static_cast<uint16_t>(plen);
-    m->pkt_len = plen;
+    m->data_len = static_cast<uint16_t>(inner_len);
+    m->pkt_len = inner_len;
   } else {
     rte_pktmbuf_adj(m, strip);
-    rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_data_len(m) - plen));
+    rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_pkt_len(m) - inner_len));
   }
   m->packet_type = RTE_PTYPE_L3_IPV4;
   m->l2_len = 0;

@@ -40,11 +40,13 @@ inline void from_host(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     if (type == RTE_ETHER_TYPE_ARP) {
       // The host resolves its peers through us: answer every request with
       // the tap port's MAC (proxy ARP), we rewrite L2 on the way out anyway.
+      w.c->arp_consumed++;
       if (arp_make_reply(m, dp.ports[dp.exception_port], true)) {
         w.c->arp_replies++;
+        reuse_as_generated(w, m);
         stage_tx(w, dp.exception_port, m);
       } else {
-        rte_pktmbuf_free(m);
+        consume(w, m);
       }
       continue;
     }

@@ -7,6 +7,7 @@
 
 #include "dataplane/esp.h"
 #include "dataplane/host_path.h"
+#include "dataplane/reassembly.h"
 #include "dataplane/rx_frame.h"
 #include "dataplane/worker_context.h"
 
@@ -28,6 +29,7 @@ inline DropReason esp_drop_reason(EspStatus st) {
     case EspStatus::kBadInner: return DropReason::kBadHeader;
     case EspStatus::kNoRoom: return DropReason::kNoBuffer;
     case EspStatus::kSeqExhausted: return DropReason::kSeqExhausted;
+    case EspStatus::kCeNotEct: return DropReason::kCeNotEct;
     default: return DropReason::kUnsupported;
   }
 }
@@ -125,14 +127,25 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kNotForUs);
       continue;
     }
+    if (__builtin_expect(rte_ipv4_frag_pkt_is_fragmented(ip), 0)) {
+      if (!reasm_wanted(ip)) {  // not ESP, not UDP: the host's stack reassembles it
+        to_exception(w, m);
+        continue;
+      }
+      m = reasm_feed(w, port, m, ip);  // reassembly.h
+      if (m == nullptr) continue;      // held, or dropped and counted
+      ip = rte_pktmbuf_mtod_offset(m, rte_ipv4_hdr*, kEthLen);
+    }
     // Single segment, at least 14 bytes: strip Ethernet in place.
     m->data_off = uint16_t(m->data_off + kEthLen);
     m->data_len = uint16_t(m->data_len - kEthLen);
     m->pkt_len -= kEthLen;
-    EspStatus st = esp_inbound_parse<true>(m, info[k]);
+    // ESP-in-UDP on any port but 500: the SA decides below (an SA's local
+    // NAT-T port need not be 4500).
+    EspStatus st = esp_inbound_parse<true>(m, info[k], kAnyNatTPort);
     if (st == EspStatus::kNotEsp) {
-      // IKE on 500, IKE behind the non-ESP marker on 4500, NAT keepalives,
-      // ICMP: the host's IKE daemon and stack deal with them.
+      // IKE on 500, IKE behind the non-ESP marker, NAT keepalives, ICMP:
+      // the host's IKE daemon and stack deal with them.
       rte_pktmbuf_prepend(m, kEthLen);
       to_exception(w, m);
       continue;
@@ -158,6 +171,14 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint16_t nops = 0;
   for (uint16_t i = 0; i < k; i++) {
     InboundSa* s = found[i];
+    // UDP to a port other than 4500 is ESP only when an SA for this (SPI,
+    // destination) expects it on that port; anything else there is the
+    // host's (its IKE daemon may float to any port).
+    if (info[i].udp && info[i].udp_dport != kNatTPort && (s == nullptr || s->udp_port != info[i].udp_dport)) {
+      rte_pktmbuf_prepend(esp[i], kEthLen);
+      to_exception(w, esp[i]);
+      continue;
+    }
     if (s == nullptr) {
       drop(w, esp[i], DropReason::kUnknownSpi);
       continue;
@@ -178,12 +199,24 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   if (nops == 0) return;
   uint8_t ok[kBurst];
   crypto::decrypt_burst(ops, nops, ok);
+  // Only an authenticated packet moves the window. Another worker may hold
+  // packets of the same SA (RSS is no guarantee): the updates run under the
+  // window's lock, once per run of one SA (replay_window.h). update()
+  // re-checks, so a duplicate within this burst or on another queue fails.
+  ReplayVerdict verdict[kBurst];
+  {
+    ReplayWindow::UpdateLock guard;
+    for (uint16_t j = 0; j < nops; j++) {
+      if (!ok[j]) continue;
+      guard.hold(&sa[j]->replay);
+      verdict[j] = sa[j]->replay.update(full[idx[j]]);
+    }
+  }
 
   rte_mbuf* fwd[kBurst];
   uint32_t src[kBurst];
-  uint16_t tun_of[kBurst];
+  const InboundSa* sa_of[kBurst];
   uint16_t nf = 0;
-  SaRunCounter sc{w.c};
   for (uint16_t j = 0; j < nops; j++) {
     uint16_t i = idx[j];
     rte_mbuf* m = esp[i];
@@ -191,17 +224,16 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kIcvFailure);
       continue;
     }
-    // Only an authenticated packet moves the window; update() re-checks so a
-    // duplicate within this burst is caught here.
-    ReplayVerdict v = sa[j]->replay.update(full[i]);
+    ReplayVerdict v = verdict[j];
     if (v != ReplayVerdict::kOk) {
       drop(w, m, v == ReplayVerdict::kReplay ? DropReason::kReplay : DropReason::kTooOld);
       continue;
     }
     EspStatus st = esp_inbound_finish(m, info[i], true);
     if (st != EspStatus::kOk) {
-      if (st == EspStatus::kDummy) {  // TFC dummy packet: silently discarded
-        rte_pktmbuf_free(m);
+      if (st == EspStatus::kDummy) {  // TFC dummy packet (RFC 4303 §2.6): discarded, not an error
+        w.c->tfc_dummies++;
+        consume(w, m);
         continue;
       }
       drop(w, m, esp_drop_reason(st));
@@ -216,12 +248,10 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kPolicy);
       continue;
     }
-    sc.add(&isa, rte_pktmbuf_pkt_len(m));
     fwd[nf] = m;
     src[nf] = s;
-    tun_of[nf++] = isa.tunnel;
+    sa_of[nf++] = &isa;
   }
-  sc.flush();
   if (nf == 0) return;
 
   // Route-based acceptance and asymmetry: which tunnel would we use to reach
@@ -238,14 +268,16 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint32_t last_dst = 0;
   NextHop nh = NextHop::kNoRoute;
   NeighborEntry* entry = nullptr;
-  uint64_t tx_bytes = 0;
+  // Tunnel and SA counters count a packet once, when it is accepted
+  // (counters.h): after the last check, when it is handed to TX or to the
+  // neighbour's hold queue.
+  SaRunCounter sc{w.c};
   for (uint16_t i = 0; i < nf; i++) {
     rte_mbuf* m = fwd[i];
     if (back[i] == lpm::kNoRoute) {
       drop(w, m, DropReason::kPolicy);
       continue;
     }
-    if (back[i] != tun_of[i]) w.c->tunnel[tun_of[i]].asymmetric++;
     // Forwarding (RFC 1812 §5.3.1): the decrypted packet's TTL must not
     // expire here. No ICMP back through the tunnel: dropped and counted.
     auto* ip = rte_pktmbuf_mtod(m, rte_ipv4_hdr*);
@@ -264,6 +296,8 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     ipv4_decrement_ttl(ip);
+    const uint32_t inner_len = rte_pktmbuf_pkt_len(m);
+    const uint16_t tun = sa_of[i]->tunnel;
     if (nh == NextHop::kUnresolved) {  // held until ARP resolves it (destination MAC filled then)
       uint8_t pending[16];
       make_eth(pending, out.mac, 0);
@@ -271,6 +305,8 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
         drop(w, m, DropReason::kNoBuffer);
         continue;
       }
+      if (back[i] != tun) w.c->tunnel[tun].asymmetric++;
+      sc.add(sa_of[i], inner_len);
       hold_or_drop(w, entry, dp.protected_port, m);
       continue;
     }
@@ -278,10 +314,11 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kNoBuffer);
       continue;
     }
-    tx_bytes += rte_pktmbuf_pkt_len(m);
+    if (back[i] != tun) w.c->tunnel[tun].asymmetric++;
+    sc.add(sa_of[i], inner_len);
     stage_tx(w, dp.protected_port, m);
   }
-  w.c->port[dp.protected_port].tx.bytes += tx_bytes;
+  sc.flush();
 }
 
 }  // namespace espgw::dataplane

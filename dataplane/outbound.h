@@ -40,7 +40,6 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
     bool ok;
     uint64_t base;
     uint64_t inner_bytes;
-    uint64_t wire_bytes;
     uint8_t eth[16];
   };
   Group g[kBurst];
@@ -50,7 +49,7 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
   for (uint16_t k = 0; k < ng; k++) {
     Group& gr = g[k];
     gr.sent = 0;
-    gr.inner_bytes = gr.wire_bytes = 0;
+    gr.inner_bytes = 0;
     if (gr.cnt == 0) continue;
     const Tunnel& t = dp.tunnels[groups.tunnel[k]];
     uint64_t mac = t.next_hop.mac.load(std::memory_order_relaxed);
@@ -93,7 +92,6 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
     }
     gr.sent++;
     gr.inner_bytes += it.inner_len;
-    gr.wire_bytes += rte_pktmbuf_pkt_len(it.m);
     stage_tx(w, gr.port, it.m);
   }
   for (uint16_t k = 0; k < ng; k++) {
@@ -105,7 +103,6 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
     PacketByteCount& sc = w.c->sa[groups.sa[k]->slot];
     sc.packets += gr.sent;
     sc.bytes += gr.inner_bytes;
-    w.c->port[gr.port].tx.bytes += gr.wire_bytes;
   }
 }
 
@@ -192,11 +189,15 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       rte_pktmbuf_adj(m, kEthLen);
       rte_mbuf* frags[kMaxFrags];
       int nf = rte_ipv4_fragment_copy_nonseg_packet(m, frags, kMaxFrags, max_inner & ~7u, dp.pool);
-      rte_pktmbuf_free(m);
       if (nf <= 0) {
-        w.c->drop[static_cast<int>(DropReason::kMtu)]++;
+        drop(w, m, DropReason::kMtu);
         continue;
       }
+      // The first fragment carries the received frame's disposition, the
+      // others are generated (counters.h).
+      frags[0]->port = m->port;
+      for (int f = 1; f < nf; f++) frags[f]->port = kGeneratedPort;
+      rte_pktmbuf_free(m);
       w.c->fragments += nf;
       for (int f = 0; f < nf; f++) {
         // copy_nonseg leaves each fragment's header checksum 0 for the

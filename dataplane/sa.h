@@ -82,7 +82,8 @@ struct InboundSa {
   uint16_t udp_port = 0;    // 0 = expect plain ESP; else UDP-encapsulated to this port
   const crypto::AeadContext* aead = nullptr;
   uint16_t tunnel = 0;
-  // Written by the one worker that owns this SA's queue. Initialise with
+  // Updated by whichever worker received the packet, under the window's own
+  // lock (see replay_window.h: RSS does not keep an SA on one queue). Initialise with
   // replay.reset(window, esn) using the same `esn` as above (a mismatch fails
   // safe: every packet gets kIcvMismatch).
   ReplayWindow replay;

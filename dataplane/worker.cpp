@@ -21,6 +21,7 @@
 #include "dataplane/host_path.h"
 #include "dataplane/inbound.h"
 #include "dataplane/outbound.h"
+#include "dataplane/reassembly.h"
 #include "dataplane/worker_context.h"
 
 namespace espgw::dataplane {
@@ -36,6 +37,13 @@ uint32_t worker_poll_once_impl(Worker& w) {
     uint16_t n = rte_eth_rx_burst(port.port_id, w.index, pkts, kBurst);
     if (n == 0) continue;
     total += n;
+    begin_counting(w);
+    w.rx_port = p;
+    // Received, not generated (kGeneratedPort). Hardware PMDs, net_pcap and
+    // net_tap set mbuf->port on every mbuf; net_ring leaves it as the sender
+    // had it: stamp the burst when its first or last mbuf shows that.
+    if (pkts[0]->port != port.port_id || pkts[n - 1]->port != port.port_id)
+      for (uint16_t i = 0; i < n; i++) pkts[i]->port = port.port_id;
     w.c->port[p].rx.packets += n;  // rx bytes: counted by the pipelines, which touch each mbuf anyway
     switch (port.kind) {
       case PortKind::kProtected: outbound(w, p, pkts, n); break;
@@ -44,7 +52,16 @@ uint32_t worker_poll_once_impl(Worker& w) {
     }
   }
   if (w.index == 0) resolve_neighbors(w);
+  // Timed-out outer fragments go back to the pool even when no traffic
+  // arrives (reassembly.h).
+  if ((w.c->loops & (kReasmExpireLoops - 1)) == 0)
+    for (uint16_t p = 0; p < dp.nb_ports; p++)
+      if (dp.reasm[w.index][p]) {
+        w.rx_port = p;
+        reasm_expire(w, p);
+      }
   flush_tx(w);
+  end_counting(w);  // every packet of this iteration has its disposition
   w.c->loops++;
   if (total) w.c->busy_loops++;
   return total;
@@ -68,6 +85,24 @@ uint32_t worker_poll_once(Dataplane& dp, uint16_t index) {
   Worker w;
   init_worker(w, &dp, index);
   return worker_poll_once_impl(w);
+}
+
+void worker_release_fragments(Dataplane& dp, uint16_t index) {
+  Worker w;
+  init_worker(w, &dp, index);
+  for (uint16_t p = 0; p < dp.nb_ports; p++) {
+    rte_ip_frag_tbl* tbl = dp.reasm[index][p];
+    if (tbl == nullptr) continue;
+    w.rx_port = p;
+    for (;;) {  // each call moves as many entries as its death row holds
+      rte_ip_frag_death_row dr;
+      dr.cnt = 0;
+      rte_ip_frag_table_del_expired_entries(tbl, &dr, UINT64_MAX);
+      if (dr.cnt == 0) break;
+      reasm_free_death_row(w, dr, p, DropReason::kReasmTimeout);
+    }
+  }
+  end_counting(w);
 }
 
 int worker_main(void* arg) {

@@ -10,6 +10,7 @@
 #include <rte_mbuf.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "dataplane/dataplane.h"
@@ -38,11 +39,54 @@ struct Worker {
   uint64_t icmp_last_tsc;
   uint64_t tsc_hz;
   uint64_t arp_check_tsc;
+  uint16_t rx_port;  // the port whose burst is being processed (counters.h: dispositions)
+  bool counting;     // c->update_seq is odd: this iteration has changed counters
 };
 
+// mbuf->port of a packet the worker made itself (ARP, ICMP, extra
+// fragments): counted on TX only (counters.h). The RX dispatch stamps every
+// received mbuf with its port id, which is never this value.
+constexpr uint16_t kGeneratedPort = RTE_MBUF_PORT_INVALID;
+
+// The seqlock around one poll iteration's counter updates (counters.h):
+// odd from the first update to the end of the iteration.
+inline void begin_counting(Worker& w) {
+  if (w.counting) return;
+  std::atomic_ref<uint64_t>(w.c->update_seq).store(w.c->update_seq + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  w.counting = true;
+}
+inline void end_counting(Worker& w) {
+  if (!w.counting) return;
+  std::atomic_ref<uint64_t>(w.c->update_seq).store(w.c->update_seq + 1, std::memory_order_release);
+  w.counting = false;
+}
+
+// The one way to drop a packet: counted by reason, and against the port it
+// was received on (or as a generated packet).
 inline void drop(Worker& w, rte_mbuf* m, DropReason r) {
   w.c->drop[static_cast<int>(r)]++;
+  if (m->port == kGeneratedPort) {
+    begin_counting(w);
+    w.c->generated_dropped++;
+  } else {
+    w.c->rx_disp[w.rx_port].dropped[static_cast<int>(r)]++;
+  }
   rte_pktmbuf_free(m);
+}
+
+// A received frame absorbed without error (ARP, TFC dummy): freed, counted.
+inline void consume(Worker& w, rte_mbuf* m) {
+  w.c->rx_disp[w.rx_port].consumed++;
+  rte_pktmbuf_free(m);
+}
+
+// A received frame turned into a packet of our own (an ARP request
+// rewritten into the reply): the received frame is consumed, what leaves is
+// generated.
+inline void reuse_as_generated(Worker& w, rte_mbuf* m) {
+  w.c->rx_disp[w.rx_port].consumed++;
+  m->port = kGeneratedPort;
 }
 
 inline void stage_tx(Worker& w, uint16_t port, rte_mbuf* m) {
@@ -52,6 +96,14 @@ inline void stage_tx(Worker& w, uint16_t port, rte_mbuf* m) {
     return;
   }
   b.pkts[b.n++] = m;
+  if (m->port == kGeneratedPort) {
+    begin_counting(w);
+    w.c->tx_disp[port].generated++;
+  } else if (port == w.dp->exception_port && w.rx_port != port) {
+    w.c->rx_disp[w.rx_port].to_host++;
+  } else {
+    w.c->rx_disp[w.rx_port].forwarded++;
+  }
 }
 
 inline void flush_tx(Worker& w) {
@@ -59,12 +111,24 @@ inline void flush_tx(Worker& w) {
   for (uint16_t p = 0; p < dp.nb_ports; p++) {
     TxBuffer& b = w.tx[p];
     if (b.n == 0) continue;
+    // Bytes of everything sent (ESP, decrypted, ARP, ICMP, host traffic),
+    // read before the driver owns the mbufs.
+    uint64_t bytes = 0;
+    for (uint16_t i = 0; i < b.n; i++) bytes += rte_pktmbuf_pkt_len(b.pkts[i]);
     uint16_t sent = 0;
     // A couple of retries absorb a momentarily full ring; then drop.
     for (int tries = 0; tries < 4 && sent < b.n; tries++)
       sent += rte_eth_tx_burst(dp.ports[p].port_id, w.index, b.pkts + sent, uint16_t(b.n - sent));
+    TxDisposition& d = w.c->tx_disp[p];
+    d.staged += b.n;
+    for (uint16_t i = sent; i < b.n; i++) {
+      bytes -= rte_pktmbuf_pkt_len(b.pkts[i]);
+      d.tx_dropped++;
+      w.c->drop[static_cast<int>(DropReason::kTxFull)]++;
+      rte_pktmbuf_free(b.pkts[i]);
+    }
     w.c->port[p].tx.packets += sent;
-    for (uint16_t i = sent; i < b.n; i++) drop(w, b.pkts[i], DropReason::kTxFull);
+    w.c->port[p].tx.bytes += bytes;
     b.n = 0;
   }
 }

@@ -715,7 +715,7 @@ TEST_F(EspInbound, BadInner) {
   EXPECT_EQ(with([](Bytes& b) { b[0] = 0x44; }), EspStatus::kBadInner);          // IHL 4
   EXPECT_EQ(with([](Bytes& b) { b[0] = 0x4f; b.resize(40); st16(&b[2], 40); }),
             EspStatus::kBadInner);                                                // IHL 60 > 40 bytes
-  EXPECT_EQ(with([](Bytes& b) { st16(&b[2], 59); }), EspStatus::kBadInner);      // shorter than decrypted
+  EXPECT_EQ(with([](Bytes& b) { st16(&b[2], 19); }), EspStatus::kBadInner);      // total length < IHL
   EXPECT_EQ(with([](Bytes& b) { st16(&b[2], 61); }), EspStatus::kBadInner);      // longer
   EXPECT_EQ(with([](Bytes& b) { b.resize(19); }), EspStatus::kBadInner);         // < 20 bytes
 }
@@ -729,11 +729,36 @@ TEST_F(EspInbound, EcnCeIsPropagatedToEcnCapableInner) {
   EXPECT_EQ(cksum(last.data(), 20), 0);
   EXPECT_TRUE(std::equal(last.begin() + 2, last.begin() + 10, ect.begin() + 2));
   EXPECT_TRUE(std::equal(last.begin() + 12, last.end(), ect.begin() + 12));
-  // Not-ECT inner stays Not-ECT.
+  // RFC 6040 §4.2: outer CE over a Not-ECT inner packet is dropped (the
+  // congestion mark could not be passed on).
   f.seq = 2;
   Bytes plain = make_inner(60, 0xb8);
+  EXPECT_EQ(decap(forge(keys.oracle, f, good_payload(plain)), true), EspStatus::kCeNotEct);
+  // Outer ECT(1) over inner ECT(0): ECT(1); outer ECT(0) leaves the inner as is.
+  f.seq = 3;
+  f.outer_tos = 1;
+  EXPECT_EQ(decap(forge(keys.oracle, f, good_payload(ect))), EspStatus::kOk);
+  EXPECT_EQ(last[1], 0xb8 | 1);
+  EXPECT_EQ(cksum(last.data(), 20), 0);
+  f.seq = 4;
+  f.outer_tos = 2;
   EXPECT_EQ(decap(forge(keys.oracle, f, good_payload(plain))), EspStatus::kOk);
   EXPECT_EQ(last, plain);
+}
+
+// RFC 4303 §2.4/§2.7: TFC padding after the inner packet (the payload is
+// longer than the inner total length) is accepted and trimmed.
+TEST_F(EspInbound, TfcPaddingTrimmed) {
+  ForgeSpec f;
+  for (uint32_t extra : {1u, 3u, 64u, 500u}) {
+    SCOPED_TRACE(extra);
+    ++f.seq;
+    Bytes inner = make_inner(60);
+    Bytes padded = inner;
+    for (uint32_t i = 0; i < extra; ++i) padded.push_back(static_cast<uint8_t>(0xa5 ^ i));
+    EXPECT_EQ(decap(forge(keys.oracle, f, good_payload(padded))), EspStatus::kOk);
+    EXPECT_EQ(last, inner);
+  }
 }
 
 TEST_F(EspInbound, MultiSegmentUnsupported) {
@@ -804,10 +829,12 @@ TEST_F(EspInbound, RandomCorruptionNeverAccepted) {
       }
     }
     // Changing the outer TOS, ID, DF/reserved flag, TTL or source (with a
-    // valid checksum) is not an attack on ESP: those must still decap.
+    // valid checksum) is not an attack on ESP: those must still decap --
+    // except an outer CE mark, which RFC 6040 drops over this Not-ECT inner.
     const bool benign = p.size() == orig.size() && std::equal(p.begin() + 20, p.end(), orig.begin() + 20) &&
                         p[0] == orig[0] && ld16(&p[2]) == ld16(&orig[2]) && (ld16(&p[6]) & 0x3fff) == 0 &&
-                        p[9] == orig[9] && ld32(&p[16]) == ld32(&orig[16]) && cksum(p.data(), 20) == 0;
+                        p[9] == orig[9] && ld32(&p[16]) == ld32(&orig[16]) && cksum(p.data(), 20) == 0 &&
+                        (p[1] & 3) != 3;
     MbufPtr m = to_mbuf(p);
     EspStatus s = esp_decap(m.get(), in);
     ASSERT_EQ(s == EspStatus::kOk, benign) << "iter " << iter << " status " << to_string(s);
