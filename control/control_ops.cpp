@@ -254,7 +254,9 @@ json ControlOps::stats() const {
   j["fragments"] = s.fragments;
   j["mss_clamped"] = s.mss_clamped;
   j["workers"] = dp_.nb_workers;
-  j["accounting"] = balance_json(dp_, port_names_);
+  std::vector<std::string> names;  // as "ports" names them: the exception port has no config entry
+  for (uint16_t p = 0; p < dp_.nb_ports; p++) names.push_back(p < port_names_.size() ? port_names_[p] : "exception");
+  j["accounting"] = balance_json(dp_, names);
   j["tfc_dummies"] = s.tfc_dummies;
   j["reassembly"] = {{"reassembled", s.reassembled},
                      {"timeouts", s.reasm_timeouts},
