@@ -111,32 +111,76 @@ inline void send_arp_request(Worker& w, uint16_t port, uint32_t target) {
   stage_tx(w, port, m);
 }
 
+// Takes an entry out of the table (worker 0): no new lookup finds it from
+// now on; workers that found it earlier may still use it (send to its MAC,
+// hold a packet in it) until they report a quiescent state.
+inline void retire_entry(Worker& w, NeighborEntry& e) {
+  drop_held(w, e);
+  e.retire_token.store(w.dp->qsbr ? rte_rcu_qsbr_start(w.dp->qsbr) : 0, std::memory_order_relaxed);
+  e.ip.store(kSlotDying, std::memory_order_release);
+}
+
+// A retired entry, once no worker can hold it any more: reset and offered
+// to the next new address. Packets a worker held in it meanwhile are dropped.
+inline void reclaim_if_quiescent(Worker& w, NeighborTable& t, NeighborEntry& e) {
+  rte_rcu_qsbr* q = w.dp->qsbr;
+  if (q && rte_rcu_qsbr_check(q, e.retire_token.load(std::memory_order_relaxed), false) != 1) return;
+  drop_held(w, e);
+  e.mac.store(0, std::memory_order_relaxed);
+  e.confirmed_tsc.store(0, std::memory_order_relaxed);
+  e.used_tsc.store(0, std::memory_order_relaxed);
+  e.last_request_tsc.store(0, std::memory_order_relaxed);
+  e.unanswered.store(0, std::memory_order_relaxed);
+  e.ip.store(kSlotReusable, std::memory_order_release);  // the resets above happen-before a claim
+  t.nb_used.fetch_sub(1, std::memory_order_relaxed);
+}
+
 // One table entry's ARP duty (worker 0): resolve it while packets want it,
 // re-confirm it once its confirmation is older than the reachable time
-// (keeping the MAC meanwhile), and forget the MAC after kArpRetries
-// unanswered requests or when nothing used it for a reachable time. Held
-// packets leave once the MAC is known, or are dropped once the entry failed.
+// (keeping the MAC meanwhile). Held packets leave once the MAC is known, or
+// are dropped once the entry failed. The slot is retired (and later
+// reclaimed) when the entry failed (kArpRetries unanswered requests, the
+// last one a second old), when its confirmation aged out while nothing used
+// it, or when it has no MAC and nothing asked for it for 3 s (the
+// gateway's entry is never retired: it keeps the old aging); an entry
+// learned from an ARP but never used is retired after a second once the
+// table is half full (an ARP storm cannot hold the slots). Static entries
+// and the port's gateway stay.
 inline void maintain_entry(Worker& w, uint16_t port, NeighborEntry& e, uint64_t now) {
-  const NeighborTable& t = w.dp->neighbors[port];
+  NeighborTable& t = w.dp->neighbors[port];
   uint32_t ip = e.ip.load(std::memory_order_relaxed);
-  if (ip == 0 || e.is_static.load(std::memory_order_relaxed)) return;
+  if (ip == kSlotDying) return reclaim_if_quiescent(w, t, e);
+  if (ip == 0 || ip >= kFirstReservedIp || e.is_static.load(std::memory_order_relaxed)) return;
+  const bool pinned = &e == t.gateway;
   uint64_t mac = e.mac.load(std::memory_order_acquire);
-  if (mac & kMacValid) release_held(w, e, port, mac);  // held just as the MAC arrived
-  else if (e.unanswered.load(std::memory_order_relaxed) >= kArpRetries) drop_held(w, e);
-  uint64_t used = e.used_tsc.load(std::memory_order_relaxed);
-  bool wanted = used != 0 && now - used < t.reachable_tsc;
   uint32_t unanswered = e.unanswered.load(std::memory_order_relaxed);
+  if (mac & kMacValid) release_held(w, e, port, mac);  // held just as the MAC arrived
+  else if (unanswered >= kArpRetries) drop_held(w, e);
+  uint64_t used = e.used_tsc.load(std::memory_order_relaxed);
+  uint64_t confirmed = e.confirmed_tsc.load(std::memory_order_relaxed);
+  uint64_t last_request = e.last_request_tsc.load(std::memory_order_relaxed);
+  bool wanted = used != 0 && now - used < t.reachable_tsc;
   if (mac & kMacValid) {
-    if (now - e.confirmed_tsc.load(std::memory_order_relaxed) < t.reachable_tsc) return;  // reachable
+    if (now - confirmed < t.reachable_tsc) {  // reachable
+      if (!pinned && used == 0 && now - confirmed > w.tsc_hz &&
+          t.nb_used.load(std::memory_order_relaxed) > kNeighborSlots / 2)
+        retire_entry(w, e);
+      return;
+    }
     if (!wanted || unanswered >= kArpRetries) {  // idle, or gone: resolve afresh when next needed
+      if (!pinned) return retire_entry(w, e);
       e.mac.store(0, std::memory_order_relaxed);
       e.unanswered.store(0, std::memory_order_relaxed);
       return;
     }
-  } else if (used == 0 || now - used > 3 * w.tsc_hz) {
-    return;  // nobody asked for it lately
+  } else {
+    if (used == 0) return;  // claimed an instant ago: its first user marks it used next
+    const bool asked = now - used <= 3 * w.tsc_hz;
+    const bool failed = unanswered >= kArpRetries && now - last_request >= w.tsc_hz;
+    if (!pinned && (failed || !asked)) return retire_entry(w, e);  // a later packet starts afresh
+    if (!asked) return;  // nobody asked for it lately
   }
-  if (now - e.last_request_tsc.load(std::memory_order_relaxed) < w.tsc_hz) return;  // one request a second
+  if (now - last_request < w.tsc_hz) return;  // one request a second
   e.last_request_tsc.store(now, std::memory_order_relaxed);
   e.unanswered.store(unanswered + 1, std::memory_order_relaxed);
   send_arp_request(w, port, ip);

@@ -278,14 +278,33 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kPolicy);
       continue;
     }
+    auto* ip = rte_pktmbuf_mtod(m, rte_ipv4_hdr*);
+    uint32_t d = detail::be32(ip->dst_addr);
+    // For the gateway itself (its LAN address: management through the
+    // tunnel, a ping from the peer's LAN): delivered, not forwarded, so to
+    // the host by the exception path as on the outbound side, never ARPed for.
+    if (port_owns(out, d)) {
+      if (dp.exception_port == kNoPort) {  // no host to deliver to
+        drop(w, m, DropReason::kNoException);
+        continue;
+      }
+      uint8_t to_host[16];
+      make_eth(to_host, out.mac, 0);  // destination: the TAP's MAC, set by to_exception
+      if (!put_eth(m, to_host)) {
+        drop(w, m, DropReason::kNoBuffer);
+        continue;
+      }
+      if (back[i] != sa_of[i]->tunnel) w.c->tunnel[sa_of[i]->tunnel].asymmetric++;
+      sc.add(sa_of[i], rte_pktmbuf_pkt_len(m) - kEthLen);
+      to_exception(w, m);
+      continue;
+    }
     // Forwarding (RFC 1812 §5.3.1): the decrypted packet's TTL must not
     // expire here. No ICMP back through the tunnel: dropped and counted.
-    auto* ip = rte_pktmbuf_mtod(m, rte_ipv4_hdr*);
     if (ip->time_to_live <= 1) {
       drop(w, m, DropReason::kTtlExceeded);
       continue;
     }
-    uint32_t d = detail::be32(ip->dst_addr);
     if (d != last_dst || eth_mac == 0) {
       last_dst = d;
       nh = neighbor_lookup(lan, d, now, w.tsc_hz, &mac, &entry);

@@ -4,7 +4,7 @@
 // optional default gateway, static entries, and a fixed open-addressing
 // table of per-destination entries resolved by ARP. Lock-free: a slot is
 // claimed with one compare-and-swap on its IP (any worker, on first use) and
-// never moves; a MAC is one atomic 64-bit word; workers learn MACs from ARP
+// never moves while it holds that IP; a MAC is one atomic 64-bit word; workers learn MACs from ARP
 // with plain atomic stores (every writer stores the same value for the same
 // sender); worker 0 alone sends the ARP requests and ages entries. No
 // allocation and no lock on the hot path; a full table drops and counts
@@ -12,6 +12,13 @@
 // is being resolved (claimed with a compare-and-swap, sent by whichever
 // worker learns the MAC, dropped as no_neighbor after kArpRetries
 // unanswered requests); more are dropped and counted as no_neighbor.
+//
+// Slots are reclaimed (worker 0, arp.h): a failed entry, and an entry no
+// packet needed for a while, is retired (its IP word becomes kSlotDying, so
+// no new lookup finds it, and probe chains through it stay intact); once
+// every worker has reported a quiescent state since (rte_rcu_qsbr on
+// Dataplane::qsbr), no worker still holds a pointer to it, and it is reset
+// and becomes kSlotReusable, which the next new address may claim.
 #pragma once
 
 #include <atomic>
@@ -31,6 +38,13 @@ inline constexpr uint32_t kHoldPackets = 4;       // packets an unresolved entry
 // atomic so a worker never reads half a MAC.
 inline constexpr uint64_t kMacValid = 1ull << 63;
 
+// IP words of slots that hold no address. 0: never used (ends a probe
+// chain). The other two sit in class E space (240/4: no host, never on a
+// link), which neighbor_find_or_add refuses as an address.
+inline constexpr uint32_t kSlotDying = 0xFFFFFFFEu;     // retired, readers may still hold it
+inline constexpr uint32_t kSlotReusable = 0xFFFFFFFFu;  // retired and past a grace period
+inline constexpr uint32_t kFirstReservedIp = 0xF0000000u;
+
 struct NeighborEntry {
   std::atomic<uint32_t> ip{0};                // host order; 0 = free slot (or the anonymous gateway)
   std::atomic<uint64_t> mac{0};               // kMacValid | MAC; 0 = unresolved
@@ -39,6 +53,7 @@ struct NeighborEntry {
   std::atomic<uint64_t> last_request_tsc{0};  // ARP request pacing (worker 0)
   std::atomic<uint32_t> unanswered{0};        // requests since the last confirmation
   std::atomic<bool> is_static{false};
+  std::atomic<uint64_t> retire_token{0};      // RCU token taken when retired (worker 0)
   std::atomic<rte_mbuf*> held[kHoldPackets] = {};  // Ethernet header in place, destination MAC to fill
 };
 
@@ -50,7 +65,7 @@ struct NeighborTable {
   uint64_t reachable_tsc = 0;         // a confirmed MAC is trusted this long, then re-ARPed
   NeighborEntry* gateway = nullptr;   // default next hop (a slot, or anon_gateway); nullptr = none
   NeighborEntry anon_gateway;         // a gateway known by MAC only (legacy `peer_mac` without `peer_ip`)
-  std::atomic<uint32_t> nb_used{0};   // slots taken
+  std::atomic<uint32_t> nb_used{0};   // slots taken (dying ones included)
   NeighborEntry slots[kNeighborSlots];
 };
 
@@ -87,31 +102,50 @@ inline uint32_t neighbor_hash(uint32_t ip) { return (ip * 2654435761u) >> 22; } 
 static_assert(kNeighborSlots == 1024);
 
 inline NeighborEntry* neighbor_find(NeighborTable& t, uint32_t ip) {
+  if (ip == 0 || ip >= kFirstReservedIp) return nullptr;  // not addresses: the free-slot markers
   uint32_t h = neighbor_hash(ip);
   for (uint32_t i = 0; i < kNeighborProbe; i++) {
     NeighborEntry& e = t.slots[(h + i) & (kNeighborSlots - 1)];
     uint32_t v = e.ip.load(std::memory_order_acquire);
     if (v == ip) return &e;
-    if (v == 0) return nullptr;  // slots are never freed: the probe chain ends here
+    if (v == 0) return nullptr;  // a slot never used ends the probe chain (retired ones do not)
   }
   return nullptr;
 }
 
-// Finds or claims the slot of `ip`; nullptr when its probe chain is full.
+// Finds or claims the slot of `ip`; nullptr when its probe chain is full
+// (or `ip` is reserved). The whole chain is searched before a reusable slot
+// is claimed, so an address lives in one slot.
 inline NeighborEntry* neighbor_find_or_add(NeighborTable& t, uint32_t ip) {
+  if (ip == 0 || ip >= kFirstReservedIp) return nullptr;
   uint32_t h = neighbor_hash(ip);
-  for (uint32_t i = 0; i < kNeighborProbe; i++) {
-    NeighborEntry& e = t.slots[(h + i) & (kNeighborSlots - 1)];
-    uint32_t v = e.ip.load(std::memory_order_acquire);
-    if (v == 0) {
-      uint32_t expected = 0;
-      if (e.ip.compare_exchange_strong(expected, ip, std::memory_order_acq_rel)) {
-        t.nb_used.fetch_add(1, std::memory_order_relaxed);
-        return &e;
+  for (int attempt = 0; attempt < 4; attempt++) {
+    NeighborEntry* free_slot = nullptr;
+    uint32_t free_word = 0;
+    for (uint32_t i = 0; i < kNeighborProbe; i++) {
+      NeighborEntry& e = t.slots[(h + i) & (kNeighborSlots - 1)];
+      uint32_t v = e.ip.load(std::memory_order_acquire);
+      if (v == ip) return &e;
+      if (v == kSlotReusable && free_slot == nullptr) {
+        free_slot = &e;
+        free_word = v;
       }
-      v = expected;  // another worker claimed it first
+      if (v == 0) {
+        if (free_slot == nullptr) {
+          free_slot = &e;
+          free_word = 0;
+        }
+        break;
+      }
     }
-    if (v == ip) return &e;
+    if (free_slot == nullptr) return nullptr;
+    uint32_t expected = free_word;
+    if (free_slot->ip.compare_exchange_strong(expected, ip, std::memory_order_acq_rel)) {
+      t.nb_used.fetch_add(1, std::memory_order_relaxed);
+      return free_slot;
+    }
+    if (expected == ip) return free_slot;  // another worker claimed it for the same address
+    // Claimed for another address (or retired) meanwhile: search again.
   }
   return nullptr;
 }

@@ -51,7 +51,7 @@ std::vector<NeighborInfo> list_neighbors(const Dataplane& dp) {
     }
     for (uint32_t i = 0; i < kNeighborSlots; i++) {
       Snapshot s = snap(t.slots[i]);
-      if (s.ip == 0) continue;
+      if (s.ip == 0 || s.ip >= kFirstReservedIp) continue;  // free, dying or reusable
       out.push_back(describe(p, s, t.reachable_tsc, now, hz));
       out.back().is_gateway = t.gateway == &t.slots[i];
     }

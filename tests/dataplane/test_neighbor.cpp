@@ -95,3 +95,66 @@ TEST(NeighborTable, LookupOnLinkViaGatewayAndBroadcast) {
 }
 
 }  // namespace
+
+namespace {
+
+// Addresses whose probe chains start at slot `h` (same hash).
+std::vector<uint32_t> same_chain(uint32_t h, size_t n) {
+  std::vector<uint32_t> out;
+  for (uint32_t a = 0x0a000002; out.size() < n && a < 0x0a00ffff; a++)
+    if (neighbor_hash(a) == h) out.push_back(a);
+  return out;
+}
+
+}  // namespace
+
+// A retired slot (dying, then reusable) keeps the probe chain through it
+// intact; only a reusable one is claimed again, and an address already in
+// the chain behind it is found rather than claimed twice.
+TEST(NeighborTable, RetiredSlotsKeepChainsAndOnlyReusableOnesAreClaimed) {
+  auto t = lan_table();
+  auto a = same_chain(neighbor_hash(0x0a000002), 3);
+  ASSERT_EQ(a.size(), 3u);
+  NeighborEntry* e0 = neighbor_find_or_add(*t, a[0]);
+  NeighborEntry* e1 = neighbor_find_or_add(*t, a[1]);
+  ASSERT_TRUE(e0 && e1 && e0 != e1);
+  e0->ip.store(kSlotDying);                    // retired: readers may still hold it
+  EXPECT_EQ(neighbor_find(*t, a[0]), nullptr);  // no new lookup finds it
+  EXPECT_EQ(neighbor_find(*t, a[1]), e1);       // the chain through it holds
+  NeighborEntry* e2 = neighbor_find_or_add(*t, a[2]);
+  EXPECT_NE(e2, e0);  // a dying slot is never handed out
+  e0->ip.store(kSlotReusable);
+  EXPECT_EQ(neighbor_find_or_add(*t, a[1]), e1);  // found behind the reusable slot, not claimed twice
+  EXPECT_EQ(neighbor_find_or_add(*t, a[0]), e0);  // the reusable slot goes to the next new address
+  EXPECT_EQ(e0->ip.load(), a[0]);
+  // The markers and 0 are no addresses: never found, never claimed.
+  EXPECT_EQ(neighbor_find(*t, 0), nullptr);
+  EXPECT_EQ(neighbor_find(*t, kSlotDying), nullptr);
+  EXPECT_EQ(neighbor_find_or_add(*t, kSlotReusable), nullptr);
+  EXPECT_EQ(neighbor_find_or_add(*t, 0), nullptr);
+}
+
+// A full table whose slots are retired and reclaimed takes new addresses
+// again (before reclamation existed, the 1,024 slots stayed taken for good).
+TEST(NeighborTable, ReclaimedSlotsServeNewAddressesAfterAFullTable) {
+  auto t = lan_table();
+  uint32_t claimed = 0;
+  for (uint32_t a = 0x0a000002; a < 0x0a000002 + 4 * kNeighborSlots; a++)
+    if (neighbor_find_or_add(*t, a)) claimed++;
+  EXPECT_GT(claimed, kNeighborSlots * 9 / 10);
+  uint32_t fresh = 0x0a00ff01;
+  // Full around fresh's slot, or claimable: scan until one is refused.
+  uint32_t refused = 0;
+  for (uint32_t a = 0x0a00f000; a < 0x0a00ff00 && !refused; a++)
+    if (!neighbor_find(*t, a) && !neighbor_find_or_add(*t, a)) refused = a;
+  ASSERT_NE(refused, 0u) << "table never filled";
+  for (auto& e : t->slots) e.ip.store(kSlotDying);
+  EXPECT_EQ(neighbor_find_or_add(*t, refused), nullptr);  // still held by possible readers
+  for (auto& e : t->slots) e.ip.store(kSlotReusable);
+  for (uint32_t a = fresh; a < fresh + 200; a++) {
+    NeighborEntry* e = neighbor_find_or_add(*t, a);
+    ASSERT_NE(e, nullptr) << a;
+    EXPECT_EQ(neighbor_find(*t, a), e);
+  }
+  EXPECT_NE(neighbor_find_or_add(*t, refused), nullptr);
+}

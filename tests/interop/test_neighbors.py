@@ -353,3 +353,159 @@ def test_a_static_neighbor_entry_serves_as_a_tunnels_next_hop(tmp_path):
     assert len(wan) == len(inner) and {f[Ether].dst for f in wan} == {WAN_GW_MAC}
     assert not [f for f in wan if ARP in f]
     assert st["drops"]["no_neighbor"] == 0
+
+
+def test_decrypted_packet_to_the_gateways_lan_address_goes_to_the_host(tmp_path):
+    # Through the tunnel to the gateway's own LAN address (a ping from the
+    # peer's LAN): delivered to the host by the exception path, never ARPed
+    # for (before: the gateway asked for itself and dropped it after 3 s).
+    from test_accounting import check_balance
+    from test_gateway import assert_no_leak
+    from scapy.all import ICMP
+    inner = IP(bytes(IP(src="172.31.1.1", dst="10.240.128.1", ttl=1) / ICMP(id=7, seq=1) / Raw(b"to-gateway")))
+    wan_in = [h.wan_frame(IN["aws-a1"].encrypt(inner, 1))]
+    gw = h.Gateway(tmp_path, list(OUT.values()) + list(IN.values()), wan_in=wan_in, host_in=[])
+    reconfigure(gw, {"lan": {"addresses": ["10.240.128.1/24"]}})
+    with gw:
+        st = gw.wait_rx(wan=1)
+        time.sleep(0.3)
+        st = gw.stats()
+    got = [f for f in gw.sent("host") if IP in f]
+    assert len(got) == 1, st
+    assert bytes(got[0][IP]) == bytes(inner)  # as sent, TTL 1 and all: delivered, not forwarded
+    assert got[0][Ether].src == h.LAN_MAC
+    assert not [f for f in gw.sent("lan") if ARP in f and f[ARP].pdst == "10.240.128.1"]
+    assert sent_ip(gw, "lan") == []
+    assert st["drops"]["no_neighbor"] == 0 and st["drops"]["ttl_exceeded"] == 0
+    assert st["exception"]["to_host"] == 1
+    check_balance(st, 1)
+    gw.stop()
+    assert_no_leak(gw)
+
+
+SCANNER = textwrap.dedent("""
+    import json, socket, sys, time
+    from scapy.all import Ether, IP, UDP, Raw, conf, sendp
+    from scapy.layers.ipsec import ESP, SecurityAssociation
+    conf.verb = 0
+    key, spi, wan_mac, nh_mac, local, remote, n = bytes.fromhex(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:7], int(sys.argv[7])
+    sa = SecurityAssociation(ESP, spi=spi, crypt_algo="AES-GCM", crypt_key=key, auth_algo="NULL",
+                             tunnel_header=IP(src=remote, dst=local))
+    def frame(dst, seq, tag):
+        inner = IP(src="172.31.1.1", dst=dst) / UDP(sport=4000, dport=5000) / Raw(tag.encode())
+        return Ether(src=nh_mac, dst=wan_mac) / sa.encrypt(inner, seq_num=seq)
+    # A scan of the /16 from an authenticated peer: n distinct on-link
+    # destinations, none of which answers ARP.
+    dsts = [f"10.78.{1 + i // 250}.{1 + i % 250}" for i in range(n)]
+    frames = [frame(d, i + 1, "scan") for i, d in enumerate(dsts)]
+    for i in range(0, len(frames), 100):
+        sendp(frames[i:i + 100], iface="egw-wan")
+        time.sleep(0.02)
+    print("SCANNED", flush=True)
+    sys.stdin.readline()  # the test waits for the failed entries to go
+    sendp(frame("10.78.255.2", n + 1, "after the scan"), iface="egw-wan")
+    print("SENT", flush=True)
+""")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
+                    reason="needs root and /dev/net/tun (TAP devices, network namespaces)")
+def test_a_scan_beyond_the_table_size_does_not_lock_out_new_destinations(tmp_path):
+    # 3,000 destinations (the table has 1,024 slots): their entries fail
+    # (no ARP answer), are retired and reclaimed, and a destination that
+    # comes later (the kernel on the LAN tap, 10.78.255.2) still resolves
+    # and receives its packet. Before slots were reclaimed, the scan filled
+    # the table for good and the later packet was dropped as no_neighbor.
+    n_scan = 3000
+    ns = f"egws-{uuid.uuid4().hex[:6]}"
+    if run("ip", "netns", "add", ns, check=False).returncode != 0:
+        pytest.skip("cannot create network namespaces here")
+    x = ["ip", "netns", "exec", ns]
+    proc = listener = scanner = None
+    try:
+        run(*x, "ip", "link", "set", "lo", "up")
+        run(*x, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+        sock = str(tmp_path / "espgw.sock")
+        sa_in = IN["aws-a1"]
+        cfg = {
+            "eal": ["-l", "0,1", "--no-huge", "-m", "512", "--no-pci", "--file-prefix", ns, "--log-level", "lib.eal:error"],
+            "workers": [1], "mbufs": 16384, "control": {"socket": sock},
+            "ports": [
+                {"name": "lan", "device": "net_tap0,iface=egw-lan", "role": "protected", "mac": h.LAN_MAC,
+                 "addresses": ["10.78.0.1/16"]},
+                {"name": "wan", "device": "net_tap1,iface=egw-wan", "role": "unprotected", "mac": h.WAN_MAC,
+                 "addresses": [h.LOCAL_A, h.LOCAL_B]},
+            ],
+            "tunnels": [{"name": t, "port": "wan", "local": l, "remote": r, "next_hop_mac": h.NH_MAC}
+                        for t, (l, r) in h.TUNNELS.items()],
+            "routes": h.default_routes(),
+            "sas": [s.config() for s in list(OUT.values()) + list(IN.values())],
+        }
+        path = tmp_path / "espgw.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        log = open(tmp_path / "espgw.log", "w+")
+        proc = subprocess.Popen([*x, str(h.ESPGW), "--config", str(path)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 20
+        while not os.path.exists(sock) and time.time() < deadline:
+            assert proc.poll() is None, open(tmp_path / "espgw.log").read()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        # The LAN tap's kernel side is the late destination: another MAC than
+        # espgw's port, an address on the /16, a UDP socket on it.
+        run(*x, "ip", "link", "set", "egw-lan", "address", "02:00:00:00:ee:01")
+        run(*x, "ip", "addr", "add", "10.78.255.2/16", "dev", "egw-lan")
+        run(*x, "ip", "link", "set", "egw-wan", "txqueuelen", "10000")
+        for dev in ("egw-lan", "egw-wan"):
+            run(*x, "ip", "link", "set", dev, "up")
+        for key in ("all", "default", "egw-lan"):
+            run(*x, "sysctl", "-qw", f"net.ipv4.conf.{key}.rp_filter=0")
+        run(*x, "ip", "route", "add", "172.31.0.0/16", "via", "10.78.0.1", "dev", "egw-lan")
+        listener = subprocess.Popen([*x, "/usr/bin/python3", "-c", LISTENER, "40"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.5)
+        scanner = subprocess.Popen([*x, "/usr/bin/python3", "-c", SCANNER, sa_in.key.hex(), str(sa_in.spi), h.WAN_MAC,
+                                    h.NH_MAC, h.LOCAL_A, h.TUNNELS["aws-a1"][1], str(n_scan)],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert scanner.stdout.readline().strip() == "SCANNED"
+        time.sleep(0.5)
+        st_full = h.control_request(sock, {"op": "stats"})
+        full = len([n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"])
+        # 3 unanswered requests a second apart, a second for the last answer,
+        # a grace period: all scan entries gone.
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            left = [n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"]
+            if not left:
+                break
+            time.sleep(0.5)
+        scanner.stdin.write("go\n")
+        scanner.stdin.flush()
+        assert scanner.stdout.readline().strip() == "SENT"
+        deadline = time.time() + 10
+        table = {}
+        while time.time() < deadline:
+            table = {n["ip"]: n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"]
+                     if n["port"] == "lan"}
+            if table.get("10.78.255.2", {}).get("state") == "reachable":
+                break
+            time.sleep(0.2)
+        time.sleep(0.5)
+        st = h.control_request(sock, {"op": "stats"})
+        listener.kill()
+        got = [l for l in listener.communicate(timeout=10)[0].splitlines()]
+    finally:
+        for p in (scanner, listener):
+            if p and p.poll() is None:
+                p.kill()
+        if proc and proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=20)
+        run("ip", "netns", "del", ns, check=False)
+        subprocess.run(["rm", "-rf", f"/var/run/dpdk/{ns}"])
+    wan_rx = next(p["rx"]["packets"] for p in st_full["ports"] if p["name"] == "wan")
+    assert wan_rx >= 2 * 1024, f"the scan did not reach the gateway: {wan_rx} frames"
+    assert full >= 900, f"the scan did not fill the table: {full} entries"
+    assert table.get("10.78.255.2", {}).get("state") == "reachable", table
+    assert json.dumps(["172.31.1.1", "after the scan"]) in got, (got, st["drops"])
+    wan_end = next(p["rx"]["packets"] for p in st["ports"] if p["name"] == "wan")
+    assert wan_rx <= st["drops"]["no_neighbor"] <= wan_end - 1, st["drops"]  # the scan's packets, not the late one
+    assert proc.returncode == 0
