@@ -385,7 +385,7 @@ def test_decrypted_packet_to_the_gateways_lan_address_goes_to_the_host(tmp_path)
 
 SCANNER = textwrap.dedent("""
     import json, socket, sys, time
-    from scapy.all import Ether, IP, UDP, Raw, conf, sendp
+    from scapy.all import ARP, Ether, IP, UDP, Raw, conf, sendp
     from scapy.layers.ipsec import ESP, SecurityAssociation
     conf.verb = 0
     key, spi, wan_mac, nh_mac, local, remote, n = bytes.fromhex(sys.argv[1]), int(sys.argv[2]), *sys.argv[3:7], int(sys.argv[7])
@@ -404,6 +404,19 @@ SCANNER = textwrap.dedent("""
     print("SCANNED", flush=True)
     sys.stdin.readline()  # the test waits for the failed entries to go
     sendp(frame("10.78.255.2", n + 1, "after the scan"), iface="egw-wan")
+    print("SENT", flush=True)
+    # An ARP storm: requests for the gateway from n distinct on-link senders
+    # (each creates a learned entry), then a destination that comes later.
+    sys.stdin.readline()
+    storm = [Ether(src=f"02:00:00:{i >> 8 & 255:02x}:{i & 255:02x}:07", dst="ff:ff:ff:ff:ff:ff") /
+             ARP(op=1, hwsrc=f"02:00:00:{i >> 8 & 255:02x}:{i & 255:02x}:07", psrc=f"10.78.{101 + i // 250}.{1 + i % 250}",
+                 pdst="10.78.0.1") for i in range(n)]
+    for i in range(0, len(storm), 100):
+        sendp(storm[i:i + 100], iface="egw-lan")
+        time.sleep(0.02)
+    print("STORMED", flush=True)
+    sys.stdin.readline()
+    sendp(frame("10.78.255.3", n + 2, "after the storm"), iface="egw-wan")
     print("SENT", flush=True)
 """)
 
@@ -454,6 +467,7 @@ def test_a_scan_beyond_the_table_size_does_not_lock_out_new_destinations(tmp_pat
         # espgw's port, an address on the /16, a UDP socket on it.
         run(*x, "ip", "link", "set", "egw-lan", "address", "02:00:00:00:ee:01")
         run(*x, "ip", "addr", "add", "10.78.255.2/16", "dev", "egw-lan")
+        run(*x, "ip", "addr", "add", "10.78.255.3/16", "dev", "egw-lan")
         run(*x, "ip", "link", "set", "egw-wan", "txqueuelen", "10000")
         for dev in ("egw-lan", "egw-wan"):
             run(*x, "ip", "link", "set", dev, "up")
@@ -490,6 +504,26 @@ def test_a_scan_beyond_the_table_size_does_not_lock_out_new_destinations(tmp_pat
             time.sleep(0.2)
         time.sleep(0.5)
         st = h.control_request(sock, {"op": "stats"})
+        # The storm fills the table with learned entries nothing uses; once
+        # the table is half full they go after a second, so the next new
+        # destination resolves (before: they stayed the reachable time, 300 s).
+        scanner.stdin.write("storm\n")
+        scanner.stdin.flush()
+        assert scanner.stdout.readline().strip() == "STORMED"
+        stormed = len([n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"])
+        time.sleep(2.5)
+        scanner.stdin.write("go\n")
+        scanner.stdin.flush()
+        assert scanner.stdout.readline().strip() == "SENT"
+        deadline = time.time() + 10
+        table2 = {}
+        while time.time() < deadline:
+            table2 = {n["ip"]: n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"]
+                      if n["port"] == "lan"}
+            if table2.get("10.78.255.3", {}).get("state") == "reachable":
+                break
+            time.sleep(0.2)
+        time.sleep(0.5)
         listener.kill()
         got = [l for l in listener.communicate(timeout=10)[0].splitlines()]
     finally:
@@ -509,3 +543,6 @@ def test_a_scan_beyond_the_table_size_does_not_lock_out_new_destinations(tmp_pat
     wan_end = next(p["rx"]["packets"] for p in st["ports"] if p["name"] == "wan")
     assert wan_rx <= st["drops"]["no_neighbor"] <= wan_end - 1, st["drops"]  # the scan's packets, not the late one
     assert proc.returncode == 0
+    assert stormed >= 900, f"the ARP storm did not fill the table: {stormed} entries"
+    assert table2.get("10.78.255.3", {}).get("state") == "reachable", len(table2)
+    assert json.dumps(["172.31.1.1", "after the storm"]) in got, got
