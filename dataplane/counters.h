@@ -78,6 +78,7 @@ enum class DropReason : uint8_t {
   kCeNotEct,        // RFC 6040 §4.2: outer CE over a Not-ECT inner packet (the congestion mark cannot be kept)
   kReasmTimeout,    // outer fragment whose datagram did not complete in time
   kReasmFailed,     // outer fragment refused by reassembly (overlap, duplicate, too many fragments, table full)
+  kMartian,         // RFC 1812 §5.3.7: source or destination no host can have (0/8, 127/8, multicast, class E, broadcast)
   kCount
 };
 
@@ -86,7 +87,8 @@ constexpr const char* drop_reason_name(DropReason r) {
       "truncated",   "bad_header",    "unknown_spi", "replay",       "too_old",   "icv_failure",
       "bad_padding", "no_route",      "tunnel_down", "mtu",          "policy",    "seq_exhausted",
       "not_for_us",  "no_exception",  "no_neighbor", "no_buffer",    "tx_full",   "unsupported",
-      "ttl_exceeded", "ce_not_ect",   "reassembly_timeout", "reassembly_failed"};
+      "ttl_exceeded", "ce_not_ect",   "reassembly_timeout", "reassembly_failed",
+      "martian"};
   static_assert(sizeof(names) / sizeof(names[0]) == static_cast<int>(DropReason::kCount));
   return names[static_cast<int>(r)];
 }

@@ -280,6 +280,13 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     }
     auto* ip = rte_pktmbuf_mtod(m, rte_ipv4_hdr*);
     uint32_t d = detail::be32(ip->dst_addr);
+    // RFC 1812 §5.3.7: never forward to or from an address no host has
+    // (a peer's default route must not reach the LAN's broadcast or
+    // multicast, nor loopback).
+    if (!ipv4_names_one_host(d) || !ipv4_names_one_host(src[i])) {
+      drop(w, m, DropReason::kMartian);
+      continue;
+    }
     // For the gateway itself (its LAN address: management through the
     // tunnel, a ping from the peer's LAN): delivered, not forwarded, so to
     // the host by the exception path as on the outbound side, never ARPed for.

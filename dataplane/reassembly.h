@@ -94,6 +94,15 @@ inline rte_mbuf* reasm_feed(Worker& w, uint16_t port, rte_mbuf* m, rte_ipv4_hdr*
     drop(w, m, DropReason::kBadHeader);
     return nullptr;
   }
+  // No datagram is longer than 65,535 bytes (RFC 791): a fragment reaching
+  // past that end can never complete (the "ping of death"); refused at once
+  // rather than held until it times out.
+  const uint32_t frag_end = (detail::be16(ip->fragment_offset) & RTE_IPV4_HDR_OFFSET_MASK) * 8u +
+                            detail::be16(ip->total_length);
+  if (frag_end > 65535) {
+    drop(w, m, DropReason::kBadHeader);
+    return nullptr;
+  }
   m->l2_len = kEthLen;
   m->l3_len = ihl;
   w.c->rx_disp[port].held++;

@@ -354,3 +354,46 @@ def test_hostile_classes_balance_and_recover(tmp_path):
         ident = int(idents.split(",")[-1], 0)
         assert 50000 <= ident < 50000 + len(sample)
         assert bytes.fromhex(data.replace(":", "")).startswith(f"sample {ident - 50000}".encode()), line
+
+
+def test_martians_are_never_forwarded_and_oversized_fragments_refused_at_once(tmp_path):
+    # RFC 1812 §5.3.7: a packet from or to an address no host has (0/8,
+    # 127/8, multicast, class E, limited broadcast) is not forwarded, in
+    # either direction, even where a route (a peer's default route, a
+    # default route into a tunnel) would take it; dropped as `martian`.
+    # (Before: decrypted ones went out on the LAN to the router's MAC, and
+    # LAN ones with such a source were encrypted into the tunnel.) And an
+    # outer fragment reaching past byte 65,535 is refused at once as
+    # bad_header (before: held in the reassembly table until it timed out).
+    from test_gateway import assert_no_leak
+    local_a, remote_a = h.TUNNELS["aws-a1"]
+    sas = [h.Sa("out", 0x1001, "aws-a1"), h.Sa("in", 0x2001, "aws-a1")]
+    esp_a = eo.EspSender(sas[1].key, 0x2001, remote_a, local_a)
+    martians = ["255.255.255.255", "224.0.0.1", "239.1.2.3", "0.0.0.0", "0.1.2.3", "127.0.0.1", "240.0.0.1"]
+    routes = [{"prefix": "0.0.0.0/0", "via": [{"tunnel": "aws-a1", "priority": 10}]}]  # everything via the tunnel
+    wan_in, seq = [], 0
+    for m in martians:
+        for src, dst in ((remote_a.replace("203.0.113", "172.31.1"), m), (m, "10.240.128.20")):
+            seq += 1
+            wan_in.append(eo.ether(h.WAN_MAC, h.NH_MAC, esp_a.packet(seq, eo.inner_udp(src, dst, b"martian"))))
+    lan_in = [eo.ether(h.LAN_MAC, h.PEER_MAC, eo.inner_udp(s, d, b"martian"))
+              for m in martians for s, d in (("10.240.128.5", m), (m, "172.31.5.5"))]
+    big = esp_a.packet(seq + 1, eo.inner_udp("172.31.1.1", "10.240.128.20", bytes(600)))
+    wan_in.append(eo.ether(h.WAN_MAC, h.NH_MAC, raw_fragment(big, 8191, big[20:420], False, 99)))
+    # The same classes, valid: forwarded.
+    seq += 2
+    wan_in.append(eo.ether(h.WAN_MAC, h.NH_MAC, esp_a.packet(seq, eo.inner_udp("172.31.1.1", "10.240.128.20", b"ok"))))
+    lan_in.append(eo.ether(h.LAN_MAC, h.PEER_MAC, eo.inner_udp("10.240.128.5", "172.31.5.5", b"ok")))
+    gw = h.Gateway(tmp_path, sas, routes=routes, wan_in=wan_in, lan_in=lan_in, host_in=[])
+    with gw:
+        st = gw.wait_rx(wan=len(wan_in), lan=len(lan_in))
+    d = st["drops"]
+    assert d["martian"] == 4 * len(martians), d
+    assert d["bad_header"] == 1 and st["mbufs"]["in_use"] == st["mbufs"]["in_use_at_start"], (d, st["mbufs"])
+    assert sum(v for k, v in d.items() if k not in ("martian", "bad_header")) == 0, d
+    assert [bytes(f[IP].payload.payload) for f in gw.sent("lan") if IP in f] == [b"ok"]
+    assert len([f for f in gw.sent("wan") if IP in f and f[IP].proto == 50]) == 1
+    assert gw.sent("host") == []
+    assert st["accounting"]["holds"]
+    gw.stop()
+    assert_no_leak(gw)
