@@ -63,6 +63,9 @@ inline void learn_neighbor(Worker& w, const rte_mbuf* m, uint16_t port) {
   uint32_t ip;
   rte_ether_addr mac;
   if (!arp_sender(m, &ip, &mac)) return;
+  // A sender claiming one of our own addresses is a conflict or a spoof:
+  // never an entry in our table.
+  if (port_owns(dp.ports[port], ip)) return;
   uint64_t packed = pack_mac(mac);
   uint64_t now = rte_rdtsc();
   auto* arp = rte_pktmbuf_mtod_offset(m, const rte_arp_hdr*, sizeof(rte_ether_hdr));
