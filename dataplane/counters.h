@@ -68,7 +68,7 @@ enum class DropReason : uint8_t {
   kMtu,             // too big, DF set: ICMP "fragmentation needed" sent (or rate-limited)
   kPolicy,          // decrypted packet outside the SA's selectors / the tunnel's routes
   kSeqExhausted,    // outbound SA used up its sequence space (hard expire pending)
-  kNotForUs,        // arrived on the unprotected side but not addressed to the gateway
+  kNotForUs,        // not for the gateway: another MAC (either side), or not its IP (unprotected side)
   kNoException,     // IKE/ICMP for the gateway but no exception path configured
   kNoNeighbor,      // next-hop MAC not resolved yet
   kNoBuffer,        // mbuf pool empty / no room for headers

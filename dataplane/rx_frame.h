@@ -8,8 +8,8 @@
 namespace espgw::dataplane {
 
 // First checks of every frame a protected or unprotected port received:
-// single segment, Ethernet, ARP handled here, IPv4 header sane (Ethernet
-// padding trimmed). Returns the IPv4 header, or nullptr when the frame was
+// single segment, Ethernet, ARP handled here, IPv4 addressed to the port's
+// MAC, IPv4 header sane (Ethernet padding trimmed). Returns the IPv4 header, or nullptr when the frame was
 // consumed (ARP) or dropped and counted.
 inline rte_ipv4_hdr* accept_ipv4_frame(Worker& w, rte_mbuf* m, uint16_t port) {
   if (m->nb_segs != 1) {
@@ -28,6 +28,13 @@ inline rte_ipv4_hdr* accept_ipv4_frame(Worker& w, rte_mbuf* m, uint16_t port) {
   }
   if (type != RTE_ETHER_TYPE_IPV4) {
     drop(w, m, DropReason::kUnsupported);
+    return nullptr;
+  }
+  // IPv4 crosses the gateway only in a frame addressed to the port's MAC:
+  // unicast a switch flooded for another host (or a promiscuous port saw)
+  // and link-layer broadcast or multicast (RFC 1812 §5.3.4) are not ours.
+  if (!rte_is_same_ether_addr(&eth->dst_addr, &w.dp->ports[port].mac)) {
+    drop(w, m, DropReason::kNotForUs);
     return nullptr;
   }
   auto* ip = reinterpret_cast<rte_ipv4_hdr*>(eth + 1);

@@ -397,3 +397,32 @@ def test_martians_are_never_forwarded_and_oversized_fragments_refused_at_once(tm
     assert st["accounting"]["holds"]
     gw.stop()
     assert_no_leak(gw)
+
+
+def test_frames_for_other_macs_never_cross_the_gateway(tmp_path):
+    # An IPv4 frame whose destination MAC is not the port's: unicast for
+    # another host (a switch floods it while its table is cold; a
+    # promiscuous port sees it), link-layer broadcast, multicast (RFC 1812
+    # §5.3.4). Before: encrypted into the tunnel (LAN) or decrypted and
+    # forwarded (WAN) like any frame; now dropped as not_for_us. The same
+    # packets to the port's MAC still cross.
+    from test_gateway import assert_no_leak
+    local_a, remote_a = h.TUNNELS["aws-a1"]
+    sas = [h.Sa("out", 0x1001, "aws-a1"), h.Sa("in", 0x2001, "aws-a1")]
+    esp_a = eo.EspSender(sas[1].key, 0x2001, remote_a, local_a)
+    others = ["02:00:00:00:99:99", "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:05", "33:33:00:00:00:01"]
+    lan_in = [eo.ether(m, h.PEER_MAC, eo.inner_udp("10.240.128.5", "172.31.5.5", b"other", ident=1)) for m in others]
+    lan_in.append(eo.ether(h.LAN_MAC, h.PEER_MAC, eo.inner_udp("10.240.128.5", "172.31.5.5", b"ours", ident=2)))
+    wan_in = [eo.ether(m, h.NH_MAC, esp_a.packet(i + 1, eo.inner_udp("172.31.1.1", "10.240.128.20", b"other")))
+              for i, m in enumerate(others)]
+    wan_in.append(eo.ether(h.WAN_MAC, h.NH_MAC, esp_a.packet(10, eo.inner_udp("172.31.1.1", "10.240.128.20", b"ours"))))
+    gw = h.Gateway(tmp_path, sas, routes=ROUTES, wan_in=wan_in, lan_in=lan_in)
+    with gw:
+        st = gw.wait_rx(wan=len(wan_in), lan=len(lan_in))
+    assert st["drops"]["not_for_us"] == 2 * len(others), st["drops"]
+    assert [bytes(f[IP].payload.payload) for f in gw.sent("lan") if IP in f] == [b"ours"]
+    out = [sas[0].scapy_sa().decrypt(f[IP]) for f in gw.sent("wan") if IP in f and f[IP].proto == 50]
+    assert [bytes(p.payload.payload) for p in out] == [b"ours"]
+    assert st["accounting"]["holds"]
+    gw.stop()
+    assert_no_leak(gw)

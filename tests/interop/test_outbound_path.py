@@ -146,7 +146,11 @@ def test_no_icmp_error_about_errors_fragments_or_non_host_sources(tmp_path, kind
     martians = [f for f, _ in cases if f[IP].src.split(".")[0] in ("0", "127", "224", "240", "255")]
     assert len(martians) == 6
     assert st["drops"]["martian"] == len(martians)
-    assert st["drops"][reason] == len(cases) - len(martians)
+    # Frames to a link-layer broadcast or multicast address are not ours
+    # (RFC 1812 §5.3.4): `not_for_us`.
+    l2_group = [f for f, _ in cases if f[Ether].dst != h.LAN_MAC]
+    assert len(l2_group) == 2 and st["drops"]["not_for_us"] == len(l2_group)
+    assert st["drops"][reason] == len(cases) - len(martians) - len(l2_group)
     assert st["icmp_sent"] == len(answered)
     assert len(gw.sent("wan")) == 0
     assert_no_leak(gw)
