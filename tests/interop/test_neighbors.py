@@ -543,7 +543,8 @@ def test_a_scan_beyond_the_table_size_does_not_lock_out_new_destinations(tmp_pat
     wan_end = next(p["rx"]["packets"] for p in st["ports"] if p["name"] == "wan")
     assert wan_rx <= st["drops"]["no_neighbor"] <= wan_end - 1, st["drops"]  # the scan's packets, not the late one
     assert proc.returncode == 0
-    assert stormed >= 900, f"the ARP storm did not fill the table: {stormed} entries"
+    # (entries older than a second already go while the storm is sent)
+    assert stormed >= 600, f"the ARP storm did not fill the table: {stormed} entries"
     assert table2.get("10.78.255.3", {}).get("state") == "reachable", len(table2)
     assert json.dumps(["172.31.1.1", "after the storm"]) in got, got
 
