@@ -34,6 +34,13 @@ inline DropReason esp_drop_reason(EspStatus st) {
   }
 }
 
+// Whether `a` is one of the gateway's addresses, on any port.
+inline bool gateway_owns(const Dataplane& dp, uint32_t a) {
+  for (uint16_t p = 0; p < dp.nb_ports; p++)
+    if (port_owns(dp.ports[p], a)) return true;
+  return false;
+}
+
 inline bool in_selectors(const Selector* s, uint8_t n, uint32_t a) {
   for (uint8_t i = 0; i < n; i++)
     if (((a ^ s[i].addr) & s[i].mask) == 0) return true;
@@ -287,10 +294,11 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kMartian);
       continue;
     }
-    // For the gateway itself (its LAN address: management through the
-    // tunnel, a ping from the peer's LAN): delivered, not forwarded, so to
-    // the host by the exception path as on the outbound side, never ARPed for.
-    if (port_owns(out, d)) {
+    // For the gateway itself (any of its addresses: management through
+    // the tunnel, a ping from the peer's LAN): delivered, not forwarded, so
+    // to the host by the exception path as on the outbound side, never
+    // ARPed for nor sent back out by the LAN router.
+    if (gateway_owns(dp, d)) {
       if (dp.exception_port == kNoPort) {  // no host to deliver to
         drop(w, m, DropReason::kNoException);
         continue;

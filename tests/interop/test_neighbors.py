@@ -363,21 +363,25 @@ def test_decrypted_packet_to_the_gateways_lan_address_goes_to_the_host(tmp_path)
     from test_gateway import assert_no_leak
     from scapy.all import ICMP
     inner = IP(bytes(IP(src="172.31.1.1", dst="10.240.128.1", ttl=1) / ICMP(id=7, seq=1) / Raw(b"to-gateway")))
-    wan_in = [h.wan_frame(IN["aws-a1"].encrypt(inner, 1))]
+    # And to its WAN address through the tunnel (before: forwarded to the
+    # LAN, whose router would send it back out in the clear).
+    inner_wan = IP(bytes(IP(src="172.31.1.1", dst=h.LOCAL_A) / ICMP(id=7, seq=2) / Raw(b"to-gateway-wan")))
+    wan_in = [h.wan_frame(IN["aws-a1"].encrypt(inner, 1)), h.wan_frame(IN["aws-a1"].encrypt(inner_wan, 2))]
     gw = h.Gateway(tmp_path, list(OUT.values()) + list(IN.values()), wan_in=wan_in, host_in=[])
     reconfigure(gw, {"lan": {"addresses": ["10.240.128.1/24"]}})
     with gw:
-        st = gw.wait_rx(wan=1)
+        st = gw.wait_rx(wan=2)
         time.sleep(0.3)
         st = gw.stats()
     got = [f for f in gw.sent("host") if IP in f]
-    assert len(got) == 1, st
+    assert len(got) == 2, st
     assert bytes(got[0][IP]) == bytes(inner)  # as sent, TTL 1 and all: delivered, not forwarded
+    assert bytes(got[1][IP]) == bytes(inner_wan)
     assert got[0][Ether].src == h.LAN_MAC
     assert not [f for f in gw.sent("lan") if ARP in f and f[ARP].pdst == "10.240.128.1"]
     assert sent_ip(gw, "lan") == []
     assert st["drops"]["no_neighbor"] == 0 and st["drops"]["ttl_exceeded"] == 0
-    assert st["exception"]["to_host"] == 1
+    assert st["exception"]["to_host"] == 2
     check_balance(st, 1)
     gw.stop()
     assert_no_leak(gw)
