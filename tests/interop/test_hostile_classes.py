@@ -128,7 +128,7 @@ def test_hostile_classes_balance_and_recover(tmp_path):
     def inner_variant(i):
         """Inner packets the attacker controls once authenticated."""
         p = inner_in(i)
-        k = rng.randrange(6)
+        k = rng.randrange(7)
         if k == 0:  # inner options
             return with_options(p, bytes([0x94, 4, 0, 0]) + bytes([1] * rng.randint(0, 36)))
         if k == 1:  # inner fragment (MF, or an offset)
@@ -146,6 +146,11 @@ def test_hostile_classes_balance_and_recover(tmp_path):
         if k == 4:  # inner to the gateway itself
             b = bytearray(p)
             b[16:20] = socket.inet_aton("10.240.128.1")
+            fix_ip_checksum(b, 20)
+            return bytes(b)
+        if k == 5:  # inner to a broadcast, multicast or loopback address
+            b = bytearray(p)
+            b[16:20] = socket.inet_aton(rng.choice(["255.255.255.255", "224.0.0.1", "127.0.0.1", "0.0.0.0"]))
             fix_ip_checksum(b, 20)
             return bytes(b)
         return p
@@ -314,7 +319,8 @@ def test_hostile_classes_balance_and_recover(tmp_path):
     assert st["mbufs"]["in_use"] == st["mbufs"]["in_use_at_start"], st["mbufs"]
     assert rss_end - rss_start < 8 * 1024, f"RSS grew {rss_start} -> {rss_end} KiB"
     d = st["drops"]
-    for reason in ("truncated", "bad_header", "unknown_spi", "unsupported", "reassembly_timeout", "reassembly_failed"):
+    for reason in ("truncated", "bad_header", "unknown_spi", "unsupported", "reassembly_timeout", "reassembly_failed",
+                   "martian", "not_for_us", "ttl_exceeded"):
         assert d[reason] > 0, f"no {reason} drop: the traffic did not cover that class"
     in_use, at_start = gw.mbufs()
     assert in_use == at_start
