@@ -119,8 +119,11 @@ inline void send_arp_request(Worker& w, uint16_t port, uint32_t target) {
 // hold a packet in it) until they report a quiescent state.
 inline void retire_entry(Worker& w, NeighborEntry& e) {
   drop_held(w, e);
-  e.retire_token.store(w.dp->qsbr ? rte_rcu_qsbr_start(w.dp->qsbr) : 0, std::memory_order_relaxed);
+  // Unlinked first, then the token (rte_rcu_qsbr_start() releases, a
+  // reader's quiescent report acquires): a worker that reports quiescence
+  // after the token no longer finds the entry.
   e.ip.store(kSlotDying, std::memory_order_release);
+  e.retire_token.store(w.dp->qsbr ? rte_rcu_qsbr_start(w.dp->qsbr) : 0, std::memory_order_relaxed);
 }
 
 // A retired entry, once no worker can hold it any more: reset and offered
