@@ -161,6 +161,7 @@ void Gateway::init_ports() {
   d.pool = rte_pktmbuf_pool_create("espgw_mbufs", cfg_.mbufs, 256, 0, static_cast<uint16_t>(data_room),
                                    static_cast<int>(rte_socket_id()));
   if (!d.pool) throw dpdk_error(fmt::format("mbuf pool of {} mbufs", cfg_.mbufs), rte_errno);
+  d.park_floor = cfg_.mbufs / 4;  // fragments and ARP hold queues never take the last quarter
 
   struct Want {
     std::string device;

@@ -35,6 +35,12 @@ inline void drop_held(Worker& w, NeighborEntry& e) {
 // dropped.
 inline bool hold_or_drop(Worker& w, NeighborEntry* e, uint16_t port, rte_mbuf* m) {
   const uint16_t rx_mark = m->port;
+  // Holding is parking a packet for a destination that may never answer:
+  // never below the pool's floor (Dataplane::park_floor).
+  if (__builtin_expect(rte_mempool_avail_count(w.dp->pool) < w.dp->park_floor, 0)) {
+    drop(w, m, DropReason::kNoBuffer);
+    return false;
+  }
   m->port = kGeneratedPort;  // before it is visible to other workers
   if (e != nullptr)
     for (uint32_t i = 0; i < kHoldPackets; i++) {

@@ -108,6 +108,14 @@ struct Dataplane {
   // unprotected port, made and destroyed by the control side; nullptr = none.
   rte_ip_frag_tbl* reasm[kMaxWorkers][kMaxPorts] = {};
   uint32_t reasm_timeout_ms = kReasmTimeoutMs;
+  // Mbufs that packets parked on someone else's behalf (outer fragments
+  // waiting for their datagram, packets waiting for ARP) may never take:
+  // below this many free mbufs, a fragment or a packet to hold is dropped
+  // (no_buffer) instead. Anyone on the WAN can send fragments that never
+  // complete; without the floor they could empty the pool until the
+  // timeouts, and RX rings (refilled from the pool) would stall. Set by the
+  // control side to a quarter of the pool.
+  uint32_t park_floor = 0;
 
   std::atomic<bool> stop{false};
 };

@@ -103,6 +103,11 @@ inline rte_mbuf* reasm_feed(Worker& w, uint16_t port, rte_mbuf* m, rte_ipv4_hdr*
     drop(w, m, DropReason::kBadHeader);
     return nullptr;
   }
+  // Parking on behalf of an unauthenticated sender: never below the floor.
+  if (__builtin_expect(rte_mempool_avail_count(w.dp->pool) < w.dp->park_floor, 0)) {
+    drop(w, m, DropReason::kNoBuffer);
+    return nullptr;
+  }
   m->l2_len = kEthLen;
   m->l3_len = ihl;
   w.c->rx_disp[port].held++;

@@ -130,3 +130,31 @@ def test_incomplete_datagram_released_at_exit(tmp_path):
     assert "accounting: holds" in gw.output
     in_use, at_start = gw.mbufs()
     assert in_use == at_start
+
+
+def test_fragments_never_take_the_pools_last_quarter(tmp_path):
+    # Anyone on the WAN can send fragments that never complete. Without a
+    # floor they would fill the pool until the 2 s timeouts (on a NIC whose
+    # RX rings refill from the pool, reception would stall): espgw refuses to
+    # park a fragment when fewer than mbufs/4 are free (no_buffer).
+    sa_in = h.Sa("in", 0x2001, "aws-a1")
+    tx = eo.EspSender(sa_in.key, sa_in.spi, REMOTE, LOCAL)
+    wan_in = []
+    for d in range(300):  # 300 datagrams, all but the last fragment: ~2,000 to park
+        fr = fragment(IP(tx.packet(d + 1, inner(d, 1400), ident=1000 + d)), fragsize=200)
+        assert 6 <= len(fr) <= 8  # the library keeps at most 8 fragments of a datagram
+        wan_in += frames(fr[:-1])
+    mbufs = 2400  # the rings (64 descriptors) and caches need 2,048: a pool of this size
+    gw = h.Gateway(tmp_path, [h.Sa("out", 0x1001, "aws-a1"), sa_in], routes=ROUTES, wan_in=wan_in,
+                   ports_extra={"lan": {"rx_desc": 64, "tx_desc": 64}, "wan": {"rx_desc": 64, "tx_desc": 64}})
+    gw.config["mbufs"] = mbufs
+    gw.config_path.write_text(h.yaml.safe_dump(gw.config, sort_keys=False))
+    with gw:
+        st = gw.wait_rx(wan=len(wan_in))
+        wan = {p["name"]: p for p in st["accounting"]["ports"]}["wan"]
+        assert st["drops"]["no_buffer"] > 0, st["drops"]
+        assert st["mbufs"]["in_use"] <= mbufs - mbufs // 4 + 64, st["mbufs"]  # + one burst in flight
+        assert wan["held"] + st["drops"]["no_buffer"] + st["drops"]["reassembly_failed"] <= len(wan_in)
+        assert st["accounting"]["holds"], st["accounting"]
+    in_use, at_start = gw.mbufs()
+    assert in_use == at_start
