@@ -226,7 +226,7 @@ sas:
     key: "00:01:02:03:04:05:06:07:08:09:0a:0b:0c:0d:0e:0f:10:11:12:13:14:15:16:17:18:19:1a:1b:1c:1d:1e:1f:20:21:22:23"
     esn: true
     seq: 0x100000000
-  - { direction: inbound, spi: 256, tunnel: t1, algo: AES128-GCM, key: "0x00010203 04050607 08090a0b 0c0d0e0f 10111213", replay_window: 0,
+  - { direction: inbound, spi: 256, tunnel: t1, algo: AES128-GCM, key: "0x00010203 04050607 08090a0b 0c0d0e0f 10111214", replay_window: 0,
       local_selectors: [10.0.0.0/24, 10.0.1.0/24], remote_selectors: 10.9.0.0/16 }
   - { direction: in, spi: 4096, tunnel: t2, algo: aes128-gcm, key: "000102030405060708090a0b0c0d0e0f10111213", replay_window: 4096 }
 )";
@@ -292,7 +292,11 @@ sas:
   EXPECT_EQ(c.sas[1].direction, SaDirection::kInbound);
   EXPECT_EQ(c.sas[1].spi, 256u);
   EXPECT_EQ(c.sas[1].algo, SaAlgo::kAes128Gcm);
-  EXPECT_EQ(c.sas[1].keymat, c.sas[2].keymat);  // spaces in a key are ignored
+  // Spaces in a key are ignored. (Each inbound SA has its own key: the
+  // daemon installs a key || salt once per direction.)
+  ASSERT_EQ(c.sas[1].keymat.size(), 20u);
+  for (size_t i = 0; i < 19; ++i) EXPECT_EQ(c.sas[1].keymat[i], i);
+  EXPECT_EQ(c.sas[1].keymat[19], 0x14);
   EXPECT_EQ(c.sas[1].replay_window, 0u);
   EXPECT_EQ(c.sas[2].replay_window, 4096u);
 }
