@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -95,9 +96,9 @@ void ControlServer::poll(int timeout_ms) {
     // its lines) ends that client's connection, never the daemon.
     try {
       if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
-        // Serve what it sent before hanging up, then close.
-        if (evs[i].events & EPOLLIN) read_client(fd);
-        close_client(fd);
+        // Serve what it sent before hanging up, then close (after more
+        // polls when it sent more than one read's worth).
+        if (!(evs[i].events & EPOLLIN) || !read_client(fd)) close_client(fd);
         continue;
       }
       if (evs[i].events & EPOLLIN) read_client(fd);
@@ -150,14 +151,19 @@ ControlReply serve_line(const ControlServer::Handler& handler, WipingString& lin
 }
 }  // namespace
 
-void ControlServer::read_client(int fd) {
+// Reads at most kMaxReadPerCall bytes (epoll is level-triggered: the rest
+// comes on the next poll), serving each complete line as soon as it is in,
+// so a client that writes without pause neither holds the control thread
+// nor grows its buffer past one line.
+bool ControlServer::read_client(int fd) {
   auto it = clients_.find(fd);
-  if (it == clients_.end()) return;
+  if (it == clients_.end()) return false;
   Client& c = it->second;
   char buf[16384];
   bool eof = false;
-  for (;;) {
-    ssize_t r = read(fd, buf, sizeof(buf));
+  size_t budget = kMaxReadPerCall;
+  while (budget > 0) {
+    ssize_t r = read(fd, buf, std::min(sizeof(buf), budget));
     if (r == 0) {
       // Peer closed its side: answer complete lines already read, then go.
       eof = true;
@@ -167,21 +173,37 @@ void ControlServer::read_client(int fd) {
       if (errno == EAGAIN || errno == EINTR) break;
       OPENSSL_cleanse(buf, sizeof(buf));
       close_client(fd);
-      return;
+      return false;
     }
+    budget -= static_cast<size_t>(r);
     c.in.append(buf, static_cast<size_t>(r));
-    if (c.in.size() > kMaxRequest && c.in.find('\n') == std::string::npos) {
+    if (!serve_lines(fd, c)) {
       OPENSSL_cleanse(buf, sizeof(buf));
-      c.in.clear();
-      queue(fd, c, {{"ok", false}, {"error", "request longer than " + std::to_string(kMaxRequest) + " bytes"}});
-      write_client(fd);
-      close_client(fd);
-      return;
+      return false;  // closed (c went with it)
     }
   }
   OPENSSL_cleanse(buf, sizeof(buf));  // request bytes may hold keys
+  write_client(fd);
+  if (eof) close_client(fd);  // a half-finished line from a client that left is dropped
+  return !eof && budget == 0 && clients_.count(fd);
+}
+
+// Serves the complete lines in c.in and keeps the unfinished tail. A line
+// (without its newline) longer than kMaxRequest, complete or not, gets an
+// error and ends the connection. False when the client was closed.
+bool ControlServer::serve_lines(int fd, Client& c) {
   size_t start = 0, pos;
+  auto too_long = [&] {
+    OPENSSL_cleanse(c.in.data(), c.in.size());
+    c.in.clear();
+    queue(fd, c, {{"ok", false}, {"error", "request longer than " + std::to_string(kMaxRequest) + " bytes"}});
+    if (!clients_.count(fd)) return false;
+    write_client(fd);
+    close_client(fd);
+    return false;
+  };
   while ((pos = c.in.find('\n', start)) != std::string::npos) {
+    if (pos - start > kMaxRequest) return too_long();
     WipingString line = c.in.substr(start, pos - start);
     start = pos + 1;
     if (!line.empty() && line.back() == '\r') line.pop_back();
@@ -190,16 +212,16 @@ void ControlServer::read_client(int fd) {
     OPENSSL_cleanse(line.data(), line.size());  // short lines live inside the object (SSO)
     if (reply.subscribe) c.subscribed = true;
     queue(fd, c, reply.body);
-    if (!clients_.count(fd)) return;  // (c.in went with the client; see close_client)
+    if (!clients_.count(fd)) return false;  // (c.in went with the client; see close_client)
   }
+  if (c.in.size() - start > kMaxRequest) return too_long();
   // Keep the unfinished tail; the served lines' bytes are wiped, not just freed.
   if (start > 0) {
     WipingString rest = c.in.substr(start);
     OPENSSL_cleanse(c.in.data(), c.in.size());
     c.in = std::move(rest);
   }
-  write_client(fd);
-  if (eof) close_client(fd);  // a half-finished line from a client that left is dropped
+  return true;
 }
 
 void ControlServer::queue(int fd, Client& c, const nlohmann::json& msg) {

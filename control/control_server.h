@@ -28,6 +28,9 @@ class ControlServer {
 
   static constexpr size_t kMaxRequest = 64 * 1024;     // bytes per line
   static constexpr size_t kMaxPendingOut = 4 << 20;    // per client
+  // Bytes read from one client per poll: one that never stops writing
+  // cannot hold the control thread.
+  static constexpr size_t kMaxReadPerCall = 256 * 1024;
   // listen() backlog: hooks of an IKE daemon may connect by the hundreds at
   // once (a rekey storm); the kernel caps it at net.core.somaxconn.
   static constexpr int kListenBacklog = 4096;
@@ -55,7 +58,9 @@ class ControlServer {
     bool subscribed = false;
   };
   void accept_clients();
-  void read_client(int fd);
+  // True when it stopped at kMaxReadPerCall with the client still open.
+  bool read_client(int fd);
+  bool serve_lines(int fd, Client& c);
   void write_client(int fd);
   void close_client(int fd);
   void queue(int fd, Client& c, const nlohmann::json& msg);
