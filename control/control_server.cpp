@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -26,7 +27,13 @@ std::runtime_error sys_error(const std::string& what) {
 }  // namespace
 
 ControlServer::ControlServer(std::string path, const std::string& group_name, Handler handler)
-    : path_(std::move(path)), handler_(std::move(handler)) {
+    : ControlServer(std::move(path), group_name, std::move(handler), Limits{}) {}
+
+ControlServer::ControlServer(std::string path, const std::string& group_name, Handler handler, Limits limits)
+    : path_(std::move(path)), handler_(std::move(handler)), limits_(limits) {
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY)
+    limits_.max_clients = std::min<size_t>(limits_.max_clients, std::max<size_t>(nofile.rlim_cur / 2, 1));
   sockaddr_un addr{};
   if (path_.empty() || path_.size() >= sizeof(addr.sun_path))
     throw std::runtime_error("control socket path '" + path_ + "' is empty or longer than " +
@@ -111,6 +118,10 @@ void ControlServer::poll(int timeout_ms) {
 
 void ControlServer::accept_clients() {
   for (;;) {
+    if (clients_.size() >= limits_.max_clients) {
+      set_accepting(false);  // the rest wait in the listen backlog
+      return;
+    }
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
     try {
@@ -124,6 +135,18 @@ void ControlServer::accept_clients() {
     ev.data.fd = fd;
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
   }
+}
+
+// Level-triggered: while the listen socket is watched and has connections
+// waiting, every poll returns at once, so it is unwatched while the client
+// table is full and watched again when a client leaves.
+void ControlServer::set_accepting(bool on) {
+  if (accepting_ == on) return;
+  epoll_event ev{};
+  ev.events = on ? uint32_t(EPOLLIN) : 0u;
+  ev.data.fd = listen_fd_;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, listen_fd_, &ev);
+  accepting_ = on;
 }
 
 namespace {
@@ -225,17 +248,32 @@ bool ControlServer::serve_lines(int fd, Client& c) {
 }
 
 void ControlServer::queue(int fd, Client& c, const nlohmann::json& msg) {
+  const size_t before = c.out.size();
   try {
     c.out += msg.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   } catch (...) {  // out of memory: the client still gets one line for its request
     c.out += R"({"ok":false,"error":"reply could not be encoded"})";
   }
   c.out += '\n';
-  if (c.out.size() > kMaxPendingOut) {  // a client that never reads
+  pending_out_ += c.out.size() - before;
+  if (c.out.size() > limits_.max_pending_out) {  // a client that never reads
     close_client(fd);
     return;
   }
   update_interest(fd, c);
+  if (pending_out_ > limits_.max_pending_total) shed_largest_backlog();
+}
+
+// Many clients that never read: the one with the most waiting goes (c may
+// be the one just queued to).
+void ControlServer::shed_largest_backlog() {
+  while (pending_out_ > limits_.max_pending_total) {
+    auto largest = clients_.end();
+    for (auto it = clients_.begin(); it != clients_.end(); ++it)
+      if (largest == clients_.end() || it->second.out.size() > largest->second.out.size()) largest = it;
+    if (largest == clients_.end() || largest->second.out.empty()) return;
+    close_client(largest->first);
+  }
 }
 
 void ControlServer::write_client(int fd) {
@@ -250,6 +288,7 @@ void ControlServer::write_client(int fd) {
       return;
     }
     c.out.erase(0, static_cast<size_t>(w));
+    pending_out_ -= static_cast<size_t>(w);
   }
   update_interest(fd, c);
 }
@@ -265,9 +304,11 @@ void ControlServer::close_client(int fd) {
   auto it = clients_.find(fd);
   if (it == clients_.end()) return;
   OPENSSL_cleanse(it->second.in.data(), it->second.in.size());
+  pending_out_ -= it->second.out.size();
   clients_.erase(it);
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   close(fd);
+  if (clients_.size() < limits_.max_clients) set_accepting(true);
 }
 
 void ControlServer::broadcast_event(const nlohmann::json& event) {

@@ -35,9 +35,22 @@ class ControlServer {
   // once (a rekey storm); the kernel caps it at net.core.somaxconn.
   static constexpr int kListenBacklog = 4096;
 
+  // What many clients together may hold. Past max_clients new connections
+  // wait in the listen backlog until a client leaves (the daemon keeps file
+  // descriptors for itself: at most half of RLIMIT_NOFILE is used). Past max_pending_total
+  // bytes of replies and events waiting in all clients together, the client
+  // with the most waiting is disconnected: subscribers that never read
+  // cannot grow the daemon by max_pending_out per connection.
+  struct Limits {
+    size_t max_clients = 1024;
+    size_t max_pending_out = kMaxPendingOut;
+    size_t max_pending_total = 64 << 20;
+  };
+
   // Creates the socket (mode 0660, group `group` when not empty); throws
   // std::runtime_error with the reason when it cannot.
   ControlServer(std::string path, const std::string& group, Handler handler);
+  ControlServer(std::string path, const std::string& group, Handler handler, Limits limits);
   ~ControlServer();
   ControlServer(const ControlServer&) = delete;
   ControlServer& operator=(const ControlServer&) = delete;
@@ -50,6 +63,9 @@ class ControlServer {
 
   const std::string& path() const { return path_; }
   size_t clients() const { return clients_.size(); }
+  // Bytes of replies and events waiting to be sent, all clients together.
+  size_t pending_out() const { return pending_out_; }
+  const Limits& limits() const { return limits_; }
 
  private:
   struct Client {
@@ -65,12 +81,17 @@ class ControlServer {
   void close_client(int fd);
   void queue(int fd, Client& c, const nlohmann::json& msg);
   void update_interest(int fd, const Client& c);
+  void set_accepting(bool on);
+  void shed_largest_backlog();
 
   std::string path_;
   Handler handler_;
   int listen_fd_ = -1;
   int epoll_fd_ = -1;
   std::map<int, Client> clients_;
+  Limits limits_;
+  size_t pending_out_ = 0;
+  bool accepting_ = true;
 };
 
 }  // namespace espgw::control
