@@ -11,6 +11,7 @@ a running espgw (brief C3):
 
 import json
 import socket
+import subprocess
 import time
 
 import pytest
@@ -170,3 +171,43 @@ def test_request_line_limits_hold_however_the_bytes_arrive(gw):
     assert eof and replies == []
     assert {t["name"]: t["admin"] for t in gw.request({"op": "tunnels"})["tunnels"]}["aws-a1"] == "up"
     assert gw.request({"op": "ping", "id": 6}) == {"ok": True, "id": 6}
+
+
+ESPCTL = h.BUILD / "control" / "espctl"
+BAD_ESPCTL_ARGS = [
+    (["sa", "update", "-d", "out", "--spi", "0x1001", "-t", "aws-a1", "--encap", "4500x:4500"], "--encap wants"),
+    (["sa", "update", "-d", "out", "--spi", "0x1001", "-t", "aws-a1", "--encap", "0:4500"], "--encap wants"),
+    (["route", "add", "10.77.0.0/16", "--via", "aws-a1/10x"], "--via wants"),
+    (["route", "add", "10.77.0.0/16", "--via", "aws-a1/-1"], "--via wants"),
+    (["sa", "add", "-d", "out", "--spi", "0x5401", "-t", "aws-a1", "--key", "01" * 20, "--soft-bytes", "-1"],
+     "digits only"),
+    (["sa", "add", "-d", "out", "--spi", "0x5401", "-t", "aws-a1", "--key", "01" * 20, "--seq", "-1"], "digits only"),
+    (["sa", "add", "-d", "out", "--spi", "0x5401", "-t", "aws-a1", "--key-file", "/nonexistent/key"],
+     "cannot read key file"),
+    (["sa", "add", "-d", "sideways", "--spi", "0x5401", "-t", "aws-a1", "--key", "01" * 20], "sideways"),
+    (["sa", "add", "-d", "out", "--spi", "0x5401"], "--tunnel is required"),
+    (["tunnel", "down"], "name is required"),
+    (["raw", "[1]"], "not a JSON object"),
+    (["events", "-n", "-1"], "digits only"),
+    ([], "subcommand is required"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_ESPCTL_ARGS)
+def test_espctl_bad_arguments_exit_64_and_send_nothing(gw, args, message):
+    before = state(gw)
+    r = subprocess.run([str(ESPCTL), "-s", gw.sock, *args], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 64, (args, r.returncode, r.stdout, r.stderr)
+    assert message in r.stderr, r.stderr
+    assert state(gw) == before
+
+
+def test_espctl_exit_codes_for_refusal_and_no_daemon(gw, tmp_path):
+    r = subprocess.run([str(ESPCTL), "-s", gw.sock, "tunnel", "down", "no-such-tunnel"], capture_output=True,
+                       text=True, timeout=20)
+    assert r.returncode == 1 and "unknown tunnel" in r.stderr, r.stderr
+    r = subprocess.run([str(ESPCTL), "-s", str(tmp_path / "none.sock"), "stats"], capture_output=True, text=True,
+                       timeout=20)
+    assert r.returncode == 2 and "cannot connect" in r.stderr, r.stderr
+    r = subprocess.run([str(ESPCTL), "--help"], capture_output=True, text=True, timeout=20)
+    assert r.returncode == 0 and "espctl" in r.stdout
