@@ -211,3 +211,51 @@ def test_espctl_exit_codes_for_refusal_and_no_daemon(gw, tmp_path):
     assert r.returncode == 2 and "cannot connect" in r.stderr, r.stderr
     r = subprocess.run([str(ESPCTL), "--help"], capture_output=True, text=True, timeout=20)
     assert r.returncode == 0 and "espctl" in r.stdout
+
+
+@pytest.mark.parametrize("spi", [0, 1, 255, "0x0", "0xff"])
+@pytest.mark.parametrize("direction", ["in", "out"])
+def test_reserved_spis_are_refused(gw, spi, direction):
+    before = state(gw)
+    r = gw.request({"op": "add-sa", "direction": direction, "spi": spi, "tunnel": "aws-b1",
+                    "key": h.keymat(0x5500).hex()})
+    assert r["ok"] is False and "reserved" in r["error"], r
+    assert state(gw) == before
+    # 256 is the first SPI that may be used (and the refused key was not used up).
+    assert gw.request({"op": "add-sa", "direction": direction, "spi": 256, "tunnel": "aws-b1",
+                       "key": h.keymat(0x5500).hex()})["ok"]
+
+
+def test_the_last_sequence_number_is_sent_once_then_the_sa_expires(tmp_path):
+    # seq 2^32-1 without ESN: exactly one packet, with 0xffffffff; never 0 or a
+    # wrapped number; soft and hard expiry, in that order, formatted as documented.
+    lan = [h.lan_frame(IP(bytes(IP(src="10.240.128.5", dst=f"172.31.1.{i + 1}", id=i) / UDP(sport=1, dport=2) /
+                                Raw(b"x" * 40)))) for i in range(32)]
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=lan, infinite_lan=True, down=("aws-a1", "aws-a2", "aws-b1"))
+    with gw:
+        s, f = subscribe(gw)
+        s.settimeout(15)
+        sa = h.Sa("out", 0x5601, "aws-b2", seed=5601)
+        assert gw.request(sa_req("add-sa", sa, seq=2**32 - 1))["ok"]
+        evs = read_events(f, 4)
+        s.close()
+    common = {"direction": "out", "spi": "0x00005601", "tunnel": "aws-b2"}
+    assert evs == [
+        {"event": "sa-installed", **common, "origin": "socket", "replaced": False},
+        {"event": "sa-expire", "kind": "soft", "reason": "sequence", **common},
+        {"event": "sa-expire", "kind": "hard", "reason": "sequence", **common},
+        {"event": "sa-deleted", **common, "reason": "hard-expire"},
+    ], evs
+    seqs = [q for _, spi, q in h.raw_esp_records(gw.wan_out[0]) if spi == 0x5601]
+    assert seqs == [2**32 - 1], seqs[:10]
+
+
+def test_tunnel_state_events_are_formatted_as_documented(gw):
+    s, f = subscribe(gw)
+    s.settimeout(15)
+    assert gw.request({"op": "tunnel-down", "tunnel": "aws-a2"})["ok"]
+    assert gw.request({"op": "tunnel-up", "tunnel": "aws-a2"})["ok"]
+    evs = read_events(f, 2)
+    s.close()
+    assert evs == [{"event": "tunnel-state", "tunnel": "aws-a2", "up": False, "admin": "down", "oper": "down"},
+                   {"event": "tunnel-state", "tunnel": "aws-a2", "up": True, "admin": "up", "oper": "up"}], evs
