@@ -465,10 +465,14 @@ void SaDatabase::check_lifetimes(const dp::WorkerCounters& sums) {
     };
     const char* seq_soft = nullptr;
     const char* seq_hard = nullptr;
-    if (e.out && !e.out->esn) {
+    // ESN too: an SA installed near the top of its 64-bit space (seq up to
+    // 2^63-1 is accepted) runs out like any other, and the agent must hear
+    // of it, or the tunnel silently drops everything as seq_exhausted.
+    if (e.out) {
+      const uint64_t limit = e.out->esn ? kEsnSeqReserved : dp::kSeqLimitNoEsn;
       uint64_t next = e.out->next_seq.load(std::memory_order_relaxed);
-      if (next >= dp::kSeqLimitNoEsn) seq_hard = "sequence";
-      if (next + kSeqSoftMargin >= dp::kSeqLimitNoEsn) seq_soft = "sequence";
+      if (next >= limit) seq_hard = "sequence";
+      if (next + kSeqSoftMargin >= limit) seq_soft = "sequence";
     }
     const char* h = reached(e.params.hard);
     if (!h) h = seq_hard;

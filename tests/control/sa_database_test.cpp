@@ -460,6 +460,38 @@ TEST_F(SaDatabaseTest, AMovedOutboundSpiCannotBeInstalledTwiceOnItsTunnel) {
   EXPECT_EQ(db_->size(), 1u);
 }
 
+// seq may start anywhere below 2^63 on an ESN SA: one that starts near the
+// top runs out. It must expire (soft, then hard: deleted, the tunnel falls
+// back) like a 32-bit one, not stay current and drop every packet unseen.
+TEST_F(SaDatabaseTest, AnEsnSaThatRunsOutOfSequenceNumbersExpires) {
+  db_->add(params(spec(SaDirection::kOutbound, 0x1001, "plain", 21)));
+  SaSpec s = spec(SaDirection::kOutbound, 0x1002, "plain", 22);
+  s.esn = true;
+  s.initial_seq = kEsnSeqReserved - 10;
+  db_->add(params(s));
+  ASSERT_EQ(current(0)->spi, 0x1002u);
+  dp::WorkerCounters sums{};
+  events_.clear();
+  db_->check_lifetimes(sums);  // 10 numbers left: soft
+  ASSERT_EQ(events_.size(), 1u);
+  EXPECT_EQ(events_[0]["kind"], "soft");
+  EXPECT_EQ(events_[0]["reason"], "sequence");
+  current(0)->next_seq.fetch_add(10);  // the last one was sent
+  db_->check_lifetimes(sums);
+  ASSERT_EQ(events_.size(), 3u);
+  EXPECT_EQ(events_[1]["kind"], "hard");
+  EXPECT_EQ(events_[2]["event"], "sa-deleted");
+  EXPECT_EQ(current(0)->spi, 0x1001u);
+  // A fresh ESN SA far from the end: no event.
+  SaSpec f = spec(SaDirection::kOutbound, 0x1003, "plain", 23);
+  f.esn = true;
+  f.initial_seq = uint64_t{1} << 40;
+  db_->add(params(f));
+  events_.clear();
+  db_->check_lifetimes(sums);
+  EXPECT_TRUE(events_.empty());
+}
+
 TEST_F(SaDatabaseTest, ListShowsNoKeyMaterial) {
   db_->add(params(spec(SaDirection::kOutbound, 0x1001, "plain", 0xa0)));
   dp::WorkerCounters sums{};
