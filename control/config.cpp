@@ -937,13 +937,17 @@ struct Loader {
       } catch (const SaError& e) {
         p.fail(n, path, e.what());
       }
-      // The SA database installs a key || salt once per direction (a second
-      // outbound install repeats GCM nonces, a second inbound one a window).
+      // The SA database installs a key || salt once (a second outbound
+      // install repeats GCM nonces, a second inbound one a window, one key
+      // both ways the peer's nonces).
       for (size_t i = 0; i < cfg.sas.size(); i++)
-        if (cfg.sas[i].direction == sa.direction && cfg.sas[i].keymat == sa.keymat)
+        if (cfg.sas[i].keymat == sa.keymat)
           p.fail(*m.get("key"), m.sub("key"),
-                 fmt::format("the same key || salt as sas[{}] ({}); every {} SA needs its own key", i,
-                             in ? "inbound" : "outbound", in ? "inbound" : "outbound"));
+                 fmt::format("the same key || salt as sas[{}] ({}); every SA needs its own key{}", i,
+                             cfg.sas[i].direction == SaDirection::kInbound ? "inbound" : "outbound",
+                             cfg.sas[i].direction == sa.direction
+                                 ? ""
+                                 : " (one key in both directions repeats GCM nonces: both ends number from 1)"));
       cfg.sas.push_back(std::move(sa));
     });
   }

@@ -212,6 +212,11 @@ void SaDatabase::add(const SaParams& p) {
   if (free_slots_.empty()) throw SaError(fmt::format("SA table full ({} SAs)", dp::kMaxSas));
   const bool inbound = p.direction == SaDirection::kInbound;
   const KeymatDigest used = digest(p.keymat);
+  if (used_keymat_[!inbound].count(used))
+    throw SaError(fmt::format(
+        "key: this key || salt was already installed on an {} SA since the daemon started; using it {} too would "
+        "repeat GCM nonces: both ends number their packets from 1 under one key (each direction needs its own key)",
+        inbound ? "outbound" : "inbound", inbound ? "inbound" : "outbound"));
   if (used_keymat_[inbound].count(used))
     throw SaError(inbound
                       ? "key: this key || salt was already installed on an inbound SA since the daemon started; "

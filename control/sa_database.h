@@ -74,7 +74,7 @@ class SaDatabase {
   // A new identity. Throws SaError (state unchanged) when the identity (or
   // an inbound SPI on the same local address) exists, the table is full, the
   // parameters are invalid, or the key material (key || salt) was already
-  // installed in this direction since the database was created (see
+  // installed since the database was created, in either direction (see
   // used_keymat_).
   void add(const SaParams& p);
   // Absent: add. Present with the same algorithm, key and ESN: changes only
@@ -160,7 +160,9 @@ class SaDatabase {
   // a key installed again (after a delete, a hard expiry, under another SPI)
   // would send sequence 1, 2, ... under it a second time. Inbound: a key
   // installed again gets a fresh replay window that accepts every packet
-  // recorded under the old SA. Entries are never removed.
+  // recorded under the old SA. Across directions: the peer numbers its
+  // packets from 1 under the inbound key as we do under the outbound one, so
+  // one key both ways repeats every nonce. Entries are never removed.
   using KeymatDigest = std::array<uint8_t, 32>;
   static KeymatDigest digest(std::span<const uint8_t> keymat);
   std::set<KeymatDigest> used_keymat_[2];  // index: SaDirection == kInbound

@@ -205,7 +205,7 @@ TEST_F(SaDatabaseTest, ADifferentKeyIsRefusedAndChangesNothing) {
   EXPECT_EQ(sa->next_seq.load(), 42u);
   EXPECT_EQ(events_.size(), events);
   // Inbound: the window stays too.
-  db_->add(params(spec(SaDirection::kInbound, 0x2001, "plain", 1)));
+  db_->add(params(spec(SaDirection::kInbound, 0x2001, "plain", 3)));
   EXPECT_EQ(receive(0x2001, 10), dp::ReplayVerdict::kOk);
   EXPECT_THROW(db_->reconcile(params(spec(SaDirection::kInbound, 0x2001, "plain", 2))), SaError);
   EXPECT_EQ(receive(0x2001, 10), dp::ReplayVerdict::kReplay);
@@ -292,7 +292,7 @@ TEST_F(SaDatabaseTest, AddOfAnExistingIdentityIsRefused) {
 TEST_F(SaDatabaseTest, RemoveAllByOrigin) {
   SaSpec a = spec(SaDirection::kOutbound, 0x1001, "plain");
   a.origin = SaOrigin::kConfig;
-  SaSpec b = spec(SaDirection::kInbound, 0x2001, "plain");
+  SaSpec b = spec(SaDirection::kInbound, 0x2001, "plain", 4);
   b.origin = SaOrigin::kXfrm;
   SaSpec c = spec(SaDirection::kOutbound, 0x1002, "natt", 3);  // each outbound SA its own key
   c.origin = SaOrigin::kXfrm;
@@ -409,8 +409,10 @@ TEST_F(SaDatabaseTest, AnOutboundKeyIsNeverInstalledTwice) {
   db_->check_lifetimes(sums);
   EXPECT_FALSE(db_->contains(SaDirection::kOutbound, 0x1004, 0));
   EXPECT_NE(refused(spec(SaDirection::kOutbound, 0x1004, "plain", 6)), "accepted");
-  // The same bytes as an inbound key are another direction's business (the peer's nonces).
-  EXPECT_EQ(refused(spec(SaDirection::kInbound, 0x2001, "plain", 1)), "accepted");
+  // Nor as an inbound key: the peer would number its packets from 1 under it too.
+  EXPECT_NE(refused(spec(SaDirection::kInbound, 0x2001, "plain", 1)).find("both ends number their packets"),
+            std::string::npos);
+  EXPECT_NE(refused(spec(SaDirection::kInbound, 0x2001, "plain", 5)), "accepted");  // the live one's key
 }
 
 // An inbound SA deleted and installed again with its key would start with an
@@ -427,6 +429,7 @@ TEST_F(SaDatabaseTest, AnInboundKeyIsNeverInstalledTwice) {
   }
   EXPECT_EQ(inbound(0x2001), nullptr);
   EXPECT_THROW(db_->add(params(spec(SaDirection::kInbound, 0x2002, "natt", 1))), SaError);  // another SPI too
+  EXPECT_THROW(db_->add(params(spec(SaDirection::kOutbound, 0x1001, "plain", 1))), SaError);  // nor outbound
   db_->add(params(spec(SaDirection::kInbound, 0x2001, "plain", 2)));  // a fresh key: fine
   EXPECT_EQ(receive(0x2001, 5), dp::ReplayVerdict::kOk);
 }

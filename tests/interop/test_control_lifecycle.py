@@ -88,8 +88,10 @@ def test_an_inbound_key_is_installed_once(gw):
         r = gw.request(req)
         assert r["ok"] is False and "restart the replay window" in r["error"], (req, r)
     assert state(gw) == before
-    # Inbound and outbound keys are separate sets (the lab configs use one key both ways).
-    assert gw.request(sa_req("add-sa", h.Sa("out", 0x6003, "aws-a1", seed=6001)))["ok"]
+    # Nor outbound: the peer numbers its packets from 1 under that key as we would.
+    r = gw.request(sa_req("add-sa", h.Sa("out", 0x6003, "aws-a1", seed=6001)))
+    assert r["ok"] is False and "both ends number their packets" in r["error"], r
+    assert state(gw) == before
 
 
 def test_a_moved_outbound_spi_is_not_installed_twice_on_its_tunnel(gw):
