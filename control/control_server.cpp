@@ -51,7 +51,14 @@ ControlServer::ControlServer(std::string path, const std::string& group_name, Ha
     throw std::runtime_error("control socket " + path_ + " is in use by another espgw");
   }
   if (probe >= 0) close(probe);
-  unlink(path_.c_str());
+  // Only a stale socket is replaced: a path that names a file, a directory
+  // or anything else (a typo in the config, /etc/...) is never unlinked.
+  struct stat st{};
+  if (lstat(path_.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode))
+      throw std::runtime_error("control socket path " + path_ + " exists and is not a socket; not replacing it");
+    unlink(path_.c_str());
+  }
 
   listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) throw sys_error("control socket");

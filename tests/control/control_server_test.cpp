@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -152,6 +153,35 @@ TEST_F(ControlServerTest, ClientsPastTheLimitWaitTheirTurn) {
   poll_all(*srv);
   EXPECT_EQ(drain(extra), "{\"ok\":true}\n");
   EXPECT_EQ(srv->clients(), 4u);
+}
+
+// A stale socket from a daemon that died is replaced; anything else at the
+// path (a config typo naming a real file) is refused and left alone.
+TEST_F(ControlServerTest, OnlyAStaleSocketIsReplaced) {
+  { std::ofstream(path_) << "precious"; }
+  try {
+    start(ControlServer::Limits{});
+    FAIL() << "a regular file was replaced by the socket";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("exists and is not a socket"), std::string::npos) << e.what();
+  }
+  std::ifstream in(path_);
+  std::string text;
+  in >> text;
+  EXPECT_EQ(text, "precious");
+  std::filesystem::remove(path_);
+  // A socket nobody listens on any more: replaced.
+  int stale = ::socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path_.c_str(), sizeof(a.sun_path) - 1);
+  ASSERT_EQ(::bind(stale, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  ::close(stale);
+  auto srv = start(ControlServer::Limits{});
+  int c = connect_client();
+  send_line(c, "ping");
+  poll_all(*srv);
+  EXPECT_EQ(drain(c), "{\"ok\":true}\n");
 }
 
 }  // namespace
