@@ -238,8 +238,14 @@ bool ControlServer::serve_lines(int fd, Client& c) {
     start = pos + 1;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;
+    serving_fd_ = fd;
     ControlReply reply = serve_line(handler_, line);
+    serving_fd_ = -1;
     OPENSSL_cleanse(line.data(), line.size());  // short lines live inside the object (SSO)
+    if (c.closing) {  // the handler's events dropped this client: c is still valid, now erase it
+      close_client(fd);
+      return false;
+    }
     if (reply.subscribe) c.subscribed = true;
     queue(fd, c, reply.body);
     if (!clients_.count(fd)) return false;  // (c.in went with the client; see close_client)
@@ -255,6 +261,7 @@ bool ControlServer::serve_lines(int fd, Client& c) {
 }
 
 void ControlServer::queue(int fd, Client& c, const nlohmann::json& msg) {
+  if (c.closing) return;
   const size_t before = c.out.size();
   try {
     c.out += msg.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -277,7 +284,8 @@ void ControlServer::shed_largest_backlog() {
   while (pending_out_ > limits_.max_pending_total) {
     auto largest = clients_.end();
     for (auto it = clients_.begin(); it != clients_.end(); ++it)
-      if (largest == clients_.end() || it->second.out.size() > largest->second.out.size()) largest = it;
+      if (!it->second.closing && (largest == clients_.end() || it->second.out.size() > largest->second.out.size()))
+        largest = it;
     if (largest == clients_.end() || largest->second.out.empty()) return;
     close_client(largest->first);
   }
@@ -287,6 +295,7 @@ void ControlServer::write_client(int fd) {
   auto it = clients_.find(fd);
   if (it == clients_.end()) return;
   Client& c = it->second;
+  if (c.closing) return;
   while (!c.out.empty()) {
     ssize_t w = send(fd, c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w < 0) {
@@ -310,6 +319,16 @@ void ControlServer::update_interest(int fd, const Client& c) {
 void ControlServer::close_client(int fd) {
   auto it = clients_.find(fd);
   if (it == clients_.end()) return;
+  if (fd == serving_fd_) {
+    // Inside this client's own request (serve_lines holds a reference to
+    // it): mark it; serve_lines erases it when the handler returns.
+    if (!it->second.closing) {
+      it->second.closing = true;
+      pending_out_ -= it->second.out.size();
+      std::string().swap(it->second.out);
+    }
+    return;
+  }
   OPENSSL_cleanse(it->second.in.data(), it->second.in.size());
   pending_out_ -= it->second.out.size();
   clients_.erase(it);
@@ -321,7 +340,7 @@ void ControlServer::close_client(int fd) {
 void ControlServer::broadcast_event(const nlohmann::json& event) {
   std::vector<int> fds;
   for (auto& [fd, c] : clients_)
-    if (c.subscribed) fds.push_back(fd);
+    if (c.subscribed && !c.closing) fds.push_back(fd);
   for (int fd : fds) {
     auto it = clients_.find(fd);
     if (it == clients_.end()) continue;

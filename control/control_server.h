@@ -72,6 +72,9 @@ class ControlServer {
     WipingString in;  // may hold keys: cleansed whenever it grows or shrinks
     std::string out;
     bool subscribed = false;
+    // Closed while its own request was being served (an event that request
+    // raised overflowed its queue): erased once the handler has returned.
+    bool closing = false;
   };
   void accept_clients();
   // True when it stopped at kMaxReadPerCall with the client still open.
@@ -92,6 +95,7 @@ class ControlServer {
   Limits limits_;
   size_t pending_out_ = 0;
   bool accepting_ = true;
+  int serving_fd_ = -1;  // the client whose request the handler is running
 };
 
 }  // namespace espgw::control

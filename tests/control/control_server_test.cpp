@@ -155,6 +155,53 @@ TEST_F(ControlServerTest, ClientsPastTheLimitWaitTheirTurn) {
   EXPECT_EQ(srv->clients(), 4u);
 }
 
+// A request's handler emits events (tunnel-state, sa-installed ...) that go
+// to every subscriber, the requesting client included. When that event
+// overflows the requester's queue it is disconnected inside its own request:
+// the server must not touch the client afterwards (it did: a use after free
+// a subscriber could trigger by pipelining requests and never reading).
+TEST_F(ControlServerTest, AClientDroppedByAnEventItsOwnRequestRaisedIsNotUsedAfterwards) {
+  ControlServer::Limits lim;
+  lim.max_pending_out = 64 * 1024;
+  ControlServer* self = nullptr;
+  ControlServer srv(
+      path_, "",
+      [&self](WipingString& line) {
+        if (line == "emit") self->broadcast_event({{"event", "tunnel-state"}, {"pad", std::string(3000, 'e')}});
+        return ControlReply{{{"ok", true}, {"pad", std::string(3000, 'r')}}, line == "sub"};
+      },
+      lim);
+  self = &srv;
+  int hog = connect_client();
+  int small = 4096;
+  ::setsockopt(hog, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+  int other = connect_client();
+  poll_all(srv);
+  send_line(hog, "sub");
+  send_line(other, "sub");
+  poll_all(srv);
+  drain(other);
+  std::string burst;
+  for (int i = 0; i < 200; i++) burst += "emit\n";  // 200 x 6 KB: far past 64 KiB, read in one go
+  ASSERT_EQ(::send(hog, burst.data(), burst.size(), MSG_NOSIGNAL), static_cast<ssize_t>(burst.size()));
+  size_t other_events = 0;
+  for (int i = 0; i < 50; i++) {
+    srv.poll(2);
+    std::string got = drain(other);
+    other_events += static_cast<size_t>(std::count(got.begin(), got.end(), '\n'));
+  }
+  bool closed = false;
+  drain(hog, &closed);
+  EXPECT_TRUE(closed);
+  EXPECT_EQ(srv.clients(), 1u);
+  EXPECT_GT(other_events, 0u);
+  // The server still serves.
+  send_line(other, "ping");
+  poll_all(srv);
+  std::string got = drain(other);
+  EXPECT_NE(got.find("\"ok\":true"), std::string::npos) << got;
+}
+
 // A stale socket from a daemon that died is replaced; anything else at the
 // path (a config typo naming a real file) is refused and left alone.
 TEST_F(ControlServerTest, OnlyAStaleSocketIsReplaced) {
