@@ -261,3 +261,28 @@ def test_tunnel_state_events_are_formatted_as_documented(gw):
     s.close()
     assert evs == [{"event": "tunnel-state", "tunnel": "aws-a2", "up": False, "admin": "down", "oper": "down"},
                    {"event": "tunnel-state", "tunnel": "aws-a2", "up": True, "admin": "up", "oper": "up"}], evs
+
+
+ODD_NAMES = ["aws-a1\u0000", "aws-a1\n{\"ok\":true}", "\u00e9\u4e2d\U0001f600", "aws-a1 ", "A" * 60000, "", "%s%n"]
+
+
+@pytest.mark.parametrize("name", ODD_NAMES, ids=range(len(ODD_NAMES)))
+def test_odd_tunnel_names_are_refused_on_one_line(gw, name):
+    before = state(gw)
+    for req in ({"op": "tunnel-down", "tunnel": name},
+                sa_req("add-sa", h.Sa("out", 0x5701, "aws-a1", seed=5701)) | {"tunnel": name},
+                {"op": "delete-sa", "direction": "out", "spi": 0x1001, "tunnel": name},
+                {"op": "add-route", "prefix": "10.77.0.0/16", "via": [{"tunnel": name, "priority": 1}]}):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(10)
+        s.connect(gw.sock)
+        s.sendall(json.dumps(req).encode() + b"\n")
+        f = s.makefile("rb")
+        line = f.readline()
+        s.close()
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        r = json.loads(line)
+        assert r["ok"] is False and "tunnel" in r["error"], (req["op"], r)
+    assert state(gw) == before
+    # The refused add did not use its key up.
+    assert gw.request(sa_req("add-sa", h.Sa("out", 0x5701, "aws-a1", seed=5701)))["ok"]
