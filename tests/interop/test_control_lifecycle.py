@@ -286,3 +286,67 @@ def test_odd_tunnel_names_are_refused_on_one_line(gw, name):
     assert state(gw) == before
     # The refused add did not use its key up.
     assert gw.request(sa_req("add-sa", h.Sa("out", 0x5701, "aws-a1", seed=5701)))["ok"]
+
+
+def test_replace_sa_with_another_esn_setting_or_algorithm_is_refused(gw):
+    sa = h.Sa("out", 0x5801, "aws-b1", seed=5801)
+    assert gw.request(sa_req("add-sa", sa))["ok"]
+    before = state(gw)
+    r = gw.request(sa_req("replace-sa", sa, esn=True))
+    assert r["ok"] is False and "ESN setting" in r["error"], r
+    r = gw.request(sa_req("replace-sa", sa) | {"algo": "aes256-gcm", "key": h.keymat(5801, "aes256-gcm").hex()})
+    assert r["ok"] is False and "a new key needs a new SPI" in r["error"], r
+    # A lower seq is ignored, never moves the counter back.
+    r = gw.request(sa_req("replace-sa", sa, seq=1))
+    assert r["ok"]
+    assert state(gw) == before
+
+
+LIFETIMES = [
+    ({"hard": {"bytes": 2**64 - 1, "packets": 2**64 - 1, "seconds": 2**64 - 1}}, True),
+    ({"soft": {"bytes": 0}, "hard": {"seconds": 0}}, True),           # 0 = no limit
+    ({"soft": {"packets": 10}, "hard": {"packets": 9}}, "larger than the hard limit"),
+    ({"hard": {"bytes": 2**64}}, "non-negative JSON integer"),
+    ({"hard": {"bytes": -1}}, "non-negative JSON integer"),
+    ({"hard": {"bytes": 1.5}}, "non-negative JSON integer"),
+    ({"hard": {"minutes": 5}}, "unknown field 'minutes'"),
+]
+
+
+@pytest.mark.parametrize("lifetime,expect", LIFETIMES, ids=range(len(LIFETIMES)))
+def test_lifetime_edges(gw, lifetime, expect):
+    before = state(gw)
+    r = gw.request(sa_req("add-sa", h.Sa("in", 0x5901, "aws-b1", seed=5901), lifetime=lifetime))
+    if expect is True:
+        assert r["ok"], r
+        sa = [s for s in gw.request({"op": "list-sas"})["sas"] if s["spi"] == "0x00005901"][0]
+        assert sa["lifetime"]["hard"]["bytes"] == lifetime.get("hard", {}).get("bytes", 0)
+    else:
+        assert r["ok"] is False and expect in r["error"], r
+        assert state(gw) == before
+
+
+def test_two_thousand_clients_at_once_are_all_served(gw):
+    # Past the daemon's client limit (1024) connections wait in the listen
+    # backlog and are served as earlier clients leave.
+    socks = []
+    try:
+        for _ in range(2000):
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(30)
+            s.connect(gw.sock)
+            socks.append(s)
+        for i, s in enumerate(socks):
+            s.sendall(json.dumps({"op": "ping", "id": i}).encode() + b"\n")
+        for i, s in enumerate(socks):
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(4096)
+                assert chunk, f"client {i} closed without a reply"
+                buf += chunk
+            assert json.loads(buf) == {"ok": True, "id": i}
+            s.close()
+    finally:
+        for s in socks:
+            s.close()
+    assert gw.request({"op": "ping", "id": -1}) == {"ok": True, "id": -1}
