@@ -536,6 +536,25 @@ struct Loader {
     if (cfg.mbufs < need)
       p.fail(m.has("mbufs") ? *m.get("mbufs") : root, "mbufs", mbufs_text(cfg, workers, need, pinned.has_value()));
     warn_unreachable_inbound();
+    warn_static_outbound();
+  }
+
+  // A static outbound SA starts at its `seq` under the same key after every
+  // restart: GCM nonces (salt || sequence number) repeat. The daemon cannot
+  // tell, since it keeps no state across restarts.
+  void warn_static_outbound() {
+    size_t n = 0;
+    std::string first;
+    for (size_t i = 0; i < cfg.sas.size(); i++)
+      if (cfg.sas[i].direction == SaDirection::kOutbound && n++ == 0)
+        first = fmt::format("{}: sas[{}]", cfg.sas[i].position, i);
+    if (n == 0) return;
+    cfg.warnings.push_back(fmt::format(
+        "{}: {} static outbound SA{} in this file: after every restart of the daemon {} sequence numbers again "
+        "from `seq` under the same key, so AES-GCM nonces repeat (an observer can forge packets and recover "
+        "plaintext); static outbound SAs are for labs only, give the keys to an IKE agent in production "
+        "(see docs/config.md)",
+        first, n, n == 1 ? "" : "s", n == 1 ? "it sends" : "they send"));
   }
 
   // Decrypted packets are accepted only when the FIB has an active route
@@ -918,6 +937,17 @@ struct Loader {
       } catch (const SaError& e) {
         p.fail(n, path, e.what());
       }
+      // The SA database installs a key || salt once (a second outbound
+      // install repeats GCM nonces, a second inbound one a window, one key
+      // both ways the peer's nonces).
+      for (size_t i = 0; i < cfg.sas.size(); i++)
+        if (cfg.sas[i].keymat == sa.keymat)
+          p.fail(*m.get("key"), m.sub("key"),
+                 fmt::format("the same key || salt as sas[{}] ({}); every SA needs its own key{}", i,
+                             cfg.sas[i].direction == SaDirection::kInbound ? "inbound" : "outbound",
+                             cfg.sas[i].direction == sa.direction
+                                 ? ""
+                                 : " (one key in both directions repeats GCM nonces: both ends number from 1)"));
       cfg.sas.push_back(std::move(sa));
     });
   }

@@ -3,11 +3,13 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -25,7 +27,13 @@ std::runtime_error sys_error(const std::string& what) {
 }  // namespace
 
 ControlServer::ControlServer(std::string path, const std::string& group_name, Handler handler)
-    : path_(std::move(path)), handler_(std::move(handler)) {
+    : ControlServer(std::move(path), group_name, std::move(handler), Limits{}) {}
+
+ControlServer::ControlServer(std::string path, const std::string& group_name, Handler handler, Limits limits)
+    : path_(std::move(path)), handler_(std::move(handler)), limits_(limits) {
+  rlimit nofile{};
+  if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur != RLIM_INFINITY)
+    limits_.max_clients = std::min<size_t>(limits_.max_clients, std::max<size_t>(nofile.rlim_cur / 2, 1));
   sockaddr_un addr{};
   if (path_.empty() || path_.size() >= sizeof(addr.sun_path))
     throw std::runtime_error("control socket path '" + path_ + "' is empty or longer than " +
@@ -43,7 +51,14 @@ ControlServer::ControlServer(std::string path, const std::string& group_name, Ha
     throw std::runtime_error("control socket " + path_ + " is in use by another espgw");
   }
   if (probe >= 0) close(probe);
-  unlink(path_.c_str());
+  // Only a stale socket is replaced: a path that names a file, a directory
+  // or anything else (a typo in the config, /etc/...) is never unlinked.
+  struct stat st{};
+  if (lstat(path_.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode))
+      throw std::runtime_error("control socket path " + path_ + " exists and is not a socket; not replacing it");
+    unlink(path_.c_str());
+  }
 
   listen_fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (listen_fd_ < 0) throw sys_error("control socket");
@@ -95,9 +110,9 @@ void ControlServer::poll(int timeout_ms) {
     // its lines) ends that client's connection, never the daemon.
     try {
       if (evs[i].events & (EPOLLERR | EPOLLHUP)) {
-        // Serve what it sent before hanging up, then close.
-        if (evs[i].events & EPOLLIN) read_client(fd);
-        close_client(fd);
+        // Serve what it sent before hanging up, then close (after more
+        // polls when it sent more than one read's worth).
+        if (!(evs[i].events & EPOLLIN) || !read_client(fd)) close_client(fd);
         continue;
       }
       if (evs[i].events & EPOLLIN) read_client(fd);
@@ -110,6 +125,10 @@ void ControlServer::poll(int timeout_ms) {
 
 void ControlServer::accept_clients() {
   for (;;) {
+    if (clients_.size() >= limits_.max_clients) {
+      set_accepting(false);  // the rest wait in the listen backlog
+      return;
+    }
     int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) return;
     try {
@@ -123,6 +142,18 @@ void ControlServer::accept_clients() {
     ev.data.fd = fd;
     epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
   }
+}
+
+// Level-triggered: while the listen socket is watched and has connections
+// waiting, every poll returns at once, so it is unwatched while the client
+// table is full and watched again when a client leaves.
+void ControlServer::set_accepting(bool on) {
+  if (accepting_ == on) return;
+  epoll_event ev{};
+  ev.events = on ? uint32_t(EPOLLIN) : 0u;
+  ev.data.fd = listen_fd_;
+  epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, listen_fd_, &ev);
+  accepting_ = on;
 }
 
 namespace {
@@ -150,14 +181,19 @@ ControlReply serve_line(const ControlServer::Handler& handler, WipingString& lin
 }
 }  // namespace
 
-void ControlServer::read_client(int fd) {
+// Reads at most kMaxReadPerCall bytes (epoll is level-triggered: the rest
+// comes on the next poll), serving each complete line as soon as it is in,
+// so a client that writes without pause neither holds the control thread
+// nor grows its buffer past one line.
+bool ControlServer::read_client(int fd) {
   auto it = clients_.find(fd);
-  if (it == clients_.end()) return;
+  if (it == clients_.end()) return false;
   Client& c = it->second;
   char buf[16384];
   bool eof = false;
-  for (;;) {
-    ssize_t r = read(fd, buf, sizeof(buf));
+  size_t budget = kMaxReadPerCall;
+  while (budget > 0) {
+    ssize_t r = read(fd, buf, std::min(sizeof(buf), budget));
     if (r == 0) {
       // Peer closed its side: answer complete lines already read, then go.
       eof = true;
@@ -167,59 +203,99 @@ void ControlServer::read_client(int fd) {
       if (errno == EAGAIN || errno == EINTR) break;
       OPENSSL_cleanse(buf, sizeof(buf));
       close_client(fd);
-      return;
+      return false;
     }
+    budget -= static_cast<size_t>(r);
     c.in.append(buf, static_cast<size_t>(r));
-    if (c.in.size() > kMaxRequest && c.in.find('\n') == std::string::npos) {
+    if (!serve_lines(fd, c)) {
       OPENSSL_cleanse(buf, sizeof(buf));
-      c.in.clear();
-      queue(fd, c, {{"ok", false}, {"error", "request longer than " + std::to_string(kMaxRequest) + " bytes"}});
-      write_client(fd);
-      close_client(fd);
-      return;
+      return false;  // closed (c went with it)
     }
   }
   OPENSSL_cleanse(buf, sizeof(buf));  // request bytes may hold keys
+  write_client(fd);
+  if (eof) close_client(fd);  // a half-finished line from a client that left is dropped
+  return !eof && budget == 0 && clients_.count(fd);
+}
+
+// Serves the complete lines in c.in and keeps the unfinished tail. A line
+// (without its newline) longer than kMaxRequest, complete or not, gets an
+// error and ends the connection. False when the client was closed.
+bool ControlServer::serve_lines(int fd, Client& c) {
   size_t start = 0, pos;
+  auto too_long = [&] {
+    OPENSSL_cleanse(c.in.data(), c.in.size());
+    c.in.clear();
+    queue(fd, c, {{"ok", false}, {"error", "request longer than " + std::to_string(kMaxRequest) + " bytes"}});
+    if (!clients_.count(fd)) return false;
+    write_client(fd);
+    close_client(fd);
+    return false;
+  };
   while ((pos = c.in.find('\n', start)) != std::string::npos) {
+    if (pos - start > kMaxRequest) return too_long();
     WipingString line = c.in.substr(start, pos - start);
     start = pos + 1;
     if (!line.empty() && line.back() == '\r') line.pop_back();
     if (line.empty()) continue;
+    serving_fd_ = fd;
     ControlReply reply = serve_line(handler_, line);
+    serving_fd_ = -1;
     OPENSSL_cleanse(line.data(), line.size());  // short lines live inside the object (SSO)
+    if (c.closing) {  // the handler's events dropped this client: c is still valid, now erase it
+      close_client(fd);
+      return false;
+    }
     if (reply.subscribe) c.subscribed = true;
     queue(fd, c, reply.body);
-    if (!clients_.count(fd)) return;  // (c.in went with the client; see close_client)
+    if (!clients_.count(fd)) return false;  // (c.in went with the client; see close_client)
   }
+  if (c.in.size() - start > kMaxRequest) return too_long();
   // Keep the unfinished tail; the served lines' bytes are wiped, not just freed.
   if (start > 0) {
     WipingString rest = c.in.substr(start);
     OPENSSL_cleanse(c.in.data(), c.in.size());
     c.in = std::move(rest);
   }
-  write_client(fd);
-  if (eof) close_client(fd);  // a half-finished line from a client that left is dropped
+  return true;
 }
 
 void ControlServer::queue(int fd, Client& c, const nlohmann::json& msg) {
+  if (c.closing) return;
+  const size_t before = c.out.size();
   try {
     c.out += msg.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   } catch (...) {  // out of memory: the client still gets one line for its request
     c.out += R"({"ok":false,"error":"reply could not be encoded"})";
   }
   c.out += '\n';
-  if (c.out.size() > kMaxPendingOut) {  // a client that never reads
+  pending_out_ += c.out.size() - before;
+  if (c.out.size() > limits_.max_pending_out) {  // a client that never reads
     close_client(fd);
     return;
   }
   update_interest(fd, c);
+  if (pending_out_ > limits_.max_pending_total) shed_largest_backlog();
+}
+
+// Many clients that never read: the one with the most waiting goes (c may
+// be the one just queued to).
+void ControlServer::shed_largest_backlog() {
+  while (pending_out_ > limits_.max_pending_total) {
+    auto largest = clients_.end();
+    for (auto it = clients_.begin(); it != clients_.end(); ++it)
+      if (!it->second.closing && (largest == clients_.end() || it->second.out.size() > largest->second.out.size()))
+        largest = it;
+    if (largest == clients_.end() || largest->second.out.empty()) return;
+    close_client(largest->first);
+  }
 }
 
 void ControlServer::write_client(int fd) {
   auto it = clients_.find(fd);
   if (it == clients_.end()) return;
   Client& c = it->second;
+  if (c.closing) return;
   while (!c.out.empty()) {
     ssize_t w = send(fd, c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w < 0) {
@@ -228,6 +304,7 @@ void ControlServer::write_client(int fd) {
       return;
     }
     c.out.erase(0, static_cast<size_t>(w));
+    pending_out_ -= static_cast<size_t>(w);
   }
   update_interest(fd, c);
 }
@@ -242,16 +319,28 @@ void ControlServer::update_interest(int fd, const Client& c) {
 void ControlServer::close_client(int fd) {
   auto it = clients_.find(fd);
   if (it == clients_.end()) return;
+  if (fd == serving_fd_) {
+    // Inside this client's own request (serve_lines holds a reference to
+    // it): mark it; serve_lines erases it when the handler returns.
+    if (!it->second.closing) {
+      it->second.closing = true;
+      pending_out_ -= it->second.out.size();
+      std::string().swap(it->second.out);
+    }
+    return;
+  }
   OPENSSL_cleanse(it->second.in.data(), it->second.in.size());
+  pending_out_ -= it->second.out.size();
   clients_.erase(it);
   epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   close(fd);
+  if (clients_.size() < limits_.max_clients) set_accepting(true);
 }
 
 void ControlServer::broadcast_event(const nlohmann::json& event) {
   std::vector<int> fds;
   for (auto& [fd, c] : clients_)
-    if (c.subscribed) fds.push_back(fd);
+    if (c.subscribed && !c.closing) fds.push_back(fd);
   for (int fd : fds) {
     auto it = clients_.find(fd);
     if (it == clients_.end()) continue;

@@ -1,7 +1,8 @@
 // espctl: command-line client of espgw's control socket (JSON lines,
 // docs/control-api.md). Human-readable tables by default, --json for
 // scripts; exit 1 with the daemon's error message when a request fails, 2
-// when the daemon cannot be reached. An IKE daemon's updown hook can call it.
+// when the daemon cannot be reached, 64 (EX_USAGE) for bad arguments, found
+// before anything is sent. An IKE daemon's updown hook can call it.
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -14,6 +15,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <iostream>
 #include <sstream>
 #include <string>
@@ -21,6 +23,10 @@
 using nlohmann::json;
 
 namespace {
+constexpr int kExitRefused = 1;      // the daemon answered with an error
+constexpr int kExitUnreachable = 2;  // no daemon, or the connection broke
+constexpr int kExitUsage = 64;       // bad arguments: nothing was sent
+
 [[noreturn]] void die(int code, const std::string& msg) {
   fmt::print(stderr, "espctl: {}\n", msg);
   std::exit(code);
@@ -32,10 +38,10 @@ class Connection {
     fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
-    if (path.size() >= sizeof(addr.sun_path)) die(2, "socket path too long: " + path);
+    if (path.size() >= sizeof(addr.sun_path)) die(kExitUsage, "socket path too long: " + path);
     std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
     if (fd_ < 0 || connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) < 0)
-      die(2, fmt::format("cannot connect to {}: {} (is espgw running? -s/ESPGW_SOCKET sets the path)", path,
+      die(kExitUnreachable, fmt::format("cannot connect to {}: {} (is espgw running? -s/ESPGW_SOCKET sets the path)", path,
                          std::strerror(errno)));
   }
   ~Connection() { close(fd_); }
@@ -44,7 +50,7 @@ class Connection {
     size_t off = 0;
     while (off < line.size()) {
       ssize_t w = write(fd_, line.data() + off, line.size() - off);
-      if (w <= 0) die(2, std::string("write failed: ") + std::strerror(errno));
+      if (w <= 0) die(kExitUnreachable, std::string("write failed: ") + std::strerror(errno));
       off += static_cast<size_t>(w);
     }
   }
@@ -53,13 +59,13 @@ class Connection {
     while ((pos = buf_.find('\n')) == std::string::npos) {
       char tmp[65536];
       ssize_t r = read(fd_, tmp, sizeof(tmp));
-      if (r <= 0) die(2, "connection closed before a reply");
+      if (r <= 0) die(kExitUnreachable, "connection closed before a reply");
       buf_.append(tmp, static_cast<size_t>(r));
     }
     std::string line = buf_.substr(0, pos);
     buf_.erase(0, pos + 1);
     json j = json::parse(line, nullptr, false);
-    if (j.is_discarded()) die(2, "the daemon sent something that is not JSON");
+    if (j.is_discarded()) die(kExitUnreachable, "the daemon sent something that is not JSON");
     return j;
   }
 
@@ -150,13 +156,23 @@ void print_stats(const json& r) {
 
 std::string read_key_file(const std::string& path) {
   std::ifstream in(path == "-" ? "/dev/stdin" : path);
-  if (!in) die(1, "cannot read key file " + path);
+  if (!in) die(kExitUsage, "cannot read key file " + path);
   std::stringstream ss;
   ss << in.rdbuf();
   std::string s = ss.str();
   s.erase(std::remove_if(s.begin(), s.end(), [](unsigned char c) { return std::isspace(c); }), s.end());
   return s;
 }
+
+// Numbers on the command line: decimal digits only (CLI11 would take "-1"
+// for an unsigned option and send 2^64-1).
+const CLI::Validator kDigits(
+    [](std::string& s) {
+      return !s.empty() && s.size() <= 20 && std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isdigit(c); })
+                 ? std::string()
+                 : "wants a decimal number (digits only), got '" + s + "'";
+    },
+    "UINT");
 
 struct SaOpts {
   std::string direction, tunnel, algo = "aes128-gcm", key, key_file, spi, encap, remote;
@@ -175,15 +191,15 @@ void add_sa_options(CLI::App* c, SaOpts& o) {
   auto* kf = c->add_option("--key-file", o.key_file, "file holding the hex key || salt ('-' = stdin)");
   k->excludes(kf);
   c->add_flag("--esn", o.esn, "64-bit extended sequence numbers");
-  c->add_option("--replay-window", o.replay_window, "inbound anti-replay window (0 = off, 32..4096)");
-  c->add_option("--seq", o.seq, "outbound: first sequence number");
+  c->add_option("--replay-window", o.replay_window, "inbound anti-replay window (0 = off, 32..4096)")->check(kDigits);
+  c->add_option("--seq", o.seq, "outbound: first sequence number")->check(kDigits);
   c->add_option("--encap", o.encap, "UDP encapsulation SPORT:DPORT (e.g. 4500:4500)");
-  c->add_option("--soft-bytes", o.soft_bytes);
-  c->add_option("--hard-bytes", o.hard_bytes);
-  c->add_option("--soft-packets", o.soft_packets);
-  c->add_option("--hard-packets", o.hard_packets);
-  c->add_option("--soft-seconds", o.soft_seconds);
-  c->add_option("--hard-seconds", o.hard_seconds);
+  c->add_option("--soft-bytes", o.soft_bytes)->check(kDigits);
+  c->add_option("--hard-bytes", o.hard_bytes)->check(kDigits);
+  c->add_option("--soft-packets", o.soft_packets)->check(kDigits);
+  c->add_option("--hard-packets", o.hard_packets)->check(kDigits);
+  c->add_option("--soft-seconds", o.soft_seconds)->check(kDigits);
+  c->add_option("--hard-seconds", o.hard_seconds)->check(kDigits);
   c->add_option("--local-ts", o.local_ts, "policy-based: local selector prefix (repeatable)");
   c->add_option("--remote-ts", o.remote_ts, "policy-based: remote selector prefix (repeatable)");
 }
@@ -200,14 +216,24 @@ json spi_value(const std::string& spi) {
   return spi;
 }
 
+// A decimal number, digits only, at most `max` ("4500x", "-1", " 7" are not).
+std::optional<uint64_t> strict_uint(const std::string& s, uint64_t max) {
+  if (s.empty() || s.size() > 20 || !std::all_of(s.begin(), s.end(), [](unsigned char c) { return std::isdigit(c); }))
+    return std::nullopt;
+  errno = 0;
+  char* end = nullptr;
+  unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  if (errno == ERANGE || v > max) return std::nullopt;
+  return v;
+}
+
 json parse_encap(const std::string& encap) {
   auto colon = encap.find(':');
-  try {
-    return {{"sport", std::stoul(encap.substr(0, colon))},
-            {"dport", colon == std::string::npos ? 4500ul : std::stoul(encap.substr(colon + 1))}};
-  } catch (const std::exception&) {
-    die(1, "--encap wants SPORT:DPORT, e.g. 4500:4500");
-  }
+  auto sport = strict_uint(encap.substr(0, colon), 65535);
+  auto dport = colon == std::string::npos ? std::optional<uint64_t>(4500) : strict_uint(encap.substr(colon + 1), 65535);
+  if (!sport || !dport || *sport == 0 || *dport == 0)
+    die(kExitUsage, "--encap wants SPORT:DPORT, ports 1..65535, e.g. 4500:4500 (got '" + encap + "')");
+  return {{"sport", *sport}, {"dport", *dport}};
 }
 
 json lifetime_of(const SaOpts& o) {
@@ -228,7 +254,7 @@ json sa_request(const std::string& op, const SaOpts& o) {
   json r = {{"op", op}, {"direction", o.direction}, {"spi", spi_value(o.spi)}, {"tunnel", o.tunnel},
             {"algo", o.algo}, {"esn", o.esn}};
   std::string key = o.key_file.empty() ? o.key : read_key_file(o.key_file);
-  if (key.empty()) die(1, "an SA needs --key or --key-file");
+  if (key.empty()) die(kExitUsage, "an SA needs --key or --key-file");
   r["key"] = key;
   if (o.direction == "in") r["replay_window"] = o.replay_window;
   else r["seq"] = o.seq;
@@ -243,12 +269,9 @@ json via_list(const std::vector<std::string>& via) {
   json hops = json::array();
   for (const auto& v : via) {
     auto slash = v.find_last_of("/:");
-    if (slash == std::string::npos) die(1, "--via wants TUNNEL/PRIORITY, e.g. aws-a1/10");
-    try {
-      hops.push_back({{"tunnel", v.substr(0, slash)}, {"priority", std::stoul(v.substr(slash + 1))}});
-    } catch (const std::exception&) {
-      die(1, "--via wants TUNNEL/PRIORITY, e.g. aws-a1/10");
-    }
+    auto prio = slash == std::string::npos ? std::nullopt : strict_uint(v.substr(slash + 1), 0xFFFFFFFFull);
+    if (!prio || slash == 0) die(kExitUsage, "--via wants TUNNEL/PRIORITY, e.g. aws-a1/10 (got '" + v + "')");
+    hops.push_back({{"tunnel", v.substr(0, slash)}, {"priority", *prio}});
   }
   return hops;
 }
@@ -292,12 +315,12 @@ int main(int argc, char** argv) {
   sa_update->add_option("--tunnel,-t", sa_opts.tunnel, "tunnel name")->required();
   sa_update->add_option("--encap", sa_opts.encap, "new UDP ports SPORT:DPORT (NAT rebinding)");
   sa_update->add_option("--remote", sa_opts.remote, "the peer's new outer address (MOBIKE)");
-  sa_update->add_option("--soft-bytes", sa_opts.soft_bytes);
-  sa_update->add_option("--hard-bytes", sa_opts.hard_bytes);
-  sa_update->add_option("--soft-packets", sa_opts.soft_packets);
-  sa_update->add_option("--hard-packets", sa_opts.hard_packets);
-  sa_update->add_option("--soft-seconds", sa_opts.soft_seconds);
-  sa_update->add_option("--hard-seconds", sa_opts.hard_seconds);
+  sa_update->add_option("--soft-bytes", sa_opts.soft_bytes)->check(kDigits);
+  sa_update->add_option("--hard-bytes", sa_opts.hard_bytes)->check(kDigits);
+  sa_update->add_option("--soft-packets", sa_opts.soft_packets)->check(kDigits);
+  sa_update->add_option("--hard-packets", sa_opts.hard_packets)->check(kDigits);
+  sa_update->add_option("--soft-seconds", sa_opts.soft_seconds)->check(kDigits);
+  sa_update->add_option("--hard-seconds", sa_opts.hard_seconds)->check(kDigits);
   auto* sa_list = sa->add_subcommand("list", "list SAs");
   sa->require_subcommand(1);
 
@@ -317,36 +340,25 @@ int main(int argc, char** argv) {
 
   uint64_t max_events = 0;
   auto* events = app.add_subcommand("events", "stream events (sa-expire, tunnel-state, sa-installed, sa-deleted)");
-  events->add_option("--count,-n", max_events, "exit after this many events");
+  events->add_option("--count,-n", max_events, "exit after this many events")->check(kDigits);
 
   std::string raw;
   auto* raw_cmd = app.add_subcommand("raw", "send one JSON request as is");
   raw_cmd->add_option("request", raw, "a JSON object")->required();
 
-  CLI11_PARSE(app, argc, argv);
-
-  Connection conn(socket_path);
-  if (*events) {
-    conn.send({{"op", "subscribe"}});
-    json ack = conn.receive();
-    if (!ack.value("ok", false)) die(1, ack.value("error", std::string("subscribe failed")));
-    for (uint64_t n = 0; max_events == 0 || n < max_events; n++) {
-      json ev = conn.receive();
-      if (as_json) {
-        std::cout << ev.dump() << std::endl;
-      } else {
-        std::string rest;
-        for (auto& [k, v] : ev.items())
-          if (k != "event") rest += fmt::format(" {}={}", k, v.is_string() ? v.get<std::string>() : v.dump());
-        std::cout << str(ev, "event") << rest << std::endl;
-      }
-    }
-    return 0;
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int rc = app.exit(e);  // prints the message (or the help: rc 0)
+    return rc == 0 ? 0 : kExitUsage;
   }
 
+  // Everything that can be wrong with the arguments is found before the
+  // daemon is contacted.
   json req;
   std::string view;
-  if (*stats) req = {{"op", "stats"}}, view = "stats";
+  if (*events) {
+  } else if (*stats) req = {{"op", "stats"}}, view = "stats";
   else if (*tunnels) req = {{"op", "tunnels"}}, view = "tunnels";
   else if (*routes || *route_list) req = {{"op", "routes"}}, view = "routes";
   else if (*sas || *sa_list) req = {{"op", "list-sas"}}, view = "sas";
@@ -369,15 +381,34 @@ int main(int argc, char** argv) {
   else if (*route_del) req = {{"op", "delete-route"}, {"prefix", prefix}};
   else if (*raw_cmd) {
     req = json::parse(raw, nullptr, false);
-    if (req.is_discarded()) die(1, "raw: not JSON");
+    if (req.is_discarded() || !req.is_object()) die(kExitUsage, "raw: not a JSON object");
     as_json = true;
+  }
+
+  Connection conn(socket_path);
+  if (*events) {
+    conn.send({{"op", "subscribe"}});
+    json ack = conn.receive();
+    if (!ack.value("ok", false)) die(kExitRefused, ack.value("error", std::string("subscribe failed")));
+    for (uint64_t n = 0; max_events == 0 || n < max_events; n++) {
+      json ev = conn.receive();
+      if (as_json) {
+        std::cout << ev.dump() << std::endl;
+      } else {
+        std::string rest;
+        for (auto& [k, v] : ev.items())
+          if (k != "event") rest += fmt::format(" {}={}", k, v.is_string() ? v.get<std::string>() : v.dump());
+        std::cout << str(ev, "event") << rest << std::endl;
+      }
+    }
+    return 0;
   }
 
   conn.send(req);
   json r = conn.receive();
   if (!r.value("ok", false)) {
     if (as_json) std::cout << r.dump(2) << "\n";
-    die(1, r.value("error", std::string("request failed")));
+    die(kExitRefused, r.value("error", std::string("request failed")));
   }
   if (as_json) std::cout << r.dump(2) << "\n";
   else if (view == "stats") print_stats(r);

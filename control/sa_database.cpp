@@ -44,6 +44,14 @@ std::string SaDatabase::fingerprint(std::span<const uint8_t> keymat) {
   return fmt::format("{:02x}{:02x}{:02x}{:02x}", md[0], md[1], md[2], md[3]);
 }
 
+SaDatabase::KeymatDigest SaDatabase::digest(std::span<const uint8_t> keymat) {
+  KeymatDigest d{};
+  unsigned int n = 0;
+  if (EVP_Digest(keymat.data(), keymat.size(), d.data(), &n, EVP_sha256(), nullptr) != 1 || n != d.size())
+    throw SaError("key: cannot compute the key material's digest (OpenSSL SHA-256 failed)");
+  return d;
+}
+
 SaDatabase::SaDatabase(dp::Dataplane& dp, const std::vector<TunnelConfig>& tunnels, EventSink events,
                        TunnelChanged changed)
     : dp_(dp),
@@ -190,7 +198,33 @@ void SaDatabase::add(const SaParams& p) {
     throw SaError(fmt::format("SA out 0x{:08x} to {} on {} exists (replace-sa updates it; a new key needs a new SPI)",
                               p.spi, format_ipv4(p.remote_addr), on));
   }
+  // An outbound SA moved by update-sa (MOBIKE, NAT) is no longer at its
+  // tunnel's remote address; a second SA with its SPI on that tunnel could
+  // not be named by delete-sa / update-sa (both name the SA by SPI and tunnel).
+  if (p.direction == SaDirection::kOutbound)
+    for (auto it = entries_.lower_bound({p.direction, p.spi, 0}); it != entries_.end(); ++it) {
+      if (std::get<0>(it->first) != p.direction || std::get<1>(it->first) != p.spi) break;
+      if (it->second.params.tunnel == p.tunnel)
+        throw SaError(fmt::format("SA out 0x{:08x} exists on {} (to {}, moved by update-sa); a tunnel has one "
+                                  "outbound SA per SPI",
+                                  p.spi, tunnels_[p.tunnel].name, format_ipv4(it->second.params.remote_addr)));
+    }
   if (free_slots_.empty()) throw SaError(fmt::format("SA table full ({} SAs)", dp::kMaxSas));
+  const bool inbound = p.direction == SaDirection::kInbound;
+  const KeymatDigest used = digest(p.keymat);
+  if (used_keymat_[!inbound].count(used))
+    throw SaError(fmt::format(
+        "key: this key || salt was already installed on an {} SA since the daemon started; using it {} too would "
+        "repeat GCM nonces: both ends number their packets from 1 under one key (each direction needs its own key)",
+        inbound ? "outbound" : "inbound", inbound ? "inbound" : "outbound"));
+  if (used_keymat_[inbound].count(used))
+    throw SaError(inbound
+                      ? "key: this key || salt was already installed on an inbound SA since the daemon started; "
+                        "installing it again would restart the replay window and accept every packet sent under "
+                        "it again (a new SA needs a new key)"
+                      : "key: this key || salt was already installed on an outbound SA since the daemon started; "
+                        "installing it again would repeat GCM nonces (salt || sequence number) under one key, "
+                        "whatever the SPI (a new SA needs a new key)");
 
   Entry e;
   e.params = p;
@@ -213,6 +247,7 @@ void SaDatabase::add(const SaParams& p) {
     if (rc != 0) throw SaError(fmt::format("inbound SA table: {}", rte_strerror(-rc)));
   }
   free_slots_.pop_back();
+  used_keymat_[inbound].insert(used);  // only an SA that was installed used its key
   e.install_order = ++install_counter_;
   entries_.emplace(k, std::move(e));
   if (p.direction == SaDirection::kOutbound) publish_outbound(p.tunnel);
@@ -435,10 +470,14 @@ void SaDatabase::check_lifetimes(const dp::WorkerCounters& sums) {
     };
     const char* seq_soft = nullptr;
     const char* seq_hard = nullptr;
-    if (e.out && !e.out->esn) {
+    // ESN too: an SA installed near the top of its 64-bit space (seq up to
+    // 2^63-1 is accepted) runs out like any other, and the agent must hear
+    // of it, or the tunnel silently drops everything as seq_exhausted.
+    if (e.out) {
+      const uint64_t limit = e.out->esn ? kEsnSeqReserved : dp::kSeqLimitNoEsn;
       uint64_t next = e.out->next_seq.load(std::memory_order_relaxed);
-      if (next >= dp::kSeqLimitNoEsn) seq_hard = "sequence";
-      if (next + kSeqSoftMargin >= dp::kSeqLimitNoEsn) seq_soft = "sequence";
+      if (next >= limit) seq_hard = "sequence";
+      if (next + kSeqSoftMargin >= limit) seq_soft = "sequence";
     }
     const char* h = reached(e.params.hard);
     if (!h) h = seq_hard;

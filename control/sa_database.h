@@ -24,6 +24,7 @@
 // used twice and no replay is accepted.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -32,6 +33,7 @@
 #include <tuple>
 #include <memory>
 #include <optional>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -70,8 +72,10 @@ class SaDatabase {
   SaDatabase& operator=(const SaDatabase&) = delete;
 
   // A new identity. Throws SaError (state unchanged) when the identity (or
-  // an inbound SPI on the same local address) exists, the table is full, or
-  // the parameters are invalid.
+  // an inbound SPI on the same local address) exists, the table is full, the
+  // parameters are invalid, or the key material (key || salt) was already
+  // installed since the database was created, in either direction (see
+  // used_keymat_).
   void add(const SaParams& p);
   // Absent: add. Present with the same algorithm, key and ESN: changes only
   // what may change on a live SA (encap ports, outer addresses, lifetimes,
@@ -150,6 +154,18 @@ class SaDatabase {
   std::vector<uint32_t> free_slots_;
   uint64_t install_counter_ = 0;
   uint64_t installs_ = 0;
+  // SHA-256 of every key || salt installed, per direction, for the life of
+  // the process (never the keys; a digest of a random key reveals nothing).
+  // Outbound: the GCM nonce is salt || sequence number, whatever the SPI, so
+  // a key installed again (after a delete, a hard expiry, under another SPI)
+  // would send sequence 1, 2, ... under it a second time. Inbound: a key
+  // installed again gets a fresh replay window that accepts every packet
+  // recorded under the old SA. Across directions: the peer numbers its
+  // packets from 1 under the inbound key as we do under the outbound one, so
+  // one key both ways repeats every nonce. Entries are never removed.
+  using KeymatDigest = std::array<uint8_t, 32>;
+  static KeymatDigest digest(std::span<const uint8_t> keymat);
+  std::set<KeymatDigest> used_keymat_[2];  // index: SaDirection == kInbound
 };
 
 }  // namespace espgw::control

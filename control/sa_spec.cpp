@@ -37,9 +37,16 @@ const TunnelDefaults& find_tunnel(const std::string& name, std::span<const Tunne
   throw SaError(fmt::format("tunnel: unknown tunnel '{}'", name));
 }
 
-void check_encap_ports(const UdpEncap& e) {
+constexpr uint16_t kIkePort = 500;  // dataplane/esp.h: never parsed as ESP-in-UDP
+
+void check_encap_ports(const UdpEncap& e, SaDirection dir) {
   if (e.local == 0 || e.remote == 0)
     throw SaError(fmt::format("encap: UDP ports must be 1..65535 (local {}, remote {})", e.local, e.remote));
+  // UDP to our port 500 is IKE (no non-ESP marker there): the data plane
+  // never takes it for ESP, so such an inbound SA would never match.
+  if (dir == SaDirection::kInbound && e.local == kIkePort)
+    throw SaError("encap: an inbound SA cannot receive on UDP port 500 (IKE's port, never taken for ESP-in-UDP; "
+                  "RFC 3948 uses 4500)");
 }
 
 }  // namespace
@@ -161,7 +168,7 @@ SaParams validate_sa_spec(const SaSpec& spec, std::span<const TunnelDefaults> tu
 
   if (spec.encap && spec.plain_esp) throw SaError("encap: both UDP encapsulation and plain ESP were requested");
   if (spec.encap) {
-    check_encap_ports(*spec.encap);
+    check_encap_ports(*spec.encap, spec.direction);
     if (!t.udp_encap)
       throw SaError(fmt::format("encap: tunnel '{}' runs plain ESP (udp_encap: false); a UDP-encapsulated SA on it "
                                 "would never match",
@@ -174,7 +181,7 @@ SaParams validate_sa_spec(const SaSpec& spec, std::span<const TunnelDefaults> tu
                                 t.name));
   } else if (t.udp_encap) {
     p.encap = UdpEncap{t.udp_local_port, t.udp_remote_port};
-    check_encap_ports(*p.encap);
+    check_encap_ports(*p.encap, spec.direction);
   }
 
   validate_sa_lifetimes(spec.soft, spec.hard);
@@ -189,7 +196,7 @@ void validate_sa_update(const SaUpdate& u, std::span<const TunnelDefaults> tunne
   if (!u.encap && !u.remote_addr && !u.soft && !u.hard)
     throw SaError("update: nothing to change (give encap, remote address or lifetimes)");
   if (u.encap) {
-    check_encap_ports(*u.encap);
+    check_encap_ports(*u.encap, u.direction);
     if (!t.udp_encap)
       throw SaError(fmt::format("encap: tunnel '{}' runs plain ESP (udp_encap: false)", t.name));
   }

@@ -35,13 +35,13 @@ routes:
   - { prefix: 172.31.0.0/16, via: [ { tunnel: t1, priority: 10 } ] }
 sas:
   - { direction: out, spi: 0x1001, tunnel: t1, algo: aes128-gcm, key: "0x000102030405060708090a0b0c0d0e0f10111213" }
-  - { direction: in,  spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "0x000102030405060708090a0b0c0d0e0f10111213" }
+  - { direction: in,  spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "0x101112131415161718191a1b1c1d1e1f20212223" }
 )";
 
 const char* kInboundEntry =
-    R"(spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "0x000102030405060708090a0b0c0d0e0f10111213" })";
+    R"(spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "0x101112131415161718191a1b1c1d1e1f20212223" })";
 const char* kInboundEntry16 =
-    R"(spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "0x000102030405060708090a0b0c0d0e0f10111213", replay_window: 16 })";
+    R"(spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "0x101112131415161718191a1b1c1d1e1f20212223", replay_window: 16 })";
 
 std::string replace(std::string s, const std::string& from, const std::string& to) {
   size_t at = s.find(from);
@@ -142,15 +142,15 @@ TEST(ConfigLimits, TheDataplanesTablesAreCheckedAtLoad) {
   EXPECT_TRUE(has(error_of(with_exception), "9 ports (the exception port included); at most 8"));
 }
 
-TEST(ConfigSas, AKeySharedThroughAnAliasIsReadByBothSas) {
+// A YAML alias is read as the value it names: an SA that takes another's key
+// through one is refused like a key written twice (one key both ways).
+TEST(ConfigSas, AKeySharedThroughAnAliasIsReadAndRefused) {
   std::string text = replace(replace(kConfig, R"(key: "0x000102030405060708090a0b0c0d0e0f10111213" }
   - { direction: in)", R"(key: &k "0x000102030405060708090a0b0c0d0e0f10111213" }
-  - { direction: in)"), R"(spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "0x000102030405060708090a0b0c0d0e0f10111213" })",
-                             R"(spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: *k })");
-  GatewayConfig c = parse_config(text);
-  ASSERT_EQ(c.sas.size(), 2u);
-  EXPECT_TRUE(c.sas[0].keymat == c.sas[1].keymat);
-  EXPECT_EQ(c.sas[1].keymat.size(), 20u);
+  - { direction: in)"), kInboundEntry, R"(spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: *k })");
+  std::string e = error_of(text);
+  EXPECT_TRUE(has(e, "sas[1].key: the same key || salt as sas[0] (outbound)")) << e;
+  EXPECT_TRUE(has(e, "one key in both directions repeats GCM nonces")) << e;
 }
 
 TEST(ConfigSas, EncapComesFromTheTunnel) {
@@ -159,8 +159,16 @@ TEST(ConfigSas, EncapComesFromTheTunnel) {
   EXPECT_EQ(c.sas.size(), 2u);
 }
 
+// The warnings other than the one every file with a static outbound SA gets.
+std::vector<std::string> other_warnings(const GatewayConfig& c) {
+  std::vector<std::string> out;
+  for (const auto& w : c.warnings)
+    if (!has(w, "static outbound SA")) out.push_back(w);
+  return out;
+}
+
 TEST(ConfigWarnings, InboundOnlyRouteBasedSetupIsWarnedAbout) {
-  EXPECT_TRUE(parse_config(kConfig).warnings.empty());
+  EXPECT_TRUE(other_warnings(parse_config(kConfig)).empty());
   // No outbound SA: the route to the senders can never be active.
   std::string inbound_only = replace(
       kConfig,
@@ -174,11 +182,44 @@ TEST(ConfigWarnings, InboundOnlyRouteBasedSetupIsWarnedAbout) {
   // No route at all.
   GatewayConfig r = parse_config(replace(kConfig, "  - { prefix: 172.31.0.0/16, via: [ { tunnel: t1, priority: 10 } ] }\n",
                                          "  []\n"));
-  ASSERT_EQ(r.warnings.size(), 1u);
-  EXPECT_TRUE(has(r.warnings[0], "no route covers its senders")) << r.warnings[0];
+  ASSERT_EQ(other_warnings(r).size(), 1u);
+  EXPECT_TRUE(has(other_warnings(r)[0], "no route covers its senders")) << other_warnings(r)[0];
   // The tunnel starts administratively down: same.
   GatewayConfig d = parse_config(replace(kConfig, "remote: 203.0.113.1 }", "remote: 203.0.113.1, up: false }"));
-  EXPECT_EQ(d.warnings.size(), 1u);
+  EXPECT_EQ(other_warnings(d).size(), 1u);
+}
+
+// After a restart a static outbound SA sends sequence 1, 2, ... again under
+// the same key (the daemon keeps no state): --check says so.
+TEST(ConfigWarnings, StaticOutboundSasAreWarnedAboutAsLabOnly) {
+  GatewayConfig c = parse_config(kConfig, "t.yaml");
+  ASSERT_EQ(c.warnings.size(), 1u);
+  EXPECT_TRUE(has(c.warnings[0], "t.yaml:12:5: sas[0]: 1 static outbound SA in this file")) << c.warnings[0];
+  EXPECT_TRUE(has(c.warnings[0], "nonces repeat")) << c.warnings[0];
+  EXPECT_TRUE(has(c.warnings[0], "labs only")) << c.warnings[0];
+  EXPECT_FALSE(has(c.warnings[0], "0a0b0c0d")) << c.warnings[0];
+  // Inbound only: no such warning.
+  std::string inbound_only = replace(
+      kConfig,
+      "  - { direction: out, spi: 0x1001, tunnel: t1, algo: aes128-gcm, key: "
+      "\"0x000102030405060708090a0b0c0d0e0f10111213\" }\n",
+      "");
+  GatewayConfig in = parse_config(inbound_only);
+  EXPECT_EQ(other_warnings(in).size(), in.warnings.size());
+}
+
+// The daemon installs a key || salt once per direction: a file that lists it
+// twice is refused by --check, at the second entry's key.
+TEST(ConfigSas, TheSameKeyTwiceInOneDirectionIsRefused) {
+  std::string two_tunnels = replace(kConfig, "routes:\n",
+                                    "  - { name: t2, port: wan, local: 198.51.100.10, remote: 203.0.113.2 }\nroutes:\n");
+  std::string dup = two_tunnels +
+                    "  - { direction: out, spi: 0x1002, tunnel: t2, algo: aes128-gcm, key: "
+                    "\"0x000102030405060708090a0b0c0d0e0f10111213\" }\n";
+  std::string e = error_of(dup);
+  EXPECT_TRUE(has(e, "sas[2].key: the same key || salt as sas[0] (outbound)")) << e;
+  EXPECT_FALSE(has(e, "0a0b0c0d")) << e;
+  EXPECT_EQ(parse_config(kConfig).sas.size(), 2u);
 }
 
 class ConfigFileChecks : public ::testing::Test {
@@ -259,6 +300,14 @@ TEST_F(ConfigFileChecks, CheckPrintsWarningsAndSucceeds) {
   CheckRun r = run_check(p);
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_TRUE(has(r.output, "warning: " + p + ":12:5: sas[0] (inbound SPI 0x00002001 on t1)")) << r.output;
+  EXPECT_TRUE(has(r.output, ": OK (")) << r.output;
+}
+
+TEST_F(ConfigFileChecks, CheckWarnsAboutStaticOutboundSas) {
+  std::string p = write("static-out.yaml", kConfig);
+  CheckRun r = run_check(p);
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(has(r.output, "warning: " + p + ":12:5: sas[0]: 1 static outbound SA in this file")) << r.output;
   EXPECT_TRUE(has(r.output, ": OK (")) << r.output;
 }
 

@@ -30,7 +30,7 @@ routes:
   - { prefix: 172.31.0.0/16, via: [ { tunnel: t1, priority: 10 }, { tunnel: t2, priority: 20 } ] }
 sas:
   - { direction: out, spi: 0x1001, tunnel: t1, algo: aes128-gcm, key: "0x000102030405060708090a0b0c0d0e0f10111213" }
-  - { direction: in,  spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "000102030405060708090a0b0c0d0e0f10111213" }
+  - { direction: in,  spi: 0x2001, tunnel: t1, algo: aes128-gcm, key: "101112131415161718191a1b1c1d1e1f20212223" }
 )";
 
 YAML::Node base() { return YAML::Load(kBase); }
@@ -169,7 +169,8 @@ TEST(ConfigParse, BaseConfigGetsDefaults) {
   EXPECT_EQ(c.sas[0].algo, SaAlgo::kAes128Gcm);
   ASSERT_EQ(c.sas[0].keymat.size(), 20u);
   for (size_t i = 0; i < 20; ++i) EXPECT_EQ(c.sas[0].keymat[i], i);
-  EXPECT_EQ(c.sas[1].keymat, c.sas[0].keymat);  // "0x" prefix optional
+  ASSERT_EQ(c.sas[1].keymat.size(), 20u);  // "0x" prefix optional
+  for (size_t i = 0; i < 20; ++i) EXPECT_EQ(c.sas[1].keymat[i], 0x10 + i);
   EXPECT_FALSE(c.sas[0].esn);
   EXPECT_EQ(c.sas[0].initial_seq, 1u);
   EXPECT_EQ(c.sas[1].direction, SaDirection::kInbound);
@@ -226,7 +227,7 @@ sas:
     key: "00:01:02:03:04:05:06:07:08:09:0a:0b:0c:0d:0e:0f:10:11:12:13:14:15:16:17:18:19:1a:1b:1c:1d:1e:1f:20:21:22:23"
     esn: true
     seq: 0x100000000
-  - { direction: inbound, spi: 256, tunnel: t1, algo: AES128-GCM, key: "0x00010203 04050607 08090a0b 0c0d0e0f 10111213", replay_window: 0,
+  - { direction: inbound, spi: 256, tunnel: t1, algo: AES128-GCM, key: "0x00010203 04050607 08090a0b 0c0d0e0f 10111214", replay_window: 0,
       local_selectors: [10.0.0.0/24, 10.0.1.0/24], remote_selectors: 10.9.0.0/16 }
   - { direction: in, spi: 4096, tunnel: t2, algo: aes128-gcm, key: "000102030405060708090a0b0c0d0e0f10111213", replay_window: 4096 }
 )";
@@ -292,7 +293,11 @@ sas:
   EXPECT_EQ(c.sas[1].direction, SaDirection::kInbound);
   EXPECT_EQ(c.sas[1].spi, 256u);
   EXPECT_EQ(c.sas[1].algo, SaAlgo::kAes128Gcm);
-  EXPECT_EQ(c.sas[1].keymat, c.sas[2].keymat);  // spaces in a key are ignored
+  // Spaces in a key are ignored. (Each inbound SA has its own key: the
+  // daemon installs a key || salt once per direction.)
+  ASSERT_EQ(c.sas[1].keymat.size(), 20u);
+  for (size_t i = 0; i < 19; ++i) EXPECT_EQ(c.sas[1].keymat[i], i);
+  EXPECT_EQ(c.sas[1].keymat[19], 0x14);
   EXPECT_EQ(c.sas[1].replay_window, 0u);
   EXPECT_EQ(c.sas[2].replay_window, 4096u);
 }

@@ -205,7 +205,7 @@ TEST_F(SaDatabaseTest, ADifferentKeyIsRefusedAndChangesNothing) {
   EXPECT_EQ(sa->next_seq.load(), 42u);
   EXPECT_EQ(events_.size(), events);
   // Inbound: the window stays too.
-  db_->add(params(spec(SaDirection::kInbound, 0x2001, "plain", 1)));
+  db_->add(params(spec(SaDirection::kInbound, 0x2001, "plain", 3)));
   EXPECT_EQ(receive(0x2001, 10), dp::ReplayVerdict::kOk);
   EXPECT_THROW(db_->reconcile(params(spec(SaDirection::kInbound, 0x2001, "plain", 2))), SaError);
   EXPECT_EQ(receive(0x2001, 10), dp::ReplayVerdict::kReplay);
@@ -292,9 +292,9 @@ TEST_F(SaDatabaseTest, AddOfAnExistingIdentityIsRefused) {
 TEST_F(SaDatabaseTest, RemoveAllByOrigin) {
   SaSpec a = spec(SaDirection::kOutbound, 0x1001, "plain");
   a.origin = SaOrigin::kConfig;
-  SaSpec b = spec(SaDirection::kInbound, 0x2001, "plain");
+  SaSpec b = spec(SaDirection::kInbound, 0x2001, "plain", 4);
   b.origin = SaOrigin::kXfrm;
-  SaSpec c = spec(SaDirection::kOutbound, 0x1002, "natt");
+  SaSpec c = spec(SaDirection::kOutbound, 0x1002, "natt", 3);  // each outbound SA its own key
   c.origin = SaOrigin::kXfrm;
   for (const SaSpec* s : {&a, &b, &c}) db_->add(params(*s));
   // A reconcile from another source does not take the identity over.
@@ -371,6 +371,128 @@ TEST_F(SaDatabaseTest, OuterHeaderUpdatesNeverHandOutASequenceNumberTwice) {
   EXPECT_GT(now->next_seq.load(), last);
   std::printf("[ info ] %llu sequence numbers sent, %llu reservations hit a closed counter\n",
               static_cast<unsigned long long>(sent), static_cast<unsigned long long>(closed_hits));
+}
+
+// GCM's nonce is salt || sequence number, independent of the SPI: an
+// outbound key installed a second time sends sequence 1, 2, ... again under
+// the same key. Refused after a delete, under another SPI, while the first
+// SA lives, and after a hard expiry on sequence exhaustion.
+TEST_F(SaDatabaseTest, AnOutboundKeyIsNeverInstalledTwice) {
+  auto refused = [&](const SaSpec& s) {
+    try {
+      db_->add(params(s));
+    } catch (const SaError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  db_->add(params(spec(SaDirection::kOutbound, 0x1001, "plain", 1)));
+  current(0)->next_seq.fetch_add(77);
+  db_->remove(SaDirection::kOutbound, 0x1001, std::nullopt, "test");
+  const std::string m = refused(spec(SaDirection::kOutbound, 0x1001, "plain", 1));  // delete, then re-add
+  EXPECT_NE(m.find("would repeat GCM nonces"), std::string::npos) << m;
+  EXPECT_EQ(m.find("0102030405"), std::string::npos) << "key bytes in the message: " << m;
+  EXPECT_NE(refused(spec(SaDirection::kOutbound, 0x1009, "plain", 1)), "accepted");  // another SPI
+  EXPECT_NE(refused(spec(SaDirection::kOutbound, 0x1009, "natt", 1)), "accepted");   // another tunnel
+  EXPECT_EQ(current(0), nullptr);
+  EXPECT_EQ(db_->size(), 0u);
+  // While the first SA lives.
+  db_->add(params(spec(SaDirection::kOutbound, 0x1002, "plain", 5)));
+  EXPECT_NE(refused(spec(SaDirection::kOutbound, 0x1003, "plain", 5)), "accepted");
+  EXPECT_EQ(current(0)->spi, 0x1002u);
+  // A refused add does not use its key up: refused for its identity, then accepted under a new SPI.
+  EXPECT_NE(refused(spec(SaDirection::kOutbound, 0x1002, "plain", 6)).find("exists"), std::string::npos);
+  EXPECT_EQ(refused(spec(SaDirection::kOutbound, 0x1004, "plain", 6)), "accepted");
+  // Hard expiry on sequence exhaustion, then the agent re-adds the same SA.
+  current(0)->next_seq.store(dp::kSeqLimitNoEsn);
+  dp::WorkerCounters sums{};
+  db_->check_lifetimes(sums);
+  EXPECT_FALSE(db_->contains(SaDirection::kOutbound, 0x1004, 0));
+  EXPECT_NE(refused(spec(SaDirection::kOutbound, 0x1004, "plain", 6)), "accepted");
+  // Nor as an inbound key: the peer would number its packets from 1 under it too.
+  EXPECT_NE(refused(spec(SaDirection::kInbound, 0x2001, "plain", 1)).find("both ends number their packets"),
+            std::string::npos);
+  EXPECT_NE(refused(spec(SaDirection::kInbound, 0x2001, "plain", 5)), "accepted");  // the live one's key
+}
+
+// An inbound SA deleted and installed again with its key would start with an
+// empty replay window: every packet captured under the old SA passes again.
+TEST_F(SaDatabaseTest, AnInboundKeyIsNeverInstalledTwice) {
+  db_->add(params(spec(SaDirection::kInbound, 0x2001, "plain", 1)));
+  EXPECT_EQ(receive(0x2001, 5), dp::ReplayVerdict::kOk);
+  db_->remove(SaDirection::kInbound, 0x2001, std::nullopt, "test");
+  try {
+    db_->add(params(spec(SaDirection::kInbound, 0x2001, "plain", 1)));
+    FAIL() << "an inbound key was installed twice";
+  } catch (const SaError& e) {
+    EXPECT_NE(std::string(e.what()).find("restart the replay window"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(inbound(0x2001), nullptr);
+  EXPECT_THROW(db_->add(params(spec(SaDirection::kInbound, 0x2002, "natt", 1))), SaError);  // another SPI too
+  EXPECT_THROW(db_->add(params(spec(SaDirection::kOutbound, 0x1001, "plain", 1))), SaError);  // nor outbound
+  db_->add(params(spec(SaDirection::kInbound, 0x2001, "plain", 2)));  // a fresh key: fine
+  EXPECT_EQ(receive(0x2001, 5), dp::ReplayVerdict::kOk);
+}
+
+// update-sa moved an outbound SA off its tunnel's remote address (MOBIKE).
+// Another SA with that SPI on that tunnel (a new identity, at the tunnel's
+// address) would make both unreachable for delete-sa / update-sa, which name
+// an SA by SPI and tunnel; replace-sa of the moved SA as first installed
+// would install its key a second time.
+TEST_F(SaDatabaseTest, AMovedOutboundSpiCannotBeInstalledTwiceOnItsTunnel) {
+  db_->add(params(spec(SaDirection::kOutbound, 0x1005, "plain", 11)));
+  SaUpdate u;
+  u.direction = SaDirection::kOutbound;
+  u.spi = 0x1005;
+  u.tunnel = "plain";
+  u.remote_addr = kPeerMoved;
+  db_->update(u);
+  try {
+    db_->add(params(spec(SaDirection::kOutbound, 0x1005, "plain", 12)));
+    FAIL() << "a second outbound SA 0x1005 on the tunnel was installed";
+  } catch (const SaError& e) {
+    EXPECT_NE(std::string(e.what()).find("moved by update-sa"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(db_->reconcile(params(spec(SaDirection::kOutbound, 0x1005, "plain", 11))), SaError);
+  EXPECT_EQ(db_->size(), 1u);
+  EXPECT_EQ(current(0)->outer_dst, kPeerMoved);
+  // The same SPI on another tunnel is another SA.
+  db_->add(params(spec(SaDirection::kOutbound, 0x1005, "natt", 13)));
+  db_->remove(SaDirection::kOutbound, 0x1005, 0, "test");
+  EXPECT_EQ(current(0), nullptr);
+  EXPECT_EQ(db_->size(), 1u);
+}
+
+// seq may start anywhere below 2^63 on an ESN SA: one that starts near the
+// top runs out. It must expire (soft, then hard: deleted, the tunnel falls
+// back) like a 32-bit one, not stay current and drop every packet unseen.
+TEST_F(SaDatabaseTest, AnEsnSaThatRunsOutOfSequenceNumbersExpires) {
+  db_->add(params(spec(SaDirection::kOutbound, 0x1001, "plain", 21)));
+  SaSpec s = spec(SaDirection::kOutbound, 0x1002, "plain", 22);
+  s.esn = true;
+  s.initial_seq = kEsnSeqReserved - 10;
+  db_->add(params(s));
+  ASSERT_EQ(current(0)->spi, 0x1002u);
+  dp::WorkerCounters sums{};
+  events_.clear();
+  db_->check_lifetimes(sums);  // 10 numbers left: soft
+  ASSERT_EQ(events_.size(), 1u);
+  EXPECT_EQ(events_[0]["kind"], "soft");
+  EXPECT_EQ(events_[0]["reason"], "sequence");
+  current(0)->next_seq.fetch_add(10);  // the last one was sent
+  db_->check_lifetimes(sums);
+  ASSERT_EQ(events_.size(), 3u);
+  EXPECT_EQ(events_[1]["kind"], "hard");
+  EXPECT_EQ(events_[2]["event"], "sa-deleted");
+  EXPECT_EQ(current(0)->spi, 0x1001u);
+  // A fresh ESN SA far from the end: no event.
+  SaSpec f = spec(SaDirection::kOutbound, 0x1003, "plain", 23);
+  f.esn = true;
+  f.initial_seq = uint64_t{1} << 40;
+  db_->add(params(f));
+  events_.clear();
+  db_->check_lifetimes(sums);
+  EXPECT_TRUE(events_.empty());
 }
 
 TEST_F(SaDatabaseTest, ListShowsNoKeyMaterial) {

@@ -97,6 +97,9 @@ const Bad kBad[] = {
      "UDP ports must be 1..65535"},
     {"EncapRemotePortZero", [] { auto s = inbound(); s.tunnel = "natt"; s.encap = UdpEncap{4500, 0}; return s; },
      "UDP ports must be 1..65535"},
+    // The data plane never takes UDP to port 500 for ESP: the SA would never match.
+    {"InboundOnIkePort", [] { auto s = inbound(); s.tunnel = "natt"; s.encap = UdpEncap{500, 4500}; return s; },
+     "cannot receive on UDP port 500"},
     {"SoftBytesAboveHard", [] { auto s = outbound(); s.soft.bytes = 100; s.hard.bytes = 99; return s; },
      "soft bytes limit 100 is larger than the hard limit 99"},
     {"SoftPacketsAboveHard", [] { auto s = outbound(); s.soft.packets = 10; s.hard.packets = 9; return s; },
@@ -227,6 +230,13 @@ TEST(SaUpdateValidation, RefusesAndAccepts) {
   EXPECT_THROW(validate_sa_update(u, t), SaError);
   u.encap = UdpEncap{4500, 1234};
   EXPECT_NO_THROW(validate_sa_update(u, t));
+  // A NAT rebinding onto our port 500 (IKE's): an inbound SA there never matches.
+  u.encap = UdpEncap{500, 1234};
+  EXPECT_NO_THROW(validate_sa_update(u, t));  // outbound: our source port, allowed
+  u.direction = SaDirection::kInbound;
+  EXPECT_THROW(validate_sa_update(u, t), SaError);
+  u.direction = SaDirection::kOutbound;
+  u.encap = UdpEncap{4500, 1234};
   u.tunnel = "plain";
   EXPECT_THROW(validate_sa_update(u, t), SaError);  // encap on a plain-ESP tunnel
   u.encap.reset();

@@ -193,7 +193,9 @@ def test_the_documented_forms_are_accepted(gw):
     assert gw.request(OUT_NEW | {"spi": "0x7001"})["ok"]
     assert any(s["spi"] == "0x00007001" for s in gw.request({"op": "list-sas"})["sas"])
     assert gw.request({"op": "delete-sa", "direction": "out", "spi": "0x7001"})["ok"]
-    assert gw.request(OUT_NEW | {"spi": 0x7002, "seq": 5, "lifetime": {"hard": {"packets": 100}}})["ok"]
+    # (each outbound SA its own key: the daemon installs a key || salt once)
+    assert gw.request(OUT_NEW | {"spi": 0x7002, "key": h.keymat(0x7002).hex(), "seq": 5,
+                                 "lifetime": {"hard": {"packets": 100}}})["ok"]
     assert gw.request({"op": "delete-sa", "direction": "out", "spi": 0x7002, "tunnel": "aws-a1"})["ok"]
 
 
