@@ -275,6 +275,34 @@ class Gateway:
         self.stop()
 
 
+def settle(gw, timeout=15):
+    """Waits until no outer fragment is held and every mbuf is back (incomplete
+    datagrams time out after 2 s, packets held for ARP fail after 3 s); the
+    last stats reply."""
+    deadline = time.time() + timeout
+    while True:
+        st = gw.stats()
+        held = sum(p["held"] for p in st["accounting"]["ports"])
+        if (held == 0 and st["mbufs"]["in_use"] == st["mbufs"]["in_use_at_start"]) or time.time() > deadline:
+            return st
+        time.sleep(0.2)
+
+
+def assert_balanced(st, lan_rx, wan_rx):
+    """Every port and worker balances exactly, the LAN and WAN ports received
+    what was sent, nothing is held and every mbuf is back."""
+    acc = st["accounting"]
+    assert acc["holds"], acc
+    for w in acc["workers"]:
+        assert w["consistent"]
+        for p in w["ports"]:
+            assert p["rx_holds"] and p["tx_holds"], (w["worker"], p["equation"])
+    ports = {p["name"]: p for p in acc["ports"]}
+    assert ports["wan"]["rx"] == wan_rx and ports["lan"]["rx"] == lan_rx
+    assert ports["wan"]["held"] == 0
+    assert st["mbufs"]["in_use"] == st["mbufs"]["in_use_at_start"], st["mbufs"]
+
+
 def lan_frame(inner):
     return Ether(src=PEER_MAC, dst=LAN_MAC) / inner
 

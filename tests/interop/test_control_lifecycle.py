@@ -18,19 +18,11 @@ import pytest
 from scapy.all import IP, UDP, Raw
 
 import gateway_harness as h
-from test_control import ALL_SAS, read_events, sa_req, state, subscribe
+from test_control import ALL_SAS, gw, read_events, sa_req, state, subscribe  # noqa: F401 (gw: the shared fixture)
 
 pytestmark = pytest.mark.skipif(not h.ESPGW.exists(), reason=f"espgw not built at {h.ESPGW}")
 
 MAX_LINE = 64 * 1024  # ControlServer::kMaxRequest, docs/control-api.md
-
-
-@pytest.fixture
-def gw(tmp_path):
-    g = h.Gateway(tmp_path, ALL_SAS)
-    g.start()
-    yield g
-    g.stop()
 
 
 def test_an_outbound_key_is_installed_once(gw):

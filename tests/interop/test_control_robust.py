@@ -18,17 +18,9 @@ import time
 import pytest
 
 import gateway_harness as h
-from test_control import ALL_SAS, sa_req, state
+from test_control import ALL_SAS, gw, sa_req, state  # noqa: F401 (gw: the shared fixture)
 
 pytestmark = pytest.mark.skipif(not h.ESPGW.exists(), reason=f"espgw not built at {h.ESPGW}")
-
-
-@pytest.fixture
-def gw(tmp_path):
-    g = h.Gateway(tmp_path, ALL_SAS)
-    g.start()
-    yield g
-    g.stop()
 
 
 def send_lines(gw, lines):

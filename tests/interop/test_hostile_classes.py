@@ -295,28 +295,13 @@ def test_hostile_classes_balance_and_recover(tmp_path):
     with gw:
         rss_start = rss_kib(gw.proc.pid)
         st = gw.wait_rx(wan=total_wan, lan=total_lan, timeout=30 + FRAMES // 1000)
-        deadline = time.time() + 15  # incomplete datagrams time out (2 s), held packets fail (3 s)
-        while time.time() < deadline:
-            st = gw.stats()
-            held = sum(p["held"] for p in st["accounting"]["ports"])
-            if held == 0 and st["mbufs"]["in_use"] == st["mbufs"]["in_use_at_start"]:
-                break
-            time.sleep(0.2)
+        st = h.settle(gw)
         rss_end = rss_kib(gw.proc.pid)
     assert gw.proc.returncode == 0, gw.output
     if FRAMES <= 30000:
         assert time.time() - t0 < 60
 
-    acc = st["accounting"]
-    assert acc["holds"], acc
-    for w in acc["workers"]:
-        assert w["consistent"]
-        for p in w["ports"]:
-            assert p["rx_holds"] and p["tx_holds"], (w["worker"], p["equation"])
-    ports = {p["name"]: p for p in acc["ports"]}
-    assert ports["wan"]["rx"] == total_wan and ports["lan"]["rx"] == total_lan
-    assert ports["wan"]["held"] == 0
-    assert st["mbufs"]["in_use"] == st["mbufs"]["in_use_at_start"], st["mbufs"]
+    h.assert_balanced(st, lan_rx=total_lan, wan_rx=total_wan)
     assert rss_end - rss_start < 8 * 1024, f"RSS grew {rss_start} -> {rss_end} KiB"
     d = st["drops"]
     for reason in ("truncated", "bad_header", "unknown_spi", "unsupported", "reassembly_timeout", "reassembly_failed",
