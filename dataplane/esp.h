@@ -318,8 +318,8 @@ inline constexpr uint16_t kAnyNatTPort = 0;
 // too short for ESP is kNotEsp (someone else's UDP), not kShortEsp.
 //
 // kOuterChecked: the caller guarantees a single-segment mbuf whose IPv4
-// version, IHL and total length (<= data length) were validated (the
-// worker's check_ipv4()); those checks are skipped.
+// version, IHL, total length (<= data length) and header checksum were
+// validated (the worker's check_ipv4()); those checks are skipped.
 template <bool kOuterChecked = false>
 inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t nat_t_port = kNatTPort) {
   using namespace detail;
@@ -335,7 +335,7 @@ inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t na
   const uint32_t tot = ld16(p + 2);
   if (!kOuterChecked && (tot < ihl || tot > dlen)) return EspStatus::kBadOuterHeader;  // tot < dlen: L2 padding
   if (ld16(p + 6) & 0x3fff) return EspStatus::kBadOuterHeader;     // fragment (MF or offset)
-  if (!(m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_GOOD) &&
+  if (!kOuterChecked && !(m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_GOOD) &&
       ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_BAD || ip_sum(p, ihl) != 0xffff))
     return EspStatus::kBadOuterHeader;
 

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "dataplane/dataplane.h"
+#include "dataplane/esp.h"  // detail::ip_sum
 
 namespace espgw::dataplane {
 
@@ -64,6 +65,14 @@ inline DropReason check_ipv4(rte_mbuf* m, const rte_ipv4_hdr* ip, uint32_t avail
   if (RTE_BYTE_ORDER == RTE_BIG_ENDIAN) total = ip->total_length;
   if (ihl < 20 || total < ihl) return DropReason::kBadHeader;
   if (total > avail) return DropReason::kTruncated;
+  // A router verifies the header checksum of every packet it receives
+  // (RFC 1812 §5.2.2), whichever way it goes: nothing with a corrupt header
+  // is encrypted, decrypted, reassembled or handed to the host. The NIC's
+  // verdict is taken when it gives one.
+  if (!(m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_GOOD) &&
+      ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_BAD ||
+       detail::ip_sum(reinterpret_cast<const uint8_t*>(ip), ihl) != 0xffff))
+    return DropReason::kBadHeader;
   if (total < avail) rte_pktmbuf_trim(m, uint16_t(avail - total));  // L2 padding
   return DropReason::kCount;
 }

@@ -54,16 +54,25 @@ def mutate(rng, frame: bytes) -> bytes:
     return bytes(b)
 
 
-def test_hostile_traffic_balances_and_recovers(tmp_path):
-    rng = random.Random(20261204)
+def two_tunnels():
+    """The hostile tests' setup: plain ESP on aws-a1, ESP-in-UDP on aws-b1;
+    the SAs, a sender per inbound SA, and framers for each side."""
     local_a, remote_a = h.TUNNELS["aws-a1"]
     local_b, remote_b = h.TUNNELS["aws-b1"]
     sas = [h.Sa("out", 0x1001, "aws-a1"), h.Sa("in", 0x2001, "aws-a1"),
            h.Sa("out", 0x1002, "aws-b1", udp=True), h.Sa("in", 0x2002, "aws-b1", udp=True)]
     esp_a = eo.EspSender(sas[1].key, 0x2001, remote_a, local_a)
     esp_b = eo.EspSender(sas[3].key, 0x2002, remote_b, local_b, udp_ports=(4500, 4500))
-    wan = lambda ip: eo.ether(h.WAN_MAC, h.NH_MAC, ip)
-    lan = lambda ip: eo.ether(h.LAN_MAC, h.PEER_MAC, ip)
+    wan = lambda ip: eo.ether(h.WAN_MAC, h.NH_MAC, ip)  # noqa: E731
+    lan = lambda ip: eo.ether(h.LAN_MAC, h.PEER_MAC, ip)  # noqa: E731
+    return sas, esp_a, esp_b, wan, lan
+
+
+def test_hostile_traffic_balances_and_recovers(tmp_path):
+    rng = random.Random(20261204)
+    local_a, remote_a = h.TUNNELS["aws-a1"]
+    local_b, remote_b = h.TUNNELS["aws-b1"]
+    sas, esp_a, esp_b, wan, lan = two_tunnels()
 
     def inner_in(i, size=None):
         return eo.inner_udp(f"172.31.{i % 200}.{i % 250 + 1}", "10.240.128.20",

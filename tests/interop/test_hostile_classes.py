@@ -28,7 +28,7 @@ from scapy.all import IP, Raw
 
 import esp_oracle as eo
 import gateway_harness as h
-from test_hostile import ROUTES, mutate
+from test_hostile import ROUTES, mutate, two_tunnels
 
 pytestmark = pytest.mark.skipif(not h.ESPGW.exists(), reason=f"espgw not built at {h.ESPGW}")
 
@@ -107,12 +107,7 @@ def test_hostile_classes_balance_and_recover(tmp_path):
     rng = random.Random(20261205)
     local_a, remote_a = h.TUNNELS["aws-a1"]
     local_b, remote_b = h.TUNNELS["aws-b1"]
-    sas = [h.Sa("out", 0x1001, "aws-a1"), h.Sa("in", 0x2001, "aws-a1"),
-           h.Sa("out", 0x1002, "aws-b1", udp=True), h.Sa("in", 0x2002, "aws-b1", udp=True)]
-    esp_a = eo.EspSender(sas[1].key, 0x2001, remote_a, local_a)
-    esp_b = eo.EspSender(sas[3].key, 0x2002, remote_b, local_b, udp_ports=(4500, 4500))
-    wan = lambda ip: eo.ether(h.WAN_MAC, h.NH_MAC, ip)
-    lan = lambda ip: eo.ether(h.LAN_MAC, h.PEER_MAC, ip)
+    sas, esp_a, esp_b, wan, lan = two_tunnels()
     seq = {"a": 0, "b": 0}
 
     def esp(which, inner, **kw):

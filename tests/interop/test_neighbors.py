@@ -425,6 +425,16 @@ SCANNER = textwrap.dedent("""
 """)
 
 
+def lan_table_once_reachable(sock, ip, timeout=10):
+    """The LAN neighbour table by IP, once `ip` is reachable (or at the timeout)."""
+    deadline = time.time() + timeout
+    while True:
+        table = {n["ip"]: n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"}
+        if table.get(ip, {}).get("state") == "reachable" or time.time() > deadline:
+            return table
+        time.sleep(0.2)
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
                     reason="needs root and /dev/net/tun (TAP devices, network namespaces)")
 def test_a_scan_beyond_the_table_size_does_not_lock_out_new_destinations(tmp_path):
@@ -498,14 +508,7 @@ def test_a_scan_beyond_the_table_size_does_not_lock_out_new_destinations(tmp_pat
         scanner.stdin.write("go\n")
         scanner.stdin.flush()
         assert scanner.stdout.readline().strip() == "SENT"
-        deadline = time.time() + 10
-        table = {}
-        while time.time() < deadline:
-            table = {n["ip"]: n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"]
-                     if n["port"] == "lan"}
-            if table.get("10.78.255.2", {}).get("state") == "reachable":
-                break
-            time.sleep(0.2)
+        table = lan_table_once_reachable(sock, "10.78.255.2")
         time.sleep(0.5)
         st = h.control_request(sock, {"op": "stats"})
         # The storm fills the table with learned entries nothing uses; once
@@ -519,14 +522,7 @@ def test_a_scan_beyond_the_table_size_does_not_lock_out_new_destinations(tmp_pat
         scanner.stdin.write("go\n")
         scanner.stdin.flush()
         assert scanner.stdout.readline().strip() == "SENT"
-        deadline = time.time() + 10
-        table2 = {}
-        while time.time() < deadline:
-            table2 = {n["ip"]: n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"]
-                      if n["port"] == "lan"}
-            if table2.get("10.78.255.3", {}).get("state") == "reachable":
-                break
-            time.sleep(0.2)
+        table2 = lan_table_once_reachable(sock, "10.78.255.3")
         time.sleep(0.5)
         listener.kill()
         got = [l for l in listener.communicate(timeout=10)[0].splitlines()]
