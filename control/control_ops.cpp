@@ -60,11 +60,28 @@ void ControlOps::update_sa(const SaUpdate& update) {
   sas().update(update);
 }
 
+SaRef ControlOps::ref_of(const SaName& n) const {
+  SaRef ref{n.direction, n.spi, std::nullopt, n.dst};
+  if (n.tunnel) ref.tunnel = tunnel_index(*n.tunnel);
+  return ref;
+}
+
 void ControlOps::delete_sa(SaDirection dir, uint32_t spi, const std::optional<std::string>& tunnel,
                            const char* reason) {
-  std::optional<uint16_t> t;
-  if (tunnel) t = tunnel_index(*tunnel);
-  sas().remove(dir, spi, t, reason);
+  delete_sa(SaName{dir, spi, tunnel, std::nullopt}, reason);
+}
+
+void ControlOps::delete_sa(const SaName& name, const char* reason) { sas().remove(ref_of(name), reason); }
+
+json ControlOps::query_sa(const SaName& name) const {
+  SaUsage u = sas().query(ref_of(name), sum_counters());
+  return {{"direction", u.key.direction == SaDirection::kInbound ? "in" : "out"},
+          {"spi", fmt::format("0x{:08x}", u.key.spi)},
+          {"tunnel", tunnels_[u.key.tunnel].name},
+          {"dst", format_ipv4(u.key.destination)},
+          {"packets", u.packets},
+          {"bytes", u.bytes},
+          {"idle_seconds", u.idle_seconds ? json(*u.idle_seconds) : json(nullptr)}};
 }
 
 size_t ControlOps::delete_all_sas(std::optional<SaOrigin> origin, const char* reason) {

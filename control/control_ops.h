@@ -44,6 +44,15 @@ struct RouteRequest {
   std::vector<RouteHopRequest> via;
 };
 
+// How a request names an existing SA (delete-sa, query-sa): direction, SPI,
+// and the tunnel and/or the destination address (docs/control-api.md).
+struct SaName {
+  SaDirection direction = SaDirection::kOutbound;
+  uint32_t spi = 0;
+  std::optional<std::string> tunnel;
+  std::optional<uint32_t> dst;  // host order
+};
+
 class ControlOps {
  public:
   using EventSink = std::function<void(const nlohmann::json&)>;
@@ -69,6 +78,9 @@ class ControlOps {
   void update_sa(const SaUpdate& update);
   void delete_sa(SaDirection dir, uint32_t spi, const std::optional<std::string>& tunnel,
                  const char* reason = "request");
+  void delete_sa(const SaName& name, const char* reason = "request");
+  // query-sa's reply fields (without "ok"); SaNotFound when absent.
+  nlohmann::json query_sa(const SaName& name) const;
   size_t delete_all_sas(std::optional<SaOrigin> origin, const char* reason);
   std::vector<SaKey> sa_keys(std::optional<SaOrigin> origin) const;
   bool has_sa(SaDirection dir, uint32_t spi, uint16_t tunnel) const;
@@ -105,6 +117,7 @@ class ControlOps {
     bool admin_up = true;
   };
   SaDatabase& sas() const;
+  SaRef ref_of(const SaName& name) const;
   std::vector<lpm::NextHop> hops_of(const RouteRequest& r) const;
   nlohmann::json tunnels_json(const dataplane::WorkerCounters& sums) const;
   void synchronize() const;
