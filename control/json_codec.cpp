@@ -452,7 +452,7 @@ json JsonCodec::dispatch(json& req, const WipingString* key_text, bool& subscrib
   }
   if (op == "stats") return ops_.stats();
   if (op == "tunnels") return {{"ok", true}, {"tunnels", ops_.tunnels()}};
-  if (op == "list-sas" || op == "sas") return {{"ok", true}, {"sas", ops_.list_sas()}};
+  if (op == "list-sas" || op == "sas") return {{"ok", true}, {"sas", ops_.list_sas()}, {"larval", ops_.larval()}};
   if (op == "routes") return {{"ok", true}, {"routes", ops_.routes()}};
   if (op == "neighbors") return {{"ok", true}, {"neighbors", ops_.neighbors()}};
 
@@ -473,8 +473,17 @@ json JsonCodec::dispatch(json& req, const WipingString* key_text, bool& subscrib
     return ok;
   }
   if (op == "delete-sa") {
-    ops_.delete_sa(sa_name_of(req));
+    if (ops_.delete_sa(sa_name_of(req))) return {{"ok", true}, {"larval", true}};
     return ok;
+  }
+  if (op == "alloc-spi") {
+    allow_only(req, {"op", "id", "dst", "src", "timeout_s"}, "");
+    const json* dst = find(req, "dst");
+    if (!dst) throw RequestError("missing field 'dst' (our address the inbound SA will be addressed to)");
+    std::optional<uint32_t> timeout;
+    if (auto t = opt_uint(req, "timeout_s", 0xFFFFFFFFu)) timeout = static_cast<uint32_t>(*t);
+    SpiGrant g = ops_.alloc_spi(ipv4_field(*dst, "dst"), opt_ipv4(req, "src"), timeout);
+    return {{"ok", true}, {"spi", fmt::format("0x{:08x}", g.spi)}, {"expires_in_s", g.expires_in_s}};
   }
   if (op == "query-sa") {
     json reply = ops_.query_sa(sa_name_of(req));

@@ -118,3 +118,125 @@ def test_an_sa_moved_by_update_sa_is_found_by_its_new_dst(gw):
     # Inbound: dst is our address.
     assert gw.request({"op": "delete-sa", "direction": "in", "spi": 0x2001, "dst": A, "src": PEER_A1})["ok"]
     assert listed(gw, "in", "0x00002001") == []
+
+
+# ------------------------------------------------------------ 2. alloc-spi
+
+def pipelined(gw, reqs, chunk=2000):
+    """Many requests on one connection, replies in order (in chunks, so the
+    daemon never holds more than 4 MiB of replies for us)."""
+    import json
+    import socket
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(30)
+    s.connect(gw.sock)
+    f = s.makefile("r")
+    out = []
+    for i in range(0, len(reqs), chunk):
+        part = reqs[i:i + chunk]
+        s.sendall("".join(json.dumps(r) + "\n" for r in part).encode())
+        out.extend(json.loads(f.readline()) for _ in part)
+    s.close()
+    return out
+
+
+def larval(gw):
+    return gw.request({"op": "list-sas"})["larval"]
+
+
+def test_ten_thousand_spis_to_one_address_are_distinct_and_free(gw):
+    installed = {int(s["spi"], 16) for s in gw.request({"op": "list-sas"})["sas"] if s["direction"] == "in"}
+    replies = pipelined(gw, [{"op": "alloc-spi", "dst": A, "src": PEER_A1, "id": i} for i in range(10000)])
+    assert all(r["ok"] and r["expires_in_s"] == 180 for r in replies), replies[0]
+    assert [r["id"] for r in replies] == list(range(10000))
+    spis = [int(r["spi"], 16) for r in replies]
+    assert all(r["spi"].startswith("0x") and len(r["spi"]) == 10 for r in replies)
+    assert len(set(spis)) == 10000
+    assert all(256 <= s <= 0xFFFFFFFF for s in spis)
+    assert not installed & set(spis)
+    listed_larval = larval(gw)
+    assert len(listed_larval) == 10000
+    assert {int(x["spi"], 16) for x in listed_larval} == set(spis)
+    assert all(x["dst"] == A and x["src"] == PEER_A1 and 178 <= x["expires_in_s"] <= 180 for x in listed_larval)
+
+
+def test_a_reserved_spi_is_consumed_by_add_sa(gw):
+    r = gw.request({"op": "alloc-spi", "dst": A, "src": PEER_A1, "timeout_s": 60})
+    assert r["ok"] and r["expires_in_s"] == 60, r
+    spi = int(r["spi"], 16)
+    assert [x["spi"] for x in larval(gw)] == [r["spi"]]
+    sa = h.Sa("in", spi, "aws-a1", seed=7001)
+    assert gw.request(by_addr("add-sa", sa, PEER_A1, A))["ok"]
+    assert larval(gw) == []  # consumed: the SA holds the SPI now
+    d = gw.request({"op": "delete-sa", "direction": "in", "spi": spi, "dst": A})
+    assert d == {"ok": True}, d  # an SA, not a reservation
+    d = gw.request({"op": "delete-sa", "direction": "in", "spi": spi, "dst": A})
+    assert d["ok"] is False and d["code"] == "not-found"
+
+
+def test_replace_sa_consumes_a_reservation_too(gw):
+    spi = int(gw.request({"op": "alloc-spi", "dst": B})["spi"], 16)
+    assert gw.request(sa_req("replace-sa", h.Sa("in", spi, "aws-b2", seed=7002)))["ok"]
+    assert larval(gw) == []
+
+
+def test_deleting_a_reserved_spi_releases_it(gw):
+    spis = [gw.request({"op": "alloc-spi", "dst": A})["spi"] for _ in range(3)]
+    # by dst, by tunnel (its local address), and by SPI alone
+    assert gw.request({"op": "delete-sa", "direction": "in", "spi": spis[0], "dst": A, "src": PEER_A2}) == \
+        {"ok": True, "larval": True}
+    assert gw.request({"op": "delete-sa", "direction": "in", "spi": spis[1], "tunnel": "aws-a2"}) == \
+        {"ok": True, "larval": True}
+    assert gw.request({"op": "delete-sa", "direction": "in", "spi": spis[2]}) == {"ok": True, "larval": True}
+    assert larval(gw) == []
+    # Reserved at A, not at B (aws-b1's address); outbound never matches a reservation.
+    spi = gw.request({"op": "alloc-spi", "dst": A})["spi"]
+    for req in ({"op": "delete-sa", "direction": "in", "spi": spi, "dst": B},
+                {"op": "delete-sa", "direction": "in", "spi": spi, "tunnel": "aws-b1"},
+                {"op": "delete-sa", "direction": "out", "spi": spi}):
+        r = gw.request(req)
+        assert r["ok"] is False and r["code"] == "not-found", (req, r)
+    assert [x["spi"] for x in larval(gw)] == [spi]
+
+
+def test_an_unconsumed_reservation_expires(gw):
+    r = gw.request({"op": "alloc-spi", "dst": A, "timeout_s": 1})
+    keep = gw.request({"op": "alloc-spi", "dst": A, "timeout_s": 30})
+    assert r["ok"] and r["expires_in_s"] == 1
+    assert len(larval(gw)) == 2
+    time.sleep(1.3)  # the control thread checks 20 times a second
+    assert [x["spi"] for x in larval(gw)] == [keep["spi"]]
+    d = gw.request({"op": "delete-sa", "direction": "in", "spi": r["spi"], "dst": A})
+    assert d["ok"] is False and d["code"] == "not-found"
+
+
+def test_at_most_65536_live_reservations(gw):
+    replies = pipelined(gw, [{"op": "alloc-spi", "dst": A if i % 2 else B} for i in range(65537)], chunk=8000)
+    assert all(r["ok"] for r in replies[:65536])
+    assert replies[65536]["ok"] is False and "65536" in replies[65536]["error"], replies[65536]
+    # A consumed or released one makes room.
+    spi = replies[0]["spi"]
+    assert gw.request({"op": "delete-sa", "direction": "in", "spi": spi, "dst": B})["larval"] is True
+    assert gw.request({"op": "alloc-spi", "dst": A})["ok"]
+
+
+ALLOC_ERRORS = [
+    ({"op": "alloc-spi"}, "missing field 'dst'"),
+    ({"op": "alloc-spi", "dst": "203.0.113.1"}, "203.0.113.1 is not a local address of any tunnel"),
+    ({"op": "alloc-spi", "dst": "10.240.128.1"}, "not a local address"),  # the LAN port's, not a tunnel's
+    ({"op": "alloc-spi", "dst": "198.51.100"}, "field 'dst'"),
+    ({"op": "alloc-spi", "dst": A, "src": 5}, "field 'src'"),
+    ({"op": "alloc-spi", "dst": A, "timeout_s": 0}, "timeout_s"),
+    ({"op": "alloc-spi", "dst": A, "timeout_s": 3601}, "timeout_s"),
+    ({"op": "alloc-spi", "dst": A, "timeout_s": "5"}, "timeout_s"),
+    ({"op": "alloc-spi", "dst": A, "timeout_s": 1.5}, "timeout_s"),
+    ({"op": "alloc-spi", "dst": A, "spi": 0x3000}, "unknown field 'spi'"),
+]
+
+
+@pytest.mark.parametrize("req,words", ALLOC_ERRORS, ids=[str(i) for i in range(len(ALLOC_ERRORS))])
+def test_alloc_spi_errors_change_nothing(gw, req, words):
+    before = state(gw)
+    r = gw.request(req)
+    assert r["ok"] is False and words in r["error"] and "code" not in r, (req, r)
+    assert state(gw) == before and larval(gw) == []
