@@ -427,3 +427,54 @@ def test_expire_and_delete_events_carry_addresses_and_protocol(tmp_path):
         assert by[("sa-expire", "0x00004301")]["src"] == "203.0.113.130"
         assert by[("sa-expire", "0x00004301")]["kind"] == "hard"
         s.close()
+
+
+# ------------------------------------------------------------ 6. espctl
+
+def test_espctl_spi_alloc_query_and_flush(gw):
+    import json
+    from test_control import espctl
+    out = espctl(gw, "spi", "alloc", "--dst", A, "--src", PEER_A1, "--timeout", "30").stdout
+    spi = out.split()[0]
+    assert spi.startswith("0x") and "reserved for 30 s" in out, out
+    assert [(x["spi"], x["src"]) for x in larval(gw)] == [(spi, PEER_A1)]
+    assert "LARVAL-SPI" in espctl(gw, "sa", "list").stdout and spi in espctl(gw, "sas").stdout
+    sa = h.Sa("in", int(spi, 16), "aws-a1", seed=7100)
+    espctl(gw, "sa", "add", "-d", "in", "--spi", spi, "--src", PEER_A1, "--dst", A, "--key", sa.key.hex(),
+           "--origin", "plugin")
+    assert larval(gw) == []
+    assert listed(gw, "in", spi)[0]["origin"] == "plugin"
+    q = espctl(gw, "sa", "query", "-d", "in", "--spi", spi, "--dst", A).stdout
+    assert "aws-a1" in q and "never" in q, q
+    qj = json.loads(espctl(gw, "--json", "sa", "query", "-d", "in", "--spi", spi, "-t", "aws-a1").stdout)
+    assert qj["idle_seconds"] is None and qj["packets"] == 0 and qj["dst"] == A
+    r = espctl(gw, "sa", "query", "-d", "in", "--spi", "0x9999", "--dst", A, check=False)
+    assert r.returncode == 1 and "no in SA" in r.stderr, r
+    # A reserved SPI deleted, said so.
+    spi2 = json.loads(espctl(gw, "--json", "spi", "alloc", "--dst", B).stdout)["spi"]
+    assert "released an SPI reservation" in espctl(gw, "sa", "delete", "-d", "in", "--spi", spi2, "--dst", B).stdout
+    espctl(gw, "spi", "alloc", "--dst", B)
+    assert espctl(gw, "sa", "flush", "--origin", "plugin").stdout.strip() == \
+        "deleted 1 SAs, released 1 SPI reservations"
+    assert espctl(gw, "sa", "flush").stdout.strip() == "deleted 8 SAs, released 0 SPI reservations"
+    assert gw.request({"op": "list-sas"})["sas"] == []
+
+
+@pytest.mark.parametrize("args", [
+    ["spi", "alloc"],
+    ["spi", "alloc", "--dst", "198.51.100"],
+    ["spi", "alloc", "--dst", A, "--timeout", "-1"],
+    ["spi", "alloc", "--dst", A, "--src", "peer"],
+    ["sa", "query", "-d", "in", "--spi", "0x2001"],
+    ["sa", "query", "-d", "in", "--spi", "0x2001", "--dst", "x"],
+    ["sa", "flush", "--origin", "charon"],
+    ["sa", "add", "-d", "out", "--spi", "0x7001", "--src", A, "--key", "01" * 20],
+    ["sa", "add", "-d", "out", "--spi", "0x7001", "-t", "aws-a1", "--key", "01" * 20, "--origin", "xfrm"],
+    ["sa", "update", "-d", "out", "--spi", "0x1001", "--hard-seconds", "5"],
+])
+def test_espctl_new_subcommands_refuse_bad_arguments_with_64(gw, args):
+    from test_control import espctl
+    before = state(gw)
+    r = espctl(gw, *args, check=False)
+    assert r.returncode == 64, (args, r.returncode, r.stderr)
+    assert state(gw) == before and larval(gw) == []
