@@ -323,6 +323,11 @@ up() {
   # IKE to a tunnel peer leaves by the tunnel's next hop: resolved first, so
   # the first IKE_SA_INIT is not dropped as no_neighbor.
   wait_for 5 "espgw to resolve the AWS endpoints" next_hops_resolved || true
+  if [ "$GW_KERNEL" = libipsec ]; then
+    # kernel-libipsec routes from an address inside each local selector.
+    nsx "$NS_GW" ip addr add 10.240.128.1/32 dev lo
+    nsx "$NS_GW" ip addr add 10.240.128.129/32 dev lo
+  fi
   start_charon gw "$NS_GW"
 
   wait_for 10 "the AWS side's vici socket" test -S "$DIR/aws/charon.vici"
