@@ -5,6 +5,7 @@
 #include <rte_errno.h>
 
 #include <algorithm>
+#include <utility>
 
 namespace espgw::control {
 namespace dp = espgw::dataplane;
@@ -84,17 +85,39 @@ std::string SaDatabase::describe(const SaParams& p) const {
                      format_ipv4(p.direction == SaDirection::kInbound ? p.local_addr : p.remote_addr));
 }
 
-SaDatabase::Iter SaDatabase::find(SaDirection dir, uint32_t spi, std::optional<uint16_t> tunnel) {
+std::map<SaDatabase::Key, SaDatabase::Entry>::const_iterator SaDatabase::find(const SaRef& ref) const {
+  if (ref.destination) {
+    auto it = entries_.find({ref.direction, ref.spi, *ref.destination});
+    if (it != entries_.end() && ref.tunnel && it->second.params.tunnel != *ref.tunnel) return entries_.end();
+    return it;
+  }
   auto found = entries_.end();
-  for (auto it = entries_.lower_bound({dir, spi, 0}); it != entries_.end(); ++it) {
+  for (auto it = entries_.lower_bound({ref.direction, ref.spi, 0}); it != entries_.end(); ++it) {
     auto& [d, s, dst] = it->first;
-    if (d != dir || s != spi) break;
-    if (tunnel && it->second.params.tunnel != *tunnel) continue;
+    if (d != ref.direction || s != ref.spi) break;
+    if (ref.tunnel && it->second.params.tunnel != *ref.tunnel) continue;
     if (found != entries_.end())
-      throw SaError(fmt::format("SPI 0x{:08x} ({}) exists on several tunnels: name the tunnel", spi, dir_name(dir)));
+      throw SaError(fmt::format("SPI 0x{:08x} ({}) exists on several tunnels: name the tunnel or dst", ref.spi,
+                                dir_name(ref.direction)));
     found = it;
   }
   return found;
+}
+
+SaDatabase::Iter SaDatabase::find(const SaRef& ref) {
+  auto it = std::as_const(*this).find(ref);
+  return it == entries_.end() ? entries_.end() : entries_.find(it->first);
+}
+
+std::map<SaDatabase::Key, SaDatabase::Entry>::const_iterator SaDatabase::find_existing(const SaRef& ref) const {
+  auto it = find(ref);
+  if (it == entries_.end()) {
+    std::string where;
+    if (ref.destination) where += " to " + format_ipv4(*ref.destination);
+    if (ref.tunnel && *ref.tunnel < tunnels_.size()) where += " on " + tunnels_[*ref.tunnel].name;
+    throw SaNotFound(fmt::format("no {} SA with SPI 0x{:08x}{}", dir_name(ref.direction), ref.spi, where));
+  }
+  return it;
 }
 
 bool SaDatabase::contains(SaDirection dir, uint32_t spi, uint16_t tunnel) const {
@@ -280,11 +303,13 @@ void SaDatabase::reconcile(const SaParams& p) {
 
 void SaDatabase::update(const SaUpdate& u) {
   validate_sa_update(u, defaults_);
-  uint16_t t = 0;
-  while (tunnels_[t].name != u.tunnel) t++;  // validate_sa_update found it
-  auto it = find(u.direction, u.spi, t);
-  if (it == entries_.end())
-    throw SaError(fmt::format("no {} SA with SPI 0x{:08x} on {}", dir_name(u.direction), u.spi, u.tunnel));
+  SaRef ref{u.direction, u.spi, std::nullopt, u.dst};
+  if (!u.tunnel.empty()) {
+    uint16_t t = 0;
+    while (tunnels_[t].name != u.tunnel) t++;  // validate_sa_update found it
+    ref.tunnel = t;
+  }
+  auto it = entries_.find(find_existing(ref)->first);
   SaParams next = it->second.params;
   if (u.encap) {
     if (!next.encap) throw SaError("encap: the SA runs plain ESP; UDP encapsulation needs a new SA");
@@ -407,12 +432,20 @@ void SaDatabase::publish_outbound(uint16_t tunnel) {
   }
 }
 
-void SaDatabase::remove(SaDirection dir, uint32_t spi, std::optional<uint16_t> tunnel, const char* reason) {
-  auto it = find(dir, spi, tunnel);
-  if (it == entries_.end())
-    throw SaError(fmt::format("no {} SA with SPI 0x{:08x}{}", dir_name(dir), spi,
-                              tunnel && *tunnel < tunnels_.size() ? " on " + tunnels_[*tunnel].name : std::string()));
-  erase(it, reason);
+void SaDatabase::remove(const SaRef& ref, const char* reason) {
+  erase(entries_.find(find_existing(ref)->first), reason);
+}
+
+SaUsage SaDatabase::query(const SaRef& ref, const dp::WorkerCounters& sums) const {
+  auto it = find_existing(ref);
+  const Entry& e = it->second;
+  dp::PacketByteCount u = usage(e, sums);
+  SaUsage out;
+  out.key = {std::get<0>(it->first), std::get<1>(it->first), std::get<2>(it->first), e.params.tunnel,
+             e.params.origin};
+  out.packets = u.packets;
+  out.bytes = u.bytes;
+  return out;
 }
 
 size_t SaDatabase::remove_all(std::optional<SaOrigin> origin, const char* reason) {
