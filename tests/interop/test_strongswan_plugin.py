@@ -381,3 +381,58 @@ def _one_tunnel(lab):
     lab.swanctl("gw", "--terminate", "--ike", "a1")
     wait_until("espgw without plugin SAs", lambda: lab.plugin_sas() == [], timeout=10)
     print(f"CHILD_SA up in {t_up:.2f} s; test body {time.monotonic() - t0:.2f} s")
+
+
+def test_modular_config_makes_kernel_espgw_the_ipsec_provider(tmp_path):
+    """Debian's modular loading (load_modular = yes, one conf per plugin) with
+    the conf install-plugin.sh writes (load = 2): kernel-espgw is charon's
+    kernel-ipsec provider even with kernel-libipsec enabled too, kernel-netlink's
+    kernel-ipsec feature is refused and its kernel-net part stays."""
+    confdir = tmp_path / "charon.d"
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "install-plugin.sh"), str(BUILD),
+                        "--socket", str(tmp_path / "absent.sock")],
+                       env={**os.environ, "CONFDIR": str(confdir)}, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    conf = (confdir / "kernel-espgw.conf").read_text()
+    assert re.search(r"^\s*load = 2$", conf, re.M), conf
+    log = tmp_path / "charon.log"
+    (tmp_path / "strongswan.conf").write_text(f"""
+charon {{
+  load_modular = yes
+  plugins {{
+    include /etc/strongswan.d/charon/*.conf
+    kernel-libipsec {{ load = yes }}
+    include {confdir}/kernel-espgw.conf
+  }}
+  filelog {{ t {{ path = {log}
+                 default = 2
+                 flush_line = yes }} }}
+  syslog {{ daemon {{ default = -1 }} }}
+}}
+""")
+    ns = f"ssm{os.getpid() % 100000}"
+    run("ip", "netns", "add", ns)
+    p = None
+    try:
+        p = subprocess.Popen(["setsid", "ip", "netns", "exec", ns, "sh", "-c",
+                              f"mount -t tmpfs ssm /run && exec env STRONGSWAN_CONF={tmp_path}/strongswan.conf "
+                              f"{CHARON}"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        text = wait_until("charon's plugin list", lambda: log.exists() and "loaded plugins:" in log.read_text()
+                          and log.read_text(), timeout=15)
+    finally:
+        if p:
+            os.killpg(p.pid, signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(timeout=5)
+        run("ip", "netns", "del", ns, check=False)
+    plugins = re.search(r"loaded plugins: (.*)", text).group(1).split()
+    assert plugins.index("kernel-espgw") < plugins.index("kernel-libipsec") < plugins.index("kernel-netlink")
+    assert "kernel-espgw: IPsec SAs go to espgw" in text
+    assert "feature CUSTOM:kernel-ipsec in plugin 'kernel-libipsec' failed to load" in text
+    assert "feature CUSTOM:kernel-ipsec in plugin 'kernel-netlink' failed to load" in text
+    assert "feature CUSTOM:kernel-net in plugin 'kernel-netlink' failed" not in text
