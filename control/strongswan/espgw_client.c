@@ -52,6 +52,8 @@ static int finish(json_t *obj, const uint8_t *key, size_t key_len, espgw_line_t 
 	static const char key_open[] = ",\"key\":\"0x";
 	char *dumped;
 	size_t n, total, pos = 0, i;
+	json_malloc_t jmalloc;
+	json_free_t jfree;
 
 	out->text = NULL;
 	out->len = 0;
@@ -59,6 +61,8 @@ static int finish(json_t *obj, const uint8_t *key, size_t key_len, espgw_line_t 
 	{
 		return -1;
 	}
+	/* json_dumps' text is jansson's allocation: free it with jansson's free */
+	json_get_alloc_funcs(&jmalloc, &jfree);
 	/* No key member may come from jansson; ensure_ascii keeps the line ASCII. */
 	dumped = json_dumps(obj, JSON_COMPACT | JSON_ENSURE_ASCII);
 	json_decref(obj);
@@ -69,7 +73,7 @@ static int finish(json_t *obj, const uint8_t *key, size_t key_len, espgw_line_t 
 	n = strlen(dumped);
 	if (n < 2 || dumped[n - 1] != '}')
 	{
-		free(dumped);
+		jfree(dumped);
 		return -1;
 	}
 	total = n + 1 /* '\n' */;
@@ -80,12 +84,12 @@ static int finish(json_t *obj, const uint8_t *key, size_t key_len, espgw_line_t 
 	out->text = malloc(total + 1);
 	if (!out->text)
 	{
-		free(dumped);
+		jfree(dumped);
 		return -1;
 	}
 	memcpy(out->text, dumped, n - 1);
 	pos = n - 1;
-	free(dumped);
+	jfree(dumped);
 	if (key)
 	{
 		memcpy(out->text + pos, key_open, sizeof(key_open) - 1);

@@ -948,7 +948,9 @@ static void handle_event(private_kernel_espgw_ipsec_t *this, const char *text, s
 			}
 			break;
 		case ESPGW_EVENT_MALFORMED:
-			DBG1(DBG_KNL, "kernel-espgw: ignoring a malformed event from espgw");
+			/* events carry no keys: show what it was */
+			DBG1(DBG_KNL, "kernel-espgw: ignoring a malformed event from espgw: %.*s",
+				 (int)min(len, 200), text);
 			break;
 		default:
 			break;
