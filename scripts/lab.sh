@@ -261,8 +261,15 @@ up() {
   t0=$(now)
   [ -x "$ESPGW" ] || { log "no espgw at $ESPGW (build first, or set ESPGW_BUILD)"; exit 1; }
   if ip netns list | grep -qw "$NS_GW"; then log "lab $P is already up (scripts/lab.sh down first)"; exit 1; fi
-  if [ "$GW_KERNEL" = espgw ] && [ ! -f /usr/lib/ipsec/plugins/libstrongswan-kernel-espgw.so ]; then
-    log "kernel-espgw is not installed: run scripts/install-plugin.sh (or LAB_GW_KERNEL=libipsec)"; exit 1
+  if [ "$GW_KERNEL" = espgw ]; then
+    # The plugin this build made (scripts/install-plugin.sh puts it where
+    # charon loads plugins from), unless that one is installed already.
+    local so=$BUILD/control/strongswan/libstrongswan-kernel-espgw.so
+    if [ -f "$so" ] && ! cmp -s "$so" /usr/lib/ipsec/plugins/libstrongswan-kernel-espgw.so; then
+      bash "$ROOT/scripts/install-plugin.sh" "$BUILD" >&2
+    fi
+    [ -f /usr/lib/ipsec/plugins/libstrongswan-kernel-espgw.so ] ||
+      { log "kernel-espgw is not built or installed (meson -Dstrongswan=enabled; or LAB_GW_KERNEL=libipsec)"; exit 1; }
   fi
   # From here on, a failed bring-up leaves nothing behind (LAB_KEEP=1: keep
   # it to look at).
