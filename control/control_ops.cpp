@@ -8,6 +8,7 @@
 #include <rte_mempool.h>
 #include <rte_rcu_qsbr.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -114,6 +115,13 @@ json ControlOps::query_sa(const SaName& name) const {
 
 size_t ControlOps::delete_all_sas(std::optional<SaOrigin> origin, const char* reason) {
   return sas().remove_all(origin, reason);
+}
+
+ControlOps::FlushResult ControlOps::flush_sas(std::optional<SaOrigin> origin) {
+  FlushResult r;
+  r.deleted = sas().remove_all(origin, "flush");
+  r.larval = spis_.clear();
+  return r;
 }
 
 std::vector<SaKey> ControlOps::sa_keys(std::optional<SaOrigin> origin) const { return sas().keys(origin); }
@@ -280,7 +288,11 @@ dp::WorkerCounters ControlOps::sum_counters() const {
       add(s.tunnel[t].in, c.tunnel[t].in);
       s.tunnel[t].asymmetric += c.tunnel[t].asymmetric;
     }
-    for (uint32_t i = 0; i < dp::kMaxSas; i++) add(s.sa[i], c.sa[i]);
+    for (uint32_t i = 0; i < dp::kMaxSas; i++) {
+      s.sa[i].packets += c.sa[i].packets;
+      s.sa[i].bytes += c.sa[i].bytes;
+      s.sa[i].last_tsc = std::max(s.sa[i].last_tsc, c.sa[i].last_tsc);  // the most recent use, any worker
+    }
     for (int r = 0; r < static_cast<int>(dp::DropReason::kCount); r++) s.drop[r] += c.drop[r];
     s.exception_to_host += c.exception_to_host;
     s.exception_from_host += c.exception_from_host;
