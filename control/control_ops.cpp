@@ -8,6 +8,7 @@
 #include <rte_mempool.h>
 #include <rte_rcu_qsbr.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -280,7 +281,11 @@ dp::WorkerCounters ControlOps::sum_counters() const {
       add(s.tunnel[t].in, c.tunnel[t].in);
       s.tunnel[t].asymmetric += c.tunnel[t].asymmetric;
     }
-    for (uint32_t i = 0; i < dp::kMaxSas; i++) add(s.sa[i], c.sa[i]);
+    for (uint32_t i = 0; i < dp::kMaxSas; i++) {
+      s.sa[i].packets += c.sa[i].packets;
+      s.sa[i].bytes += c.sa[i].bytes;
+      s.sa[i].last_tsc = std::max(s.sa[i].last_tsc, c.sa[i].last_tsc);  // the most recent use, any worker
+    }
     for (int r = 0; r < static_cast<int>(dp::DropReason::kCount); r++) s.drop[r] += c.drop[r];
     s.exception_to_host += c.exception_to_host;
     s.exception_from_host += c.exception_from_host;

@@ -2,9 +2,11 @@
 
 #include <fmt/format.h>
 #include <openssl/evp.h>
+#include <rte_cycles.h>
 #include <rte_errno.h>
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 namespace espgw::control {
@@ -445,6 +447,7 @@ SaUsage SaDatabase::query(const SaRef& ref, const dp::WorkerCounters& sums) cons
              e.params.origin};
   out.packets = u.packets;
   out.bytes = u.bytes;
+  out.idle_seconds = idle_seconds(e, sums);
   return out;
 }
 
@@ -482,6 +485,17 @@ void SaDatabase::erase(Iter it, const char* reason) {
 
 dp::PacketByteCount SaDatabase::usage(const Entry& e, const dp::WorkerCounters& sums) const {
   return {sums.sa[e.slot].packets - e.baseline.packets, sums.sa[e.slot].bytes - e.baseline.bytes};
+}
+
+// The slot's last_tsc is the most recent burst any worker counted a packet
+// in; a slot reused by a new SA still holds its predecessor's until the new
+// SA's first packet, hence "used" is decided by the packet count since
+// install (every write of the predecessor happened before the slot was freed).
+std::optional<double> SaDatabase::idle_seconds(const Entry& e, const dp::WorkerCounters& sums) const {
+  if (usage(e, sums).packets == 0) return std::nullopt;
+  const uint64_t now = rte_rdtsc(), last = sums.sa[e.slot].last_tsc;
+  const double s = now > last ? double(now - last) / double(rte_get_tsc_hz()) : 0.0;
+  return std::round(s * 1000.0) / 1000.0;
 }
 
 void SaDatabase::check_lifetimes(const dp::WorkerCounters& sums) {
@@ -548,6 +562,7 @@ json SaDatabase::list(const dp::WorkerCounters& sums) const {
   auto now = std::chrono::steady_clock::now();
   for (auto& [k, e] : entries_) {
     dp::PacketByteCount u = usage(e, sums);
+    const std::optional<double> idle = idle_seconds(e, sums);
     const SaParams& p = e.params;
     json j = {{"direction", dir_name(p.direction)},
               {"spi", fmt::format("0x{:08x}", p.spi)},
@@ -560,6 +575,7 @@ json SaDatabase::list(const dp::WorkerCounters& sums) const {
               {"packets", u.packets},
               {"bytes", u.bytes},
               {"age_seconds", std::chrono::duration_cast<std::chrono::seconds>(now - e.installed).count()},
+              {"idle_seconds", idle ? json(*idle) : json(nullptr)},
               {"lifetime", {{"soft", lifetime_json(p.soft)}, {"hard", lifetime_json(p.hard)}}}};
     if (e.out) {
       j["next_seq"] = e.out->next_seq.load();

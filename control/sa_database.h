@@ -169,6 +169,9 @@ class SaDatabase {
   void publish_outbound(uint16_t tunnel);
   void synchronize() const;
   dataplane::PacketByteCount usage(const Entry& e, const dataplane::WorkerCounters& sums) const;
+  // Seconds (millisecond precision) since a worker last counted a packet on
+  // the SA; empty when none has since it was installed.
+  std::optional<double> idle_seconds(const Entry& e, const dataplane::WorkerCounters& sums) const;
   std::string describe(const SaParams& p) const;
 
   dataplane::Dataplane& dp_;

@@ -240,3 +240,92 @@ def test_alloc_spi_errors_change_nothing(gw, req, words):
     r = gw.request(req)
     assert r["ok"] is False and words in r["error"] and "code" not in r, (req, r)
     assert state(gw) == before and larval(gw) == []
+
+
+# --------------------------------------------------------- 3. last use
+
+ONLY_A1 = [{"prefix": "172.31.0.0/16", "via": [{"tunnel": "aws-a1", "priority": 10}]}]
+
+
+def query(gw, direction, spi, dst):
+    r = gw.request({"op": "query-sa", "direction": direction, "spi": spi, "dst": dst})
+    assert r["ok"], r
+    return r
+
+
+def wait_for(pred, timeout=20, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise TimeoutError(what)
+
+
+def test_outbound_last_use_follows_traffic(tmp_path):
+    # LAN traffic loops for the whole test; aws-a1 starts administratively
+    # down, so nothing is encrypted until tunnel-up, and nothing after
+    # tunnel-down (whose reply comes once every worker finished its burst).
+    gw = h.Gateway(tmp_path, ALL_SAS, routes=ONLY_A1, infinite_lan=True, down=("aws-a1",),
+                   lan_in=[h.lan_frame(IP(src="10.240.128.5", dst="172.31.1.1") / UDP(sport=1, dport=2) /
+                                       Raw(b"o" * 60))])
+    with gw:
+        wait_for(lambda: gw.stats()["drops"]["no_route"] > 100, what="LAN traffic")
+        q = query(gw, "out", 0x1001, PEER_A1)
+        assert q["packets"] == 0 and q["idle_seconds"] is None, q
+        assert gw.request({"op": "tunnel-up", "tunnel": "aws-a1"})["ok"]
+        wait_for(lambda: query(gw, "out", 0x1001, PEER_A1)["packets"] > 100, what="encrypted traffic")
+        q = query(gw, "out", 0x1001, PEER_A1)
+        assert q["idle_seconds"] is not None and q["idle_seconds"] < 0.5, q
+        assert gw.request({"op": "tunnel-down", "tunnel": "aws-a1"})["ok"]
+        stopped = query(gw, "out", 0x1001, PEER_A1)
+        time.sleep(1.0)
+        q1 = query(gw, "out", 0x1001, PEER_A1)
+        assert q1["packets"] == stopped["packets"]  # no traffic since tunnel-down
+        assert 0.9 <= q1["idle_seconds"] < 3, q1
+        time.sleep(0.5)
+        q2 = query(gw, "out", 0x1001, PEER_A1)
+        assert 0.4 <= q2["idle_seconds"] - q1["idle_seconds"] < 1.5, (q1, q2)
+        listed_sa = listed(gw, "out", "0x00001001")[0]
+        assert listed_sa["idle_seconds"] >= q2["idle_seconds"]
+        # An SA that carried nothing stays null.
+        assert query(gw, "out", 0x1002, PEER_A2)["idle_seconds"] is None
+        assert listed(gw, "out", "0x00001002")[0]["idle_seconds"] is None
+    # The packets counted really left, and scapy decrypts them.
+    recs = list(h.raw_esp_records(gw.wan_out[0]))
+    assert len(recs) == q2["packets"] and all(spi == 0x1001 for _, spi, _ in recs)
+    frame = next(iter(h.raw_frames(gw.wan_out[0], [0]).values()))
+    assert IP(bytes(OUT["aws-a1"].scapy_sa().decrypt(h.Ether(frame)[IP]))).dst == "172.31.1.1"
+
+
+def test_inbound_last_use_counts_accepted_packets_only(tmp_path):
+    # 32 ESP packets under SPI 0x2001, looping on the WAN port. The config's
+    # SA 0x2001 has another key: every packet fails its ICV and the SA stays
+    # unused. Installed with the right key, the first pass is accepted and
+    # every later pass is a replay: not a use.
+    right = IN["aws-a1"]
+    wrong = h.Sa("in", right.spi, "aws-a1", seed=9001)
+    sas = [s for s in ALL_SAS if s is not right] + [wrong]
+    inner = [IP(bytes(IP(src="172.31.1.1", dst="10.240.128.9", id=i) / UDP(sport=1, dport=2) / Raw(b"i" * 40)))
+             for i in range(32)]
+    gw = h.Gateway(tmp_path, sas, routes=ONLY_A1,
+                   wan_in=[h.wan_frame(right.encrypt(p, s)) for s, p in enumerate(inner, 1)])
+    gw.config["ports"][1]["device"] += ",infinite_rx=1"
+    import yaml
+    gw.config_path.write_text(yaml.safe_dump(gw.config, sort_keys=False))
+    with gw:
+        wait_for(lambda: gw.stats()["drops"]["icv_failure"] > 100, what="ESP traffic")
+        q = query(gw, "in", 0x2001, A)
+        assert q["packets"] == 0 and q["idle_seconds"] is None, q
+        assert gw.request({"op": "delete-sa", "direction": "in", "spi": 0x2001, "dst": A})["ok"]
+        assert gw.request(by_addr("add-sa", right, PEER_A1, A))["ok"]
+        wait_for(lambda: query(gw, "in", 0x2001, A)["packets"] == 32, what="32 packets accepted")
+        q = query(gw, "in", 0x2001, A)
+        assert q["idle_seconds"] is not None and q["idle_seconds"] < 0.5, q
+        replays = gw.stats()["drops"]["replay"]
+        time.sleep(1.0)
+        q1 = query(gw, "in", 0x2001, A)
+        assert gw.stats()["drops"]["replay"] > replays + 100  # still arriving, as replays
+        assert q1["packets"] == 32 and 0.9 <= q1["idle_seconds"] < 3, q1
+        assert listed(gw, "in", "0x00002001")[0]["idle_seconds"] >= q1["idle_seconds"]
