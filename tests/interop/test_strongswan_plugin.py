@@ -377,6 +377,10 @@ def _one_tunnel(lab):
     assert " 0% packet loss" in r.stdout, r.stdout
     after = lab.installed("gw")[0]
     assert after[3] > before[3] and after[4] > before[4], (before, after)
+    # and when it was last used (query_policy/query_sa's time from espgw's idle_seconds)
+    out = lab.swanctl("gw", "--list-sas").stdout
+    assert re.search(r"in\s+[0-9a-f]{8}, +\d+ bytes, +\d+ packets, +[0-5]s ago", out), out
+    assert re.search(r"out\s+[0-9a-f]{8}, +\d+ bytes, +\d+ packets, +[0-5]s ago", out), out
 
     # 5. a rekey: new SPIs in espgw, traffic on them, the old pair deleted
     lab.swanctl("gw", "--rekey", "--child", "a1")
