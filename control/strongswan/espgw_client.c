@@ -575,9 +575,14 @@ espgw_event_kind_t espgw_parse_event(const char *line, size_t len, espgw_event_t
 	{
 		goto done;
 	}
-	if (!json_spi(json_object_get(root, "spi"), &out->spi) ||
-		!copy_str(json_object_get(root, "dst"), out->dst, sizeof(out->dst)) ||
-		!valid_ipv4(out->dst))
+	if (!json_spi(json_object_get(root, "spi"), &out->spi))
+	{
+		goto done;
+	}
+	/* dst: absent from an espgw older than issue 11's events (the caller then
+	 * finds it by SPI and direction); if given, a dotted quad */
+	v = json_object_get(root, "dst");
+	if (v && (!copy_str(v, out->dst, sizeof(out->dst)) || !valid_ipv4(out->dst)))
 	{
 		goto done;
 	}

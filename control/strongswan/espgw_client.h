@@ -127,7 +127,8 @@ typedef struct {
 	char reason[32];
 } espgw_event_t;
 
-/* Parses one event line; sa-expire/sa-deleted need direction, spi and dst. */
+/* Parses one event line; sa-expire/sa-deleted need direction and spi (dst
+ * may be absent: dst is then empty). */
 espgw_event_kind_t espgw_parse_event(const char *line, size_t len, espgw_event_t *out);
 
 /* Parses espgw's SPI text: "0x" followed by 1..8 hex digits. */

@@ -916,6 +916,33 @@ METHOD(kernel_ipsec_t, enable_udp_decap, bool,
 
 /* ---------------------------------------------------------------- events */
 
+/** The destination of an SA we installed, by SPI and direction (NULL if not exactly one). */
+static host_t *tracked_dst(private_kernel_espgw_ipsec_t *this, uint32_t spi, bool inbound)
+{
+	enumerator_t *e;
+	sa_entry_t *sa;
+	host_t *dst = NULL;
+	int n = 0;
+
+	this->state_lock->lock(this->state_lock);
+	e = this->sas->create_enumerator(this->sas);
+	while (e->enumerate(e, &sa))
+	{
+		if (sa->spi == spi && sa->inbound == inbound && sa->reqid && n++ == 0)
+		{
+			dst = sa->dst->clone(sa->dst);
+		}
+	}
+	e->destroy(e);
+	this->state_lock->unlock(this->state_lock);
+	if (n > 1)
+	{
+		DESTROY_IF(dst);
+		dst = NULL;
+	}
+	return dst;
+}
+
 static void handle_event(private_kernel_espgw_ipsec_t *this, const char *text, size_t len)
 {
 	espgw_event_t ev;
@@ -928,9 +955,11 @@ static void handle_event(private_kernel_espgw_ipsec_t *this, const char *text, s
 			{
 				return; /* an SA charon did not install */
 			}
-			dst = host_create_from_string(ev.dst, 0);
+			dst = ev.dst[0] ? host_create_from_string(ev.dst, 0)
+							: tracked_dst(this, ev.spi, ev.inbound);
 			if (!dst)
 			{
+				DBG2(DBG_KNL, "kernel-espgw: expiry of SA 0x%.8x that is not ours", ev.spi);
 				return;
 			}
 			DBG1(DBG_KNL, "kernel-espgw: %s expiry of %s SA 0x%.8x (%s)",
@@ -940,7 +969,8 @@ static void handle_event(private_kernel_espgw_ipsec_t *this, const char *text, s
 			dst->destroy(dst);
 			break;
 		case ESPGW_EVENT_DELETED:
-			dst = host_create_from_string(ev.dst, 0);
+			dst = ev.dst[0] ? host_create_from_string(ev.dst, 0)
+							: tracked_dst(this, ev.spi, ev.inbound);
 			if (dst)
 			{
 				untrack_sa(this, ev.spi, dst, ev.inbound);

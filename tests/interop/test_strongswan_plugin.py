@@ -73,7 +73,8 @@ def install_plugin():
 
 
 class Lab:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, gw_child_extra=""):
+        self.gw_child_extra = gw_child_extra
         tag = f"ssp{os.getpid() % 100000}"
         self.ns_gw, self.ns_aws, self.ns_lan = f"{tag}-gw", f"{tag}-aws", f"{tag}-lan"
         self.dir = tmp
@@ -140,15 +141,7 @@ class Lab:
         run("ip", "-n", self.ns_lan, "route", "add", "default", "via", "10.240.128.1")
 
         self.write_espgw_config()
-        self.espgw = self.spawn(self.ns_gw, [str(ESPGW), "--config", str(self.dir / "espgw.yaml")],
-                                self.dir / "espgw.log")
-        wait_until("espgw's control socket", lambda: self.request({"op": "ping"})["ok"])
-        self.nsx(self.ns_gw, "ip", "addr", "add", f"{GW_ADDR}/32", "dev", "exc")
-        self.nsx(self.ns_gw, "ip", "link", "set", "exc", "up")
-        self.nsx(self.ns_gw, "ip", "route", "add", "203.0.113.0/24", "dev", "exc")
-        wait_until("espgw to resolve the peer", lambda: any(
-            n["tunnel_next_hop"] and n["mac"] for n in self.request({"op": "neighbors"})["neighbors"]),
-            timeout=5)
+        self.start_espgw()
 
         psk = os.urandom(12).hex()
         for side, kernel in (("aws", "kernel-libipsec"), ("gw", "kernel-espgw")):
@@ -165,6 +158,25 @@ class Lab:
                    self.dir / "gw" / "charon.out")
         wait_until("the gateway's vici socket", lambda: (self.dir / "gw" / "charon.vici").is_socket())
         self.swanctl("gw", "--load-all", "--file", f"{self.dir}/gw/swanctl.conf")
+
+    def start_espgw(self):
+        self.espgw = self.spawn(self.ns_gw, [str(ESPGW), "--config", str(self.dir / "espgw.yaml")],
+                                self.dir / "espgw.log")
+        wait_until("espgw's control socket", lambda: self.request({"op": "ping"})["ok"])
+        # charon's IKE leaves and enters through espgw's exception TAP
+        self.nsx(self.ns_gw, "ip", "addr", "add", f"{GW_ADDR}/32", "dev", "exc")
+        self.nsx(self.ns_gw, "ip", "link", "set", "exc", "up")
+        self.nsx(self.ns_gw, "ip", "route", "add", "203.0.113.0/24", "dev", "exc")
+        wait_until("espgw to resolve the peer", lambda: any(
+            n["tunnel_next_hop"] and n["mac"] for n in self.request({"op": "neighbors"})["neighbors"]),
+            timeout=5)
+
+    def restart_espgw(self):
+        """espgw goes away and comes back (its SAs are gone; charon's plugin reconnects)."""
+        os.killpg(self.espgw.pid, signal.SIGTERM)
+        self.espgw.wait(timeout=10)
+        shutil.rmtree(f"/var/run/dpdk/{self.prefix}", ignore_errors=True)
+        self.start_espgw()
 
     def tx_csum_off(self, ns, ifname):
         # veths hand af_packet frames with partial checksums otherwise (no ethtool here)
@@ -219,7 +231,7 @@ charon {{
 
     def write_swanctl_conf(self, side, psk):
         me, peer, lts, rts = GW_ADDR, PEER_ADDR, LAN_NET, VPC_NET
-        start = "start_action = start"
+        start = "start_action = start\n        " + self.gw_child_extra
         if side == "aws":
             me, peer, lts, rts = PEER_ADDR, GW_ADDR, VPC_NET, LAN_NET
             start = "start_action = none"
@@ -302,9 +314,9 @@ secrets {{
 
 
 @pytest.fixture
-def lab(tmp_path):
+def lab(tmp_path, request):
     install_plugin()
-    lab = Lab(tmp_path)
+    lab = Lab(tmp_path, **getattr(request, "param", {}))
     try:
         lab.up()
         yield lab
@@ -365,6 +377,10 @@ def _one_tunnel(lab):
     assert " 0% packet loss" in r.stdout, r.stdout
     after = lab.installed("gw")[0]
     assert after[3] > before[3] and after[4] > before[4], (before, after)
+    # and when it was last used (query_policy/query_sa's time from espgw's idle_seconds)
+    out = lab.swanctl("gw", "--list-sas").stdout
+    assert re.search(r"in\s+[0-9a-f]{8}, +\d+ bytes, +\d+ packets, +[0-5]s ago", out), out
+    assert re.search(r"out\s+[0-9a-f]{8}, +\d+ bytes, +\d+ packets, +[0-5]s ago", out), out
 
     # 5. a rekey: new SPIs in espgw, traffic on them, the old pair deleted
     lab.swanctl("gw", "--rekey", "--child", "a1")
@@ -380,7 +396,43 @@ def _one_tunnel(lab):
     # 6. terminate: charon deletes the SAs in espgw
     lab.swanctl("gw", "--terminate", "--ike", "a1")
     wait_until("espgw without plugin SAs", lambda: lab.plugin_sas() == [], timeout=10)
+
+    # 7. espgw restarts: both of the plugin's connections come back by themselves
+    lab.restart_espgw()
+    wait_until("the events connection again", lambda: (lab.dir / "gw" / "charon.log").read_text().count(
+        "kernel-espgw: subscribed to espgw's events") >= 2, timeout=10)
+    lab.swanctl("gw", "--initiate", "--child", "a1", "--timeout", "10")
+    wait_until("the new SA pair in the new espgw", lambda: len(lab.plugin_sas()) == 2, timeout=10)
+    r = lab.ping(3)
+    assert " 0% packet loss" in r.stdout, r.stdout
     print(f"CHILD_SA up in {t_up:.2f} s; test body {time.monotonic() - t0:.2f} s")
+
+
+@pytest.mark.parametrize("lab", [{"gw_child_extra": "rekey_bytes = 30000\n        life_bytes = 60000\n        rand_bytes = 0"}],
+                         indirect=True, ids=["rekey_bytes"])
+def test_soft_byte_expiry_in_espgw_makes_charon_rekey(lab):
+    """charon counts no bytes itself: only espgw's sa-expire (soft, bytes),
+    handed to charon->kernel->expire() by the plugin's events thread, can
+    start this rekey. Traffic keeps flowing across it."""
+    try:
+        first = wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("gw")[0], timeout=20)
+        wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2)
+        # 40 x 1000-byte pings: ~41 KB each way, past the soft limit, short of the hard one
+        r = lab.nsx(lab.ns_lan, "ping", "-c", "40", "-i", "0.05", "-s", "972", "-W", "2", VPC_HOST,
+                    check=False, timeout=30)
+        assert " 0% packet loss" in r.stdout, r.stdout
+        new = wait_until("a rekey started by espgw's soft expiry", lambda: [
+            s for s in lab.installed("gw") if s[1] != first[1] and s[2] != first[2]], timeout=10)[0]
+        log = (lab.dir / "gw" / "charon.log").read_text()
+        assert re.search(r"kernel-espgw: soft expiry of (in|out)bound SA 0x[0-9a-f]{8} \(bytes\)", log), \
+            "no soft expiry reached charon"
+        wait_until("espgw holding the new pair", lambda: {
+            int(sa["spi"], 16) for sa in lab.plugin_sas()} >= {new[1], new[2]}, timeout=10)
+        r = lab.ping(3)
+        assert " 0% packet loss" in r.stdout, r.stdout
+    except BaseException:
+        dump(lab)
+        raise
 
 
 def test_modular_config_makes_kernel_espgw_the_ipsec_provider(tmp_path):

@@ -430,6 +430,13 @@ TEST(EspgwEvent, ExpireAndDeleted)
             ESPGW_EVENT_DELETED);
   EXPECT_EQ(e.spi, 0x4001u);
   EXPECT_STREQ(e.reason, "hard-expire");
+  // an espgw from before the events carried addresses: dst left empty for the caller to find
+  ASSERT_EQ(event(R"({"event":"sa-expire","kind":"soft","reason":"bytes","direction":"out",)"
+                  R"("spi":"0x00004001","tunnel":"aws-a1"})",
+                  &e),
+            ESPGW_EVENT_EXPIRE);
+  EXPECT_STREQ(e.dst, "");
+  EXPECT_EQ(e.spi, 0x4001u);
 }
 
 TEST(EspgwEvent, OthersAndMalformed)
@@ -438,7 +445,7 @@ TEST(EspgwEvent, OthersAndMalformed)
   EXPECT_EQ(event(R"({"event":"tunnel-state","tunnel":"a","up":false})", &e), ESPGW_EVENT_OTHER);
   EXPECT_EQ(event(R"({"ok":true,"subscribed":true,"id":1})", &e), ESPGW_EVENT_OTHER);
   const char *bad[] = {
-      R"({"event":"sa-expire","kind":"hard","direction":"in","spi":"0x5001"})",  // no dst
+      R"({"event":"sa-expire","kind":"hard","direction":"in"})",  // no spi
       R"({"event":"sa-expire","kind":"hard","direction":"in","spi":"0x5001","dst":"x"})",
       R"({"event":"sa-expire","kind":"medium","direction":"in","spi":"0x5001","dst":"1.2.3.4"})",
       R"({"event":"sa-expire","direction":"in","spi":"0x5001","dst":"1.2.3.4"})",  // no kind
