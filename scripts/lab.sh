@@ -33,6 +33,8 @@
 #   LAB_DPD      DPD delay in seconds on both sides (default 1)
 #   LAB_POLICY   1 (default) adds the policy-based tunnel p1; 0 leaves it out
 #   LAB_KEEP     1: a failed `up` leaves the lab as it was, for a look
+#   LAB_PLUGIN_SOCKET  the socket kernel-espgw connects to (default espgw's;
+#                e.g. a recording proxy in front of it)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -67,6 +69,7 @@ declare -A AWS_REMOTE_TS=([a1]=10.240.128.0/25,10.240.128.128/25 [a2]=10.240.128
 declare -A VPC_NET=([a1]=172.31.0.0/16 [a2]=172.31.0.0/16 [b1]=172.31.0.0/16 [b2]=172.31.0.0/16 [p1]=172.30.0.0/16)
 [ "$POLICY" = 1 ] && ALL=(a1 a2 b1 b2 p1) || ALL=(a1 a2 b1 b2)
 
+exec 3>&2  # stderr, also inside wait_for's silenced checks
 log() { echo "lab: $*" >&2; }
 nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
 now() { date +%s.%N; }
@@ -116,7 +119,7 @@ EOF
 strongswan_conf() {  # side load-list
   local side=$1 load=$2 extra=""
   if [ "$side" = gw ] && [ "$GW_KERNEL" = espgw ]; then
-    extra="kernel-espgw { socket = $DIR/espgw.sock }"
+    extra="kernel-espgw { socket = ${LAB_PLUGIN_SOCKET:-$DIR/espgw.sock} }"
   fi
   # chd = 4 on the AWS side logs CHILD_SA keys: a test tool (the policy test
   # forges an out-of-selector packet under the AWS side's key), never in
@@ -221,7 +224,7 @@ start_charon() {  # side ns
   # A private /run (ip netns exec gives the command its own mount namespace):
   # charon's pid file path is compiled in.
   setsid ip netns exec "$ns" sh -c "mount -t tmpfs lab /run && exec env STRONGSWAN_CONF=$DIR/$side/strongswan.conf $CHARON" \
-    </dev/null >"$DIR/$side/charon.out" 2>&1 &
+    </dev/null >"$DIR/$side/charon.out" 2>&1 3>&- &
   echo $! >"$DIR/$side/charon.pid"
 }
 
@@ -247,6 +250,13 @@ tunnels_up() {  # espgw: every lab tunnel has an outbound SA
   local n
   n=$(espctl --json tunnels | /usr/bin/python3 -c 'import json,sys; print(sum(t["oper"]=="up" for t in json.load(sys.stdin)["tunnels"]))')
   [ "$n" -ge ${#ALL[@]} ]
+}
+
+espgw_answers() {  # fails at once (exit) when espgw is gone
+  if ! kill -0 "$(cat "$DIR/espgw.pid")" 2>/dev/null; then
+    { log "espgw exited:"; tail -20 "$DIR/espgw.log"; } >&3 2>&3; exit 1
+  fi
+  espctl raw '{"op":"ping"}'
 }
 
 next_hops_resolved() {
@@ -309,7 +319,7 @@ up() {
   ip -n "$NS_LAN" route add default via 10.240.128.1
 
   write_espgw_config
-  setsid ip netns exec "$NS_GW" "$ESPGW" --config "$DIR/espgw.yaml" </dev/null >"$DIR/espgw.log" 2>&1 &
+  setsid ip netns exec "$NS_GW" "$ESPGW" --config "$DIR/espgw.yaml" </dev/null >"$DIR/espgw.log" 2>&1 3>&- &
   echo $! >"$DIR/espgw.pid"
 
   strongswan_conf aws "random nonce openssl aes sha1 sha2 hmac gcm kdf pem pkcs1 x509 pubkey kernel-libipsec kernel-netlink socket-default vici"
@@ -322,7 +332,7 @@ up() {
   swanctl_conf gw
   start_charon aws "$NS_AWS"
 
-  wait_for 20 "espgw's control socket" espctl raw '{"op":"ping"}' || { tail -20 "$DIR/espgw.log" >&2; exit 1; }
+  wait_for 20 "espgw's control socket" espgw_answers || { tail -20 "$DIR/espgw.log" >&2; exit 1; }
   nsx "$NS_GW" ip addr add 198.51.100.10/32 dev exc
   nsx "$NS_GW" ip addr add 198.51.100.11/32 dev exc
   nsx "$NS_GW" ip link set exc up

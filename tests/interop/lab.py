@@ -65,7 +65,9 @@ def parse_vici_raw(text):
 
 
 class Lab:
-    def __init__(self, build, prefix=None, policy=True):
+    def __init__(self, build, prefix=None, policy=None):
+        if policy is None:
+            policy = os.environ.get("LAB_POLICY", "1") == "1"
         self.prefix = prefix or f"egl{os.getpid() % 100000}"
         self.dir = Path(f"/tmp/espgw-lab-{self.prefix}")
         self.env = dict(os.environ, LAB_PREFIX=self.prefix, LAB_DIR=str(self.dir), ESPGW_BUILD=str(build),

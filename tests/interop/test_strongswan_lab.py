@@ -70,9 +70,6 @@ def lab(request):
         wait(lambda: lab.sh("lan", "ping", "-c", "1", "-W", "1", VPC_HOST, check=False).returncode == 0,
              10, "a first ping through the lab")
         yield lab
-    except BaseException:
-        print(lab.status())
-        raise
     finally:
         lab.down()
         left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
@@ -142,9 +139,18 @@ def test_four_tunnels_ping_tcp_and_peer_decrypts(lab):
     assert child(lab, "gw", "b1")["local-ts"] == ["10.240.128.0/24"]
     assert route_active(lab) == "aws-a1"
 
-    out_before = lab.tunnels()["aws-a1"]["out"]["packets"]
+    # The AWS side decrypted exactly what espgw encrypted: 5 pings raise its
+    # a1 packets-in by what espgw's a1 outbound SA counted, 5.
+    def a1_counts():
+        aws = child(lab, "aws", "a1")
+        out = next(s for s in espgw_sas(lab, "aws-a1") if s["direction"] == "out" and s["current"])
+        assert spi_int(aws["spi-in"]) == spi_int(out["spi"])
+        return int(aws["packets-in"]), int(aws["bytes-in"]), out["packets"]
+    aws0, aws_bytes0, out0 = a1_counts()
     r = lab.sh("lan", "ping", "-c", "5", "-i", "0.2", "-W", "2", VPC_HOST, timeout=15)
     assert " 0% packet loss" in r.stdout, r.stdout
+    aws1, _, out1 = wait(lambda: (c := a1_counts()) and c[0] - aws0 >= 5 and c, 5, "the AWS side to count 5 pings")
+    assert aws1 - aws0 == out1 - out0 == 5, (aws0, aws1, out0, out1)
 
     # TCP both ways through the tunnels: 1 MiB echoed back by the VPC host.
     server = subprocess.Popen(["ip", "netns", "exec", lab.ns("aws"), labmod.PY, "-c", TCP_ECHO, VPC_HOST],
@@ -156,20 +162,13 @@ def test_four_tunnels_ping_tcp_and_peer_decrypts(lab):
     finally:
         server.kill()
         server.wait()
-
-    # The AWS side decrypted what espgw encrypted: its inbound counters on a1
-    # equal espgw's outbound counters for that SA.
-    gw = child(lab, "gw", "a1")
-    out = next(s for s in espgw_sas(lab, "aws-a1") if s["direction"] == "out" and spi_int(s["spi"]) == spi_int(gw["spi-out"]))
-    assert out["packets"] > out_before + 5 + 100, out
-
-    def counters_match():
-        aws = child(lab, "aws", "a1")
-        out = next(s for s in espgw_sas(lab, "aws-a1") if s["direction"] == "out" and s["current"])
-        return int(aws["packets-in"]) == out["packets"] and (aws, out)
-    aws, out = wait(counters_match, 5, "the AWS side's a1 packets-in to equal espgw's a1 outbound packets")
-    assert int(aws["bytes-in"]) > 1 << 20
-    note("item 1: AWS a1 decrypted", f"{aws['packets-in']} packets / {aws['bytes-in']} bytes = espgw aws-a1 out")
+    # The 1 MiB went through the AWS side's decryption (libipsec drops some
+    # of a TCP burst in its socket buffer; TCP resends them, the counters
+    # then differ: only the exact count above is exact).
+    aws2, aws_bytes2, out2 = a1_counts()
+    assert aws_bytes2 - aws_bytes0 > 1 << 20
+    note("item 1: AWS a1 decrypted", f"5 pings = 5 of espgw's packets exactly; TCP 1 MiB echoed: "
+         f"{aws2 - aws1} packets in at AWS / {out2 - out1} sent by espgw")
 
 
 TCP_ECHO = r"""
