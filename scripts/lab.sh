@@ -362,22 +362,19 @@ up() {
   awk -v a="$t0" -v b="$t1" -v p="$P" -v n="${#ALL[@]}" 'BEGIN { printf "lab %s up in %.2f s (%d tunnels)\n", p, b - a, n }'
 }
 
-kill_pidfile() {  # file
-  local f=$1 pid
-  [ -f "$f" ] || return 0
-  pid=$(cat "$f")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$f"
-}
-
 down() {
-  kill_pidfile "$DIR/gw/charon.pid"
-  kill_pidfile "$DIR/aws/charon.pid"
-  kill_pidfile "$DIR/espgw.pid"
+  # The charons first, by SIGKILL: a graceful stop sends DELETEs and waits
+  # for answers from a peer that is going away too (6 s). Then espgw, by
+  # SIGTERM (its final report, DPDK's cleanup: 1-2 s).
+  local f pid
+  for f in "$DIR/gw/charon.pid" "$DIR/aws/charon.pid" "$DIR/espgw.pid"; do
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    rm -f "$f"
+    if [ "$f" = "$DIR/espgw.pid" ]; then kill -TERM "$pid" 2>/dev/null || true; else kill -KILL "$pid" 2>/dev/null || true; fi
+    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.025; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   for ns in "$NS_GW" "$NS_AWS" "$NS_LAN"; do
     ip netns list | grep -qw "$ns" || continue
     # Anything else a test started inside the lab's namespaces.
