@@ -362,17 +362,24 @@ up() {
   awk -v a="$t0" -v b="$t1" -v p="$P" -v n="${#ALL[@]}" 'BEGIN { printf "lab %s up in %.2f s (%d tunnels)\n", p, b - a, n }'
 }
 
+running() {  # pid: alive and not a zombie (init reaps late: charon stays one for ~1.5 s)
+  [ -r "/proc/$1/stat" ] && ! grep -q '^[0-9]* (.*) Z' "/proc/$1/stat" 2>/dev/null
+}
+
 down() {
-  # The charons first, by SIGKILL: a graceful stop sends DELETEs and waits
-  # for answers from a peer that is going away too (6 s). Then espgw, by
-  # SIGTERM (its final report, DPDK's cleanup: 1-2 s).
-  local f pid
+  # The charons by SIGKILL (a graceful stop sends DELETEs and waits for a
+  # peer that is going away too), espgw by SIGTERM (its final report and
+  # DPDK's cleanup), all at once; then wait for them.
+  local f pid pids=()
   for f in "$DIR/gw/charon.pid" "$DIR/aws/charon.pid" "$DIR/espgw.pid"; do
     [ -f "$f" ] || continue
     pid=$(cat "$f")
     rm -f "$f"
     if [ "$f" = "$DIR/espgw.pid" ]; then kill -TERM "$pid" 2>/dev/null || true; else kill -KILL "$pid" 2>/dev/null || true; fi
-    for _ in $(seq 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.025; done
+    pids+=("$pid")
+  done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 400); do running "$pid" || break; sleep 0.025; done
     kill -KILL "$pid" 2>/dev/null || true
   done
   for ns in "$NS_GW" "$NS_AWS" "$NS_LAN"; do
