@@ -392,3 +392,89 @@ def test_flush_sas_by_origin_then_all(gw):
     evs = read_events(f, 9 + 4)  # 9 sa-deleted, 4 tunnel-state
     assert sum(e["event"] == "sa-deleted" and e["reason"] == "flush" for e in evs) == 9, evs
     s.close()
+
+
+# ------------------------------------------------ 5. addresses in events
+
+def test_expire_and_delete_events_carry_addresses_and_protocol(tmp_path):
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[
+        h.lan_frame(IP(src="10.240.128.5", dst=f"172.31.1.{i + 1}") / UDP(sport=1, dport=2) / Raw(b"e" * 50))
+        for i in range(32)], infinite_lan=True, down=("aws-a1",))
+    with gw:
+        s, f = subscribe(gw)
+        s.settimeout(15)
+        sa = h.Sa("out", 0x4200, "aws-a2")
+        r = gw.request(by_addr("add-sa", sa, A, PEER_A2, origin="plugin",
+                               lifetime={"soft": {"packets": 2000}, "hard": {"packets": 5000}}))
+        assert r["ok"], r
+        evs = [e for e in read_events(f, 4) if e["event"] != "tunnel-state"]
+        evs += [e for e in read_events(f, 4 - len(evs)) if e["event"] != "tunnel-state"]
+        kinds = [(e["event"], e.get("kind"), e.get("reason")) for e in evs]
+        assert kinds == [("sa-installed", None, None), ("sa-expire", "soft", "packets"),
+                         ("sa-expire", "hard", "packets"), ("sa-deleted", None, "hard-expire")], evs
+        for e in evs[1:]:  # outbound: from us to the peer
+            assert (e["src"], e["dst"], e["protocol"], e["spi"], e["direction"]) == \
+                (A, PEER_A2, "esp", "0x00004200", "out"), e
+        # Inbound: from the peer to us, whatever ends it (a hard lifetime, a request).
+        assert gw.request(sa_req("add-sa", h.Sa("in", 0x4301, "aws-b2"), lifetime={"hard": {"seconds": 1}}))["ok"]
+        assert gw.request({"op": "delete-sa", "direction": "in", "spi": 0x2003, "dst": B})["ok"]
+        evs = [e for e in read_events(f, 4) if e["event"] in ("sa-expire", "sa-deleted")]
+        by = {(e["event"], e["spi"]): e for e in evs}
+        for key in (("sa-deleted", "0x00002003"), ("sa-expire", "0x00004301"), ("sa-deleted", "0x00004301")):
+            e = by[key]
+            assert e["protocol"] == "esp" and e["dst"] == B, e
+        assert by[("sa-deleted", "0x00002003")]["src"] == "203.0.113.129"
+        assert by[("sa-expire", "0x00004301")]["src"] == "203.0.113.130"
+        assert by[("sa-expire", "0x00004301")]["kind"] == "hard"
+        s.close()
+
+
+# ------------------------------------------------------------ 6. espctl
+
+def test_espctl_spi_alloc_query_and_flush(gw):
+    import json
+    from test_control import espctl
+    out = espctl(gw, "spi", "alloc", "--dst", A, "--src", PEER_A1, "--timeout", "30").stdout
+    spi = out.split()[0]
+    assert spi.startswith("0x") and "reserved for 30 s" in out, out
+    assert [(x["spi"], x["src"]) for x in larval(gw)] == [(spi, PEER_A1)]
+    assert "LARVAL-SPI" in espctl(gw, "sa", "list").stdout and spi in espctl(gw, "sas").stdout
+    sa = h.Sa("in", int(spi, 16), "aws-a1", seed=7100)
+    espctl(gw, "sa", "add", "-d", "in", "--spi", spi, "--src", PEER_A1, "--dst", A, "--key", sa.key.hex(),
+           "--origin", "plugin")
+    assert larval(gw) == []
+    assert listed(gw, "in", spi)[0]["origin"] == "plugin"
+    q = espctl(gw, "sa", "query", "-d", "in", "--spi", spi, "--dst", A).stdout
+    assert "aws-a1" in q and "never" in q, q
+    qj = json.loads(espctl(gw, "--json", "sa", "query", "-d", "in", "--spi", spi, "-t", "aws-a1").stdout)
+    assert qj["idle_seconds"] is None and qj["packets"] == 0 and qj["dst"] == A
+    r = espctl(gw, "sa", "query", "-d", "in", "--spi", "0x9999", "--dst", A, check=False)
+    assert r.returncode == 1 and "no in SA" in r.stderr, r
+    # A reserved SPI deleted, said so.
+    spi2 = json.loads(espctl(gw, "--json", "spi", "alloc", "--dst", B).stdout)["spi"]
+    assert "released an SPI reservation" in espctl(gw, "sa", "delete", "-d", "in", "--spi", spi2, "--dst", B).stdout
+    espctl(gw, "spi", "alloc", "--dst", B)
+    assert espctl(gw, "sa", "flush", "--origin", "plugin").stdout.strip() == \
+        "deleted 1 SAs, released 1 SPI reservations"
+    assert espctl(gw, "sa", "flush").stdout.strip() == "deleted 8 SAs, released 0 SPI reservations"
+    assert gw.request({"op": "list-sas"})["sas"] == []
+
+
+@pytest.mark.parametrize("args", [
+    ["spi", "alloc"],
+    ["spi", "alloc", "--dst", "198.51.100"],
+    ["spi", "alloc", "--dst", A, "--timeout", "-1"],
+    ["spi", "alloc", "--dst", A, "--src", "peer"],
+    ["sa", "query", "-d", "in", "--spi", "0x2001"],
+    ["sa", "query", "-d", "in", "--spi", "0x2001", "--dst", "x"],
+    ["sa", "flush", "--origin", "charon"],
+    ["sa", "add", "-d", "out", "--spi", "0x7001", "--src", A, "--key", "01" * 20],
+    ["sa", "add", "-d", "out", "--spi", "0x7001", "-t", "aws-a1", "--key", "01" * 20, "--origin", "xfrm"],
+    ["sa", "update", "-d", "out", "--spi", "0x1001", "--hard-seconds", "5"],
+])
+def test_espctl_new_subcommands_refuse_bad_arguments_with_64(gw, args):
+    from test_control import espctl
+    before = state(gw)
+    r = espctl(gw, *args, check=False)
+    assert r.returncode == 64, (args, r.returncode, r.stderr)
+    assert state(gw) == before and larval(gw) == []

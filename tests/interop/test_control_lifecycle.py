@@ -179,7 +179,7 @@ BAD_ESPCTL_ARGS = [
     (["sa", "add", "-d", "out", "--spi", "0x5401", "-t", "aws-a1", "--key-file", "/nonexistent/key"],
      "cannot read key file"),
     (["sa", "add", "-d", "sideways", "--spi", "0x5401", "-t", "aws-a1", "--key", "01" * 20], "sideways"),
-    (["sa", "add", "-d", "out", "--spi", "0x5401"], "--tunnel is required"),
+    (["sa", "add", "-d", "out", "--spi", "0x5401"], "an SA needs -t TUNNEL, or --src and --dst"),
     (["tunnel", "down"], "name is required"),
     (["raw", "[1]"], "not a JSON object"),
     (["events", "-n", "-1"], "digits only"),
