@@ -73,8 +73,8 @@ def install_plugin():
 
 
 class Lab:
-    def __init__(self, tmp: Path, gw_child_extra=""):
-        self.gw_child_extra = gw_child_extra
+    def __init__(self, tmp: Path, gw_child_extra="", esp="aes128gcm16-modp2048"):
+        self.gw_child_extra, self.esp = gw_child_extra, esp
         tag = f"ssp{os.getpid() % 100000}"
         self.ns_gw, self.ns_aws, self.ns_lan = f"{tag}-gw", f"{tag}-aws", f"{tag}-lan"
         self.dir = tmp
@@ -251,7 +251,7 @@ connections {{
       a1 {{
         local_ts = {lts}
         remote_ts = {rts}
-        esp_proposals = aes128gcm16-modp2048
+        esp_proposals = {self.esp}
         replay_window = 1024
         rekey_time = 2700s
         life_time = 3600s
@@ -488,3 +488,39 @@ charon {{
     assert "feature CUSTOM:kernel-ipsec in plugin 'kernel-libipsec' failed to load" in text
     assert "feature CUSTOM:kernel-ipsec in plugin 'kernel-netlink' failed to load" in text
     assert "feature CUSTOM:kernel-net in plugin 'kernel-netlink' failed" not in text
+
+
+# (ESN cannot be negotiated here: the peer's libipsec refuses it, "ESN not supported")
+@pytest.mark.parametrize("lab,algo,esn", [
+    ({"esp": "aes256gcm16-modp2048"}, "aes256-gcm", False),
+], indirect=["lab"], ids=["aes256gcm16"])
+def test_negotiated_algorithm_reaches_espgw(lab, algo, esn):
+    try:
+        wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("aws"), timeout=20)
+        sas = wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2 and lab.plugin_sas())
+        assert {(sa["algo"], sa["esn"]) for sa in sas} == {(algo, esn)}, sas
+        inbound = next(sa for sa in sas if sa["direction"] == "in")
+        assert inbound["replay_window"] == 1024 and inbound["udp_encap"], inbound
+        r = lab.ping(3)
+        assert " 0% packet loss" in r.stdout, r.stdout
+    except BaseException:
+        dump(lab)
+        raise
+
+
+@pytest.mark.parametrize("lab,why", [
+    ({"esp": "aes128-sha256-modp2048"}, "encryption AES_CBC (AES-GCM with a 16-byte ICV only) is not supported"),
+    ({"esp": "aes192gcm16-modp2048"}, "an AES-GCM key of 28 bytes with salt (AES-128 or AES-256 only) is not supported"),
+    ({"esp": "aes128gcm8-modp2048"}, "encryption AES_GCM_8 (AES-GCM with a 16-byte ICV only) is not supported"),
+], indirect=["lab"], ids=["aes-cbc", "aes192gcm16", "aes128gcm8"])
+def test_unsupported_sa_is_refused_with_a_reason_charon_logs(lab, why):
+    """What espgw cannot do is refused in add_sa, named in charon's log; espgw is left untouched."""
+    try:
+        log = lab.dir / "gw" / "charon.log"
+        wait_until("the refusal in charon's log", lambda: why in log.read_text(), timeout=20)
+        assert re.search(r"kernel-espgw: unable to add SA 0x[0-9a-f]{8}: " + re.escape(why), log.read_text())
+        assert not lab.installed("gw")
+        assert lab.plugin_sas() == []
+    except BaseException:
+        dump(lab)
+        raise
