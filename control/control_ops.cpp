@@ -117,6 +117,13 @@ size_t ControlOps::delete_all_sas(std::optional<SaOrigin> origin, const char* re
   return sas().remove_all(origin, reason);
 }
 
+ControlOps::FlushResult ControlOps::flush_sas(std::optional<SaOrigin> origin) {
+  FlushResult r;
+  r.deleted = sas().remove_all(origin, "flush");
+  r.larval = spis_.clear();
+  return r;
+}
+
 std::vector<SaKey> ControlOps::sa_keys(std::optional<SaOrigin> origin) const { return sas().keys(origin); }
 
 bool ControlOps::has_sa(SaDirection dir, uint32_t spi, uint16_t tunnel) const {

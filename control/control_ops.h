@@ -91,6 +91,12 @@ class ControlOps {
   // query-sa's reply fields (without "ok"); SaNotFound when absent.
   nlohmann::json query_sa(const SaName& name) const;
   size_t delete_all_sas(std::optional<SaOrigin> origin, const char* reason);
+  struct FlushResult {
+    size_t deleted = 0, larval = 0;
+  };
+  // flush-sas (charon's flush_sas): every SA (of `origin` when given) with
+  // reason "flush", and every SPI reservation.
+  FlushResult flush_sas(std::optional<SaOrigin> origin);
   std::vector<SaKey> sa_keys(std::optional<SaOrigin> origin) const;
   bool has_sa(SaDirection dir, uint32_t spi, uint16_t tunnel) const;
   nlohmann::json list_sas() const;

@@ -201,7 +201,7 @@ std::optional<uint32_t> opt_ipv4(const json& j, const char* name) {
 
 SaSpec sa_spec_of(const json& j, const WipingString* key_text) {
   allow_only(j, {"op", "id", "direction", "spi", "tunnel", "src", "dst", "algo", "key", "esn", "replay_window", "seq",
-                 "encap", "lifetime", "local_selectors", "remote_selectors"},
+                 "encap", "lifetime", "local_selectors", "remote_selectors", "origin"},
              "");
   SaSpec s;
   s.direction = dir_field(j);
@@ -220,7 +220,13 @@ SaSpec sa_spec_of(const json& j, const WipingString* key_text) {
     if (e->is_boolean() && !e->get<bool>()) s.plain_esp = true;  // "encap": false, plain ESP said explicitly
     else s.encap = encap_field(*e, s.direction);
   }
+  // Who installs it: the socket's clients, or an IKE daemon's plugin (whose
+  // flush-sas removes only its own). config and xfrm are not a client's to claim.
   s.origin = SaOrigin::kSocket;
+  if (auto o = opt_string(j, "origin")) {
+    if (*o == "plugin") s.origin = SaOrigin::kPlugin;
+    else if (*o != "socket") throw RequestError("field 'origin': '" + *o + "' is neither socket nor plugin");
+  }
   std::optional<SaLifetime> soft, hard;
   lifetime_field(j, soft, hard);
   s.soft = soft.value_or(SaLifetime{});
@@ -464,8 +470,8 @@ json JsonCodec::dispatch(json& req, const WipingString* key_text, bool& subscrib
   if (op == "add-sa" || op == "replace-sa") {
     SaSpec spec = sa_spec_of(req, key_text);
     wipe_key(req);
-    if (op == "add-sa") ops_.add_sa(spec, SaOrigin::kSocket);
-    else ops_.replace_sa(spec, SaOrigin::kSocket);  // add-or-update: SaDatabase::reconcile
+    if (op == "add-sa") ops_.add_sa(spec, spec.origin);
+    else ops_.replace_sa(spec, spec.origin);  // add-or-update: SaDatabase::reconcile
     return ok;
   }
   if (op == "update-sa") {
@@ -475,6 +481,17 @@ json JsonCodec::dispatch(json& req, const WipingString* key_text, bool& subscrib
   if (op == "delete-sa") {
     if (ops_.delete_sa(sa_name_of(req))) return {{"ok", true}, {"larval", true}};
     return ok;
+  }
+  if (op == "flush-sas") {
+    allow_only(req, {"op", "id", "origin"}, "");
+    std::optional<SaOrigin> origin;
+    if (auto o = opt_string(req, "origin")) {
+      for (SaOrigin x : {SaOrigin::kConfig, SaOrigin::kSocket, SaOrigin::kXfrm, SaOrigin::kPlugin})
+        if (*o == to_string(x)) origin = x;
+      if (!origin) throw RequestError("field 'origin': '" + *o + "' is not one of config, socket, xfrm, plugin");
+    }
+    ControlOps::FlushResult r = ops_.flush_sas(origin);
+    return {{"ok", true}, {"deleted", r.deleted}, {"larval", r.larval}};
   }
   if (op == "alloc-spi") {
     allow_only(req, {"op", "id", "dst", "src", "timeout_s"}, "");

@@ -329,3 +329,66 @@ def test_inbound_last_use_counts_accepted_packets_only(tmp_path):
         assert gw.stats()["drops"]["replay"] > replays + 100  # still arriving, as replays
         assert q1["packets"] == 32 and 0.9 <= q1["idle_seconds"] < 3, q1
         assert listed(gw, "in", "0x00002001")[0]["idle_seconds"] >= q1["idle_seconds"]
+
+
+# ------------------------------------------------- 4. flush-sas, origin
+
+def origins(gw):
+    return {(s["direction"], s["spi"]): s["origin"] for s in gw.request({"op": "list-sas"})["sas"]}
+
+
+def test_origin_is_recorded_and_listed(gw):
+    assert gw.request(sa_req("add-sa", h.Sa("out", 0x6301, "aws-a1"), origin="plugin"))["ok"]
+    assert gw.request(sa_req("replace-sa", h.Sa("in", 0x6302, "aws-a1"), origin="plugin"))["ok"]
+    assert gw.request(sa_req("add-sa", h.Sa("in", 0x6303, "aws-a1"), origin="socket"))["ok"]
+    assert gw.request(sa_req("add-sa", h.Sa("in", 0x6304, "aws-a1")))["ok"]
+    o = origins(gw)
+    assert o[("out", "0x00006301")] == "plugin" and o[("in", "0x00006302")] == "plugin"
+    assert o[("in", "0x00006303")] == "socket" and o[("in", "0x00006304")] == "socket"
+    assert o[("out", "0x00001001")] == "config"
+
+
+ORIGIN_ERRORS = [
+    (sa_req("add-sa", h.Sa("out", 0x6401, "aws-a1"), origin="xfrm"), "neither socket nor plugin"),
+    (sa_req("add-sa", h.Sa("out", 0x6402, "aws-a1"), origin="config"), "neither socket nor plugin"),
+    (sa_req("replace-sa", h.Sa("out", 0x6403, "aws-a1"), origin="Plugin"), "neither socket nor plugin"),
+    (sa_req("add-sa", h.Sa("out", 0x6404, "aws-a1"), origin=1), "field 'origin' must be a string"),
+    ({"op": "flush-sas", "origin": "charon"}, "not one of config, socket, xfrm, plugin"),
+    ({"op": "flush-sas", "origin": None}, "field 'origin' must be a string"),
+    ({"op": "flush-sas", "all": True}, "unknown field 'all'"),
+]
+
+
+@pytest.mark.parametrize("req,words", ORIGIN_ERRORS, ids=[str(i) for i in range(len(ORIGIN_ERRORS))])
+def test_origin_errors_change_nothing(gw, req, words):
+    gw.request({"op": "alloc-spi", "dst": A})
+    before, before_larval = state(gw), larval(gw)
+    r = gw.request(req)
+    assert r["ok"] is False and words in r["error"], (req, r)
+    assert state(gw) == before and larval(gw) == before_larval
+
+
+def test_flush_sas_by_origin_then_all(gw):
+    assert gw.request(sa_req("add-sa", h.Sa("out", 0x6501, "aws-b1"), origin="plugin"))["ok"]
+    assert gw.request(sa_req("add-sa", h.Sa("in", 0x6502, "aws-b1"), origin="plugin"))["ok"]
+    assert gw.request(sa_req("add-sa", h.Sa("in", 0x6503, "aws-b1")))["ok"]
+    gw.request({"op": "alloc-spi", "dst": A})
+    gw.request({"op": "alloc-spi", "dst": B})
+    s, f = subscribe(gw)
+    s.settimeout(15)
+    r = gw.request({"op": "flush-sas", "origin": "plugin"})
+    assert r == {"ok": True, "deleted": 2, "larval": 2}, r
+    evs = [e for e in read_events(f, 2) if e["event"] == "sa-deleted"]
+    assert sorted((e["direction"], e["spi"], e["reason"]) for e in evs) == \
+        [("in", "0x00006502", "flush"), ("out", "0x00006501", "flush")], evs
+    o = origins(gw)
+    assert ("in", "0x00006503") in o and all(v != "plugin" for v in o.values()) and len(o) == 9
+    assert larval(gw) == []
+    r = gw.request({"op": "flush-sas"})
+    assert r == {"ok": True, "deleted": 9, "larval": 0}, r
+    assert gw.request({"op": "list-sas"})["sas"] == []
+    assert all(t["oper"] == "down" and t["oper_reason"] == "no-outbound-sa"
+               for t in gw.request({"op": "tunnels"})["tunnels"])
+    evs = read_events(f, 9 + 4)  # 9 sa-deleted, 4 tunnel-state
+    assert sum(e["event"] == "sa-deleted" and e["reason"] == "flush" for e in evs) == 9, evs
+    s.close()
