@@ -524,3 +524,34 @@ def test_unsupported_sa_is_refused_with_a_reason_charon_logs(lab, why):
     except BaseException:
         dump(lab)
         raise
+
+
+def test_unresponsive_espgw_times_out_and_the_plugin_recovers(lab):
+    """espgw stopped (SIGSTOP): the plugin's request gives up after its
+    timeout (3 s here) with a log line, charon is not blocked for good; once
+    espgw runs again the next request reconnects and works (the late reply
+    to the abandoned request is never taken for another's)."""
+    try:
+        first = wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("gw")[0], timeout=20)
+        wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2)
+        log = lab.dir / "gw" / "charon.log"
+        os.kill(lab.espgw.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            lab.swanctl("gw", "--rekey", "--child", "a1")
+            wait_until("the timeout in charon's log", lambda: "no reply from espgw in time" in log.read_text(),
+                       timeout=10)
+            waited = time.monotonic() - t0
+        finally:
+            os.kill(lab.espgw.pid, signal.SIGCONT)
+        assert 2.5 <= waited <= 8, waited
+        lab.swanctl("gw", "--rekey", "--child", "a1")
+        new = wait_until("a rekey once espgw answers again", lambda: [
+            s for s in lab.installed("gw") if s[1] != first[1] and s[2] != first[2]], timeout=15)[0]
+        wait_until("espgw holding the new pair", lambda: {
+            int(sa["spi"], 16) for sa in lab.plugin_sas()} >= {new[1], new[2]}, timeout=10)
+        r = lab.ping(3)
+        assert " 0% packet loss" in r.stdout, r.stdout
+    except BaseException:
+        dump(lab)
+        raise
