@@ -24,6 +24,15 @@ uint32_t prefix_mask(uint8_t len) { return len == 0 ? 0 : ~uint32_t{0} << (32 - 
 // time to rekey (RFC 4303 §3.3.3: the counter must never cycle).
 constexpr uint64_t kSeqSoftMargin = uint64_t{1} << 24;
 
+// What charon's kernel->expire(protocol, spi, dst, hard) needs, and the
+// SA's other outer address: the SA as an IKE daemon names it (src, dst).
+void add_addresses(json& ev, const SaParams& p) {
+  const bool in = p.direction == SaDirection::kInbound;
+  ev["src"] = format_ipv4(in ? p.remote_addr : p.local_addr);
+  ev["dst"] = format_ipv4(in ? p.local_addr : p.remote_addr);
+  ev["protocol"] = "esp";
+}
+
 json lifetime_json(const SaLifetime& l) { return {{"bytes", l.bytes}, {"packets", l.packets}, {"seconds", l.seconds}}; }
 
 // What a retired outbound SA's counter is set to at a handover: above every
@@ -476,11 +485,13 @@ void SaDatabase::erase(Iter it, const char* reason) {
   if (pos >= 0) rte_hash_free_key_with_position(dp_.inbound, pos);  // the slot may be reused now
   free_slots_.push_back(e.slot);
   e.aead.reset();  // wipes the key schedule; e.params.keymat wipes itself
-  events_({{"event", "sa-deleted"},
-           {"direction", dir_name(dir)},
-           {"spi", fmt::format("0x{:08x}", spi)},
-           {"tunnel", tunnels_[t].name},
-           {"reason", reason}});
+  json ev = {{"event", "sa-deleted"},
+             {"direction", dir_name(dir)},
+             {"spi", fmt::format("0x{:08x}", spi)},
+             {"tunnel", tunnels_[t].name},
+             {"reason", reason}};
+  add_addresses(ev, e.params);
+  events_(ev);
 }
 
 dp::PacketByteCount SaDatabase::usage(const Entry& e, const dp::WorkerCounters& sums) const {
@@ -535,25 +546,30 @@ void SaDatabase::check_lifetimes(const dp::WorkerCounters& sums) {
     // soft one first: agents start the rekey on soft.
     if (s && !e.soft_sent) {
       e.soft_sent = true;
-      events_({{"event", "sa-expire"},
-               {"kind", "soft"},
-               {"reason", s},
-               {"direction", dir_name(std::get<0>(k))},
-               {"spi", fmt::format("0x{:08x}", std::get<1>(k))},
-               {"tunnel", tunnels_[e.params.tunnel].name}});
+      json ev = {{"event", "sa-expire"},
+                 {"kind", "soft"},
+                 {"reason", s},
+                 {"direction", dir_name(std::get<0>(k))},
+                 {"spi", fmt::format("0x{:08x}", std::get<1>(k))},
+                 {"tunnel", tunnels_[e.params.tunnel].name}};
+      add_addresses(ev, e.params);
+      events_(ev);
     }
     if (h) hard.push_back({k, e.params.tunnel, h});
   }
   for (const Hit& hit : hard) {
     auto& [dir, spi, dst] = hit.key;
-    events_({{"event", "sa-expire"},
-             {"kind", "hard"},
-             {"reason", hit.why},
-             {"direction", dir_name(dir)},
-             {"spi", fmt::format("0x{:08x}", spi)},
-             {"tunnel", tunnels_[hit.tunnel].name}});
     auto it = entries_.find(hit.key);
-    if (it != entries_.end()) erase(it, "hard-expire");
+    if (it == entries_.end()) continue;
+    json ev = {{"event", "sa-expire"},
+               {"kind", "hard"},
+               {"reason", hit.why},
+               {"direction", dir_name(dir)},
+               {"spi", fmt::format("0x{:08x}", spi)},
+               {"tunnel", tunnels_[hit.tunnel].name}};
+    add_addresses(ev, it->second.params);
+    events_(ev);
+    erase(it, "hard-expire");
   }
 }
 

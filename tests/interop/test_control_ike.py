@@ -392,3 +392,38 @@ def test_flush_sas_by_origin_then_all(gw):
     evs = read_events(f, 9 + 4)  # 9 sa-deleted, 4 tunnel-state
     assert sum(e["event"] == "sa-deleted" and e["reason"] == "flush" for e in evs) == 9, evs
     s.close()
+
+
+# ------------------------------------------------ 5. addresses in events
+
+def test_expire_and_delete_events_carry_addresses_and_protocol(tmp_path):
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[
+        h.lan_frame(IP(src="10.240.128.5", dst=f"172.31.1.{i + 1}") / UDP(sport=1, dport=2) / Raw(b"e" * 50))
+        for i in range(32)], infinite_lan=True, down=("aws-a1",))
+    with gw:
+        s, f = subscribe(gw)
+        s.settimeout(15)
+        sa = h.Sa("out", 0x4200, "aws-a2")
+        r = gw.request(by_addr("add-sa", sa, A, PEER_A2, origin="plugin",
+                               lifetime={"soft": {"packets": 2000}, "hard": {"packets": 5000}}))
+        assert r["ok"], r
+        evs = [e for e in read_events(f, 4) if e["event"] != "tunnel-state"]
+        evs += [e for e in read_events(f, 4 - len(evs)) if e["event"] != "tunnel-state"]
+        kinds = [(e["event"], e.get("kind"), e.get("reason")) for e in evs]
+        assert kinds == [("sa-installed", None, None), ("sa-expire", "soft", "packets"),
+                         ("sa-expire", "hard", "packets"), ("sa-deleted", None, "hard-expire")], evs
+        for e in evs[1:]:  # outbound: from us to the peer
+            assert (e["src"], e["dst"], e["protocol"], e["spi"], e["direction"]) == \
+                (A, PEER_A2, "esp", "0x00004200", "out"), e
+        # Inbound: from the peer to us, whatever ends it (a hard lifetime, a request).
+        assert gw.request(sa_req("add-sa", h.Sa("in", 0x4301, "aws-b2"), lifetime={"hard": {"seconds": 1}}))["ok"]
+        assert gw.request({"op": "delete-sa", "direction": "in", "spi": 0x2003, "dst": B})["ok"]
+        evs = [e for e in read_events(f, 4) if e["event"] in ("sa-expire", "sa-deleted")]
+        by = {(e["event"], e["spi"]): e for e in evs}
+        for key in (("sa-deleted", "0x00002003"), ("sa-expire", "0x00004301"), ("sa-deleted", "0x00004301")):
+            e = by[key]
+            assert e["protocol"] == "esp" and e["dst"] == B, e
+        assert by[("sa-deleted", "0x00002003")]["src"] == "203.0.113.129"
+        assert by[("sa-expire", "0x00004301")]["src"] == "203.0.113.130"
+        assert by[("sa-expire", "0x00004301")]["kind"] == "hard"
+        s.close()
