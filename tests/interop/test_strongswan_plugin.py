@@ -290,13 +290,13 @@ secrets {{
                         check=False, timeout=20)
 
     def down(self):
+        # one at a time, newest first: the charons delete their SAs while espgw still runs
         for p in reversed(self.procs):
             if p.poll() is None:
                 try:
                     os.killpg(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        for p in reversed(self.procs):
             try:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
