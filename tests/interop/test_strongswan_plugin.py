@@ -290,8 +290,9 @@ secrets {{
                         check=False, timeout=20)
 
     def down(self):
-        # one at a time, newest first: the charons delete their SAs while espgw still runs
-        for p in reversed(self.procs):
+        # one at a time, the charons first: they delete their SAs while espgw still runs
+        espgws = [p for p in self.procs if p.args[5:6] == [str(ESPGW)]]
+        for p in [p for p in reversed(self.procs) if p not in espgws] + espgws:
             if p.poll() is None:
                 try:
                     os.killpg(p.pid, signal.SIGTERM)
