@@ -73,8 +73,8 @@ def install_plugin():
 
 
 class Lab:
-    def __init__(self, tmp: Path, gw_child_extra="", esp="aes128gcm16-modp2048"):
-        self.gw_child_extra, self.esp = gw_child_extra, esp
+    def __init__(self, tmp: Path, gw_child_extra="", esp="aes128gcm16-modp2048", aws_ike_extra=""):
+        self.gw_child_extra, self.esp, self.aws_ike_extra = gw_child_extra, esp, aws_ike_extra
         tag = f"ssp{os.getpid() % 100000}"
         self.ns_gw, self.ns_aws, self.ns_lan = f"{tag}-gw", f"{tag}-aws", f"{tag}-lan"
         self.dir = tmp
@@ -232,9 +232,11 @@ charon {{
     def write_swanctl_conf(self, side, psk):
         me, peer, lts, rts = GW_ADDR, PEER_ADDR, LAN_NET, VPC_NET
         start = "start_action = start\n        " + self.gw_child_extra
+        ike_extra = ""
         if side == "aws":
             me, peer, lts, rts = PEER_ADDR, GW_ADDR, VPC_NET, LAN_NET
             start = "start_action = none"
+            ike_extra = self.aws_ike_extra
         (self.dir / side / "swanctl.conf").write_text(f"""
 connections {{
   a1 {{
@@ -243,6 +245,7 @@ connections {{
     remote_addrs = {peer}
     proposals = aes128-sha256-modp2048
     mobike = no
+    {ike_extra}
     local {{ auth = psk
             id = {me} }}
     remote {{ auth = psk
@@ -553,6 +556,92 @@ def test_unresponsive_espgw_times_out_and_the_plugin_recovers(lab):
             int(sa["spi"], 16) for sa in lab.plugin_sas()} >= {new[1], new[2]}, timeout=10)
         r = lab.ping(3)
         assert " 0% packet loss" in r.stdout, r.stdout
+    except BaseException:
+        dump(lab)
+        raise
+
+
+# A NAT in front of the peer that moves it from UDP 4500 to 4501 (no
+# iptables/nft or tc pedit on this kernel: tc's mirred hands the frames to
+# this relay, which rewrites the port and sends them on). Outbound frames
+# come on o1 and leave on eth0 with source port 4501; frames to 4501 come on
+# i1 and enter the peer's stack on i0 with destination port 4500.
+NAT_RELAY = r"""
+import select, socket, struct, sys
+ETH_P_ALL, OUTGOING = 3, 4
+def sock(ifname):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.bind((ifname, 0))
+    return s
+o1, i1, eth0 = sock("o1"), sock("i1"), sock("eth0")
+i0_mac = open("/sys/class/net/i0/address").read().strip()
+def rewrite(frame, port_offset, port):
+    ihl = (frame[14] & 0x0f) * 4
+    udp = 14 + ihl
+    f = bytearray(frame)
+    struct.pack_into("!H", f, udp + port_offset, port)
+    struct.pack_into("!H", f, udp + 6, 0)  # IPv4 UDP: no checksum
+    return f
+print("relay up", flush=True)
+while True:
+    for s in select.select([o1, i1], [], [])[0]:
+        frame, addr = s.recvfrom(65535)
+        if addr[2] == OUTGOING or len(frame) < 42:
+            continue
+        if s is o1:
+            eth0.send(rewrite(frame, 0, 4501))
+        else:
+            f = rewrite(frame, 2, 4500)
+            f[0:6] = bytes.fromhex(i0_mac.replace(":", ""))
+            i1.send(f)
+"""
+
+
+def peer_moves_to_port_4501(lab):
+    nsx = lambda *cmd: lab.nsx(lab.ns_aws, *cmd)
+    for a, b in (("o0", "o1"), ("i0", "i1")):
+        run("ip", "-n", lab.ns_aws, "link", "add", a, "type", "veth", "peer", "name", b)
+        run("ip", "-n", lab.ns_aws, "link", "set", a, "up")
+        run("ip", "-n", lab.ns_aws, "link", "set", b, "up")
+    for conf in ("all", "i0"):
+        nsx("sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0")
+    relay = lab.spawn(lab.ns_aws, ["/usr/bin/python3", "-c", NAT_RELAY], lab.dir / "relay.log")
+    wait_until("the relay", lambda: "relay up" in (lab.dir / "relay.log").read_text(), timeout=5)
+    run("ip", "-n", lab.ns_aws, "link", "add", "name", "drop0", "type", "veth", "peer", "name", "drop1")
+    tc = ["ip", "netns", "exec", lab.ns_aws, "tc"]
+    run(*tc, "qdisc", "add", "dev", "eth0", "clsact")
+    udp = ["protocol", "ip", "u32", "match", "ip", "protocol", "17", "0xff"]
+    run(*tc, "filter", "add", "dev", "eth0", "egress", "prio", "1", *udp, "match", "ip", "sport", "4500",
+        "0xffff", "action", "mirred", "egress", "redirect", "dev", "o0")
+    run(*tc, "filter", "add", "dev", "eth0", "ingress", "prio", "1", *udp, "match", "ip", "dport", "4501",
+        "0xffff", "action", "mirred", "egress", "redirect", "dev", "i0")
+    # what still comes to the old port is lost, as behind a NAT that forgot it
+    run(*tc, "filter", "add", "dev", "eth0", "ingress", "prio", "2", *udp, "match", "ip", "dport", "4500",
+        "0xffff", "action", "mirred", "egress", "redirect", "dev", "drop0")
+    return relay
+
+
+@pytest.mark.parametrize("lab", [{"aws_ike_extra": "dpd_delay = 1s"}], indirect=True, ids=["peer-dpd"])
+def test_nat_rebinding_updates_the_sas_in_place(lab):
+    """The peer's NAT maps it to a new port (UDP 4500 becomes 4501, and what
+    still comes to 4500 is lost): charon sees
+    the next IKE message (the peer's DPD) from the new port and calls
+    update_sa; the plugin's update-sa moves both SAs to the new port without a
+    new SPI, and traffic flows again."""
+    try:
+        first = wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("gw")[0], timeout=20)
+        wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2)
+        assert " 0% packet loss" in lab.ping(2).stdout
+        peer_moves_to_port_4501(lab)
+        log = lab.dir / "gw" / "charon.log"
+        wait_until("update_sa for both SAs", lambda: log.read_text().count("kernel-espgw: updated SA") >= 2,
+                   timeout=15)
+        r = lab.ping(3)
+        assert " 0% packet loss" in r.stdout, r.stdout
+        now = lab.installed("gw")[0]
+        assert (now[1], now[2]) == (first[1], first[2]), "the SAs were replaced, not updated"
+        by_dir = {sa["direction"]: sa for sa in lab.plugin_sas()}
+        assert int(by_dir["out"]["spi"], 16) == first[2] and by_dir["out"]["next_seq"] > 3, by_dir
     except BaseException:
         dump(lab)
         raise
