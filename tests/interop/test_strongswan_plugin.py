@@ -361,6 +361,9 @@ def _one_tunnel(lab):
     assert int(by_dir["in"]["spi"], 16) == spi_in
     assert int(by_dir["out"]["spi"], 16) == spi_out
     assert by_dir["in"]["tunnel"] == by_dir["out"]["tunnel"] == "aws-a1"
+    # charon's src_ts/dst_ts swap with the direction; espgw gets them from our side's view
+    for sa in sas:
+        assert sa["traffic_selectors"] == {"local": [LAN_NET], "remote": [VPC_NET]}, sa
     log = (lab.dir / "gw" / "charon.log").read_text()
     assert f"kernel-espgw: got SPI 0x{spi_in:08x}" in log, "the inbound SPI was not espgw's"
     # the peer installed the same SPIs the other way round
