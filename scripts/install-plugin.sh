@@ -24,7 +24,11 @@ SO=$BUILD_DIR/control/strongswan/libstrongswan-kernel-espgw.so
 [ -f "$SO" ] || { echo "install-plugin: $SO not built (meson -Dstrongswan=enabled, scripts/strongswan-src.sh)" >&2; exit 1; }
 PLUGINDIR=${PLUGINDIR:-/usr/lib/ipsec/plugins}
 CONFDIR=${CONFDIR:-/etc/strongswan.d/charon}
-install -D -m 0644 "$SO" "$PLUGINDIR/libstrongswan-kernel-espgw.so"
+# Atomically (a temporary file renamed over the old one): a charon running
+# with the old plugin keeps its mapping instead of seeing the file rewritten.
+mkdir -p "$PLUGINDIR"
+install -m 0644 "$SO" "$PLUGINDIR/.libstrongswan-kernel-espgw.so.$$"
+mv -f "$PLUGINDIR/.libstrongswan-kernel-espgw.so.$$" "$PLUGINDIR/libstrongswan-kernel-espgw.so"
 CONF=$CONFDIR/kernel-espgw.conf
 if [ ! -f "$CONF" ] || [ -n "$SOCKET$TIMEOUT" ]; then
   mkdir -p "$CONFDIR"

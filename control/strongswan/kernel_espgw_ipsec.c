@@ -127,7 +127,7 @@ static espgw_reply_status_t request(private_kernel_espgw_ipsec_t *this,
 	int64_t deadline;
 	const char *text;
 	size_t len;
-	int attempt, r;
+	int attempt, r, err;
 
 	memset(reply, 0, sizeof(*reply));
 	this->conn_lock->lock(this->conn_lock);
@@ -143,10 +143,11 @@ static espgw_reply_status_t request(private_kernel_espgw_ipsec_t *this,
 			break;
 		}
 		/* espgw went away since our last request: nothing of this one was read, resend once */
+		err = errno;
 		snprintf(reply->error, sizeof(reply->error), "sending to espgw failed: %s",
-				 strerror(errno));
+				 strerror(err));
 		close_conn(this);
-		if (attempt == 1 || errno == ETIMEDOUT)
+		if (attempt == 1 || err == ETIMEDOUT)
 		{
 			goto out;
 		}

@@ -73,8 +73,8 @@ def install_plugin():
 
 
 class Lab:
-    def __init__(self, tmp: Path, gw_child_extra=""):
-        self.gw_child_extra = gw_child_extra
+    def __init__(self, tmp: Path, gw_child_extra="", esp="aes128gcm16-modp2048", aws_ike_extra=""):
+        self.gw_child_extra, self.esp, self.aws_ike_extra = gw_child_extra, esp, aws_ike_extra
         tag = f"ssp{os.getpid() % 100000}"
         self.ns_gw, self.ns_aws, self.ns_lan = f"{tag}-gw", f"{tag}-aws", f"{tag}-lan"
         self.dir = tmp
@@ -232,9 +232,11 @@ charon {{
     def write_swanctl_conf(self, side, psk):
         me, peer, lts, rts = GW_ADDR, PEER_ADDR, LAN_NET, VPC_NET
         start = "start_action = start\n        " + self.gw_child_extra
+        ike_extra = ""
         if side == "aws":
             me, peer, lts, rts = PEER_ADDR, GW_ADDR, VPC_NET, LAN_NET
             start = "start_action = none"
+            ike_extra = self.aws_ike_extra
         (self.dir / side / "swanctl.conf").write_text(f"""
 connections {{
   a1 {{
@@ -243,6 +245,7 @@ connections {{
     remote_addrs = {peer}
     proposals = aes128-sha256-modp2048
     mobike = no
+    {ike_extra}
     local {{ auth = psk
             id = {me} }}
     remote {{ auth = psk
@@ -251,7 +254,7 @@ connections {{
       a1 {{
         local_ts = {lts}
         remote_ts = {rts}
-        esp_proposals = aes128gcm16-modp2048
+        esp_proposals = {self.esp}
         replay_window = 1024
         rekey_time = 2700s
         life_time = 3600s
@@ -290,13 +293,14 @@ secrets {{
                         check=False, timeout=20)
 
     def down(self):
-        for p in reversed(self.procs):
+        # one at a time, the charons first: they delete their SAs while espgw still runs
+        espgws = [p for p in self.procs if p.args[5:6] == [str(ESPGW)]]
+        for p in [p for p in reversed(self.procs) if p not in espgws] + espgws:
             if p.poll() is None:
                 try:
                     os.killpg(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        for p in reversed(self.procs):
             try:
                 p.wait(timeout=5)
             except subprocess.TimeoutExpired:
@@ -357,6 +361,9 @@ def _one_tunnel(lab):
     assert int(by_dir["in"]["spi"], 16) == spi_in
     assert int(by_dir["out"]["spi"], 16) == spi_out
     assert by_dir["in"]["tunnel"] == by_dir["out"]["tunnel"] == "aws-a1"
+    # charon's src_ts/dst_ts swap with the direction; espgw gets them from our side's view
+    for sa in sas:
+        assert sa["traffic_selectors"] == {"local": [LAN_NET], "remote": [VPC_NET]}, sa
     log = (lab.dir / "gw" / "charon.log").read_text()
     assert f"kernel-espgw: got SPI 0x{spi_in:08x}" in log, "the inbound SPI was not espgw's"
     # the peer installed the same SPIs the other way round
@@ -488,3 +495,156 @@ charon {{
     assert "feature CUSTOM:kernel-ipsec in plugin 'kernel-libipsec' failed to load" in text
     assert "feature CUSTOM:kernel-ipsec in plugin 'kernel-netlink' failed to load" in text
     assert "feature CUSTOM:kernel-net in plugin 'kernel-netlink' failed" not in text
+
+
+# (ESN cannot be negotiated here: the peer's libipsec refuses it, "ESN not supported")
+@pytest.mark.parametrize("lab,algo,esn", [
+    ({"esp": "aes256gcm16-modp2048"}, "aes256-gcm", False),
+], indirect=["lab"], ids=["aes256gcm16"])
+def test_negotiated_algorithm_reaches_espgw(lab, algo, esn):
+    try:
+        wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("aws"), timeout=20)
+        sas = wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2 and lab.plugin_sas())
+        assert {(sa["algo"], sa["esn"]) for sa in sas} == {(algo, esn)}, sas
+        inbound = next(sa for sa in sas if sa["direction"] == "in")
+        assert inbound["replay_window"] == 1024 and inbound["udp_encap"], inbound
+        r = lab.ping(3)
+        assert " 0% packet loss" in r.stdout, r.stdout
+    except BaseException:
+        dump(lab)
+        raise
+
+
+@pytest.mark.parametrize("lab,why", [
+    ({"esp": "aes128-sha256-modp2048"}, "encryption AES_CBC (AES-GCM with a 16-byte ICV only) is not supported"),
+    ({"esp": "aes192gcm16-modp2048"}, "an AES-GCM key of 28 bytes with salt (AES-128 or AES-256 only) is not supported"),
+    ({"esp": "aes128gcm8-modp2048"}, "encryption AES_GCM_8 (AES-GCM with a 16-byte ICV only) is not supported"),
+], indirect=["lab"], ids=["aes-cbc", "aes192gcm16", "aes128gcm8"])
+def test_unsupported_sa_is_refused_with_a_reason_charon_logs(lab, why):
+    """What espgw cannot do is refused in add_sa, named in charon's log; espgw is left untouched."""
+    try:
+        log = lab.dir / "gw" / "charon.log"
+        wait_until("the refusal in charon's log", lambda: why in log.read_text(), timeout=20)
+        assert re.search(r"kernel-espgw: unable to add SA 0x[0-9a-f]{8}: " + re.escape(why), log.read_text())
+        assert not lab.installed("gw")
+        assert lab.plugin_sas() == []
+    except BaseException:
+        dump(lab)
+        raise
+
+
+def test_unresponsive_espgw_times_out_and_the_plugin_recovers(lab):
+    """espgw stopped (SIGSTOP): the plugin's request gives up after its
+    timeout (3 s here) with a log line, charon is not blocked for good; once
+    espgw runs again the next request reconnects and works (the late reply
+    to the abandoned request is never taken for another's)."""
+    try:
+        first = wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("gw")[0], timeout=20)
+        wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2)
+        log = lab.dir / "gw" / "charon.log"
+        os.kill(lab.espgw.pid, signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            lab.swanctl("gw", "--rekey", "--child", "a1")
+            wait_until("the timeout in charon's log", lambda: "no reply from espgw in time" in log.read_text(),
+                       timeout=10)
+            waited = time.monotonic() - t0
+        finally:
+            os.kill(lab.espgw.pid, signal.SIGCONT)
+        assert 2.5 <= waited <= 8, waited
+        lab.swanctl("gw", "--rekey", "--child", "a1")
+        new = wait_until("a rekey once espgw answers again", lambda: [
+            s for s in lab.installed("gw") if s[1] != first[1] and s[2] != first[2]], timeout=15)[0]
+        wait_until("espgw holding the new pair", lambda: {
+            int(sa["spi"], 16) for sa in lab.plugin_sas()} >= {new[1], new[2]}, timeout=10)
+        r = lab.ping(3)
+        assert " 0% packet loss" in r.stdout, r.stdout
+    except BaseException:
+        dump(lab)
+        raise
+
+
+# A NAT in front of the peer that moves it from UDP 4500 to 4501 (no
+# iptables/nft or tc pedit on this kernel: tc's mirred hands the frames to
+# this relay, which rewrites the port and sends them on). Outbound frames
+# come on o1 and leave on eth0 with source port 4501; frames to 4501 come on
+# i1 and enter the peer's stack on i0 with destination port 4500.
+NAT_RELAY = r"""
+import select, socket, struct, sys
+ETH_P_ALL, OUTGOING = 3, 4
+def sock(ifname):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    s.bind((ifname, 0))
+    return s
+o1, i1, eth0 = sock("o1"), sock("i1"), sock("eth0")
+i0_mac = open("/sys/class/net/i0/address").read().strip()
+def rewrite(frame, port_offset, port):
+    ihl = (frame[14] & 0x0f) * 4
+    udp = 14 + ihl
+    f = bytearray(frame)
+    struct.pack_into("!H", f, udp + port_offset, port)
+    struct.pack_into("!H", f, udp + 6, 0)  # IPv4 UDP: no checksum
+    return f
+print("relay up", flush=True)
+while True:
+    for s in select.select([o1, i1], [], [])[0]:
+        frame, addr = s.recvfrom(65535)
+        if addr[2] == OUTGOING or len(frame) < 42:
+            continue
+        if s is o1:
+            eth0.send(rewrite(frame, 0, 4501))
+        else:
+            f = rewrite(frame, 2, 4500)
+            f[0:6] = bytes.fromhex(i0_mac.replace(":", ""))
+            i1.send(f)
+"""
+
+
+def peer_moves_to_port_4501(lab):
+    nsx = lambda *cmd: lab.nsx(lab.ns_aws, *cmd)
+    for a, b in (("o0", "o1"), ("i0", "i1")):
+        run("ip", "-n", lab.ns_aws, "link", "add", a, "type", "veth", "peer", "name", b)
+        run("ip", "-n", lab.ns_aws, "link", "set", a, "up")
+        run("ip", "-n", lab.ns_aws, "link", "set", b, "up")
+    for conf in ("all", "i0"):
+        nsx("sysctl", "-qw", f"net.ipv4.conf.{conf}.rp_filter=0")
+    relay = lab.spawn(lab.ns_aws, ["/usr/bin/python3", "-c", NAT_RELAY], lab.dir / "relay.log")
+    wait_until("the relay", lambda: "relay up" in (lab.dir / "relay.log").read_text(), timeout=5)
+    run("ip", "-n", lab.ns_aws, "link", "add", "name", "drop0", "type", "veth", "peer", "name", "drop1")
+    tc = ["ip", "netns", "exec", lab.ns_aws, "tc"]
+    run(*tc, "qdisc", "add", "dev", "eth0", "clsact")
+    udp = ["protocol", "ip", "u32", "match", "ip", "protocol", "17", "0xff"]
+    run(*tc, "filter", "add", "dev", "eth0", "egress", "prio", "1", *udp, "match", "ip", "sport", "4500",
+        "0xffff", "action", "mirred", "egress", "redirect", "dev", "o0")
+    run(*tc, "filter", "add", "dev", "eth0", "ingress", "prio", "1", *udp, "match", "ip", "dport", "4501",
+        "0xffff", "action", "mirred", "egress", "redirect", "dev", "i0")
+    # what still comes to the old port is lost, as behind a NAT that forgot it
+    run(*tc, "filter", "add", "dev", "eth0", "ingress", "prio", "2", *udp, "match", "ip", "dport", "4500",
+        "0xffff", "action", "mirred", "egress", "redirect", "dev", "drop0")
+    return relay
+
+
+@pytest.mark.parametrize("lab", [{"aws_ike_extra": "dpd_delay = 1s"}], indirect=True, ids=["peer-dpd"])
+def test_nat_rebinding_updates_the_sas_in_place(lab):
+    """The peer's NAT maps it to a new port (UDP 4500 becomes 4501, and what
+    still comes to 4500 is lost): charon sees
+    the next IKE message (the peer's DPD) from the new port and calls
+    update_sa; the plugin's update-sa moves both SAs to the new port without a
+    new SPI, and traffic flows again."""
+    try:
+        first = wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("gw")[0], timeout=20)
+        wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2)
+        assert " 0% packet loss" in lab.ping(2).stdout
+        peer_moves_to_port_4501(lab)
+        log = lab.dir / "gw" / "charon.log"
+        wait_until("update_sa for both SAs", lambda: log.read_text().count("kernel-espgw: updated SA") >= 2,
+                   timeout=15)
+        r = lab.ping(3)
+        assert " 0% packet loss" in r.stdout, r.stdout
+        now = lab.installed("gw")[0]
+        assert (now[1], now[2]) == (first[1], first[2]), "the SAs were replaced, not updated"
+        by_dir = {sa["direction"]: sa for sa in lab.plugin_sas()}
+        assert int(by_dir["out"]["spi"], 16) == first[2] and by_dir["out"]["next_seq"] > 3, by_dir
+    except BaseException:
+        dump(lab)
+        raise
