@@ -68,7 +68,7 @@ class Lab:
     def __init__(self, build, prefix=None, policy=None):
         if policy is None:
             policy = os.environ.get("LAB_POLICY", "1") == "1"
-        self.prefix = prefix or f"egl{os.getpid() % 100000}"
+        self.prefix = prefix or f"egl{os.getpid()}"
         self.dir = Path(f"/tmp/espgw-lab-{self.prefix}")
         self.env = dict(os.environ, LAB_PREFIX=self.prefix, LAB_DIR=str(self.dir), ESPGW_BUILD=str(build),
                         LAB_POLICY="1" if policy else "0")
@@ -85,6 +85,25 @@ class Lab:
         m = re.search(r"up in ([0-9.]+) s", r.stdout)
         self.up_seconds = float(m.group(1)) if m else None
         return self
+
+    def pids(self):
+        """The lab's daemons (espgw and both charons), from lab.sh's pid files."""
+        out = []
+        for f in ("espgw.pid", "gw/charon.pid", "aws/charon.pid"):
+            try:
+                out.append(int((self.dir / f).read_text()))
+            except (OSError, ValueError):
+                pass
+        return out
+
+    @staticmethod
+    def remove_stale(build):
+        """Labs left by test runs whose process is gone (killed mid-run): a
+        test lab's prefix is egl + the pid of the run that made it."""
+        names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        for pid in sorted({int(m) for m in re.findall(r"^egl(\d+)-gw\b", names, re.M)}):
+            if not os.path.exists(f"/proc/{pid}"):
+                Lab(build, prefix=f"egl{pid}").down()
 
     def down(self):
         for s in self.streams:

@@ -42,6 +42,15 @@ pytestmark = [
 FIGURES = []  # (what, value) printed at the end of the module
 
 
+def running(pid):
+    """Alive and not a zombie (init reaps charon late)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def note(what, value):
     FIGURES.append((what, value))
 
@@ -61,10 +70,13 @@ def wait(pred, timeout, what, step=0.02):
 @pytest.fixture(scope="module")
 def lab(request):
     t0 = time.monotonic()
+    Lab.remove_stale(h.BUILD)  # labs of killed runs
     lab = Lab(h.BUILD)
-    lab.down()  # a lab a killed run left behind
+    pids = []
     try:
         lab.up(timeout=60)
+        pids = lab.pids()
+        assert len(pids) == 3, pids
         note("lab bring-up (lab.sh up, all CHILD_SAs INSTALLED)", f"{lab.up_seconds:.2f} s")
         # Neighbours resolved on both sides before any count starts.
         wait(lambda: lab.sh("lan", "ping", "-c", "1", "-W", "1", VPC_HOST, check=False).returncode == 0,
@@ -75,6 +87,9 @@ def lab(request):
         left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
         assert lab.prefix + "-" not in left, left
         assert not lab.dir.exists()
+        assert not os.path.exists(f"/var/run/dpdk/{lab.prefix}-espgw")
+        for pid in pids:
+            assert not running(pid), f"lab process {pid} still running after lab.sh down"
         note("module duration (bring-up, tests, teardown)", f"{time.monotonic() - t0:.1f} s")
         capman = request.config.pluginmanager.getplugin("capturemanager")
         with capman.global_and_fixture_disabled():
@@ -138,6 +153,8 @@ def test_four_tunnels_ping_tcp_and_peer_decrypts(lab):
     assert child(lab, "gw", "a1")["local-ts"] == ["10.240.128.0/25", "10.240.128.128/25"]
     assert child(lab, "gw", "b1")["local-ts"] == ["10.240.128.0/24"]
     assert route_active(lab) == "aws-a1"
+    status = lab.status()
+    assert status.count("INSTALLED") >= 2 * 4 and "aws-a1" in status and "0x" in status, status
 
     # The AWS side decrypted exactly what espgw encrypted: 5 pings raise its
     # a1 packets-in by what espgw's a1 outbound SA counted, 5.
