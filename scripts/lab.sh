@@ -398,6 +398,8 @@ status() {
   swanctl_side gw --list-sas || true
   echo "== espgw: tunnels"
   espctl tunnels || true
+  echo "== espgw: routes"
+  espctl routes || true
   echo "== espgw: SAs"
   espctl sas || true
 }
