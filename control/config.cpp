@@ -745,7 +745,7 @@ struct Loader {
     p.each(list, "tunnels", [&](const YAML::Node& n, const std::string& path) {
       Map m(p, n, path,
             {"name", "port", "local", "remote", "gateway", "next_hop_mac", "udp_encap", "udp_src_port", "udp_dst_port",
-             "ttl", "dscp", "df", "mtu", "mss_clamp", "up"});
+             "ttl", "dscp", "df", "mtu", "mss_clamp", "up", "policy_based"});
       TunnelConfig t;
       t.name = p.name(m.require("name"), m.sub("name"));
       if (tunnel_index.count(t.name))
@@ -809,6 +809,7 @@ struct Loader {
         p.fail(*m.get("mss_clamp"), m.sub("mss_clamp"),
                fmt::format("{} is out of range: 0 (off) or 88..{}", t.mss_clamp, kMaxMtu - 40));
       if (auto v = m.get("up")) t.up = p.boolean(*v, m.sub("up"));
+      if (auto v = m.get("policy_based")) t.policy_based = p.boolean(*v, m.sub("policy_based"));
       tunnel_index[t.name] = cfg.tunnels.size();
       cfg.tunnels.push_back(std::move(t));
     });

@@ -71,6 +71,9 @@ struct TunnelConfig {
   uint16_t mtu = 0;                 // 0: port MTU; the inner limit is derived from it
   uint16_t mss_clamp = 0;           // 0: off; else clamp TCP SYN MSS to this value
   bool up = true;                   // administrative state at start
+  // An SA's IKE traffic selectors (add-sa traffic_selectors) become its
+  // enforced selectors; on a route-based tunnel they are recorded only.
+  bool policy_based = false;
 };
 
 struct RouteHopConfig {

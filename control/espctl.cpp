@@ -6,6 +6,7 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -102,10 +103,32 @@ void print_sas(const json& sas) {
     if (s.value("udp_encap", false)) notes += "udp ";
     if (s.contains("next_seq")) notes += fmt::format("next_seq={} ", u64(s, "next_seq"));
     if (s.contains("replay_window")) notes += fmt::format("window={} ", u64(s, "replay_window"));
+    if (s.contains("origin")) notes += "origin=" + str(s, "origin") + " ";
+    if (s.contains("idle_seconds"))
+      notes += s["idle_seconds"].is_number() ? fmt::format("idle={:.3f}s ", s["idle_seconds"].get<double>())
+                                             : std::string("idle=never ");
     fmt::print("{:<4} {:<11} {:<14} {:<11} {:<9} {:>12} {:>14} {:>8} {}\n", str(s, "direction"), str(s, "spi"),
                str(s, "tunnel"), str(s, "algo"), str(s, "key_fingerprint"), u64(s, "packets"), u64(s, "bytes"),
                u64(s, "age_seconds"), notes);
   }
+}
+
+// alloc-spi reservations not yet consumed by an SA.
+void print_larval(const json& larval) {
+  if (!larval.is_array() || larval.empty()) return;
+  fmt::print("\n{:<11} {:<16} {:<16} {:>10}\n", "LARVAL-SPI", "DST", "SRC", "EXPIRES-S");
+  for (const auto& l : larval)
+    fmt::print("{:<11} {:<16} {:<16} {:>10}\n", str(l, "spi"), str(l, "dst"), str(l, "src"), u64(l, "expires_in_s"));
+}
+
+void print_query(const json& q) {
+  fmt::print("{:<4} {:<11} {:<14} {:<16} {:>12} {:>14} {:>10}\n", "DIR", "SPI", "TUNNEL", "DST", "PACKETS", "BYTES",
+             "IDLE-S");
+  fmt::print("{:<4} {:<11} {:<14} {:<16} {:>12} {:>14} {:>10}\n", str(q, "direction"), str(q, "spi"), str(q, "tunnel"),
+             str(q, "dst"), u64(q, "packets"), u64(q, "bytes"),
+             q.contains("idle_seconds") && q["idle_seconds"].is_number()
+                 ? fmt::format("{:.3f}", q["idle_seconds"].get<double>())
+                 : std::string("never"));
 }
 
 void print_neighbors(const json& list) {
@@ -174,8 +197,15 @@ const CLI::Validator kDigits(
     },
     "UINT");
 
+// A dotted quad, checked before anything is sent.
+std::string ipv4_arg(const std::string& option, const std::string& a) {
+  in_addr x{};
+  if (inet_pton(AF_INET, a.c_str(), &x) != 1) die(kExitUsage, option + " wants an IPv4 address (dotted quad), got '" + a + "'");
+  return a;
+}
+
 struct SaOpts {
-  std::string direction, tunnel, algo = "aes128-gcm", key, key_file, spi, encap, remote;
+  std::string direction, tunnel, algo = "aes128-gcm", key, key_file, spi, encap, remote, src, dst, origin;
   bool esn = false;
   uint64_t replay_window = 1024, seq = 1;
   uint64_t soft_bytes = 0, hard_bytes = 0, soft_packets = 0, hard_packets = 0, soft_seconds = 0, hard_seconds = 0;
@@ -185,7 +215,10 @@ struct SaOpts {
 void add_sa_options(CLI::App* c, SaOpts& o) {
   c->add_option("--direction,-d", o.direction, "in or out")->required()->check(CLI::IsMember({"in", "out"}));
   c->add_option("--spi", o.spi, "SPI (decimal or 0x hex)")->required();
-  c->add_option("--tunnel,-t", o.tunnel, "tunnel name")->required();
+  c->add_option("--tunnel,-t", o.tunnel, "tunnel name (or --src and --dst)");
+  c->add_option("--src", o.src, "the SA's outer source (outbound: our address; inbound: the peer's)");
+  c->add_option("--dst", o.dst, "the SA's outer destination (outbound: the peer's; inbound: our address)");
+  c->add_option("--origin", o.origin, "socket (default) or plugin")->check(CLI::IsMember({"socket", "plugin"}));
   c->add_option("--algo", o.algo, "aes128-gcm or aes256-gcm")->check(CLI::IsMember({"aes128-gcm", "aes256-gcm"}));
   auto* k = c->add_option("--key", o.key, "key || 4-byte salt, hex (visible in ps: prefer --key-file)");
   auto* kf = c->add_option("--key-file", o.key_file, "file holding the hex key || salt ('-' = stdin)");
@@ -250,9 +283,19 @@ json lifetime_of(const SaOpts& o) {
   return lt;
 }
 
+// The SA's name: -t and/or --dst (and --src where it may be given).
+void add_sa_name(json& r, const SaOpts& o) {
+  if (!o.tunnel.empty()) r["tunnel"] = o.tunnel;
+  if (!o.src.empty()) r["src"] = ipv4_arg("--src", o.src);
+  if (!o.dst.empty()) r["dst"] = ipv4_arg("--dst", o.dst);
+}
+
 json sa_request(const std::string& op, const SaOpts& o) {
-  json r = {{"op", op}, {"direction", o.direction}, {"spi", spi_value(o.spi)}, {"tunnel", o.tunnel},
-            {"algo", o.algo}, {"esn", o.esn}};
+  if (o.tunnel.empty() && (o.src.empty() || o.dst.empty()))
+    die(kExitUsage, "an SA needs -t TUNNEL, or --src and --dst (its outer addresses)");
+  json r = {{"op", op}, {"direction", o.direction}, {"spi", spi_value(o.spi)}, {"algo", o.algo}, {"esn", o.esn}};
+  add_sa_name(r, o);
+  if (!o.origin.empty()) r["origin"] = o.origin;
   std::string key = o.key_file.empty() ? o.key : read_key_file(o.key_file);
   if (key.empty()) die(kExitUsage, "an SA needs --key or --key-file");
   r["key"] = key;
@@ -309,10 +352,12 @@ int main(int argc, char** argv) {
   sa_del->add_option("--direction,-d", sa_opts.direction, "in or out")->required()->check(CLI::IsMember({"in", "out"}));
   sa_del->add_option("--spi", sa_opts.spi, "SPI")->required();
   sa_del->add_option("--tunnel,-t", sa_opts.tunnel, "tunnel (when the SPI is on several)");
+  sa_del->add_option("--dst", sa_opts.dst, "the SA's destination (inbound: our address; outbound: the peer's)");
   auto* sa_update = sa->add_subcommand("update", "change a live SA: NAT-T ports, peer address, lifetimes");
   sa_update->add_option("--direction,-d", sa_opts.direction, "in or out")->required()->check(CLI::IsMember({"in", "out"}));
   sa_update->add_option("--spi", sa_opts.spi, "SPI")->required();
-  sa_update->add_option("--tunnel,-t", sa_opts.tunnel, "tunnel name")->required();
+  sa_update->add_option("--tunnel,-t", sa_opts.tunnel, "tunnel name (or --dst)");
+  sa_update->add_option("--dst", sa_opts.dst, "the SA's destination (inbound: our address; outbound: the peer's)");
   sa_update->add_option("--encap", sa_opts.encap, "new UDP ports SPORT:DPORT (NAT rebinding)");
   sa_update->add_option("--remote", sa_opts.remote, "the peer's new outer address (MOBIKE)");
   sa_update->add_option("--soft-bytes", sa_opts.soft_bytes)->check(kDigits);
@@ -322,6 +367,24 @@ int main(int argc, char** argv) {
   sa_update->add_option("--soft-seconds", sa_opts.soft_seconds)->check(kDigits);
   sa_update->add_option("--hard-seconds", sa_opts.hard_seconds)->check(kDigits);
   auto* sa_list = sa->add_subcommand("list", "list SAs");
+  auto* sa_query = sa->add_subcommand("query", "one SA's packets, bytes and idle time (since its last packet)");
+  sa_query->add_option("--direction,-d", sa_opts.direction, "in or out")->required()->check(CLI::IsMember({"in", "out"}));
+  sa_query->add_option("--spi", sa_opts.spi, "SPI")->required();
+  sa_query->add_option("--tunnel,-t", sa_opts.tunnel, "tunnel name (or --dst)");
+  sa_query->add_option("--dst", sa_opts.dst, "the SA's destination (inbound: our address; outbound: the peer's)");
+  auto* sa_flush = sa->add_subcommand("flush", "delete every SA (of one origin) and every SPI reservation");
+  sa_flush->add_option("--origin", sa_opts.origin, "only SAs of this origin")
+      ->check(CLI::IsMember({"config", "socket", "xfrm", "plugin"}));
+
+  std::string spi_dst, spi_src;
+  uint64_t spi_timeout = 0;
+  auto* spi = app.add_subcommand("spi", "SPI allocation");
+  auto* spi_alloc = spi->add_subcommand("alloc", "reserve a random inbound SPI for an SA being negotiated");
+  spi_alloc->add_option("--dst", spi_dst, "our address the inbound SA will be addressed to")->required();
+  spi_alloc->add_option("--src", spi_src, "the peer (recorded)");
+  spi_alloc->add_option("--timeout", spi_timeout, "seconds the reservation lives unconsumed (1..3600, default 180)")
+      ->check(kDigits);
+  spi->require_subcommand(1);
   sa->require_subcommand(1);
 
   std::string prefix;
@@ -362,20 +425,36 @@ int main(int argc, char** argv) {
   else if (*tunnels) req = {{"op", "tunnels"}}, view = "tunnels";
   else if (*routes || *route_list) req = {{"op", "routes"}}, view = "routes";
   else if (*sas || *sa_list) req = {{"op", "list-sas"}}, view = "sas";
+  else if (*sa_query) {
+    if (sa_opts.tunnel.empty() && sa_opts.dst.empty()) die(kExitUsage, "sa query needs -t TUNNEL or --dst ADDRESS");
+    req = {{"op", "query-sa"}, {"direction", sa_opts.direction}, {"spi", spi_value(sa_opts.spi)}};
+    add_sa_name(req, sa_opts);
+    view = "query";
+  } else if (*sa_flush) {
+    req = {{"op", "flush-sas"}};
+    if (!sa_opts.origin.empty()) req["origin"] = sa_opts.origin;
+    view = "flush";
+  } else if (*spi_alloc) {
+    req = {{"op", "alloc-spi"}, {"dst", ipv4_arg("--dst", spi_dst)}};
+    if (!spi_src.empty()) req["src"] = ipv4_arg("--src", spi_src);
+    if (spi_alloc->count("--timeout")) req["timeout_s"] = spi_timeout;
+    view = "spi";
+  }
   else if (*neighbors) req = {{"op", "neighbors"}}, view = "neighbors";
   else if (*tun_up) req = {{"op", "tunnel-up"}, {"tunnel", name}};
   else if (*tun_down) req = {{"op", "tunnel-down"}, {"tunnel", name}};
   else if (*sa_add) req = sa_request("add-sa", sa_opts);
   else if (*sa_replace) req = sa_request("replace-sa", sa_opts);
   else if (*sa_update) {
-    req = {{"op", "update-sa"}, {"direction", sa_opts.direction}, {"spi", spi_value(sa_opts.spi)},
-           {"tunnel", sa_opts.tunnel}};
+    if (sa_opts.tunnel.empty() && sa_opts.dst.empty()) die(kExitUsage, "sa update needs -t TUNNEL or --dst ADDRESS");
+    req = {{"op", "update-sa"}, {"direction", sa_opts.direction}, {"spi", spi_value(sa_opts.spi)}};
+    add_sa_name(req, sa_opts);
     if (!sa_opts.encap.empty()) req["encap"] = parse_encap(sa_opts.encap);
     if (!sa_opts.remote.empty()) req["remote"] = sa_opts.remote;
     if (json lt = lifetime_of(sa_opts); !lt.empty()) req["lifetime"] = lt;
   } else if (*sa_del) {
     req = {{"op", "delete-sa"}, {"direction", sa_opts.direction}, {"spi", spi_value(sa_opts.spi)}};
-    if (!sa_opts.tunnel.empty()) req["tunnel"] = sa_opts.tunnel;
+    add_sa_name(req, sa_opts);
   } else if (*route_add) req = {{"op", "add-route"}, {"prefix", prefix}, {"via", via_list(via)}};
   else if (*route_replace) req = {{"op", "replace-route"}, {"prefix", prefix}, {"via", via_list(via)}};
   else if (*route_del) req = {{"op", "delete-route"}, {"prefix", prefix}};
@@ -414,7 +493,13 @@ int main(int argc, char** argv) {
   else if (view == "stats") print_stats(r);
   else if (view == "tunnels") print_tunnels(r["tunnels"]);
   else if (view == "routes") print_routes(r["routes"]);
-  else if (view == "sas") print_sas(r["sas"]);
+  else if (view == "sas") {
+    print_sas(r["sas"]);
+    if (r.contains("larval")) print_larval(r["larval"]);
+  } else if (view == "query") print_query(r);
+  else if (view == "flush") fmt::print("deleted {} SAs, released {} SPI reservations\n", u64(r, "deleted"), u64(r, "larval"));
+  else if (view == "spi") fmt::print("{} (reserved for {} s)\n", str(r, "spi"), u64(r, "expires_in_s"));
+  else if (r.value("larval", false)) fmt::print("ok (released an SPI reservation)\n");
   else if (view == "neighbors") print_neighbors(r["neighbors"]);
   else fmt::print("ok\n");
   return 0;

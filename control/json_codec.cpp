@@ -201,7 +201,7 @@ std::optional<uint32_t> opt_ipv4(const json& j, const char* name) {
 
 SaSpec sa_spec_of(const json& j, const WipingString* key_text) {
   allow_only(j, {"op", "id", "direction", "spi", "tunnel", "src", "dst", "algo", "key", "esn", "replay_window", "seq",
-                 "encap", "lifetime", "local_selectors", "remote_selectors", "origin"},
+                 "encap", "lifetime", "local_selectors", "remote_selectors", "traffic_selectors", "origin"},
              "");
   SaSpec s;
   s.direction = dir_field(j);
@@ -233,6 +233,14 @@ SaSpec sa_spec_of(const json& j, const WipingString* key_text) {
   s.hard = hard.value_or(SaLifetime{});
   s.local_selectors = prefixes_field(j, "local_selectors");
   s.remote_selectors = prefixes_field(j, "remote_selectors");
+  if (const json* ts = find(j, "traffic_selectors")) {
+    if (!ts->is_object())
+      throw RequestError("field 'traffic_selectors' must be an object {\"local\": [prefixes], \"remote\": [prefixes]}");
+    allow_only(*ts, {"local", "remote"}, " in 'traffic_selectors'");
+    if (!find(*ts, "local") || !find(*ts, "remote"))
+      throw RequestError("field 'traffic_selectors' needs both 'local' and 'remote'");
+    s.traffic_selectors = TrafficSelectors{prefixes_field(*ts, "local"), prefixes_field(*ts, "remote")};
+  }
   s.keymat = key_field(j, key_text);  // last: nothing after it can throw and leave a copy behind
   return s;
 }

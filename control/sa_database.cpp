@@ -196,6 +196,8 @@ std::unique_ptr<dp::OutboundSa> SaDatabase::build_outbound(const SaParams& p, co
   sa->slot = slot;
   // ESN: numbers from 2^63 up are the handover's closed mark (see replace_outbound).
   sa->seq_limit = p.esn ? kEsnSeqReserved : dp::kSeqLimitNoEsn;
+  for (const auto& s : p.local_selectors) sa->local_sel[sa->nb_local_sel++] = {s.addr, prefix_mask(s.len)};
+  for (const auto& s : p.remote_selectors) sa->remote_sel[sa->nb_remote_sel++] = {s.addr, prefix_mask(s.len)};
   dp::finalize_outbound_sa(*sa);  // the per-SA outer header template the workers use
   return sa;
 }
@@ -346,17 +348,16 @@ void SaDatabase::apply(Iter it, SaParams next, const char* why) {
   next.replay_window = cur.replay_window;
   std::unique_ptr<dp::OutboundSa> new_out;
   std::unique_ptr<dp::InboundSa> new_in;
-  if (e.out && (next.local_addr != cur.local_addr || next.remote_addr != cur.remote_addr || next.encap != cur.encap))
+  auto same = [](const std::vector<Ipv4Prefix>& a, const std::vector<Ipv4Prefix>& b) {
+    return std::equal(a.begin(), a.end(), b.begin(), b.end(),
+                      [](const Ipv4Prefix& x, const Ipv4Prefix& y) { return x.addr == y.addr && x.len == y.len; });
+  };
+  const bool selectors_changed =
+      !same(next.local_selectors, cur.local_selectors) || !same(next.remote_selectors, cur.remote_selectors);
+  if (e.out && (next.local_addr != cur.local_addr || next.remote_addr != cur.remote_addr || next.encap != cur.encap ||
+                selectors_changed))
     new_out = build_outbound(next, e.aead.get(), e.slot);
-  if (e.in) {
-    auto same = [](const std::vector<Ipv4Prefix>& a, const std::vector<Ipv4Prefix>& b) {
-      return std::equal(a.begin(), a.end(), b.begin(), b.end(),
-                        [](const Ipv4Prefix& x, const Ipv4Prefix& y) { return x.addr == y.addr && x.len == y.len; });
-    };
-    if (next.encap != cur.encap || !same(next.local_selectors, cur.local_selectors) ||
-        !same(next.remote_selectors, cur.remote_selectors))
-      new_in = build_inbound(next, e.aead.get(), e.slot);
-  }
+  if (e.in && (next.encap != cur.encap || selectors_changed)) new_in = build_inbound(next, e.aead.get(), e.slot);
 
   // Commit: nothing below throws.
   if (new_out) replace_outbound(e, std::move(new_out));
@@ -593,6 +594,18 @@ json SaDatabase::list(const dp::WorkerCounters& sums) const {
               {"age_seconds", std::chrono::duration_cast<std::chrono::seconds>(now - e.installed).count()},
               {"idle_seconds", idle ? json(*idle) : json(nullptr)},
               {"lifetime", {{"soft", lifetime_json(p.soft)}, {"hard", lifetime_json(p.hard)}}}};
+    auto prefixes = [](const std::vector<Ipv4Prefix>& v) {
+      json a = json::array();
+      for (const auto& x : v) a.push_back(fmt::format("{}/{}", format_ipv4(x.addr), x.len));
+      return a;
+    };
+    if (!p.local_selectors.empty()) {  // enforced
+      j["local_selectors"] = prefixes(p.local_selectors);
+      j["remote_selectors"] = prefixes(p.remote_selectors);
+    }
+    if (p.traffic_selectors)
+      j["traffic_selectors"] = {{"local", prefixes(p.traffic_selectors->local)},
+                                {"remote", prefixes(p.traffic_selectors->remote)}};
     if (e.out) {
       j["next_seq"] = e.out->next_seq.load();
       j["current"] = dp_.tunnels[p.tunnel].out_sa.load() == e.out.get();

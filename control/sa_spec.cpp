@@ -91,7 +91,8 @@ const char* to_string(SaOrigin o) {
 std::vector<TunnelDefaults> tunnel_defaults(const std::vector<TunnelConfig>& tunnels) {
   std::vector<TunnelDefaults> out;
   out.reserve(tunnels.size());
-  for (const auto& t : tunnels) out.push_back({t.name, t.local, t.remote, t.udp_encap, t.udp_src_port, t.udp_dst_port});
+  for (const auto& t : tunnels)
+    out.push_back({t.name, t.local, t.remote, t.udp_encap, t.udp_src_port, t.udp_dst_port, t.policy_based});
   return out;
 }
 
@@ -184,14 +185,29 @@ SaParams validate_sa_spec(const SaSpec& spec, std::span<const TunnelDefaults> tu
   }
 
   if (!spec.local_selectors.empty() || !spec.remote_selectors.empty()) {
-    if (!in)
-      throw SaError("local_selectors/remote_selectors: apply to inbound SAs only (outbound traffic is chosen by routes)");
+    if (spec.traffic_selectors)
+      throw SaError("give traffic_selectors or local_selectors/remote_selectors, not both");
     if (spec.local_selectors.empty() || spec.remote_selectors.empty())
       throw SaError("a policy-based SA needs both local_selectors and remote_selectors (or neither: route-based)");
     check_selectors("local_selectors", spec.local_selectors);
     check_selectors("remote_selectors", spec.remote_selectors);
     p.local_selectors = spec.local_selectors;
     p.remote_selectors = spec.remote_selectors;
+  }
+  if (spec.traffic_selectors) {
+    const TrafficSelectors& ts = *spec.traffic_selectors;
+    if (ts.local.empty() || ts.remote.empty())
+      throw SaError(fmt::format("traffic_selectors: {} is empty; each side needs 1..{} prefixes",
+                                ts.local.empty() ? "local" : "remote", dp::kMaxSelectors));
+    check_selectors("traffic_selectors.local", ts.local);
+    check_selectors("traffic_selectors.remote", ts.remote);
+    p.traffic_selectors = ts;
+    // Policy-based: IKE's selectors are the SA's policy. Route-based: the
+    // routes decide; the selectors are only shown.
+    if (t.policy_based) {
+      p.local_selectors = ts.local;
+      p.remote_selectors = ts.remote;
+    }
   }
 
   if (spec.encap && spec.plain_esp) throw SaError("encap: both UDP encapsulation and plain ESP were requested");

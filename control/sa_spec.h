@@ -59,6 +59,13 @@ struct SaLifetime {
 // RFC 3948 UDP encapsulation, from this gateway's point of view: `local` is
 // our UDP port, `remote` the peer's. (For an outbound SA: source, destination;
 // for inbound: destination, source.) Both 1..65535.
+// The traffic selectors an IKE daemon negotiated for a CHILD_SA, from our
+// side's point of view: `local` = our networks, `remote` = the peer's; each
+// 1..4 prefixes, host bits zero.
+struct TrafficSelectors {
+  std::vector<Ipv4Prefix> local, remote;
+};
+
 struct UdpEncap {
   uint16_t local = 4500;
   uint16_t remote = 4500;
@@ -88,8 +95,14 @@ struct SaSpec {
   bool plain_esp = false;
   SaOrigin origin = SaOrigin::kSocket;
   SaLifetime soft, hard;                     // soft <= hard for every limit both set
-  std::vector<Ipv4Prefix> local_selectors;   // inbound only (policy-based); both or neither
+  // Enforced selectors (both or neither). Inbound: decrypted packets must
+  // come from remote and go to local; outbound: only packets from local to
+  // remote are encrypted, others are dropped (policy).
+  std::vector<Ipv4Prefix> local_selectors;
   std::vector<Ipv4Prefix> remote_selectors;
+  // IKE-negotiated selectors: enforced (as the two above) on a policy_based
+  // tunnel, recorded only on a route-based one. Not with the two above.
+  std::optional<TrafficSelectors> traffic_selectors;
 };
 
 // What may change on a live SA. Every field but the identity is optional;
@@ -111,6 +124,7 @@ struct TunnelDefaults {
   bool udp_encap = false;
   uint16_t udp_local_port = 4500;            // tunnels[].udp_src_port
   uint16_t udp_remote_port = 4500;           // tunnels[].udp_dst_port
+  bool policy_based = false;                 // tunnels[].policy_based
 };
 
 // A validated SA, ready for SaDatabase::add(): tunnel resolved to its
@@ -127,7 +141,8 @@ struct SaParams {
   std::optional<UdpEncap> encap;             // empty: plain ESP (IP protocol 50)
   uint32_t local_addr = 0, remote_addr = 0;  // outer addresses (tunnel's, or an update's)
   SaLifetime soft, hard;
-  std::vector<Ipv4Prefix> local_selectors, remote_selectors;
+  std::vector<Ipv4Prefix> local_selectors, remote_selectors;  // enforced
+  std::optional<TrafficSelectors> traffic_selectors;         // as negotiated (listed)
   SaOrigin origin = SaOrigin::kSocket;
 };
 

@@ -41,12 +41,6 @@ inline bool gateway_owns(const Dataplane& dp, uint32_t a) {
   return false;
 }
 
-inline bool in_selectors(const Selector* s, uint8_t n, uint32_t a) {
-  for (uint8_t i = 0; i < n; i++)
-    if (((a ^ s[i].addr) & s[i].mask) == 0) return true;
-  return false;
-}
-
 // Per-burst SA lookup: the distinct (SPI, destination) keys of a burst are
 // looked up once each (a burst usually carries one or two SAs). Nothing is
 // kept across poll iterations, so no SA pointer outlives the quiescent state

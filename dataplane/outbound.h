@@ -169,6 +169,15 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     auto* ip = rte_pktmbuf_mtod_offset(m, rte_ipv4_hdr*, kEthLen);
+    // A policy-based SA carries only its selectors' traffic (RFC 4301 §4.4.1:
+    // what the SA's policy does not cover is not sent under it). One
+    // predictable branch on route-based SAs.
+    if (__builtin_expect(sa->nb_remote_sel != 0, 0) &&
+        (!in_selectors(sa->local_sel, sa->nb_local_sel, detail::be32(ip->src_addr)) ||
+         !in_selectors(sa->remote_sel, sa->nb_remote_sel, dst[i]))) {
+      drop(w, m, DropReason::kPolicy);
+      continue;
+    }
     // RFC 1812 §5.3.1: a router never forwards a packet whose TTL expires.
     if (ip->time_to_live <= 1) {
       send_time_exceeded(w, m, port);

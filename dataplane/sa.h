@@ -40,6 +40,19 @@ struct OutboundTemplate {
   bool ready;              // false: esp_outbound_prepare() builds one on the fly (slow)
 };
 
+// A traffic selector of a policy-based SA: addr/mask, host order.
+struct Selector {
+  uint32_t addr;
+  uint32_t mask;
+};
+inline constexpr uint8_t kMaxSelectors = 4;
+
+inline bool in_selectors(const Selector* s, uint8_t n, uint32_t a) {
+  for (uint8_t i = 0; i < n; i++)
+    if (((a ^ s[i].addr) & s[i].mask) == 0) return true;
+  return false;
+}
+
 struct OutboundSa;
 // Builds sa.tmpl from the fields below. Call it after setting (or changing)
 // any of them and before the SA is published to workers.
@@ -53,6 +66,12 @@ struct OutboundSa {
   std::atomic<uint64_t> next_seq{1};
   uint32_t outer_src = 0, outer_dst = 0;        // host order
   uint16_t udp_src_port = 0, udp_dst_port = 0;  // 0 = plain ESP (proto 50); else RFC 3948 UDP
+  // Policy-based SA: only packets from local_sel to remote_sel are
+  // encrypted; others are dropped (policy). nb_remote_sel == 0: route-based
+  // (the FIB alone decides; no per-packet check).
+  uint8_t nb_local_sel = 0, nb_remote_sel = 0;
+  Selector local_sel[kMaxSelectors];
+  Selector remote_sel[kMaxSelectors];
   uint8_t ttl = 64;                              // outer TTL
   int16_t dscp = -1;                             // -1 = copy inner DSCP, else 0..63
   DfPolicy df = DfPolicy::kCopy;
@@ -67,13 +86,6 @@ struct OutboundSa {
   // encapsulation reads this instead of them.
   OutboundTemplate tmpl{};
 };
-
-// A traffic selector of a policy-based SA: addr/mask, host order.
-struct Selector {
-  uint32_t addr;
-  uint32_t mask;
-};
-inline constexpr uint8_t kMaxSelectors = 4;
 
 struct InboundSa {
   uint32_t spi = 0;

@@ -215,6 +215,7 @@ tunnels:
     mtu: 1400
     mss_clamp: 1379
     up: false
+    policy_based: true
   - { name: t2, port: wan, local: 198.51.100.10, remote: 203.0.113.2, df: clear, dscp: 0 }
 routes:
   - { prefix: 0.0.0.0/0, via: [ { tunnel: t2 } ] }
@@ -268,6 +269,8 @@ sas:
   EXPECT_EQ(t.mtu, 1400);
   EXPECT_EQ(t.mss_clamp, 1379);
   EXPECT_FALSE(t.up);
+  EXPECT_TRUE(t.policy_based);
+  EXPECT_FALSE(c.tunnels[1].policy_based);  // default: route-based
   EXPECT_EQ(c.tunnels[1].df, DfPolicyConfig::kClear);
   EXPECT_EQ(c.tunnels[1].dscp, 0);
 
@@ -836,7 +839,7 @@ TEST(ShippedConfig, DocsMentionEveryKey) {
        {"eal", "workers", "mbufs", "icmp_rate_limit", "stats_interval", "control", "socket", "group", "exception",
         "enabled", "device", "ports", "name", "role", "addresses", "mac", "peer_mac", "peer_ip", "mtu", "rx_desc",
         "tx_desc", "tunnels", "port", "local", "remote", "gateway", "next_hop_mac", "udp_encap", "udp_src_port",
-        "udp_dst_port", "ttl", "dscp", "df", "mss_clamp", "up", "routes", "prefix", "via", "tunnel", "priority", "sas",
+        "udp_dst_port", "ttl", "dscp", "df", "mss_clamp", "up", "policy_based", "routes", "prefix", "via", "tunnel", "priority", "sas",
         "direction", "spi", "algo", "key", "esn", "replay_window", "seq", "local_selectors", "remote_selectors",
         "neighbors", "neighbor_timeout", "ip"})
     EXPECT_TRUE(contains(doc, std::string("`") + key + "`")) << key << " is not documented in docs/config.md";

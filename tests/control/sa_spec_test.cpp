@@ -65,14 +65,38 @@ const Bad kBad[] = {
     {"ReplayWindow16", [] { auto s = inbound(); s.replay_window = 16; return s; }, "neither 0 (off) nor in 32..4096"},
     {"ReplayWindow31", [] { auto s = inbound(); s.replay_window = 31; return s; }, "neither 0"},
     {"ReplayWindow4097", [] { auto s = inbound(); s.replay_window = 4097; return s; }, "neither 0"},
-    {"SelectorsOnOutbound",
+    {"ExplicitAndTrafficSelectors",
      [] {
        auto s = outbound();
        s.local_selectors = {{0x0a000000, 8}};
        s.remote_selectors = {{0xac1f0000, 16}};
+       s.traffic_selectors = TrafficSelectors{{{0x0a000000, 8}}, {{0xac1f0000, 16}}};
        return s;
      },
-     "inbound SAs only"},
+     "not both"},
+    {"TrafficSelectorsOneSideEmpty",
+     [] {
+       auto s = outbound();
+       s.traffic_selectors = TrafficSelectors{{{0x0a000000, 8}}, {}};
+       return s;
+     },
+     "traffic_selectors: remote is empty"},
+    {"TrafficSelectorsHostBits",
+     [] {
+       auto s = inbound();
+       s.traffic_selectors = TrafficSelectors{{{0x0a000001, 24}}, {{0xac1f0000, 16}}};
+       return s;
+     },
+     "traffic_selectors.local: host bits set in 10.0.0.1/24"},
+    {"TrafficSelectorsFivePrefixes",
+     [] {
+       auto s = outbound();
+       s.traffic_selectors = TrafficSelectors{{{0x0a000000, 8}},
+                                              {{0xac100000, 16}, {0xac110000, 16}, {0xac120000, 16},
+                                               {0xac130000, 16}, {0xac140000, 16}}};
+       return s;
+     },
+     "traffic_selectors.remote: 5 prefixes; at most 4"},
     {"OnlyLocalSelectors", [] { auto s = inbound(); s.local_selectors = {{0x0a000000, 8}}; return s; },
      "needs both local_selectors and remote_selectors"},
     {"OnlyRemoteSelectors", [] { auto s = inbound(); s.remote_selectors = {{0x0a000000, 8}}; return s; },
@@ -305,6 +329,48 @@ TEST(ResolveSaTunnel, ValidateUsesTheResolvedTunnelsSettings) {
   EXPECT_EQ(p.tunnel, 1);
   ASSERT_TRUE(p.encap.has_value());  // natt's UDP encapsulation and ports
   EXPECT_EQ(p.encap->remote, 4501);
+}
+
+}  // namespace
+}  // namespace espgw::control
+
+namespace espgw::control {
+namespace {
+
+// Traffic selectors (issue 11 §7): enforced on a policy-based tunnel, only
+// recorded on a route-based one; explicit selectors now apply outbound too.
+TEST(TrafficSelectors, EnforcedOnAPolicyBasedTunnelRecordedOnARouteBasedOne) {
+  auto t = tunnels();
+  t[0].policy_based = true;
+  SaSpec s = outbound();
+  s.traffic_selectors = TrafficSelectors{{{0x0af08000, 25}}, {{0xac1f0000, 16}, {0xc0a80000, 24}}};
+  SaParams p = validate_sa_spec(s, t);
+  ASSERT_EQ(p.local_selectors.size(), 1u);
+  EXPECT_EQ(p.local_selectors[0].addr, 0x0af08000u);
+  EXPECT_EQ(p.local_selectors[0].len, 25);
+  ASSERT_EQ(p.remote_selectors.size(), 2u);
+  ASSERT_TRUE(p.traffic_selectors.has_value());
+  s.tunnel = "natt";  // route-based
+  SaParams r = validate_sa_spec(s, t);
+  EXPECT_TRUE(r.local_selectors.empty());
+  EXPECT_TRUE(r.remote_selectors.empty());
+  ASSERT_TRUE(r.traffic_selectors.has_value());
+  EXPECT_EQ(r.traffic_selectors->remote.size(), 2u);
+  // Inbound on the policy-based tunnel: the same selectors, enforced.
+  SaSpec in = inbound();
+  in.traffic_selectors = s.traffic_selectors;
+  EXPECT_EQ(validate_sa_spec(in, t).remote_selectors.size(), 2u);
+}
+
+TEST(TrafficSelectors, ExplicitSelectorsAreAcceptedOnOutboundSas) {
+  auto t = tunnels();
+  SaSpec s = outbound();
+  s.local_selectors = {{0x0a000000, 8}};
+  s.remote_selectors = {{0xac1f0000, 16}};
+  SaParams p = validate_sa_spec(s, t);
+  EXPECT_EQ(p.local_selectors.size(), 1u);
+  EXPECT_EQ(p.remote_selectors.size(), 1u);
+  EXPECT_FALSE(p.traffic_selectors.has_value());
 }
 
 }  // namespace

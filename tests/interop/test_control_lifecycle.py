@@ -179,7 +179,7 @@ BAD_ESPCTL_ARGS = [
     (["sa", "add", "-d", "out", "--spi", "0x5401", "-t", "aws-a1", "--key-file", "/nonexistent/key"],
      "cannot read key file"),
     (["sa", "add", "-d", "sideways", "--spi", "0x5401", "-t", "aws-a1", "--key", "01" * 20], "sideways"),
-    (["sa", "add", "-d", "out", "--spi", "0x5401"], "--tunnel is required"),
+    (["sa", "add", "-d", "out", "--spi", "0x5401"], "an SA needs -t TUNNEL, or --src and --dst"),
     (["tunnel", "down"], "name is required"),
     (["raw", "[1]"], "not a JSON object"),
     (["events", "-n", "-1"], "digits only"),
@@ -234,11 +234,12 @@ def test_the_last_sequence_number_is_sent_once_then_the_sa_expires(tmp_path):
         evs = read_events(f, 4)
         s.close()
     common = {"direction": "out", "spi": "0x00005601", "tunnel": "aws-b2"}
+    addresses = {"src": "198.51.100.11", "dst": "203.0.113.130", "protocol": "esp"}  # issue 11: for charon's expire
     assert evs == [
         {"event": "sa-installed", **common, "origin": "socket", "replaced": False},
-        {"event": "sa-expire", "kind": "soft", "reason": "sequence", **common},
-        {"event": "sa-expire", "kind": "hard", "reason": "sequence", **common},
-        {"event": "sa-deleted", **common, "reason": "hard-expire"},
+        {"event": "sa-expire", "kind": "soft", "reason": "sequence", **common, **addresses},
+        {"event": "sa-expire", "kind": "hard", "reason": "sequence", **common, **addresses},
+        {"event": "sa-deleted", **common, "reason": "hard-expire", **addresses},
     ], evs
     seqs = [q for _, spi, q in h.raw_esp_records(gw.wan_out[0]) if spi == 0x5601]
     assert seqs == [2**32 - 1], seqs[:10]
