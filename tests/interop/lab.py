@@ -177,6 +177,11 @@ class Lab:
     def stats(self):
         return self.espgw({"op": "stats"})
 
+    def capture(self, side, iface, bpf, path):
+        """tshark on an interface of the lab (the peer end of a veth: af_packet's
+        qdisc_bypass hides espgw's TX on its own); returns a Capture to stop."""
+        return Capture(self, side, iface, bpf, path)
+
     # -- traffic --------------------------------------------------------------
     def stream(self, port=5001, rate=500, lan=LAN_HOST, vpc=VPC_HOST):
         """A sequence-numbered UDP stream each way between a LAN host address
@@ -184,6 +189,30 @@ class Lab:
         s = StreamPair(self, port, rate, lan, vpc)
         self.streams.append(s)
         return s
+
+
+class Capture:
+    def __init__(self, lab, side, iface, bpf, path):
+        self.path = str(path)
+        self.proc = subprocess.Popen(["ip", "netns", "exec", lab.ns(side), "tshark", "-q", "-i", iface, "-f", bpf,
+                                      "-w", self.path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        end = time.monotonic() + 15
+        line = ""
+        while "Capturing on" not in line:  # tshark says so once the socket is open
+            line = self.proc.stderr.readline()
+            if (not line and self.proc.poll() is not None) or time.monotonic() > end:
+                self.stop()
+                raise RuntimeError(f"tshark did not start: {line}")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.path
 
 
 class Endpoint:

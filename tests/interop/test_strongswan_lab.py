@@ -3,7 +3,7 @@ strongSwan peer (charon + kernel-libipsec, the "AWS side"), in the interop
 guide's four-tunnel topology: scripts/lab.sh, one lab for the module.
 
 Issue 11, "What it must show": 1 four tunnels by IKEv2, ping and TCP, the peer
-decrypted espgw's traffic; 2 100 rekeys under traffic, both sides, PFS, no
+decrypted espgw's traffic (and tshark does, with the peer's key); 2 100 rekeys under traffic, both sides, PFS, no
 loss; 3 a rekey from a byte lifetime (espgw's soft expiry); 4 DPD failover
 and back, with the gaps; 5 policy-based selectors both ways; 6 asymmetric
 return; 7 bring-up time and the module's duration (printed at the end).
@@ -168,6 +168,30 @@ def test_four_tunnels_ping_tcp_and_peer_decrypts(lab):
     assert " 0% packet loss" in r.stdout, r.stdout
     aws1, _, out1 = wait(lambda: (c := a1_counts()) and c[0] - aws0 >= 5 and c, 5, "the AWS side to count 5 pings")
     assert aws1 - aws0 == out1 - out0 == 5, (aws0, aws1, out0, out1)
+
+    # A third ESP implementation: Wireshark decrypts what espgw sent, captured
+    # on the AWS side's end of the link, with the AWS side's inbound key.
+    cap = lab.capture("aws", "eth0", f"udp port 4500 and src host {labmod.TUNNELS['a1'][1]}",
+                      lab.dir / "a1.pcapng")
+    time.sleep(0.3)
+    seq0 = next(s for s in espgw_sas(lab, "aws-a1") if s["direction"] == "out" and s["current"])["next_seq"]
+    lab.sh("lan", "ping", "-c", "3", "-i", "0.2", "-W", "2", VPC_HOST, timeout=15)
+    time.sleep(0.3)
+    cap.stop()
+    aws = child(lab, "aws", "a1")
+    decoded = {}
+    for key in aws_keys(lab, aws["spi-in"], "inbound"):
+        uat = (f'uat:esp_sa:"IPv4","{labmod.TUNNELS["a1"][1]}","{labmod.TUNNELS["a1"][2]}","0x{aws["spi-in"]}",'
+               f'"AES-GCM with 16 octet ICV [RFC4106]","0x{key.hex()}","NULL",""')
+        r = subprocess.run(["tshark", "-r", cap.path, "-o", "esp.enable_encryption_decode:TRUE", "-o", uat,
+                            "-Y", "icmp", "-T", "fields", "-e", "esp.spi", "-e", "ip.src", "-e", "ip.dst",
+                            "-e", "icmp.type", "-e", "esp.sequence"], capture_output=True, text=True, timeout=30)
+        if r.stdout.strip():
+            decoded[key] = [l.split("\t") for l in r.stdout.strip().splitlines()]
+    assert len(decoded) == 1, decoded  # one key decrypts, the other direction's does not
+    rows = next(iter(decoded.values()))
+    assert rows == [[f"0x{aws['spi-in']}", f"{labmod.TUNNELS['a1'][1]},{LAN_HOST}",
+                     f"{labmod.TUNNELS['a1'][2]},{VPC_HOST}", "8", str(seq0 + i)] for i in range(3)], rows
 
     # TCP both ways through the tunnels: 1 MiB echoed back by the VPC host.
     server = subprocess.Popen(["ip", "netns", "exec", lab.ns("aws"), labmod.PY, "-c", TCP_ECHO, VPC_HOST],
@@ -397,10 +421,10 @@ def test_dpd_failover_and_return(lab):
 
 
 # 5 -------------------------------------------------------------------------
-def aws_outbound_keys(lab, spi_hex):
-    """Key candidates (key||salt) for the AWS side's outbound SA with that
-    SPI, from its charon's chd=4 log: the initiator and responder keys the
-    same thread printed just before 'adding outbound ESP SA'. Test tool only."""
+def aws_keys(lab, spi_hex, direction="outbound"):
+    """Key candidates (key||salt) for the AWS side's SA with that SPI, from
+    its charon's chd=4 log: the initiator and responder keys the same thread
+    printed just before 'adding outbound ESP SA' (or inbound). Test tool only."""
     keys, cur, state = {}, {}, {}
     lines = lab.log("aws").splitlines()
     for i, line in enumerate(lines):
@@ -418,7 +442,7 @@ def aws_outbound_keys(lab, spi_hex):
             if len(state[tid][2]) == state[tid][1]:
                 cur.setdefault(tid, {})[state[tid][0]] = bytes(state[tid][2])
             continue
-        if text.startswith("adding outbound ESP SA") and i + 1 < len(lines):
+        if text.startswith(f"adding {direction} ESP SA") and i + 1 < len(lines):
             sm = re.search(r"SPI 0x([0-9a-f]+)", lines[i + 1])
             if sm and int(sm.group(1), 16) == int(spi_hex, 16):
                 keys = dict(cur.get(tid, {}))
@@ -487,7 +511,7 @@ def test_policy_based_selectors(lab):
     try:
         assert sink.stdout.readline().strip() == "ready"
         aws = child(lab, "aws", "p1")
-        keys = aws_outbound_keys(lab, aws["spi-out"])
+        keys = aws_keys(lab, aws["spi-out"])
         assert len(keys) == 2, f"no keys for SPI {aws['spi-out']} in the AWS side's log"
         seq = int(aws["packets-out"]) + 1000
         inside = [craft_from_aws(aws["spi-out"], k, seq + i, IP(src=VPC2_HOST, dst=LAN_HOST) /
