@@ -53,9 +53,9 @@ CHARON=/usr/lib/ipsec/charon
 [ ${#P} -le 10 ] || { echo "lab: LAB_PREFIX is longer than 10 characters" >&2; exit 64; }
 [[ $P =~ ^[a-z0-9-]+$ ]] || { echo "lab: LAB_PREFIX: only a-z 0-9 -" >&2; exit 64; }
 
-# The guide's four tunnels: name, gateway member, AWS endpoint, ESP proposal
-# (with the PFS group a rekey negotiates), remote_ts on the AWS side.
-TUNNELS=(a1 a2 b1 b2)
+# The guide's four tunnels (a1 a2 b1 b2) and the policy-based p1: gateway
+# member, AWS endpoint, ESP proposal (with the PFS group a rekey negotiates),
+# remote_ts on the AWS side.
 declare -A LOCAL=([a1]=198.51.100.10 [a2]=198.51.100.10 [b1]=198.51.100.11 [b2]=198.51.100.11 [p1]=198.51.100.10)
 declare -A REMOTE=([a1]=203.0.113.1 [a2]=203.0.113.2 [b1]=203.0.113.129 [b2]=203.0.113.130 [p1]=203.0.113.3)
 declare -A ESP=([a1]=aes128gcm16-modp2048 [a2]=aes256gcm16-modp2048 [b1]=aes128gcm16-modp2048
@@ -64,7 +64,7 @@ declare -A IKE=([a1]=aes128-sha256-modp2048 [a2]=aes256-sha256-modp2048 [b1]=aes
                 [b2]=aes128-sha256-modp2048 [p1]=aes128-sha256-modp2048)
 LAN_NET=10.240.128.0/24
 # Connection A: the LAN split in two /25s (more specific: AWS prefers A).
-declare -A AWS_REMOTE_TS=([a1]=10.240.128.0/25,10.240.128.128/25 [a2]=10.240.128.0/25,10.240.128.128/25
+declare -A AWS_REMOTE_TS=([a1]="10.240.128.0/25,10.240.128.128/25" [a2]="10.240.128.0/25,10.240.128.128/25"
                           [b1]=$LAN_NET [b2]=$LAN_NET [p1]=$LAN_NET)
 declare -A VPC_NET=([a1]=172.31.0.0/16 [a2]=172.31.0.0/16 [b1]=172.31.0.0/16 [b2]=172.31.0.0/16 [p1]=172.30.0.0/16)
 [ "$POLICY" = 1 ] && ALL=(a1 a2 b1 b2 p1) || ALL=(a1 a2 b1 b2)
@@ -283,6 +283,7 @@ up() {
   fi
   # From here on, a failed bring-up leaves nothing behind (LAB_KEEP=1: keep
   # it to look at).
+  # shellcheck disable=SC2154  # rc is set inside the trap
   trap 'rc=$?; if [ $rc -ne 0 ] && [ "${LAB_KEEP:-0}" != 1 ]; then log "bring-up failed; removing the lab"; down; fi' EXIT
   rm -rf "$DIR"; mkdir -p "$DIR"/{aws,gw}/swanctl.d
   touch "$DIR/aws/swanctl.d/empty.conf" "$DIR/gw/swanctl.d/empty.conf"

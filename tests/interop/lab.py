@@ -6,6 +6,7 @@ sequence-numbered UDP streams between the LAN host and the VPC host."""
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import time
@@ -163,8 +164,7 @@ class Lab:
 
     # -- espgw ----------------------------------------------------------------
     def espgw(self, req):
-        reply = h.control_request(self.sock, req)
-        return reply
+        return h.control_request(self.sock, req)
 
     def sas(self):
         r = self.espgw({"op": "list-sas"})
@@ -226,7 +226,6 @@ class Endpoint:
         self.proc.stdin.write(c + "\n")
         self.proc.stdin.flush()
         end = time.monotonic() + timeout
-        import select
         while time.monotonic() < end:
             r, _, _ = select.select([self.proc.stdout], [], [], 0.5)
             if r:

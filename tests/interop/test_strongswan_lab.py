@@ -11,11 +11,9 @@ return; 7 bring-up time and the module's duration (printed at the end).
 Loss is counted per sequence number by the receivers of a UDP stream each
 way (lab_stream.py), never inferred from TCP. Every wait is bounded."""
 
-import hashlib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import time
 
