@@ -7,8 +7,10 @@ import json
 import os
 import re
 import select
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -177,6 +179,9 @@ class Lab:
     def stats(self):
         return self.espgw({"op": "stats"})
 
+    def events(self):
+        return Events(self.sock)
+
     def capture(self, side, iface, bpf, path):
         """tshark on an interface of the lab (the peer end of a veth: af_packet's
         qdisc_bypass hides espgw's TX on its own); returns a Capture to stop."""
@@ -189,6 +194,37 @@ class Lab:
         s = StreamPair(self, port, rate, lan, vpc)
         self.streams.append(s)
         return s
+
+
+class Events:
+    """espgw's event stream (subscribe on its own connection), collected by a thread."""
+
+    def __init__(self, sock_path):
+        self.events = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(10)
+        self.sock.connect(sock_path)
+        self.sock.sendall(b'{"op":"subscribe"}\n')
+        self.file = self.sock.makefile("r")
+        assert json.loads(self.file.readline()).get("subscribed"), "subscribe refused"
+        self.sock.settimeout(None)
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        try:
+            for line in self.file:
+                self.events.append(json.loads(line))
+        except (OSError, ValueError):
+            pass
+
+    def close(self):
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
 
 
 class Capture:

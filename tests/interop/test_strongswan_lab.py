@@ -324,6 +324,7 @@ connections {{ a1 {{ children {{ a1 {{
         sa = next(s for s in espgw_sas(lab, "aws-a1") if s["direction"] == "out" and s["current"])
         assert sa["lifetime"]["soft"]["bytes"] == rekey_bytes and sa["lifetime"]["hard"]["bytes"] == life_bytes, sa
         log_mark = len(lab.log("gw"))
+        events = lab.events()
         spis = {child(lab, "gw", "a1")["spi-in"]}
         stream = lab.stream(port=5003, rate=500)
         stream.start()
@@ -336,6 +337,12 @@ connections {{ a1 {{ children {{ a1 {{
         wait(rekeyed_twice, 20, "two rekeys of a1 triggered by its byte lifetime", step=0.1)
         time.sleep(0.5)
         res = stream.stop()
+        events.close()
+        expires = [e for e in events.events if e.get("event") == "sa-expire" and e.get("tunnel") == "aws-a1"]
+        assert any(e["kind"] == "soft" and e["reason"] == "bytes" for e in expires), events.events
+        assert not any(e["kind"] == "hard" for e in expires), expires
+        note("item 3: espgw's sa-expire events on aws-a1",
+             ", ".join(f"{e['kind']}/{e['reason']} {e['direction']} {e['spi']}" for e in expires))
         log = lab.log("gw")[log_mark:]
         assert re.search(r"creating rekey job for CHILD_SA ESP/0x", log), "charon did not get a soft expire"
         assert not re.search(r"creating delete job for CHILD_SA", log), "a hard expire deleted a CHILD_SA"
