@@ -73,8 +73,10 @@ def install_plugin():
 
 
 class Lab:
-    def __init__(self, tmp: Path, gw_child_extra="", esp="aes128gcm16-modp2048", aws_ike_extra=""):
+    def __init__(self, tmp: Path, gw_child_extra="", esp="aes128gcm16-modp2048", aws_ike_extra="",
+                 replay=1024):
         self.gw_child_extra, self.esp, self.aws_ike_extra = gw_child_extra, esp, aws_ike_extra
+        self.replay = replay
         tag = f"ssp{os.getpid() % 100000}"
         self.ns_gw, self.ns_aws, self.ns_lan = f"{tag}-gw", f"{tag}-aws", f"{tag}-lan"
         self.dir = tmp
@@ -255,7 +257,7 @@ connections {{
         local_ts = {lts}
         remote_ts = {rts}
         esp_proposals = {self.esp}
-        replay_window = 1024
+        replay_window = {self.replay if side == "gw" else 1024}
         rekey_time = 2700s
         life_time = 3600s
         {start}
@@ -498,16 +500,18 @@ charon {{
 
 
 # (ESN cannot be negotiated here: the peer's libipsec refuses it, "ESN not supported")
-@pytest.mark.parametrize("lab,algo,esn", [
-    ({"esp": "aes256gcm16-modp2048"}, "aes256-gcm", False),
-], indirect=["lab"], ids=["aes256gcm16"])
-def test_negotiated_algorithm_reaches_espgw(lab, algo, esn):
+@pytest.mark.parametrize("lab,algo,esn,window", [
+    ({"esp": "aes256gcm16-modp2048"}, "aes256-gcm", False, 1024),
+    ({"replay": 16}, "aes128-gcm", False, 32),   # 1..31 -> espgw's smallest window
+    ({"replay": 0}, "aes128-gcm", False, 0),     # off
+], indirect=["lab"], ids=["aes256gcm16", "replay-16", "replay-off"])
+def test_negotiated_algorithm_reaches_espgw(lab, algo, esn, window):
     try:
         wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("aws"), timeout=20)
         sas = wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2 and lab.plugin_sas())
         assert {(sa["algo"], sa["esn"]) for sa in sas} == {(algo, esn)}, sas
         inbound = next(sa for sa in sas if sa["direction"] == "in")
-        assert inbound["replay_window"] == 1024 and inbound["udp_encap"], inbound
+        assert inbound["replay_window"] == window and inbound["udp_encap"], inbound
         r = lab.ping(3)
         assert " 0% packet loss" in r.stdout, r.stdout
     except BaseException:
@@ -519,7 +523,8 @@ def test_negotiated_algorithm_reaches_espgw(lab, algo, esn):
     ({"esp": "aes128-sha256-modp2048"}, "encryption AES_CBC (AES-GCM with a 16-byte ICV only) is not supported"),
     ({"esp": "aes192gcm16-modp2048"}, "an AES-GCM key of 28 bytes with salt (AES-128 or AES-256 only) is not supported"),
     ({"esp": "aes128gcm8-modp2048"}, "encryption AES_GCM_8 (AES-GCM with a 16-byte ICV only) is not supported"),
-], indirect=["lab"], ids=["aes-cbc", "aes192gcm16", "aes128gcm8"])
+    ({"replay": 8192}, "a replay window of 8192 packets (at most 4096) is not supported"),
+], indirect=["lab"], ids=["aes-cbc", "aes192gcm16", "aes128gcm8", "replay-8192"])
 def test_unsupported_sa_is_refused_with_a_reason_charon_logs(lab, why):
     """What espgw cannot do is refused in add_sa, named in charon's log; espgw is left untouched."""
     try:
