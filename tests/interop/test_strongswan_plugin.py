@@ -366,6 +366,9 @@ def _one_tunnel(lab):
     # charon's src_ts/dst_ts swap with the direction; espgw gets them from our side's view
     for sa in sas:
         assert sa["traffic_selectors"] == {"local": [LAN_NET], "remote": [VPC_NET]}, sa
+        # lifetimes: soft = charon's rekey (less its jitter, up to life - rekey), hard = life
+        assert sa["lifetime"]["hard"]["seconds"] == 3600, sa
+        assert 1800 <= sa["lifetime"]["soft"]["seconds"] <= 2700, sa
     log = (lab.dir / "gw" / "charon.log").read_text()
     assert f"kernel-espgw: got SPI 0x{spi_in:08x}" in log, "the inbound SPI was not espgw's"
     # the peer installed the same SPIs the other way round
@@ -425,7 +428,9 @@ def test_soft_byte_expiry_in_espgw_makes_charon_rekey(lab):
     start this rekey. Traffic keeps flowing across it."""
     try:
         first = wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("gw")[0], timeout=20)
-        wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2)
+        sas = wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2 and lab.plugin_sas())
+        for sa in sas:
+            assert (sa["lifetime"]["soft"]["bytes"], sa["lifetime"]["hard"]["bytes"]) == (30000, 60000), sa
         # 40 x 1000-byte pings: ~41 KB each way, past the soft limit, short of the hard one
         r = lab.nsx(lab.ns_lan, "ping", "-c", "40", "-i", "0.05", "-s", "972", "-W", "2", VPC_HOST,
                     check=False, timeout=30)
