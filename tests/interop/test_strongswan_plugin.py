@@ -73,8 +73,10 @@ def install_plugin():
 
 
 class Lab:
-    def __init__(self, tmp: Path, gw_child_extra="", esp="aes128gcm16-modp2048", aws_ike_extra=""):
+    def __init__(self, tmp: Path, gw_child_extra="", esp="aes128gcm16-modp2048", aws_ike_extra="",
+                 replay=1024):
         self.gw_child_extra, self.esp, self.aws_ike_extra = gw_child_extra, esp, aws_ike_extra
+        self.replay = replay
         tag = f"ssp{os.getpid() % 100000}"
         self.ns_gw, self.ns_aws, self.ns_lan = f"{tag}-gw", f"{tag}-aws", f"{tag}-lan"
         self.dir = tmp
@@ -255,7 +257,7 @@ connections {{
         local_ts = {lts}
         remote_ts = {rts}
         esp_proposals = {self.esp}
-        replay_window = 1024
+        replay_window = {self.replay if side == "gw" else 1024}
         rekey_time = 2700s
         life_time = 3600s
         {start}
@@ -364,6 +366,9 @@ def _one_tunnel(lab):
     # charon's src_ts/dst_ts swap with the direction; espgw gets them from our side's view
     for sa in sas:
         assert sa["traffic_selectors"] == {"local": [LAN_NET], "remote": [VPC_NET]}, sa
+        # lifetimes: soft = charon's rekey (less its jitter, up to life - rekey), hard = life
+        assert sa["lifetime"]["hard"]["seconds"] == 3600, sa
+        assert 1800 <= sa["lifetime"]["soft"]["seconds"] <= 2700, sa
     log = (lab.dir / "gw" / "charon.log").read_text()
     assert f"kernel-espgw: got SPI 0x{spi_in:08x}" in log, "the inbound SPI was not espgw's"
     # the peer installed the same SPIs the other way round
@@ -423,7 +428,9 @@ def test_soft_byte_expiry_in_espgw_makes_charon_rekey(lab):
     start this rekey. Traffic keeps flowing across it."""
     try:
         first = wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("gw")[0], timeout=20)
-        wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2)
+        sas = wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2 and lab.plugin_sas())
+        for sa in sas:
+            assert (sa["lifetime"]["soft"]["bytes"], sa["lifetime"]["hard"]["bytes"]) == (30000, 60000), sa
         # 40 x 1000-byte pings: ~41 KB each way, past the soft limit, short of the hard one
         r = lab.nsx(lab.ns_lan, "ping", "-c", "40", "-i", "0.05", "-s", "972", "-W", "2", VPC_HOST,
                     check=False, timeout=30)
@@ -498,16 +505,18 @@ charon {{
 
 
 # (ESN cannot be negotiated here: the peer's libipsec refuses it, "ESN not supported")
-@pytest.mark.parametrize("lab,algo,esn", [
-    ({"esp": "aes256gcm16-modp2048"}, "aes256-gcm", False),
-], indirect=["lab"], ids=["aes256gcm16"])
-def test_negotiated_algorithm_reaches_espgw(lab, algo, esn):
+@pytest.mark.parametrize("lab,algo,esn,window", [
+    ({"esp": "aes256gcm16-modp2048"}, "aes256-gcm", False, 1024),
+    ({"replay": 16}, "aes128-gcm", False, 32),   # 1..31 -> espgw's smallest window
+    ({"replay": 0}, "aes128-gcm", False, 0),     # off
+], indirect=["lab"], ids=["aes256gcm16", "replay-16", "replay-off"])
+def test_negotiated_algorithm_reaches_espgw(lab, algo, esn, window):
     try:
         wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("aws"), timeout=20)
         sas = wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2 and lab.plugin_sas())
         assert {(sa["algo"], sa["esn"]) for sa in sas} == {(algo, esn)}, sas
         inbound = next(sa for sa in sas if sa["direction"] == "in")
-        assert inbound["replay_window"] == 1024 and inbound["udp_encap"], inbound
+        assert inbound["replay_window"] == window and inbound["udp_encap"], inbound
         r = lab.ping(3)
         assert " 0% packet loss" in r.stdout, r.stdout
     except BaseException:
@@ -519,7 +528,8 @@ def test_negotiated_algorithm_reaches_espgw(lab, algo, esn):
     ({"esp": "aes128-sha256-modp2048"}, "encryption AES_CBC (AES-GCM with a 16-byte ICV only) is not supported"),
     ({"esp": "aes192gcm16-modp2048"}, "an AES-GCM key of 28 bytes with salt (AES-128 or AES-256 only) is not supported"),
     ({"esp": "aes128gcm8-modp2048"}, "encryption AES_GCM_8 (AES-GCM with a 16-byte ICV only) is not supported"),
-], indirect=["lab"], ids=["aes-cbc", "aes192gcm16", "aes128gcm8"])
+    ({"replay": 8192}, "a replay window of 8192 packets (at most 4096) is not supported"),
+], indirect=["lab"], ids=["aes-cbc", "aes192gcm16", "aes128gcm8", "replay-8192"])
 def test_unsupported_sa_is_refused_with_a_reason_charon_logs(lab, why):
     """What espgw cannot do is refused in add_sa, named in charon's log; espgw is left untouched."""
     try:
