@@ -243,9 +243,12 @@ print("ok" if bytes(got) == data else "mismatch", len(got))
 def test_100_rekeys_under_traffic_no_loss(lab):
     rekeys = 100
     make_aws_send_on(lab, "a1")  # both directions on a1, the tunnel being rekeyed
+    log_mark = len(lab.log("gw"))
+    events = lab.events()
     stream = lab.stream(port=5002, rate=500)
     stream.start()
     seen = {(s["direction"], s["spi"]) for s in espgw_sas(lab, "aws-a1")}
+    initial_sas = set(seen)
     max_sas = 0
     dh_groups = set()
     durations = []
@@ -294,6 +297,26 @@ def test_100_rekeys_under_traffic_no_loss(lab):
     wait(lambda: {(s["direction"], spi_int(s["spi"])) for s in espgw_sas(lab, "aws-a1")} == want, 10,
          "espgw to hold only aws-a1's current SA pair once charon deleted the rekeyed ones")
     assert not lab.espgw({"op": "list-sas"}).get("larval"), "reserved SPIs left behind"
+    # Every CHILD_SA charon closed after a rekey (one per rekey) is gone from
+    # espgw, deleted by charon's request, and nothing else was: espgw's
+    # sa-deleted events are the closed SAs (and ones from before the loop). charon's closing line
+    # carries the SA's bytes, which it had from espgw (query_sa): traffic
+    # both ways on every one of them.
+    events.close()
+    closed = re.findall(r"closing CHILD_SA a1\{\d+\} with SPIs ([0-9a-f]{8})_i \((\d+) bytes\) "
+                        r"([0-9a-f]{8})_o \((\d+) bytes\)", lab.log("gw")[log_mark:])
+    assert len(closed) == rekeys, len(closed)
+    initial = {spi_int(spi) for _, spi in initial_sas}  # from before the stream started: may be idle
+    assert all(int(b_in) > 0 and int(b_out) > 0 for i, b_in, o, b_out in closed
+               if int(i, 16) not in initial and int(o, 16) not in initial), closed
+    closed_sas = {("in", int(i, 16)) for i, _, _, _ in closed} | {("out", int(o, 16)) for _, _, o, _ in closed}
+    deleted = {(e["direction"], spi_int(e["spi"])) for e in events.events
+               if e.get("event") == "sa-deleted" and e.get("tunnel") == "aws-a1"}
+    # (an SA closed before the log mark may still be deleted in the window:
+    # inbound SAs go delete_rekeyed_delay after their CHILD_SA closed)
+    assert closed_sas <= deleted, sorted(closed_sas - deleted)
+    assert {spi for _, spi in deleted - closed_sas} <= initial, sorted(deleted - closed_sas)
+    assert {e["reason"] for e in events.events if e.get("event") == "sa-deleted"} == {"request"}
     note("item 2: rekey round trip (rekey -> new pair carrying traffic in espgw)",
          f"median {sorted(durations)[len(durations) // 2] * 1000:.0f} ms, max {max(durations) * 1000:.0f} ms; "
          f"at most {max_sas} SAs on aws-a1 at once")
