@@ -166,6 +166,11 @@ def test_a_reserved_spi_is_consumed_by_add_sa(gw):
     spi = int(r["spi"], 16)
     assert [x["spi"] for x in larval(gw)] == [r["spi"]]
     sa = h.Sa("in", spi, "aws-a1", seed=7001)
+    # A refused add-sa consumes nothing.
+    bad = by_addr("add-sa", sa, PEER_A1, A)
+    bad["key"] = bad["key"][:-2]
+    assert gw.request(bad)["ok"] is False
+    assert [x["spi"] for x in larval(gw)] == [r["spi"]]
     assert gw.request(by_addr("add-sa", sa, PEER_A1, A))["ok"]
     assert larval(gw) == []  # consumed: the SA holds the SPI now
     d = gw.request({"op": "delete-sa", "direction": "in", "spi": spi, "dst": A})
