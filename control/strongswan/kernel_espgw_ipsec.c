@@ -675,11 +675,16 @@ METHOD(kernel_ipsec_t, query_sa, status_t,
 		return FAILED;
 	}
 	st = request(this, &line, rid, ESPGW_EXPECT_USAGE, &reply);
+	if (st == ESPGW_REPLY_REFUSED && streq(reply.code, "not-found"))
+	{	/* e.g. removed by a hard expiry that charon is about to handle */
+		DBG2(DBG_KNL, "kernel-espgw: SA 0x%.8x is gone: %s", ntohl(id->spi), reply.error);
+		return NOT_FOUND;
+	}
 	if (st != ESPGW_REPLY_OK)
 	{
 		DBG1(DBG_KNL, "kernel-espgw: unable to query SA 0x%.8x: %s", ntohl(id->spi),
 			 reply.error);
-		return st == ESPGW_REPLY_REFUSED && streq(reply.code, "not-found") ? NOT_FOUND : FAILED;
+		return FAILED;
 	}
 	if (bytes)
 	{

@@ -658,3 +658,27 @@ def test_nat_rebinding_updates_the_sas_in_place(lab):
     except BaseException:
         dump(lab)
         raise
+
+
+@pytest.mark.parametrize("lab", [{"gw_child_extra": "life_bytes = 20000\n        rand_bytes = 0"}],
+                         indirect=True, ids=["life_bytes"])
+def test_hard_byte_expiry_in_espgw_ends_the_child_sa_in_charon(lab):
+    """A hard limit reached in espgw (which removes the SA itself) is handed to
+    charon as a hard expiry: charon drops that CHILD_SA (its del_sa of an SA
+    espgw already removed is "already gone", not an error)."""
+    try:
+        first = wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("gw")[0], timeout=20)
+        wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2)
+        lab.nsx(lab.ns_lan, "ping", "-c", "30", "-i", "0.05", "-s", "972", "-W", "1", VPC_HOST,
+                check=False, timeout=30)
+        log = lab.dir / "gw" / "charon.log"
+        wait_until("a hard expiry in charon's log", lambda: re.search(
+            r"kernel-espgw: hard expiry of (in|out)bound SA 0x[0-9a-f]{8} \(bytes\)", log.read_text()), timeout=10)
+        wait_until("charon without the expired CHILD_SA", lambda: all(
+            (s[1], s[2]) != (first[1], first[2]) for s in lab.child_sas("gw")), timeout=10)
+        wait_until("espgw without the expired SAs", lambda: not {first[1], first[2]} & {
+            int(sa["spi"], 16) for sa in lab.plugin_sas()}, timeout=10)
+        assert "unable to delete" not in log.read_text()
+    except BaseException:
+        dump(lab)
+        raise

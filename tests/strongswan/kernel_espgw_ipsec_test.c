@@ -390,6 +390,10 @@ int main(void)
 	script(FALSE, "\"packets\":0,\"bytes\":0,\"idle_seconds\":null");
 	CHECK(ipsec->query_sa(ipsec, &in_id, &(kernel_ipsec_query_sa_t){}, &bytes, &packets, &used) == SUCCESS);
 	CHECK(used == 0);
+	script(TRUE, "\"error\":\"no in SA with SPI 0xc3a1f00d\",\"code\":\"not-found\"");
+	CHECK(ipsec->query_sa(ipsec, &in_id, &(kernel_ipsec_query_sa_t){}, &bytes, &packets, &used) == NOT_FOUND);
+	script(TRUE, "\"error\":\"boom\"");
+	CHECK(ipsec->query_sa(ipsec, &in_id, &(kernel_ipsec_query_sa_t){}, &bytes, &packets, &used) == FAILED);
 
 	/* query_policy: the last use among the policy's (reqid 7) inbound SAs */
 	traffic_selector_t *pts = traffic_selector_create_from_cidr("172.31.0.0/16", 0, 0, 65535);
