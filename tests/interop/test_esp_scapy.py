@@ -20,7 +20,7 @@ from scapy.layers.ipsec import ESP, SecurityAssociation  # noqa: E402
 AESGCM = pytest.importorskip("cryptography.hazmat.primitives.ciphers.aead",
                              reason="pyca/cryptography (scapy's ESP backend) missing").AESGCM
 
-BUILD = os.environ.get("ESPGW_BUILD", "/work/main/build")
+BUILD = os.environ.get("ESPGW_BUILD", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "build"))
 TOOL = os.path.join(BUILD, "tools", "esp-vector")
 
 pytestmark = pytest.mark.skipif(
