@@ -437,6 +437,7 @@ def test_soft_byte_expiry_in_espgw_makes_charon_rekey(lab):
         sas = wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2 and lab.plugin_sas())
         for sa in sas:
             assert (sa["lifetime"]["soft"]["bytes"], sa["lifetime"]["hard"]["bytes"]) == (30000, 60000), sa
+        assert " 0% packet loss" in lab.ping(1).stdout
         # 40 x 1000-byte pings: ~41 KB each way, past the soft limit, short of the hard one
         r = lab.nsx(lab.ns_lan, "ping", "-c", "40", "-i", "0.05", "-s", "972", "-W", "2", VPC_HOST,
                     check=False, timeout=30)
