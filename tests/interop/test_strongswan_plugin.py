@@ -6,9 +6,13 @@ Shows: the CHILD_SA reaches INSTALLED on both sides through the plugin;
 espgw holds the SA pair with origin "plugin" and the inbound SPI is the one
 espgw allocated (alloc-spi); a ping crosses the tunnel both ways (the peer
 decrypted espgw's ESP and espgw decrypted the peer's); charon's
-`swanctl --list-sas` on the gateway shows the SA's bytes rising (query_sa);
-`swanctl --rekey` replaces the SAs in espgw and traffic follows; terminate
-deletes them from espgw.
+`swanctl --list-sas` on the gateway shows the SA's bytes rising (query_sa)
+and its last use; `swanctl --rekey` replaces the SAs in espgw and traffic
+follows; terminate deletes them from espgw; an espgw restart is survived.
+Further tests: Debian's modular loading picks kernel-espgw; espgw's soft and
+hard byte expiries reach charon; algorithm, replay-window and lifetime
+mapping and the refusals; a stopped espgw times out and recovers; NAT
+rebinding goes through update_sa.
 
 Root only; names come from the pid, everything made is removed."""
 
