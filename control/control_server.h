@@ -27,7 +27,7 @@ class ControlServer {
   using Handler = std::function<ControlReply(WipingString& line)>;
 
   static constexpr size_t kMaxRequest = 64 * 1024;     // bytes per line
-  static constexpr size_t kMaxPendingOut = 4 << 20;    // per client
+  static constexpr size_t kMaxPendingOut = 4 << 20;    // per client, unread (one reply may be larger)
   // Bytes read from one client per poll: one that never stops writing
   // cannot hold the control thread.
   static constexpr size_t kMaxReadPerCall = 256 * 1024;

@@ -202,6 +202,29 @@ TEST_F(ControlServerTest, AClientDroppedByAnEventItsOwnRequestRaisedIsNotUsedAft
   EXPECT_NE(got.find("\"ok\":true"), std::string::npos) << got;
 }
 
+// One reply larger than the per-client bound, to a client with nothing
+// waiting, is delivered whole (list-sas with 65536 SPI reservations is ~5 MB);
+// the bound applies to what piles up unread behind it.
+TEST_F(ControlServerTest, OneReplyLargerThanTheBoundIsDeliveredWhole) {
+  ControlServer::Limits lim;
+  lim.max_pending_out = 64 * 1024;
+  ControlServer srv(
+      path_, "", [](WipingString&) { return ControlReply{{{"ok", true}, {"pad", std::string(200 * 1024, 'r')}}, false}; },
+      lim);
+  int fd = connect_client();
+  poll_all(srv);
+  send_line(fd, "list");
+  std::string got;
+  bool closed = false;
+  for (int i = 0; i < 200 && got.find('\n') == std::string::npos && !closed; i++) {
+    srv.poll(2);
+    got += drain(fd, &closed);
+  }
+  ASSERT_NE(got.find('\n'), std::string::npos) << "no complete reply (closed: " << closed << ")";
+  EXPECT_EQ(got.size(), 200 * 1024 + std::string(R"({"ok":true,"pad":""})").size() + 1);
+  EXPECT_EQ(srv.clients(), 1u);
+}
+
 // A stale socket from a daemon that died is replaced; anything else at the
 // path (a config typo naming a real file) is refused and left alone.
 TEST_F(ControlServerTest, OnlyAStaleSocketIsReplaced) {

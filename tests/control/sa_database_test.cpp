@@ -1,6 +1,7 @@
 // SaDatabase against a real EAL, a real lock-free rte_hash, real RCU (QSBR)
 // and real worker-side objects: the identity owns its state (sequence
 // number, replay window, install order) across reconcile and update.
+#include <rte_cycles.h>
 #include <rte_eal.h>
 #include <rte_errno.h>
 #include <rte_hash.h>
@@ -172,6 +173,48 @@ TEST_F(SaDatabaseTest, ReconcileThatRebuildsTheInboundSaCarriesTheWindowOver) {
   EXPECT_EQ(receive(0x2001, 2000), dp::ReplayVerdict::kReplay);
   EXPECT_EQ(receive(0x2001, 1999), dp::ReplayVerdict::kOk);
   EXPECT_EQ(receive(0x2001, 9), dp::ReplayVerdict::kTooOld);  // left of the 1024 window, as before
+}
+
+// Issue 11 §7: outbound SAs enforce selectors too; new selectors on a live
+// outbound SA mean a new worker-side object, and the sequence carries over.
+TEST_F(SaDatabaseTest, ReconcileThatGivesAnOutboundSaSelectorsKeepsTheSequence) {
+  db_->add(params(spec(SaDirection::kOutbound, 0x1001, "plain")));
+  dp::OutboundSa* before = current(0);
+  EXPECT_EQ(before->nb_remote_sel, 0);  // route-based: no per-packet check
+  before->next_seq.fetch_add(41);       // next 42
+  SaSpec s = spec(SaDirection::kOutbound, 0x1001, "plain");
+  s.local_selectors = {{0x0af08000, 25}};
+  s.remote_selectors = {{0xac1f0100, 24}, {0xc0a80000, 16}};
+  db_->reconcile(params(s));
+  dp::OutboundSa* after = current(0);
+  ASSERT_NE(after, nullptr);
+  EXPECT_NE(after, before);
+  EXPECT_EQ(after->next_seq.load(), 42u);
+  ASSERT_EQ(after->nb_local_sel, 1);
+  ASSERT_EQ(after->nb_remote_sel, 2);
+  EXPECT_EQ(after->local_sel[0].mask, 0xffffff80u);
+  EXPECT_TRUE(dp::in_selectors(after->remote_sel, after->nb_remote_sel, 0xc0a81234u));
+  EXPECT_FALSE(dp::in_selectors(after->remote_sel, after->nb_remote_sel, 0xac1f0200u));
+  EXPECT_FALSE(dp::in_selectors(after->local_sel, after->nb_local_sel, 0x0af080c8u));  // 10.240.128.200
+}
+
+// Issue 11 §3: last use is the most recent burst any worker counted a
+// packet on the SA in; a reused slot's old value does not count.
+TEST_F(SaDatabaseTest, IdleSecondsIsNullUntilThePacketCountMoves) {
+  db_->add(params(spec(SaDirection::kOutbound, 0x1001, "plain")));
+  const uint32_t slot = current(0)->slot;
+  dp_->counters[0]->sa[slot].last_tsc = rte_rdtsc();  // a predecessor's use of the slot
+  dp::WorkerCounters sums{};
+  sums.sa[slot] = dp_->counters[0]->sa[slot];
+  SaRef ref{SaDirection::kOutbound, 0x1001, std::nullopt, kPeer1};
+  EXPECT_FALSE(db_->query(ref, sums).idle_seconds.has_value());
+  sums.sa[slot].packets += 3;
+  sums.sa[slot].last_tsc = rte_rdtsc() - rte_get_tsc_hz() / 2;  // used half a second ago
+  auto u = db_->query(ref, sums);
+  ASSERT_TRUE(u.idle_seconds.has_value());
+  EXPECT_NEAR(*u.idle_seconds, 0.5, 0.05);
+  EXPECT_EQ(u.packets, 3u);
+  EXPECT_THROW(db_->query({SaDirection::kOutbound, 0x1001, std::nullopt, kPeer2}, sums), SaNotFound);
 }
 
 TEST_F(SaDatabaseTest, InboundEncapUpdateCarriesTheWindowOver) {

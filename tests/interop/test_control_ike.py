@@ -166,6 +166,11 @@ def test_a_reserved_spi_is_consumed_by_add_sa(gw):
     spi = int(r["spi"], 16)
     assert [x["spi"] for x in larval(gw)] == [r["spi"]]
     sa = h.Sa("in", spi, "aws-a1", seed=7001)
+    # A refused add-sa consumes nothing.
+    bad = by_addr("add-sa", sa, PEER_A1, A)
+    bad["key"] = bad["key"][:-2]
+    assert gw.request(bad)["ok"] is False
+    assert [x["spi"] for x in larval(gw)] == [r["spi"]]
     assert gw.request(by_addr("add-sa", sa, PEER_A1, A))["ok"]
     assert larval(gw) == []  # consumed: the SA holds the SPI now
     d = gw.request({"op": "delete-sa", "direction": "in", "spi": spi, "dst": A})
@@ -211,9 +216,15 @@ def test_an_unconsumed_reservation_expires(gw):
 
 
 def test_at_most_65536_live_reservations(gw):
-    replies = pipelined(gw, [{"op": "alloc-spi", "dst": A if i % 2 else B} for i in range(65537)], chunk=8000)
+    replies = pipelined(gw, [{"op": "alloc-spi", "dst": A if i % 2 else B, "src": PEER_A1} for i in range(65537)],
+                        chunk=8000)
     assert all(r["ok"] for r in replies[:65536])
     assert replies[65536]["ok"] is False and "65536" in replies[65536]["error"], replies[65536]
+    # All of them listed in one reply (~5 MB: more than a client may leave
+    # unread, delivered whole to a client that reads).
+    import json
+    listed_all = gw.request({"op": "list-sas"})
+    assert len(listed_all["larval"]) == 65536 and len(json.dumps(listed_all, separators=(",", ":"))) > 4 << 20
     # A consumed or released one makes room.
     spi = replies[0]["spi"]
     assert gw.request({"op": "delete-sa", "direction": "in", "spi": spi, "dst": B})["larval"] is True
