@@ -1151,5 +1151,21 @@ kernel_espgw_ipsec_t *kernel_espgw_ipsec_create()
 	}
 	DBG1(DBG_KNL, "kernel-espgw: IPsec SAs go to espgw at %s (timeout %d ms)",
 		 this->socket_path, this->timeout_ms);
+	/* A charon that starts has no IKE_SA: every SA a previous charon installed
+	 * (one that crashed or was killed leaves them behind) would keep its tunnel
+	 * up, and its routes on it, with nobody to rekey or delete it. Remove them,
+	 * as charon would have on a clean shutdown. One charon per espgw. */
+	if (lib->settings->get_bool(lib->settings,
+						"%s.plugins.kernel-espgw.flush_on_start", TRUE, lib->ns))
+	{
+		if (_flush_sas(this) == SUCCESS)
+		{
+			DBG1(DBG_KNL, "kernel-espgw: removed the SAs a previous charon left in espgw");
+		}
+		else
+		{
+			DBG1(DBG_KNL, "kernel-espgw: could not flush a previous charon's SAs (espgw not running yet?)");
+		}
+	}
 	return &this->public;
 }

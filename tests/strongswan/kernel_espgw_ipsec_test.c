@@ -210,7 +210,8 @@ int main(void)
 	snprintf(sock, sizeof(sock), "%s/espgw.sock", dir);
 	snprintf(conf, sizeof(conf), "%s/strongswan.conf", dir);
 	f = fopen(conf, "w");
-	fprintf(f, "charon {\n plugins {\n  kernel-espgw {\n   socket = %s\n   timeout = 2000\n  }\n }\n}\n", sock);
+	fprintf(f, "charon {\n plugins {\n  kernel-espgw {\n   socket = %s\n   timeout = 2000\n"
+			"   flush_on_start = no\n  }\n }\n}\n", sock);
 	fclose(f);
 
 	listen_fd = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -461,6 +462,18 @@ int main(void)
 	pthread_mutex_unlock(&mu);
 
 	ipsec->destroy(ipsec);
+
+	/* By default a starting plugin removes what a previous charon left: one
+	 * flush-sas of the plugin's origin, before anything else. */
+	n = count();
+	lib->settings->set_bool(lib->settings, "charon.plugins.kernel-espgw.flush_on_start", TRUE);
+	script(FALSE, "\"deleted\":2,\"larval\":0");
+	ipsec = &kernel_espgw_ipsec_create()->interface;
+	req = last_request(n + 1);
+	CHECK(req && member_is(req, "op", "\"flush-sas\"") && member_is(req, "origin", "\"plugin\""));
+	json_decref(req);
+	ipsec->destroy(ipsec);
+
 	charon->kernel->remove_listener(charon->kernel, &listener);
 	ours->destroy(ours);
 	peer->destroy(peer);
