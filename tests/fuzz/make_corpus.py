@@ -1,0 +1,211 @@
+#!/usr/bin/python3
+"""Writes the fuzz targets' seed corpora under tests/fuzz/corpus/NAME/.
+
+Packets are built and encrypted by scapy (an implementation independent of
+espgw's) under the keys of the fuzz config (tests/fuzz/fuzz_gateway.cpp:
+sa_keys() and config_yaml(); keep the two in step). Each packet seed is a
+sequence of records: byte 0 = port (0 lan, 1 wan, 2 exception) | flags << 2
+| 0x80 to poll before it; two bytes of length (big-endian); the frame.
+
+    /usr/bin/python3 tests/fuzz/make_corpus.py        # rewrites the corpora
+
+Regression inputs of bugs found by fuzzing live next to the seeds as
+regress-*.bin and are kept (this script only writes seed-*).
+"""
+import hashlib
+import os
+import struct
+import sys
+
+from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, Raw, fragment
+from scapy.layers.ipsec import ESP, SecurityAssociation
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+CORPUS = os.path.join(ROOT, "corpus")
+
+LAN_MAC, WAN_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02"
+LAN_HOST_MAC, PEER_MAC, HOST_MAC = "02:00:00:00:00:10", "02:00:00:00:02:fe", "02:00:00:00:99:01"
+LAN, WAN, EXC = 0, 1, 2
+SEAL = 1 << 2
+POLL = 0x80
+
+
+def key(base, n):
+    return bytes((base + i) & 0xFF for i in range(n))
+
+
+# The fuzz config's SAs: spi -> (key || salt, esn, outer src, outer dst, udp)
+INBOUND = {
+    0x2001: (key(0x20, 20), False, "203.0.113.1", "198.51.100.10", None),
+    0x2002: (key(0x80, 36), True, "203.0.113.2", "198.51.100.11", (4500, 4501)),
+    0x2003: (key(0xC0, 20), False, "203.0.113.1", "198.51.100.10", None),
+}
+
+
+def rec(port, frame, flags=0):
+    b = bytes(frame)
+    return bytes([port | flags]) + struct.pack(">H", len(b)) + b
+
+
+def esp_in(spi, inner, seq=1, tos=0):
+    k, esn, src, dst, udp = INBOUND[spi]
+    sa = SecurityAssociation(ESP, spi=spi, crypt_algo="AES-GCM", crypt_key=k,
+                             tunnel_header=IP(src=src, dst=dst, tos=tos), esn_en=esn, esn=0)
+    pkt = sa.encrypt(inner, seq_num=seq, iv=struct.pack(">Q", seq))
+    if udp:  # scapy's nat_t_header leaves the UDP length at 8: wrap by hand
+        pkt = IP(src=src, dst=dst, tos=tos) / UDP(sport=udp[0], dport=udp[1], chksum=0) / Raw(bytes(pkt[ESP]))
+    return Ether(src=PEER_MAC, dst=WAN_MAC) / pkt
+
+
+def sealed(spi, payload, seq=1, udp=None):
+    """A frame for the harness's seal mode: ESP header, IV, plaintext (the
+    harness encrypts and appends the ICV)."""
+    _, _, src, dst, sa_udp = INBOUND[spi]
+    udp = udp or sa_udp
+    outer = IP(src=src, dst=dst, proto=17 if udp else 50)
+    if udp:
+        outer = outer / UDP(sport=udp[0], dport=udp[1], chksum=0)
+    body = struct.pack(">II", spi, seq) + struct.pack(">Q", seq) + bytes(payload)
+    return Ether(src=PEER_MAC, dst=WAN_MAC) / outer / Raw(body)
+
+
+def trailer(inner, pad=None, nh=4):
+    b = bytes(inner)
+    if pad is None:
+        pad = (4 - (len(b) + 2) % 4) % 4
+    return b + bytes(range(1, pad + 1)) + bytes([pad, nh])
+
+
+def inner_udp(src="172.16.0.5", dst="10.0.0.10", n=40, **kw):
+    return IP(src=src, dst=dst, ttl=64, **kw) / UDP(sport=1234, dport=5678) / Raw(b"i" * n)
+
+
+def inbound_seeds():
+    s = {}
+    s["esp-t1"] = rec(WAN, esp_in(0x2001, inner_udp()))
+    s["esp-t1-two-seqs"] = rec(WAN, esp_in(0x2001, inner_udp(), seq=1)) + rec(WAN, esp_in(0x2001, inner_udp(), seq=2)) \
+        + rec(WAN, esp_in(0x2001, inner_udp(), seq=1))
+    s["esp-t1-ecn-ce"] = rec(WAN, esp_in(0x2001, inner_udp(tos=2), tos=3))
+    s["esp-t1-unresolved-dst"] = rec(WAN, esp_in(0x2001, inner_udp(dst="10.0.0.77")))
+    s["esp-t1-to-gateway"] = rec(WAN, esp_in(0x2001, IP(src="172.16.0.5", dst="10.0.0.1") / ICMP()))
+    s["esp-t1-ttl1"] = rec(WAN, esp_in(0x2001, IP(src="172.16.0.5", dst="10.0.0.10", ttl=1) / ICMP()))
+    s["esp-policy"] = rec(WAN, esp_in(0x2003, inner_udp()))
+    s["esp-policy-outside"] = rec(WAN, esp_in(0x2003, inner_udp(dst="10.9.0.1")))
+    s["esp-udp-esn"] = rec(WAN, esp_in(0x2002, inner_udp(src="172.17.0.9")))
+    big = esp_in(0x2001, inner_udp(n=900))
+    frags = fragment(big[IP], fragsize=400)
+    s["esp-fragmented"] = b"".join(rec(WAN, Ether(src=PEER_MAC, dst=WAN_MAC) / f) for f in frags)
+    s["esp-fragmented-reversed"] = b"".join(rec(WAN, Ether(src=PEER_MAC, dst=WAN_MAC) / f) for f in reversed(frags))
+    ike = Ether(src=PEER_MAC, dst=WAN_MAC) / IP(src="203.0.113.1", dst="198.51.100.10") / UDP(sport=500, dport=500) \
+        / Raw(b"\x11" * 28)
+    s["ike"] = rec(WAN, ike)
+    s["ike-fragmented"] = b"".join(rec(WAN, Ether(src=PEER_MAC, dst=WAN_MAC) / f)
+                                   for f in fragment(IP(src="203.0.113.1", dst="198.51.100.10") /
+                                                     UDP(sport=4500, dport=4500) / Raw(b"\0\0\0\0" + b"k" * 1800),
+                                                     fragsize=800))
+    s["non-esp-marker"] = rec(WAN, Ether(src=PEER_MAC, dst=WAN_MAC) / IP(src="203.0.113.2", dst="198.51.100.11")
+                              / UDP(sport=4500, dport=4501) / Raw(b"\0\0\0\0" + b"ike"))
+    s["natt-keepalive"] = rec(WAN, Ether(src=PEER_MAC, dst=WAN_MAC) / IP(src="203.0.113.2", dst="198.51.100.11")
+                              / UDP(sport=4500, dport=4500) / Raw(b"\xff"))
+    s["icmp-to-us"] = rec(WAN, Ether(src=PEER_MAC, dst=WAN_MAC) / IP(src="203.0.113.9", dst="198.51.100.10") / ICMP())
+    s["arp-request"] = rec(WAN, Ether(src=PEER_MAC, dst="ff:ff:ff:ff:ff:ff") /
+                           ARP(op=1, hwsrc=PEER_MAC, psrc="198.51.100.1", pdst="198.51.100.10"))
+    # Seal mode: the harness encrypts, so trailers and inner packets can be
+    # anything and still authenticate.
+    s["seal-good"] = rec(WAN, sealed(0x2001, trailer(inner_udp())), SEAL)
+    s["seal-tfc-dummy"] = rec(WAN, sealed(0x2001, trailer(b"\0" * 30, nh=59)), SEAL)
+    s["seal-tfc-padding"] = rec(WAN, sealed(0x2001, trailer(bytes(inner_udp()) + b"\0" * 37)), SEAL)
+    s["seal-bad-pad"] = rec(WAN, sealed(0x2001, bytes(inner_udp()) + b"\x01\x02\x09\x03\x04"), SEAL)
+    s["seal-long-pad"] = rec(WAN, sealed(0x2001, trailer(inner_udp(), pad=200)), SEAL)
+    s["seal-ipv6"] = rec(WAN, sealed(0x2001, trailer(b"\x60" + b"\0" * 39, nh=41)), SEAL)
+    s["seal-inner-options"] = rec(WAN, sealed(0x2001, trailer(IP(src="172.16.0.5", dst="10.0.0.10",
+                                                                  options=b"\x94\x04\0\0") / ICMP())), SEAL)
+    s["seal-udp-esn"] = rec(WAN, sealed(0x2002, trailer(inner_udp(src="172.17.0.9"))), SEAL)
+    s["seal-policy"] = rec(WAN, sealed(0x2003, trailer(inner_udp())), SEAL)
+    s["seal-martian"] = rec(WAN, sealed(0x2001, trailer(inner_udp(dst="224.0.0.1"))), SEAL)
+    s["seal-no-route-back"] = rec(WAN, sealed(0x2001, trailer(inner_udp(src="192.0.2.1"))), SEAL)
+    return s
+
+
+def lan_frame(pkt, src_mac=LAN_HOST_MAC):
+    return Ether(src=src_mac, dst=LAN_MAC) / pkt
+
+
+def outbound_seeds():
+    s = {}
+    s["udp-t1"] = rec(LAN, lan_frame(IP(src="10.0.0.10", dst="172.16.1.1") / UDP(sport=1, dport=2) / Raw(b"o" * 64)))
+    s["udp-t2"] = rec(LAN, lan_frame(IP(src="10.0.0.10", dst="172.17.1.1", tos=0xb9) / UDP() / Raw(b"o" * 64)))
+    s["udp-t3-fallback"] = rec(LAN, lan_frame(IP(src="10.0.0.10", dst="172.18.1.1") / UDP() / Raw(b"o" * 64)))
+    s["tcp-syn-mss"] = rec(LAN, lan_frame(IP(src="10.0.0.10", dst="172.16.1.1") /
+                                          TCP(sport=40000, dport=443, flags="S", options=[("MSS", 1460), ("NOP", None),
+                                                                                           ("WScale", 7)])))
+    s["tcp-syn-mss-udp"] = rec(LAN, lan_frame(IP(src="10.0.0.10", dst="172.17.1.1") /
+                                              TCP(sport=40000, dport=443, flags="S", options=[("MSS", 8960)])))
+    s["big-df-clear"] = rec(LAN, lan_frame(IP(src="10.0.0.10", dst="172.16.1.1") / UDP() / Raw(b"f" * 1400)))
+    s["big-df-set"] = rec(LAN, lan_frame(IP(src="10.0.0.10", dst="172.16.1.1", flags="DF") / UDP() / Raw(b"f" * 1000)))
+    s["ttl1"] = rec(LAN, lan_frame(IP(src="10.0.0.10", dst="172.16.1.1", ttl=1) / UDP() / Raw(b"t" * 10)))
+    s["to-gateway"] = rec(LAN, lan_frame(IP(src="10.0.0.10", dst="10.0.0.1") / ICMP()))
+    s["no-route"] = rec(LAN, lan_frame(IP(src="10.0.0.10", dst="192.0.2.1") / UDP()))
+    s["martian"] = rec(LAN, lan_frame(IP(src="127.0.0.1", dst="172.16.1.1") / UDP()))
+    s["options"] = rec(LAN, lan_frame(IP(src="10.0.0.10", dst="172.16.1.1", options=b"\x94\x04\0\0") / UDP()))
+    s["arp-request"] = rec(LAN, Ether(src=LAN_HOST_MAC, dst="ff:ff:ff:ff:ff:ff") /
+                           ARP(op=1, hwsrc=LAN_HOST_MAC, psrc="10.0.0.10", pdst="10.0.0.1"))
+    s["burst"] = b"".join(rec(LAN, lan_frame(IP(src="10.0.0.10", dst=f"172.{16 + i % 3}.1.{i}") / UDP() /
+                                             Raw(b"b" * (i * 37 % 700)))) for i in range(40))
+    return s
+
+
+def host_seeds():
+    s = {}
+    exc = lambda pkt: Ether(src=HOST_MAC, dst="02:00:00:00:99:02") / pkt  # noqa: E731
+    s["ike-to-peer"] = rec(EXC, exc(IP(src="198.51.100.10", dst="203.0.113.1") / UDP(sport=500, dport=500) /
+                                    Raw(b"\x22" * 40)))
+    s["ike-to-udp-peer"] = rec(EXC, exc(IP(src="198.51.100.11", dst="203.0.113.2") / UDP(sport=4500, dport=4500) /
+                                        Raw(b"\0\0\0\0" + b"\x22" * 40)))
+    s["to-onlink"] = rec(EXC, exc(IP(src="198.51.100.10", dst="198.51.100.50") / ICMP()))
+    s["to-internet-then-arp"] = rec(EXC, exc(IP(src="198.51.100.10", dst="8.8.8.8") / UDP(dport=53))) + \
+        rec(WAN, Ether(src="02:00:00:00:00:77", dst=WAN_MAC) /
+            ARP(op=2, hwsrc="02:00:00:00:00:77", psrc="198.51.100.1", hwdst=WAN_MAC, pdst="198.51.100.10"), POLL)
+    s["lan-mgmt"] = rec(EXC, exc(IP(src="10.0.0.1", dst="10.0.0.10") / ICMP(type=0)))
+    s["not-ours"] = rec(EXC, exc(IP(src="192.0.2.1", dst="10.0.0.10") / ICMP()))
+    s["host-arp"] = rec(EXC, Ether(src=HOST_MAC, dst="ff:ff:ff:ff:ff:ff") /
+                        ARP(op=1, hwsrc=HOST_MAC, psrc="198.51.100.10", pdst="198.51.100.1"))
+    s["lan-arp-request"] = rec(LAN, Ether(src="02:00:00:00:00:20", dst="ff:ff:ff:ff:ff:ff") /
+                               ARP(op=1, hwsrc="02:00:00:00:00:20", psrc="10.0.0.20", pdst="10.0.0.1"))
+    s["lan-gratuitous"] = rec(LAN, Ether(src="02:00:00:00:00:21", dst="ff:ff:ff:ff:ff:ff") /
+                              ARP(op=1, hwsrc="02:00:00:00:00:21", psrc="10.0.0.21", pdst="10.0.0.21"))
+    s["lan-broadcast-sender"] = rec(LAN, Ether(src="02:00:00:00:00:22", dst="ff:ff:ff:ff:ff:ff") /
+                                    ARP(op=1, hwsrc="02:00:00:00:00:22", psrc="10.0.0.255", pdst="10.0.0.1"))
+    s["wan-reply"] = rec(WAN, Ether(src="02:00:00:00:00:77", dst=WAN_MAC) /
+                         ARP(op=2, hwsrc="02:00:00:00:00:77", psrc="198.51.100.1", hwdst=WAN_MAC, pdst="198.51.100.11"))
+    s["wan-request-other"] = rec(WAN, Ether(src="02:00:00:00:00:78", dst="ff:ff:ff:ff:ff:ff") /
+                                 ARP(op=1, hwsrc="02:00:00:00:00:78", psrc="198.51.100.30", pdst="198.51.100.99"))
+    s["hold-then-resolve"] = b"".join(rec(EXC, exc(IP(src="198.51.100.10", dst="198.51.100.60") / UDP() /
+                                                   Raw(bytes([i]) * 10))) for i in range(6)) + \
+        rec(WAN, Ether(src="02:00:00:00:00:60", dst=WAN_MAC) /
+            ARP(op=2, hwsrc="02:00:00:00:00:60", psrc="198.51.100.60", hwdst=WAN_MAC, pdst="198.51.100.10"), POLL)
+    return s
+
+
+def write(name, seeds):
+    d = os.path.join(CORPUS, name)
+    os.makedirs(d, exist_ok=True)
+    for f in os.listdir(d):
+        if f.startswith("seed-"):
+            os.unlink(os.path.join(d, f))
+    for label, data in seeds.items():
+        with open(os.path.join(d, f"seed-{label}.bin"), "wb") as fh:
+            fh.write(data)
+
+
+def main():
+    write("fuzz_inbound", inbound_seeds())
+    write("fuzz_outbound", outbound_seeds())
+    write("fuzz_host_path", host_seeds())
+    for extra in sys.argv[1:]:
+        print("unknown argument", extra, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
