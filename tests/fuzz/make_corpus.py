@@ -187,6 +187,50 @@ def host_seeds():
     return s
 
 
+def control_seeds():
+    import json
+    k = lambda seed, n=20: bytes((seed * 7 + i * 13 + 1) & 0xFF for i in range(n)).hex()  # noqa: E731
+    lines = {
+        "ping": [{"op": "ping", "id": 1}],
+        "reads": [{"op": "stats"}, {"op": "tunnels"}, {"op": "list-sas"}, {"op": "sas"}, {"op": "routes"},
+                  {"op": "neighbors"}, {"op": "subscribe"}],
+        "add-out": [{"op": "add-sa", "direction": "out", "spi": 0x3001, "tunnel": "t1", "algo": "aes128-gcm",
+                     "key": k(1), "esn": False, "seq": 5,
+                     "lifetime": {"soft": {"bytes": 1000, "packets": 10}, "hard": {"seconds": 100}}}],
+        "add-in-policy": [{"op": "add-sa", "direction": "in", "spi": "0x3002", "tunnel": "t1", "key": "0x" + k(2),
+                           "replay_window": 4096, "local_selectors": ["10.0.0.0/24"],
+                           "remote_selectors": ["172.16.0.0/16", "172.20.0.0/16"]}],
+        "add-udp-esn": [{"op": "add-sa", "direction": "in", "spi": 0x3003, "tunnel": "t2", "algo": "aes256-gcm",
+                         "key": k(3, 36), "esn": True, "encap": {"sport": 4500, "dport": 4501}}],
+        "add-plain-on-udp": [{"op": "add-sa", "direction": "out", "spi": 0x3004, "tunnel": "t2", "key": k(4),
+                              "encap": False}],
+        "replace-update-delete": [
+            {"op": "replace-sa", "direction": "out", "spi": 0x3005, "tunnel": "t3", "key": k(5)},
+            {"op": "update-sa", "direction": "out", "spi": 0x3005, "tunnel": "t3", "remote": "198.51.100.21",
+             "lifetime": {"hard": {"packets": 5}}},
+            {"op": "replace-sa", "direction": "out", "spi": 0x3005, "tunnel": "t3", "key": k(5)},
+            {"op": "delete-sa", "direction": "out", "spi": 0x3005, "tunnel": "t3"}],
+        "update-config-sa": [{"op": "update-sa", "direction": "in", "spi": 0x2002, "tunnel": "t2",
+                              "encap": {"sport": 4600, "dport": 4501}}],
+        "delete-config-sa": [{"op": "delete-sa", "direction": "out", "spi": 0x1001}],
+        "routes": [{"op": "add-route", "prefix": "172.30.0.0/16", "via": [{"tunnel": "t1", "priority": 1},
+                                                                        {"tunnel": "t2", "priority": 2}]},
+                   {"op": "replace-route", "prefix": "172.16.0.0/16", "via": [{"tunnel": "t3", "priority": 0}]},
+                   {"op": "delete-route", "prefix": "172.30.0.0/16"},
+                   {"op": "add-route", "prefix": "172.31.255.0/24", "via": [{"tunnel": "t2", "priority": 65535}]}],
+        "tunnels": [{"op": "tunnel-down", "tunnel": "t1"}, {"op": "tunnel-up", "tunnel": "t3"},
+                    {"op": "tunnel-up", "tunnel": "t1"}],
+        "refused": [{"op": "add-sa", "direction": "out", "spi": 0x1001, "tunnel": "t1", "key": k(6)},
+                    {"op": "add-sa", "direction": "sideways", "spi": 1, "tunnel": "t9", "key": "zz"},
+                    {"op": "add-route", "prefix": "172.16.0.1/16", "via": []},
+                    {"op": "tunnel-down", "tunnel": "nope"}, {"op": "bogus", "spi": -1}],
+    }
+    seeds = {name: "\n".join(json.dumps(x) for x in reqs).encode() for name, reqs in lines.items()}
+    seeds["raw-edge"] = b'{"op":"ping","op":"ping"}\n[1,2]\n{"key":"00","key":"11"}\n{"op":"add-sa","key":"\\u0030"}\n' \
+        + b"[" * 20 + b"\n{\"op\":\"ping\",\"id\":\"\xff\xfe\"}\n{\"op\":\"ping\"\x00}"
+    return seeds
+
+
 def write(name, seeds):
     d = os.path.join(CORPUS, name)
     os.makedirs(d, exist_ok=True)
@@ -202,6 +246,7 @@ def main():
     write("fuzz_inbound", inbound_seeds())
     write("fuzz_outbound", outbound_seeds())
     write("fuzz_host_path", host_seeds())
+    write("fuzz_control", control_seeds())
     for extra in sys.argv[1:]:
         print("unknown argument", extra, file=sys.stderr)
     return 0
