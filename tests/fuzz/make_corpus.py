@@ -15,6 +15,7 @@ regress-*.bin and are kept (this script only writes seed-*).
 import hashlib
 import os
 import struct
+import subprocess
 import sys
 
 from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, Raw, fragment
@@ -247,6 +248,16 @@ def main():
     write("fuzz_outbound", outbound_seeds())
     write("fuzz_host_path", host_seeds())
     write("fuzz_control", control_seeds())
+    # fuzz_xfrm: netlink messages from the XFRM tests' builder (a C++ helper
+    # of the fuzz build; FUZZ_BUILD_DIR, default build-fuzz).
+    build = os.environ.get("FUZZ_BUILD_DIR", os.path.join(ROOT, "..", "..", "build-fuzz"))
+    helper = os.path.join(build, "tests", "fuzz", "xfrm_corpus")
+    if os.access(helper, os.X_OK):
+        d = os.path.join(CORPUS, "fuzz_xfrm")
+        os.makedirs(d, exist_ok=True)
+        subprocess.run([helper, d], check=True)
+    else:
+        print(f"make_corpus: {helper} not built: fuzz_xfrm seeds left as they are", file=sys.stderr)
     for extra in sys.argv[1:]:
         print("unknown argument", extra, file=sys.stderr)
     return 0
