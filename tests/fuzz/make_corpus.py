@@ -232,6 +232,37 @@ def control_seeds():
     return seeds
 
 
+def config_seeds():
+    s = {}
+    for f in sorted(os.listdir(os.path.join(ROOT, "..", "..", "examples"))):
+        if f.endswith(".yaml"):
+            with open(os.path.join(ROOT, "..", "..", "examples", f), "rb") as fh:
+                s["example-" + f[:-5]] = fh.read()
+    s["small"] = b"""eal: [--no-huge, -l, "0,1"]
+workers: 1
+mbufs: 8192
+xfrm: { enabled: true }
+exception: { enabled: true, device: "net_tap9,iface=x" }
+ports:
+  - { name: lan, device: net_ring0, role: protected, addresses: [10.0.0.1/24], gateway: 10.0.0.254,
+      neighbors: [{ip: 10.0.0.9, mac: "02:00:00:00:00:09"}], rx_desc: 64, tx_desc: 64, mtu: 9000 }
+  - { name: wan, device: net_ring1, role: unprotected, addresses: 198.51.100.10/24, neighbor_timeout: 5 }
+tunnels:
+  - { name: t, port: wan, local: 198.51.100.10, remote: 203.0.113.1, udp_encap: true, udp_src_port: 4501,
+      dscp: 46, df: set, ttl: 9, mtu: 1400, mss_clamp: 1300, gateway: 198.51.100.1, up: false }
+routes: [{ prefix: 172.16.0.0/12, via: [{ tunnel: t, priority: 3 }] }]
+sas:
+  - { direction: in, spi: 0x100, tunnel: t, algo: aes256-gcm, esn: true, replay_window: 4096,
+      key: "aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99:aa:bb:cc:dd:ee:ff:00:11:22:33:44:55:66:77:88:99:01:02:03:04",
+      local_selectors: 10.0.0.0/24, remote_selectors: [172.16.0.0/12] }
+  - { direction: out, spi: 4294967295, tunnel: t, algo: aes128-gcm, seq: 4294967295,
+      key: "0x0102030405060708090a0b0c0d0e0f10 11121314" }
+"""
+    s["typo"] = b"ports:\n  - name: lan\n    devcie: x\n    role: protected\n"
+    s["anchors"] = b"x: &a {role: protected}\nports: [*a, {<<: *a, name: q}]\n"
+    return s
+
+
 def write(name, seeds):
     d = os.path.join(CORPUS, name)
     os.makedirs(d, exist_ok=True)
@@ -248,6 +279,7 @@ def main():
     write("fuzz_outbound", outbound_seeds())
     write("fuzz_host_path", host_seeds())
     write("fuzz_control", control_seeds())
+    write("fuzz_config", config_seeds())
     # fuzz_xfrm: netlink messages from the XFRM tests' builder (a C++ helper
     # of the fuzz build; FUZZ_BUILD_DIR, default build-fuzz).
     build = os.environ.get("FUZZ_BUILD_DIR", os.path.join(ROOT, "..", "..", "build-fuzz"))
