@@ -8,6 +8,7 @@
 #include <rte_mempool.h>
 #include <rte_rcu_qsbr.h>
 
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -43,16 +44,20 @@ void ControlOps::synchronize() const { rte_rcu_qsbr_synchronize(dp_.qsbr, RTE_QS
 // by the same validator the config file uses, then the database applies its
 // identity rules. Nothing else builds SaParams at run time.
 
+// An installed inbound SA consumes the reservation of its SPI at its address
+// (whoever asked for it: the SPI is the SA's now).
 void ControlOps::add_sa(const SaSpec& spec, SaOrigin origin) {
   SaParams p = validate_sa_spec(spec, sas().tunnels());
   p.origin = origin;
   sas().add(p);
+  if (p.direction == SaDirection::kInbound) spis_.release(p.local_addr, p.spi);
 }
 
 void ControlOps::replace_sa(const SaSpec& spec, SaOrigin origin) {
   SaParams p = validate_sa_spec(spec, sas().tunnels());
   p.origin = origin;
   sas().reconcile(p);  // keeps next_seq, the replay window and the counters
+  if (p.direction == SaDirection::kInbound) spis_.release(p.local_addr, p.spi);
 }
 
 void ControlOps::update_sa(const SaUpdate& update) {
@@ -60,15 +65,63 @@ void ControlOps::update_sa(const SaUpdate& update) {
   sas().update(update);
 }
 
+SaRef ControlOps::ref_of(const SaName& n) const {
+  SaRef ref{n.direction, n.spi, std::nullopt, n.dst};
+  if (n.tunnel) ref.tunnel = tunnel_index(*n.tunnel);
+  return ref;
+}
+
 void ControlOps::delete_sa(SaDirection dir, uint32_t spi, const std::optional<std::string>& tunnel,
                            const char* reason) {
-  std::optional<uint16_t> t;
-  if (tunnel) t = tunnel_index(*tunnel);
-  sas().remove(dir, spi, t, reason);
+  delete_sa(SaName{dir, spi, tunnel, std::nullopt}, reason);
+}
+
+bool ControlOps::delete_sa(const SaName& name, const char* reason) {
+  const SaRef ref = ref_of(name);
+  try {
+    sas().remove(ref, reason);
+    return false;
+  } catch (const SaNotFound&) {
+    if (ref.direction != SaDirection::kInbound) throw;
+    // Only reserved? The reservation's address: dst, the tunnel's local
+    // address, or (neither given) the one address holding it.
+    std::vector<uint32_t> dsts;
+    if (ref.tunnel) {
+      const uint32_t local = sas().tunnels()[*ref.tunnel].local;
+      if (ref.destination && *ref.destination != local) throw;
+      dsts = {local};
+    } else if (ref.destination) {
+      dsts = {*ref.destination};
+    } else {
+      dsts = spis_.destinations_of(ref.spi);
+      if (dsts.size() > 1)
+        throw SaError(fmt::format("SPI 0x{:08x} is reserved for several addresses: name dst", ref.spi));
+    }
+    if (dsts.size() != 1 || !spis_.release(dsts[0], ref.spi)) throw;
+    return true;
+  }
+}
+
+json ControlOps::query_sa(const SaName& name) const {
+  SaUsage u = sas().query(ref_of(name), sum_counters());
+  return {{"direction", u.key.direction == SaDirection::kInbound ? "in" : "out"},
+          {"spi", fmt::format("0x{:08x}", u.key.spi)},
+          {"tunnel", tunnels_[u.key.tunnel].name},
+          {"dst", format_ipv4(u.key.destination)},
+          {"packets", u.packets},
+          {"bytes", u.bytes},
+          {"idle_seconds", u.idle_seconds ? json(*u.idle_seconds) : json(nullptr)}};
 }
 
 size_t ControlOps::delete_all_sas(std::optional<SaOrigin> origin, const char* reason) {
   return sas().remove_all(origin, reason);
+}
+
+ControlOps::FlushResult ControlOps::flush_sas(std::optional<SaOrigin> origin) {
+  FlushResult r;
+  r.deleted = sas().remove_all(origin, "flush");
+  r.larval = spis_.clear();
+  return r;
 }
 
 std::vector<SaKey> ControlOps::sa_keys(std::optional<SaOrigin> origin) const { return sas().keys(origin); }
@@ -79,8 +132,37 @@ bool ControlOps::has_sa(SaDirection dir, uint32_t spi, uint16_t tunnel) const {
 
 json ControlOps::list_sas() const { return sas().list(sum_counters()); }
 
+SpiGrant ControlOps::alloc_spi(uint32_t dst, std::optional<uint32_t> src, std::optional<uint32_t> timeout_s) {
+  const uint32_t timeout = timeout_s.value_or(kDefaultSpiTimeoutS);
+  if (timeout < 1 || timeout > kMaxSpiTimeoutS)
+    throw SaError(fmt::format("timeout_s: {} is not in 1..{}", timeout, kMaxSpiTimeoutS));
+  bool local = false;
+  for (const auto& t : sas().tunnels()) local = local || t.local == dst;
+  if (!local) throw SaError(fmt::format("dst: {} is not a local address of any tunnel", format_ipv4(dst)));
+  const uint32_t spi =
+      spis_.reserve(dst, src.value_or(0), std::chrono::seconds(timeout), SpiAllocator::Clock::now(),
+                    [&](uint32_t spi) { return sas().contains_identity(SaDirection::kInbound, spi, dst); });
+  return {spi, timeout};
+}
+
+json ControlOps::larval() const {
+  json out = json::array();
+  const auto now = SpiAllocator::Clock::now();
+  for (const auto& r : spis_.list()) {
+    // Whole seconds left, rounded up: 0 only once it has expired.
+    const auto left = std::chrono::ceil<std::chrono::seconds>(r.expires - now).count();
+    json j = {{"spi", fmt::format("0x{:08x}", r.spi)}, {"dst", format_ipv4(r.dst)}, {"expires_in_s", left > 0 ? left : 0}};
+    if (r.src) j["src"] = format_ipv4(r.src);
+    out.push_back(j);
+  }
+  return out;
+}
+
+size_t ControlOps::expire_reservations() { return spis_.expire(SpiAllocator::Clock::now()); }
+
 void ControlOps::check_lifetimes() {
   if (sas_) sas_->check_lifetimes(sum_counters());
+  expire_reservations();
 }
 
 // -------------------------------------------------------------- tunnels
@@ -206,7 +288,11 @@ dp::WorkerCounters ControlOps::sum_counters() const {
       add(s.tunnel[t].in, c.tunnel[t].in);
       s.tunnel[t].asymmetric += c.tunnel[t].asymmetric;
     }
-    for (uint32_t i = 0; i < dp::kMaxSas; i++) add(s.sa[i], c.sa[i]);
+    for (uint32_t i = 0; i < dp::kMaxSas; i++) {
+      s.sa[i].packets += c.sa[i].packets;
+      s.sa[i].bytes += c.sa[i].bytes;
+      s.sa[i].last_tsc = std::max(s.sa[i].last_tsc, c.sa[i].last_tsc);  // the most recent use, any worker
+    }
     for (int r = 0; r < static_cast<int>(dp::DropReason::kCount); r++) s.drop[r] += c.drop[r];
     s.exception_to_host += c.exception_to_host;
     s.exception_from_host += c.exception_from_host;

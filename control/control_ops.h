@@ -29,6 +29,7 @@
 
 #include "control/sa_database.h"
 #include "control/sa_spec.h"
+#include "control/spi_allocator.h"
 #include "dataplane/dataplane.h"
 #include "lpm/route_table.h"
 
@@ -42,6 +43,21 @@ struct RouteHopRequest {
 struct RouteRequest {
   lpm::Prefix4 prefix{};
   std::vector<RouteHopRequest> via;
+};
+
+// How a request names an existing SA (delete-sa, query-sa): direction, SPI,
+// and the tunnel and/or the destination address (docs/control-api.md).
+struct SaName {
+  SaDirection direction = SaDirection::kOutbound;
+  uint32_t spi = 0;
+  std::optional<std::string> tunnel;
+  std::optional<uint32_t> dst;  // host order
+};
+
+// What alloc-spi hands out.
+struct SpiGrant {
+  uint32_t spi = 0;
+  uint32_t expires_in_s = 0;
 };
 
 class ControlOps {
@@ -69,10 +85,31 @@ class ControlOps {
   void update_sa(const SaUpdate& update);
   void delete_sa(SaDirection dir, uint32_t spi, const std::optional<std::string>& tunnel,
                  const char* reason = "request");
+  // Returns true when no SA had the name but an inbound SPI reservation
+  // did: released (charon deletes the SPIs of negotiations that failed).
+  bool delete_sa(const SaName& name, const char* reason = "request");
+  // query-sa's reply fields (without "ok"); SaNotFound when absent.
+  nlohmann::json query_sa(const SaName& name) const;
   size_t delete_all_sas(std::optional<SaOrigin> origin, const char* reason);
+  struct FlushResult {
+    size_t deleted = 0, larval = 0;
+  };
+  // flush-sas (charon's flush_sas): every SA (of `origin` when given) with
+  // reason "flush", and every SPI reservation.
+  FlushResult flush_sas(std::optional<SaOrigin> origin);
   std::vector<SaKey> sa_keys(std::optional<SaOrigin> origin) const;
   bool has_sa(SaDirection dir, uint32_t spi, uint16_t tunnel) const;
   nlohmann::json list_sas() const;
+
+  // ---- SPI allocation (alloc-spi): larval reservations, consumed by an
+  // inbound add-sa/replace-sa of the SPI at that address.
+  static constexpr uint32_t kDefaultSpiTimeoutS = 180;
+  static constexpr uint32_t kMaxSpiTimeoutS = 3600;
+  // `dst` must be a tunnel's local address; `src` (the peer) is recorded.
+  SpiGrant alloc_spi(uint32_t dst, std::optional<uint32_t> src, std::optional<uint32_t> timeout_s);
+  nlohmann::json larval() const;
+  // Releases expired reservations (the control loop, 20 times a second).
+  size_t expire_reservations();
 
   // ---- tunnels
   void set_tunnel_admin(const std::string& name, bool up);
@@ -105,6 +142,7 @@ class ControlOps {
     bool admin_up = true;
   };
   SaDatabase& sas() const;
+  SaRef ref_of(const SaName& name) const;
   std::vector<lpm::NextHop> hops_of(const RouteRequest& r) const;
   nlohmann::json tunnels_json(const dataplane::WorkerCounters& sums) const;
   void synchronize() const;
@@ -116,6 +154,7 @@ class ControlOps {
   EventSink emit_;
   StatsExtras extras_;
   SaDatabase* sas_ = nullptr;
+  SpiAllocator spis_;
 };
 
 }  // namespace espgw::control

@@ -193,14 +193,25 @@ uint32_t ipv4_field(const json& v, const char* name) {
   return ntohl(a.s_addr);
 }
 
+std::optional<uint32_t> opt_ipv4(const json& j, const char* name) {
+  const json* v = find(j, name);
+  if (!v) return std::nullopt;
+  return ipv4_field(*v, name);
+}
+
 SaSpec sa_spec_of(const json& j, const WipingString* key_text) {
-  allow_only(j, {"op", "id", "direction", "spi", "tunnel", "algo", "key", "esn", "replay_window", "seq", "encap",
-                 "lifetime", "local_selectors", "remote_selectors"},
+  allow_only(j, {"op", "id", "direction", "spi", "tunnel", "src", "dst", "algo", "key", "esn", "replay_window", "seq",
+                 "encap", "lifetime", "local_selectors", "remote_selectors", "origin"},
              "");
   SaSpec s;
   s.direction = dir_field(j);
   s.spi = spi_field(j);
-  s.tunnel = req_string(j, "tunnel");
+  // The tunnel by name, or by the SA's outer addresses (src and dst).
+  s.src = opt_ipv4(j, "src");
+  s.dst = opt_ipv4(j, "dst");
+  if (auto t = opt_string(j, "tunnel")) s.tunnel = *t;
+  else if (!s.src || !s.dst)
+    throw RequestError("missing field 'tunnel' (or both 'src' and 'dst', the SA's outer addresses)");
   s.algo = algo_field(j);
   s.esn = opt_bool(j, "esn", false);
   if (auto w = opt_uint(j, "replay_window", 0xFFFFFFFFu)) s.replay_window = static_cast<uint32_t>(*w);
@@ -209,7 +220,13 @@ SaSpec sa_spec_of(const json& j, const WipingString* key_text) {
     if (e->is_boolean() && !e->get<bool>()) s.plain_esp = true;  // "encap": false, plain ESP said explicitly
     else s.encap = encap_field(*e, s.direction);
   }
+  // Who installs it: the socket's clients, or an IKE daemon's plugin (whose
+  // flush-sas removes only its own). config and xfrm are not a client's to claim.
   s.origin = SaOrigin::kSocket;
+  if (auto o = opt_string(j, "origin")) {
+    if (*o == "plugin") s.origin = SaOrigin::kPlugin;
+    else if (*o != "socket") throw RequestError("field 'origin': '" + *o + "' is neither socket nor plugin");
+  }
   std::optional<SaLifetime> soft, hard;
   lifetime_field(j, soft, hard);
   s.soft = soft.value_or(SaLifetime{});
@@ -220,12 +237,28 @@ SaSpec sa_spec_of(const json& j, const WipingString* key_text) {
   return s;
 }
 
+// delete-sa / query-sa: direction, SPI, and the tunnel and/or dst (src is
+// accepted, as charon has it, and not needed: dst names the identity).
+SaName sa_name_of(const json& j) {
+  allow_only(j, {"op", "id", "direction", "spi", "tunnel", "src", "dst"}, "");
+  SaName n;
+  n.direction = dir_field(j);
+  n.spi = spi_field(j);
+  n.tunnel = opt_string(j, "tunnel");
+  opt_ipv4(j, "src");
+  n.dst = opt_ipv4(j, "dst");
+  return n;
+}
+
 SaUpdate sa_update_of(const json& j) {
-  allow_only(j, {"op", "id", "direction", "spi", "tunnel", "encap", "remote", "lifetime"}, "");
+  allow_only(j, {"op", "id", "direction", "spi", "tunnel", "src", "dst", "encap", "remote", "lifetime"}, "");
   SaUpdate u;
   u.direction = dir_field(j);
   u.spi = spi_field(j);
-  u.tunnel = req_string(j, "tunnel");
+  opt_ipv4(j, "src");  // accepted, not needed (see sa_name_of)
+  u.dst = opt_ipv4(j, "dst");
+  if (auto t = opt_string(j, "tunnel")) u.tunnel = *t;
+  else if (!u.dst) throw RequestError("missing field 'tunnel' (or 'dst', the SA's destination address)");
   if (const json* e = find(j, "encap")) u.encap = encap_field(*e, u.direction);
   if (const json* r = find(j, "remote")) u.remote_addr = ipv4_field(*r, "remote");
   lifetime_field(j, u.soft, u.hard);
@@ -379,6 +412,12 @@ ControlReply JsonCodec::handle_line(WipingString& line) noexcept {
       out.body = {{"ok", false}, {"error", "out of memory while serving the request"}};
     } catch (...) {
     }
+  } catch (const SaNotFound& e) {
+    out = {};
+    try {
+      out.body = {{"ok", false}, {"error", e.what()}, {"code", "not-found"}};
+    } catch (...) {
+    }
   } catch (const std::exception& e) {
     out = {};
     try {
@@ -419,7 +458,7 @@ json JsonCodec::dispatch(json& req, const WipingString* key_text, bool& subscrib
   }
   if (op == "stats") return ops_.stats();
   if (op == "tunnels") return {{"ok", true}, {"tunnels", ops_.tunnels()}};
-  if (op == "list-sas" || op == "sas") return {{"ok", true}, {"sas", ops_.list_sas()}};
+  if (op == "list-sas" || op == "sas") return {{"ok", true}, {"sas", ops_.list_sas()}, {"larval", ops_.larval()}};
   if (op == "routes") return {{"ok", true}, {"routes", ops_.routes()}};
   if (op == "neighbors") return {{"ok", true}, {"neighbors", ops_.neighbors()}};
 
@@ -431,8 +470,8 @@ json JsonCodec::dispatch(json& req, const WipingString* key_text, bool& subscrib
   if (op == "add-sa" || op == "replace-sa") {
     SaSpec spec = sa_spec_of(req, key_text);
     wipe_key(req);
-    if (op == "add-sa") ops_.add_sa(spec, SaOrigin::kSocket);
-    else ops_.replace_sa(spec, SaOrigin::kSocket);  // add-or-update: SaDatabase::reconcile
+    if (op == "add-sa") ops_.add_sa(spec, spec.origin);
+    else ops_.replace_sa(spec, spec.origin);  // add-or-update: SaDatabase::reconcile
     return ok;
   }
   if (op == "update-sa") {
@@ -440,11 +479,33 @@ json JsonCodec::dispatch(json& req, const WipingString* key_text, bool& subscrib
     return ok;
   }
   if (op == "delete-sa") {
-    allow_only(req, {"op", "id", "direction", "spi", "tunnel"}, "");
-    SaDirection d = dir_field(req);
-    uint32_t spi = spi_field(req);
-    ops_.delete_sa(d, spi, opt_string(req, "tunnel"));
+    if (ops_.delete_sa(sa_name_of(req))) return {{"ok", true}, {"larval", true}};
     return ok;
+  }
+  if (op == "flush-sas") {
+    allow_only(req, {"op", "id", "origin"}, "");
+    std::optional<SaOrigin> origin;
+    if (auto o = opt_string(req, "origin")) {
+      for (SaOrigin x : {SaOrigin::kConfig, SaOrigin::kSocket, SaOrigin::kXfrm, SaOrigin::kPlugin})
+        if (*o == to_string(x)) origin = x;
+      if (!origin) throw RequestError("field 'origin': '" + *o + "' is not one of config, socket, xfrm, plugin");
+    }
+    ControlOps::FlushResult r = ops_.flush_sas(origin);
+    return {{"ok", true}, {"deleted", r.deleted}, {"larval", r.larval}};
+  }
+  if (op == "alloc-spi") {
+    allow_only(req, {"op", "id", "dst", "src", "timeout_s"}, "");
+    const json* dst = find(req, "dst");
+    if (!dst) throw RequestError("missing field 'dst' (our address the inbound SA will be addressed to)");
+    std::optional<uint32_t> timeout;
+    if (auto t = opt_uint(req, "timeout_s", 0xFFFFFFFFu)) timeout = static_cast<uint32_t>(*t);
+    SpiGrant g = ops_.alloc_spi(ipv4_field(*dst, "dst"), opt_ipv4(req, "src"), timeout);
+    return {{"ok", true}, {"spi", fmt::format("0x{:08x}", g.spi)}, {"expires_in_s", g.expires_in_s}};
+  }
+  if (op == "query-sa") {
+    json reply = ops_.query_sa(sa_name_of(req));
+    reply["ok"] = true;
+    return reply;
   }
   if (op == "add-route" || op == "replace-route") {
     RouteRequest r = route_of(req);

@@ -2,9 +2,12 @@
 
 #include <fmt/format.h>
 #include <openssl/evp.h>
+#include <rte_cycles.h>
 #include <rte_errno.h>
 
 #include <algorithm>
+#include <cmath>
+#include <utility>
 
 namespace espgw::control {
 namespace dp = espgw::dataplane;
@@ -20,6 +23,15 @@ uint32_t prefix_mask(uint8_t len) { return len == 0 ? 0 : ~uint32_t{0} << (32 - 
 // Soft expiry on sequence space: well before the hard end, so the agent has
 // time to rekey (RFC 4303 §3.3.3: the counter must never cycle).
 constexpr uint64_t kSeqSoftMargin = uint64_t{1} << 24;
+
+// What charon's kernel->expire(protocol, spi, dst, hard) needs, and the
+// SA's other outer address: the SA as an IKE daemon names it (src, dst).
+void add_addresses(json& ev, const SaParams& p) {
+  const bool in = p.direction == SaDirection::kInbound;
+  ev["src"] = format_ipv4(in ? p.remote_addr : p.local_addr);
+  ev["dst"] = format_ipv4(in ? p.local_addr : p.remote_addr);
+  ev["protocol"] = "esp";
+}
 
 json lifetime_json(const SaLifetime& l) { return {{"bytes", l.bytes}, {"packets", l.packets}, {"seconds", l.seconds}}; }
 
@@ -84,17 +96,39 @@ std::string SaDatabase::describe(const SaParams& p) const {
                      format_ipv4(p.direction == SaDirection::kInbound ? p.local_addr : p.remote_addr));
 }
 
-SaDatabase::Iter SaDatabase::find(SaDirection dir, uint32_t spi, std::optional<uint16_t> tunnel) {
+std::map<SaDatabase::Key, SaDatabase::Entry>::const_iterator SaDatabase::find(const SaRef& ref) const {
+  if (ref.destination) {
+    auto it = entries_.find({ref.direction, ref.spi, *ref.destination});
+    if (it != entries_.end() && ref.tunnel && it->second.params.tunnel != *ref.tunnel) return entries_.end();
+    return it;
+  }
   auto found = entries_.end();
-  for (auto it = entries_.lower_bound({dir, spi, 0}); it != entries_.end(); ++it) {
+  for (auto it = entries_.lower_bound({ref.direction, ref.spi, 0}); it != entries_.end(); ++it) {
     auto& [d, s, dst] = it->first;
-    if (d != dir || s != spi) break;
-    if (tunnel && it->second.params.tunnel != *tunnel) continue;
+    if (d != ref.direction || s != ref.spi) break;
+    if (ref.tunnel && it->second.params.tunnel != *ref.tunnel) continue;
     if (found != entries_.end())
-      throw SaError(fmt::format("SPI 0x{:08x} ({}) exists on several tunnels: name the tunnel", spi, dir_name(dir)));
+      throw SaError(fmt::format("SPI 0x{:08x} ({}) exists on several tunnels: name the tunnel or dst", ref.spi,
+                                dir_name(ref.direction)));
     found = it;
   }
   return found;
+}
+
+SaDatabase::Iter SaDatabase::find(const SaRef& ref) {
+  auto it = std::as_const(*this).find(ref);
+  return it == entries_.end() ? entries_.end() : entries_.find(it->first);
+}
+
+std::map<SaDatabase::Key, SaDatabase::Entry>::const_iterator SaDatabase::find_existing(const SaRef& ref) const {
+  auto it = find(ref);
+  if (it == entries_.end()) {
+    std::string where;
+    if (ref.destination) where += " to " + format_ipv4(*ref.destination);
+    if (ref.tunnel && *ref.tunnel < tunnels_.size()) where += " on " + tunnels_[*ref.tunnel].name;
+    throw SaNotFound(fmt::format("no {} SA with SPI 0x{:08x}{}", dir_name(ref.direction), ref.spi, where));
+  }
+  return it;
 }
 
 bool SaDatabase::contains(SaDirection dir, uint32_t spi, uint16_t tunnel) const {
@@ -280,11 +314,13 @@ void SaDatabase::reconcile(const SaParams& p) {
 
 void SaDatabase::update(const SaUpdate& u) {
   validate_sa_update(u, defaults_);
-  uint16_t t = 0;
-  while (tunnels_[t].name != u.tunnel) t++;  // validate_sa_update found it
-  auto it = find(u.direction, u.spi, t);
-  if (it == entries_.end())
-    throw SaError(fmt::format("no {} SA with SPI 0x{:08x} on {}", dir_name(u.direction), u.spi, u.tunnel));
+  SaRef ref{u.direction, u.spi, std::nullopt, u.dst};
+  if (!u.tunnel.empty()) {
+    uint16_t t = 0;
+    while (tunnels_[t].name != u.tunnel) t++;  // validate_sa_update found it
+    ref.tunnel = t;
+  }
+  auto it = entries_.find(find_existing(ref)->first);
   SaParams next = it->second.params;
   if (u.encap) {
     if (!next.encap) throw SaError("encap: the SA runs plain ESP; UDP encapsulation needs a new SA");
@@ -407,12 +443,21 @@ void SaDatabase::publish_outbound(uint16_t tunnel) {
   }
 }
 
-void SaDatabase::remove(SaDirection dir, uint32_t spi, std::optional<uint16_t> tunnel, const char* reason) {
-  auto it = find(dir, spi, tunnel);
-  if (it == entries_.end())
-    throw SaError(fmt::format("no {} SA with SPI 0x{:08x}{}", dir_name(dir), spi,
-                              tunnel && *tunnel < tunnels_.size() ? " on " + tunnels_[*tunnel].name : std::string()));
-  erase(it, reason);
+void SaDatabase::remove(const SaRef& ref, const char* reason) {
+  erase(entries_.find(find_existing(ref)->first), reason);
+}
+
+SaUsage SaDatabase::query(const SaRef& ref, const dp::WorkerCounters& sums) const {
+  auto it = find_existing(ref);
+  const Entry& e = it->second;
+  dp::PacketByteCount u = usage(e, sums);
+  SaUsage out;
+  out.key = {std::get<0>(it->first), std::get<1>(it->first), std::get<2>(it->first), e.params.tunnel,
+             e.params.origin};
+  out.packets = u.packets;
+  out.bytes = u.bytes;
+  out.idle_seconds = idle_seconds(e, sums);
+  return out;
 }
 
 size_t SaDatabase::remove_all(std::optional<SaOrigin> origin, const char* reason) {
@@ -440,15 +485,28 @@ void SaDatabase::erase(Iter it, const char* reason) {
   if (pos >= 0) rte_hash_free_key_with_position(dp_.inbound, pos);  // the slot may be reused now
   free_slots_.push_back(e.slot);
   e.aead.reset();  // wipes the key schedule; e.params.keymat wipes itself
-  events_({{"event", "sa-deleted"},
-           {"direction", dir_name(dir)},
-           {"spi", fmt::format("0x{:08x}", spi)},
-           {"tunnel", tunnels_[t].name},
-           {"reason", reason}});
+  json ev = {{"event", "sa-deleted"},
+             {"direction", dir_name(dir)},
+             {"spi", fmt::format("0x{:08x}", spi)},
+             {"tunnel", tunnels_[t].name},
+             {"reason", reason}};
+  add_addresses(ev, e.params);
+  events_(ev);
 }
 
 dp::PacketByteCount SaDatabase::usage(const Entry& e, const dp::WorkerCounters& sums) const {
   return {sums.sa[e.slot].packets - e.baseline.packets, sums.sa[e.slot].bytes - e.baseline.bytes};
+}
+
+// The slot's last_tsc is the most recent burst any worker counted a packet
+// in; a slot reused by a new SA still holds its predecessor's until the new
+// SA's first packet, hence "used" is decided by the packet count since
+// install (every write of the predecessor happened before the slot was freed).
+std::optional<double> SaDatabase::idle_seconds(const Entry& e, const dp::WorkerCounters& sums) const {
+  if (usage(e, sums).packets == 0) return std::nullopt;
+  const uint64_t now = rte_rdtsc(), last = sums.sa[e.slot].last_tsc;
+  const double s = now > last ? double(now - last) / double(rte_get_tsc_hz()) : 0.0;
+  return std::round(s * 1000.0) / 1000.0;
 }
 
 void SaDatabase::check_lifetimes(const dp::WorkerCounters& sums) {
@@ -488,25 +546,30 @@ void SaDatabase::check_lifetimes(const dp::WorkerCounters& sums) {
     // soft one first: agents start the rekey on soft.
     if (s && !e.soft_sent) {
       e.soft_sent = true;
-      events_({{"event", "sa-expire"},
-               {"kind", "soft"},
-               {"reason", s},
-               {"direction", dir_name(std::get<0>(k))},
-               {"spi", fmt::format("0x{:08x}", std::get<1>(k))},
-               {"tunnel", tunnels_[e.params.tunnel].name}});
+      json ev = {{"event", "sa-expire"},
+                 {"kind", "soft"},
+                 {"reason", s},
+                 {"direction", dir_name(std::get<0>(k))},
+                 {"spi", fmt::format("0x{:08x}", std::get<1>(k))},
+                 {"tunnel", tunnels_[e.params.tunnel].name}};
+      add_addresses(ev, e.params);
+      events_(ev);
     }
     if (h) hard.push_back({k, e.params.tunnel, h});
   }
   for (const Hit& hit : hard) {
     auto& [dir, spi, dst] = hit.key;
-    events_({{"event", "sa-expire"},
-             {"kind", "hard"},
-             {"reason", hit.why},
-             {"direction", dir_name(dir)},
-             {"spi", fmt::format("0x{:08x}", spi)},
-             {"tunnel", tunnels_[hit.tunnel].name}});
     auto it = entries_.find(hit.key);
-    if (it != entries_.end()) erase(it, "hard-expire");
+    if (it == entries_.end()) continue;
+    json ev = {{"event", "sa-expire"},
+               {"kind", "hard"},
+               {"reason", hit.why},
+               {"direction", dir_name(dir)},
+               {"spi", fmt::format("0x{:08x}", spi)},
+               {"tunnel", tunnels_[hit.tunnel].name}};
+    add_addresses(ev, it->second.params);
+    events_(ev);
+    erase(it, "hard-expire");
   }
 }
 
@@ -515,6 +578,7 @@ json SaDatabase::list(const dp::WorkerCounters& sums) const {
   auto now = std::chrono::steady_clock::now();
   for (auto& [k, e] : entries_) {
     dp::PacketByteCount u = usage(e, sums);
+    const std::optional<double> idle = idle_seconds(e, sums);
     const SaParams& p = e.params;
     json j = {{"direction", dir_name(p.direction)},
               {"spi", fmt::format("0x{:08x}", p.spi)},
@@ -527,6 +591,7 @@ json SaDatabase::list(const dp::WorkerCounters& sums) const {
               {"packets", u.packets},
               {"bytes", u.bytes},
               {"age_seconds", std::chrono::duration_cast<std::chrono::seconds>(now - e.installed).count()},
+              {"idle_seconds", idle ? json(*idle) : json(nullptr)},
               {"lifetime", {{"soft", lifetime_json(p.soft)}, {"hard", lifetime_json(p.hard)}}}};
     if (e.out) {
       j["next_seq"] = e.out->next_seq.load();

@@ -59,6 +59,23 @@ struct SaKey {
   bool operator==(const SaKey&) const = default;
 };
 
+// How a request names an existing SA: direction and SPI, and its tunnel
+// and/or its destination (inbound: our local address; outbound: the peer's,
+// after any update-sa move). Neither: the SPI must be unique in the direction.
+struct SaRef {
+  SaDirection direction = SaDirection::kOutbound;
+  uint32_t spi = 0;
+  std::optional<uint16_t> tunnel;
+  std::optional<uint32_t> destination;  // host order
+};
+
+// What query-sa reports of one SA.
+struct SaUsage {
+  SaKey key;
+  uint64_t packets = 0, bytes = 0;
+  std::optional<double> idle_seconds;  // since a worker last counted a packet on it; empty: never
+};
+
 class SaDatabase {
  public:
   using EventSink = std::function<void(const nlohmann::json&)>;
@@ -86,9 +103,8 @@ class SaDatabase {
   void reconcile(const SaParams& p);
   // Validated (validate_sa_update), same state rules as reconcile.
   void update(const SaUpdate& u);
-  // Deletes the SA with this SPI and direction (on `tunnel` when given).
-  void remove(SaDirection dir, uint32_t spi, std::optional<uint16_t> tunnel = std::nullopt,
-              const char* reason = "request");
+  // Deletes the SA `ref` names; SaNotFound when there is none.
+  void remove(const SaRef& ref, const char* reason = "request");
   // Deletes every SA (of `origin` when given); returns how many.
   size_t remove_all(std::optional<SaOrigin> origin, const char* reason);
 
@@ -100,6 +116,12 @@ class SaDatabase {
   std::vector<SaKey> keys(std::optional<SaOrigin> origin = std::nullopt) const;
   bool has_outbound(uint16_t tunnel) const;
   bool contains(SaDirection dir, uint32_t spi, uint16_t tunnel) const;
+  // Whether an SA with this identity (direction, SPI, destination) exists.
+  bool contains_identity(SaDirection dir, uint32_t spi, uint32_t destination) const {
+    return entries_.count({dir, spi, destination}) != 0;
+  }
+  // Counters and last use of the SA `ref` names; SaNotFound when none.
+  SaUsage query(const SaRef& ref, const dataplane::WorkerCounters& sums) const;
   const dataplane::OutboundSa* current_outbound(uint16_t tunnel) const;
   size_t size() const { return entries_.size(); }
   uint64_t installs() const { return installs_; }
@@ -129,7 +151,11 @@ class SaDatabase {
   static Key key_of(const SaParams& p) {
     return {p.direction, p.spi, p.direction == SaDirection::kInbound ? p.local_addr : p.remote_addr};
   }
-  Iter find(SaDirection dir, uint32_t spi, std::optional<uint16_t> tunnel);
+  // The SA `ref` names, or end(); throws when the SPI alone is ambiguous.
+  Iter find(const SaRef& ref);
+  std::map<Key, Entry>::const_iterator find(const SaRef& ref) const;
+  // find(), or SaNotFound naming what was asked for.
+  std::map<Key, Entry>::const_iterator find_existing(const SaRef& ref) const;
   void check_params(const SaParams& p) const;
   std::unique_ptr<dataplane::OutboundSa> build_outbound(const SaParams& p, const crypto::AeadContext* aead,
                                                         uint32_t slot) const;
@@ -143,6 +169,9 @@ class SaDatabase {
   void publish_outbound(uint16_t tunnel);
   void synchronize() const;
   dataplane::PacketByteCount usage(const Entry& e, const dataplane::WorkerCounters& sums) const;
+  // Seconds (millisecond precision) since a worker last counted a packet on
+  // the SA; empty when none has since it was installed.
+  std::optional<double> idle_seconds(const Entry& e, const dataplane::WorkerCounters& sums) const;
   std::string describe(const SaParams& p) const;
 
   dataplane::Dataplane& dp_;

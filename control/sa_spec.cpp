@@ -111,10 +111,38 @@ SaSpec sa_spec_from_config(const SaConfig& c) {
   return s;
 }
 
+size_t resolve_sa_tunnel(SaDirection dir, const std::string& tunnel, std::optional<uint32_t> src,
+                         std::optional<uint32_t> dst, std::span<const TunnelDefaults> tunnels) {
+  const bool in = dir == SaDirection::kInbound;
+  if (!tunnel.empty()) {
+    const TunnelDefaults& t = find_tunnel(tunnel, tunnels);
+    const uint32_t want_src = in ? t.remote : t.local, want_dst = in ? t.local : t.remote;
+    if ((src && *src != want_src) || (dst && *dst != want_dst))
+      throw SaError(fmt::format("tunnel '{}' runs from {} to {} ({}), not from {} to {}", t.name,
+                                format_ipv4(want_src), format_ipv4(want_dst), in ? "inbound" : "outbound",
+                                src ? format_ipv4(*src) : std::string("?"), dst ? format_ipv4(*dst) : std::string("?")));
+    return static_cast<size_t>(&t - tunnels.data());
+  }
+  if (!src || !dst) throw SaError("name the SA's tunnel: give 'tunnel', or both 'src' and 'dst'");
+  size_t found = tunnels.size();
+  for (size_t i = 0; i < tunnels.size(); i++) {
+    const TunnelDefaults& t = tunnels[i];
+    const bool match = in ? (t.remote == *src && t.local == *dst) : (t.local == *src && t.remote == *dst);
+    if (!match) continue;
+    if (found != tunnels.size())
+      throw SaError(fmt::format("tunnels '{}' and '{}' both run from {} to {}: name the tunnel", tunnels[found].name,
+                                t.name, format_ipv4(*src), format_ipv4(*dst)));
+    found = i;
+  }
+  if (found == tunnels.size())
+    throw SaError(fmt::format("no tunnel from {} to {}", format_ipv4(*src), format_ipv4(*dst)));
+  return found;
+}
+
 SaParams validate_sa_spec(const SaSpec& spec, std::span<const TunnelDefaults> tunnels) {
   const bool in = spec.direction == SaDirection::kInbound;
   check_spi(spec.spi);
-  const TunnelDefaults& t = find_tunnel(spec.tunnel, tunnels);
+  const TunnelDefaults& t = tunnels[resolve_sa_tunnel(spec.direction, spec.tunnel, spec.src, spec.dst, tunnels)];
 
   const size_t want = crypto::keymat_len(to_aead(spec.algo));
   if (spec.keymat.size() != want)
@@ -192,13 +220,16 @@ SaParams validate_sa_spec(const SaSpec& spec, std::span<const TunnelDefaults> tu
 
 void validate_sa_update(const SaUpdate& u, std::span<const TunnelDefaults> tunnels) {
   check_spi(u.spi);
-  const TunnelDefaults& t = find_tunnel(u.tunnel, tunnels);
+  if (u.tunnel.empty() && !u.dst) throw SaError("update: name the SA by 'tunnel' or 'dst'");
+  const TunnelDefaults* t = u.tunnel.empty() ? nullptr : &find_tunnel(u.tunnel, tunnels);
   if (!u.encap && !u.remote_addr && !u.soft && !u.hard)
     throw SaError("update: nothing to change (give encap, remote address or lifetimes)");
   if (u.encap) {
     check_encap_ports(*u.encap, u.direction);
-    if (!t.udp_encap)
-      throw SaError(fmt::format("encap: tunnel '{}' runs plain ESP (udp_encap: false)", t.name));
+    // Named by dst only: the database checks the SA itself (a plain-ESP SA
+    // cannot take UDP ports).
+    if (t && !t->udp_encap)
+      throw SaError(fmt::format("encap: tunnel '{}' runs plain ESP (udp_encap: false)", t->name));
   }
   if (u.remote_addr && !is_unicast_host(*u.remote_addr))
     throw SaError(fmt::format("remote address: {} is not a unicast host address", format_ipv4(*u.remote_addr)));

@@ -34,6 +34,14 @@ class SaError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+// The SA a request names does not exist (the control socket adds
+// "code":"not-found", so an IKE agent can tell "already gone", e.g. after a
+// hard expiry, from a real failure).
+class SaNotFound : public SaError {
+ public:
+  using SaError::SaError;
+};
+
 // Who installed an SA. The identity keeps the origin it was first installed
 // with (a later reconcile from another source does not take it over), so
 // the XFRM mirror's flush removes only what it mirrored.
@@ -63,7 +71,11 @@ struct UdpEncap {
 struct SaSpec {
   SaDirection direction = SaDirection::kOutbound;
   uint32_t spi = 0;
-  std::string tunnel;                        // a tunnel name
+  std::string tunnel;                        // a tunnel name; empty: resolved from src/dst
+  // The SA's outer addresses as an IKE daemon names them (outbound: src =
+  // our tunnel-local address, dst = the peer; inbound: the reverse). Without
+  // `tunnel` both are required and name the tunnel; with it, they must agree.
+  std::optional<uint32_t> src, dst;
   SaAlgo algo = SaAlgo::kAes128Gcm;
   crypto::SecretBytes keymat;                // key || 4-byte salt
   bool esn = false;
@@ -85,7 +97,8 @@ struct SaSpec {
 struct SaUpdate {
   SaDirection direction = SaDirection::kOutbound;
   uint32_t spi = 0;
-  std::string tunnel;
+  std::string tunnel;                        // empty: named by dst
+  std::optional<uint32_t> dst;               // the identity's destination (see SaSpec::dst)
   std::optional<UdpEncap> encap;             // NAT rebinding: new ports
   std::optional<uint32_t> remote_addr;       // MOBIKE / NAT: the peer's new outer address
   std::optional<SaLifetime> soft, hard;
@@ -128,6 +141,13 @@ SaSpec sa_spec_from_config(const SaConfig& c);
 // for the SA database's counter handover (an ESN SA cannot get there: 2^63
 // packets take centuries at any packet rate).
 inline constexpr uint64_t kEsnSeqReserved = uint64_t{1} << 63;
+
+// The tunnel an SA named by its outer addresses belongs to: the one tunnel
+// whose (local, remote) is (src, dst) outbound or (dst, src) inbound. With a
+// tunnel name, checks that the addresses given agree with it. Returns the
+// tunnel's index; throws SaError.
+size_t resolve_sa_tunnel(SaDirection dir, const std::string& tunnel, std::optional<uint32_t> src,
+                         std::optional<uint32_t> dst, std::span<const TunnelDefaults> tunnels);
 
 // Checks `spec` against the tunnels and returns the SA to install, or throws
 // SaError naming the field and the reason. Pure: no state is read or changed.

@@ -43,7 +43,8 @@
 // Tunnel and SA counters count a packet once, when it is accepted: inbound,
 // when the decrypted packet passed every check (selectors, route back, TTL)
 // and is handed to TX; outbound, when the encrypted packet is handed to TX.
-// SA bytes are inner bytes (lifetimes count these).
+// SA bytes are inner bytes (lifetimes count these). An SA's last_tsc is the
+// TSC of the burst in which the packet was counted.
 #pragma once
 
 #include <cstdint>
@@ -98,6 +99,16 @@ struct PacketByteCount {
   uint64_t bytes;
 };
 
+// One SA's counters in one worker's block, and the TSC of the burst in
+// which this worker last counted a packet on it (0: never): query-sa's last
+// use. 32 bytes, aligned, so the last-use store lands on the cache line the
+// worker writes the counters on anyway (one store per burst per SA).
+struct alignas(32) SaCounters {
+  uint64_t packets;
+  uint64_t bytes;
+  uint64_t last_tsc;
+};
+
 struct PortCounters {
   PacketByteCount rx;
   PacketByteCount tx;
@@ -135,7 +146,7 @@ struct WorkerCounters {
   TxDisposition tx_disp[kMaxPorts];
   uint64_t generated_dropped;        // generated packets dropped before TX staging
   TunnelCounters tunnel[kMaxTunnels];
-  PacketByteCount sa[kMaxSas];       // by SA slot: bytes are inner bytes (lifetimes count these)
+  SaCounters sa[kMaxSas];            // by SA slot: bytes are inner bytes (lifetimes count these)
   uint64_t drop[static_cast<int>(DropReason::kCount)];
   uint64_t exception_to_host;        // packets handed to the exception path
   uint64_t exception_from_host;      // packets the host sent out through us

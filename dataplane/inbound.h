@@ -94,12 +94,14 @@ inline void lookup_inbound_sas(const Dataplane& dp, const InboundKey* keys, uint
 // Counts runs of packets on the same SA with one counter update per run.
 struct SaRunCounter {
   WorkerCounters* c;
+  uint64_t tsc;  // the burst's receive time: the SA's last use
   const InboundSa* sa = nullptr;
   uint64_t packets = 0, bytes = 0;
   void flush() {
     if (sa == nullptr) return;
     c->sa[sa->slot].packets += packets;
     c->sa[sa->slot].bytes += bytes;
+    c->sa[sa->slot].last_tsc = tsc;
     c->tunnel[sa->tunnel].in.packets += packets;
     c->tunnel[sa->tunnel].in.bytes += bytes;
   }
@@ -269,7 +271,7 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   // once per run of packets to the same destination.
   NeighborTable& lan = dp.neighbors[dp.protected_port];
   const Port& out = dp.ports[dp.protected_port];
-  const uint64_t now = rte_rdtsc();
+  const uint64_t now = w.burst_tsc;
   uint8_t eth[16];
   uint64_t eth_mac = 0, mac = 0;
   uint32_t last_dst = 0;
@@ -278,7 +280,7 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   // Tunnel and SA counters count a packet once, when it is accepted
   // (counters.h): after the last check, when it is handed to TX or to the
   // neighbour's hold queue.
-  SaRunCounter sc{w.c};
+  SaRunCounter sc{w.c, now};
   for (uint16_t i = 0; i < nf; i++) {
     rte_mbuf* m = fwd[i];
     if (back[i] == lpm::kNoRoute) {

@@ -100,9 +100,10 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
     PacketByteCount& tc = w.c->tunnel[groups.tunnel[k]].out;
     tc.packets += gr.sent;
     tc.bytes += gr.inner_bytes;
-    PacketByteCount& sc = w.c->sa[groups.sa[k]->slot];
+    SaCounters& sc = w.c->sa[groups.sa[k]->slot];
     sc.packets += gr.sent;
     sc.bytes += gr.inner_bytes;
+    sc.last_tsc = w.burst_tsc;
   }
 }
 

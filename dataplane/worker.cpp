@@ -37,6 +37,7 @@ uint32_t worker_poll_once_impl(Worker& w) {
     uint16_t n = rte_eth_rx_burst(port.port_id, w.index, pkts, kBurst);
     if (n == 0) continue;
     total += n;
+    w.burst_tsc = rte_rdtsc();  // one clock read per burst
     begin_counting(w);
     w.rx_port = p;
     // Received, not generated (kGeneratedPort). Hardware PMDs, net_pcap and

@@ -39,6 +39,7 @@ struct Worker {
   uint64_t icmp_last_tsc;
   uint64_t tsc_hz;
   uint64_t arp_check_tsc;
+  uint64_t burst_tsc;  // rte_rdtsc() when the current RX burst was received (SA last use, neighbour ages)
   uint16_t rx_port;  // the port whose burst is being processed (counters.h: dispositions)
   bool counting;     // c->update_seq is odd: this iteration has changed counters
 };

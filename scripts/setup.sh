@@ -13,6 +13,20 @@ PKGS=(
   python3-scapy python3-pytest python3-yaml python3-matplotlib tshark
   libpcap-dev iproute2 procps
 )
+# The kernel-espgw charon plugin (control/strongswan/) and its tests: on by
+# default; ESPGW_STRONGSWAN=0 skips it (meson's -Dstrongswan=auto then
+# builds without it).
+STRONGSWAN=${ESPGW_STRONGSWAN:-1}
+if [ "$STRONGSWAN" != 0 ]; then
+  PKGS+=(libjansson-dev strongswan-charon strongswan-swanctl libcharon-extra-plugins
+         libstrongswan-standard-plugins libstrongswan-extra-plugins iputils-ping)
+fi
+strongswan_src() {
+  # Debian's strongSwan source, configured (config.h only): scripts/strongswan-src.sh
+  if [ "$STRONGSWAN" != 0 ]; then
+    bash "$(dirname "$0")/strongswan-src.sh"
+  fi
+}
 
 missing=()
 for p in "${PKGS[@]}"; do
@@ -21,6 +35,7 @@ done
 
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all ${#PKGS[@]} packages present"
+  strongswan_src
   exit 0
 fi
 
@@ -35,4 +50,5 @@ export DEBIAN_FRONTEND=noninteractive
 echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO debconf-set-selections 2>/dev/null || true
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+strongswan_src
 echo "setup: done"

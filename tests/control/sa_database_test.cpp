@@ -225,7 +225,7 @@ TEST_F(SaDatabaseTest, ReconcileOfASupersededSaLeavesTheNewestCurrent) {
   u.remote_addr = kPeerMoved;
   db_->update(u);
   EXPECT_EQ(current(0)->spi, 0x1002u);
-  db_->remove(SaDirection::kOutbound, 0x1002, 0, "test");
+  db_->remove({SaDirection::kOutbound, 0x1002, 0, std::nullopt}, "test");
   ASSERT_NE(current(0), nullptr);
   EXPECT_EQ(current(0)->spi, 0x1001u);
   EXPECT_EQ(current(0)->outer_dst, kPeerMoved);
@@ -388,7 +388,7 @@ TEST_F(SaDatabaseTest, AnOutboundKeyIsNeverInstalledTwice) {
   };
   db_->add(params(spec(SaDirection::kOutbound, 0x1001, "plain", 1)));
   current(0)->next_seq.fetch_add(77);
-  db_->remove(SaDirection::kOutbound, 0x1001, std::nullopt, "test");
+  db_->remove({SaDirection::kOutbound, 0x1001, std::nullopt, std::nullopt}, "test");
   const std::string m = refused(spec(SaDirection::kOutbound, 0x1001, "plain", 1));  // delete, then re-add
   EXPECT_NE(m.find("would repeat GCM nonces"), std::string::npos) << m;
   EXPECT_EQ(m.find("0102030405"), std::string::npos) << "key bytes in the message: " << m;
@@ -420,7 +420,7 @@ TEST_F(SaDatabaseTest, AnOutboundKeyIsNeverInstalledTwice) {
 TEST_F(SaDatabaseTest, AnInboundKeyIsNeverInstalledTwice) {
   db_->add(params(spec(SaDirection::kInbound, 0x2001, "plain", 1)));
   EXPECT_EQ(receive(0x2001, 5), dp::ReplayVerdict::kOk);
-  db_->remove(SaDirection::kInbound, 0x2001, std::nullopt, "test");
+  db_->remove({SaDirection::kInbound, 0x2001, std::nullopt, std::nullopt}, "test");
   try {
     db_->add(params(spec(SaDirection::kInbound, 0x2001, "plain", 1)));
     FAIL() << "an inbound key was installed twice";
@@ -458,7 +458,7 @@ TEST_F(SaDatabaseTest, AMovedOutboundSpiCannotBeInstalledTwiceOnItsTunnel) {
   EXPECT_EQ(current(0)->outer_dst, kPeerMoved);
   // The same SPI on another tunnel is another SA.
   db_->add(params(spec(SaDirection::kOutbound, 0x1005, "natt", 13)));
-  db_->remove(SaDirection::kOutbound, 0x1005, 0, "test");
+  db_->remove({SaDirection::kOutbound, 0x1005, 0, std::nullopt}, "test");
   EXPECT_EQ(current(0), nullptr);
   EXPECT_EQ(db_->size(), 1u);
 }

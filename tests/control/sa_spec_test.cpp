@@ -268,3 +268,44 @@ TEST(ParseSpiString, AcceptsOnlyHexWithPrefix) {
 
 }  // namespace
 }  // namespace espgw::control
+
+namespace espgw::control {
+namespace {
+
+// Naming a tunnel by the SA's outer addresses (src, dst as charon has them).
+TEST(ResolveSaTunnel, ByAddressesInEitherDirection) {
+  auto t = tunnels();
+  EXPECT_EQ(resolve_sa_tunnel(SaDirection::kOutbound, "", 0xc633640a, 0xcb007102, t), 1u);
+  EXPECT_EQ(resolve_sa_tunnel(SaDirection::kInbound, "", 0xcb007101, 0xc633640a, t), 0u);
+  EXPECT_EQ(resolve_sa_tunnel(SaDirection::kInbound, "natt", std::nullopt, 0xc633640a, t), 1u);
+  EXPECT_THROW(resolve_sa_tunnel(SaDirection::kInbound, "", 0xc633640a, 0xcb007102, t), SaError);
+  EXPECT_THROW(resolve_sa_tunnel(SaDirection::kOutbound, "", 0xc633640a, std::nullopt, t), SaError);
+  EXPECT_THROW(resolve_sa_tunnel(SaDirection::kOutbound, "plain", 0xc633640a, 0xcb007102, t), SaError);
+}
+
+TEST(ResolveSaTunnel, TwoTunnelsBetweenTheSameAddressesNeedTheName) {
+  auto t = tunnels();
+  t[1].remote = t[0].remote;
+  try {
+    resolve_sa_tunnel(SaDirection::kOutbound, "", 0xc633640a, 0xcb007101, t);
+    FAIL() << "ambiguous addresses accepted";
+  } catch (const SaError& e) {
+    EXPECT_NE(std::string(e.what()).find("name the tunnel"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(resolve_sa_tunnel(SaDirection::kOutbound, "natt", 0xc633640a, 0xcb007101, t), 1u);
+}
+
+TEST(ResolveSaTunnel, ValidateUsesTheResolvedTunnelsSettings) {
+  auto t = tunnels();
+  SaSpec s = outbound();
+  s.tunnel.clear();
+  s.src = 0xc633640a;
+  s.dst = 0xcb007102;
+  SaParams p = validate_sa_spec(s, t);
+  EXPECT_EQ(p.tunnel, 1);
+  ASSERT_TRUE(p.encap.has_value());  // natt's UDP encapsulation and ports
+  EXPECT_EQ(p.encap->remote, 4501);
+}
+
+}  // namespace
+}  // namespace espgw::control

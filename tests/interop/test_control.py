@@ -34,7 +34,7 @@ def state(gw):
     """Everything a request could change."""
     sas = gw.request({"op": "list-sas"})["sas"]
     for s in sas:  # counters and ages move on their own
-        for k in ("packets", "bytes", "age_seconds", "next_seq", "replay_top"):
+        for k in ("packets", "bytes", "age_seconds", "idle_seconds", "next_seq", "replay_top"):
             s.pop(k, None)
     tunnels = [{k: t[k] for k in ("name", "up", "admin_up") if k in t} | {"spi": t.get("out_spi")}
                for t in gw.request({"op": "tunnels"})["tunnels"]]

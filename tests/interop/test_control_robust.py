@@ -168,6 +168,21 @@ LENIENT = [
     ({"op": "update-sa", "direction": "out", "spi": 0x1001, "tunnel": "aws-a1", "remote": "203.0.113"},
      "remote"),
     ({"op": "update-sa", "direction": "out", "spi": 0x1001, "tunnel": "aws-a1", "encap": {"sport": 1}}, "encap"),
+    # The IKE plugin's operations (issue 11): just as strict.
+    (OUT_NEW | {"origin": "xfrm"}, "origin"),
+    (OUT_NEW | {"origin": True}, "origin"),
+    ({k: v for k, v in OUT_NEW.items() if k != "tunnel"} | {"src": "198.51.100.10", "dst": "203.0.113.1 "}, "dst"),
+    ({k: v for k, v in OUT_NEW.items() if k != "tunnel"} | {"src": "198.51.100.010", "dst": "203.0.113.1"}, "src"),
+    ({"op": "alloc-spi", "dst": "198.51.100.10", "timeout_s": -1}, "timeout_s"),
+    ({"op": "alloc-spi", "dst": "198.51.100.10", "timeout_s": "60"}, "timeout_s"),
+    ({"op": "alloc-spi", "dst": 3325256714}, "dst"),
+    ({"op": "alloc-spi", "dst": "198.51.100.10", "colour": 1}, "unknown field 'colour'"),
+    ({"op": "query-sa", "direction": "out", "spi": "07001", "dst": "203.0.113.1"}, "spi"),
+    ({"op": "query-sa", "direction": "out", "spi": 0x1001, "dst": "203.0.113.1", "colour": 1},
+     "unknown field 'colour'"),
+    ({"op": "delete-sa", "direction": "out", "spi": 0x1001, "dst": "203.0.113.1/32"}, "dst"),
+    ({"op": "flush-sas", "colour": 1}, "unknown field 'colour'"),
+    ({"op": "flush-sas", "origin": ["plugin"]}, "origin"),
 ]
 
 
