@@ -263,6 +263,32 @@ sas:
     return s
 
 
+def client_seeds():
+    """Replies and events as espgw sends them (docs/control-api.md, the IKE
+    protocol): byte 0 = what the plugin expects (0 nothing, 1 spi, 2 usage),
+    | 0x80 to go through the line reader (several lines)."""
+    replies = {
+        "ok": (0, b'{"ok":true,"id":7}'),
+        "larval": (0, b'{"ok":true,"id":7,"larval":true}'),
+        "refused": (0, b'{"ok":false,"id":7,"error":"no such SA","code":"not-found"}'),
+        "other-id": (0, b'{"ok":true,"id":8}'),
+        "alloc-spi": (1, b'{"ok":true,"id":7,"spi":"0xc3a1f00d","expires_in_s":180}'),
+        "alloc-spi-number": (1, b'{"ok":true,"id":7,"spi":4294967295}'),
+        "query-sa": (2, b'{"ok":true,"id":7,"direction":"in","spi":"0x00005001","tunnel":"t1",'
+                        b'"packets":12,"bytes":1200,"idle_seconds":0.25}'),
+        "query-sa-idle-null": (2, b'{"ok":true,"id":7,"packets":0,"bytes":0,"idle_seconds":null}'),
+        "expire-hard": (0, b'{"event":"sa-expire","kind":"hard","reason":"bytes","direction":"in",'
+                           b'"spi":"0x00005001","src":"203.0.113.1","dst":"198.51.100.10","origin":"plugin"}'),
+        "deleted": (0, b'{"event":"sa-deleted","direction":"out","spi":"0x00004001","tunnel":"a",'
+                       b'"dst":"203.0.113.1","reason":"request"}'),
+        "tunnel-state": (0, b'{"event":"tunnel-state","tunnel":"a","up":false}'),
+        "bad": (0, b'{"ok":true,"ok":false,"id":5}'),
+    }
+    s = {k: bytes([m]) + line for k, (m, line) in replies.items()}
+    s["stream"] = bytes([0x80 | 2]) + b"\n".join(line for _, line in replies.values()) + b"\npartial"
+    return s
+
+
 def write(name, seeds):
     d = os.path.join(CORPUS, name)
     os.makedirs(d, exist_ok=True)
@@ -280,6 +306,7 @@ def main():
     write("fuzz_host_path", host_seeds())
     write("fuzz_control", control_seeds())
     write("fuzz_config", config_seeds())
+    write("fuzz_espgw_client", client_seeds())
     # fuzz_xfrm: netlink messages from the XFRM tests' builder (a C++ helper
     # of the fuzz build; FUZZ_BUILD_DIR, default build-fuzz).
     build = os.environ.get("FUZZ_BUILD_DIR", os.path.join(ROOT, "..", "..", "build-fuzz"))
