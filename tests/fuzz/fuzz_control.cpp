@@ -10,9 +10,11 @@
 //   - exactly one reply, a JSON object with a boolean "ok", which the socket
 //     can serialise (invalid UTF-8 replaced, as control_server.cpp does);
 //   - a refused request (ok false) changes no state: list-sas (less each
-//     SA's age_seconds), routes and tunnels are the same before and after.
+//     SA's age_seconds), the SPI reservations, routes and tunnels are the
+//     same before and after.
 // After each input the harness undoes what the accepted requests did where
-// it can (socket SAs deleted, routes and admin states restored); the SA
+// it can (socket and plugin SAs and SPI reservations deleted, routes and
+// admin states restored); the SA
 // database remembers every key ever installed (by design: a key is never
 // installed twice), so a line that adds an SA succeeds the first time only.
 #include <cstdio>
@@ -33,7 +35,10 @@ using nlohmann::json;
 json state(ControlOps& ops) {
   json sas = ops.list_sas();
   for (auto& s : sas) s.erase("age_seconds");
-  return {{"sas", sas}, {"routes", ops.routes()}, {"tunnels", ops.tunnels()}};
+  json larval = ops.larval();  // SPI reservations (alloc-spi)
+  for (auto& l : larval)
+    if (l.is_object()) l.erase("expires_in_s");
+  return {{"sas", sas}, {"larval", larval}, {"routes", ops.routes()}, {"tunnels", ops.tunnels()}};
 }
 
 [[noreturn]] void fail(const std::string& what, const std::string& line) {
@@ -46,6 +51,7 @@ json g_baseline;
 JsonCodec* g_codec;
 
 void restore(ControlOps& ops) {
+  ops.flush_sas(espgw::control::SaOrigin::kPlugin);  // the plugin's SAs and every SPI reservation
   ops.delete_all_sas(espgw::control::SaOrigin::kSocket, "fuzz reset");
   std::set<std::string> base;
   for (const auto& r : g_baseline["routes"]) base.insert(r["prefix"].get<std::string>());
