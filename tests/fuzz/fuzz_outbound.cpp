@@ -16,9 +16,13 @@
 //     valid header checksum and its total length fills the payload (every
 //     frame accepted on the LAN had a valid header: what the gateway
 //     changed, TTL, fragment fields, MSS, must keep it valid);
-//   - LAN, ICMP errors the gateway made: IPv4 and ICMP checksums valid.
+//   - LAN, ICMP errors the gateway made: IPv4 and ICMP checksums valid;
+//   - a TCP segment (not a fragment) that arrived with a valid checksum
+//     leaves with a valid one (the MSS clamp updates it incrementally).
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <set>
 #include <string>
 
 #include "tests/fuzz/fuzz_gateway.h"
@@ -39,6 +43,28 @@ void st32(uint8_t* p, uint32_t v) {
   for (uint32_t i = 0; i < len && i < 96; i++) std::fprintf(stderr, " %02x", f[i]);
   std::fprintf(stderr, ")\n");
   std::abort();
+}
+
+// TCP segments received with a valid checksum: addresses, ports and
+// sequence number (what the gateway never changes).
+std::set<std::vector<uint8_t>> g_tcp_valid;
+
+// An unfragmented TCP segment in the IPv4 packet at `ip` (`avail` bytes):
+// its key, and whether its checksum is valid.
+bool tcp_segment(const uint8_t* ip, uint32_t avail, std::vector<uint8_t>* key, bool* valid) {
+  if (avail < 20 || (ip[0] >> 4) != 4 || ip[9] != 6) return false;
+  const uint32_t ihl = (ip[0] & 0xf) * 4u, tot = ld16(ip + 2);
+  if (ihl < 20 || tot > avail || tot < ihl + 20 || (ld16(ip + 6) & 0x3fff) != 0) return false;
+  key->assign(ip + 12, ip + 20);
+  key->insert(key->end(), ip + ihl, ip + ihl + 8);
+  std::vector<uint8_t> pseudo(12 + tot - ihl);
+  memcpy(pseudo.data(), ip + 12, 8);
+  pseudo[9] = 6;
+  pseudo[10] = uint8_t((tot - ihl) >> 8);
+  pseudo[11] = uint8_t(tot - ihl);
+  memcpy(pseudo.data() + 12, ip + ihl, tot - ihl);
+  *valid = fuzz::cksum(pseudo.data(), pseudo.size()) == 0;
+  return true;
 }
 
 bool ipv4_header_ok(const uint8_t* ip, uint32_t avail) {
@@ -87,6 +113,10 @@ void check_esp(const uint8_t* f, uint32_t len) {
   if (!ipv4_header_ok(ct, inner)) fail("inner IPv4 header invalid after encapsulation (checksum/IHL)", f, len);
   if (ld16(ct + 2) != inner) fail("inner total length does not fill the ESP payload", f, len);
   if (ct[8] == 0) fail("inner TTL 0 sent", f, len);
+  std::vector<uint8_t> key;
+  bool valid;
+  if (tcp_segment(ct, inner, &key, &valid) && !valid && g_tcp_valid.count(key))
+    fail("a TCP segment received with a valid checksum left with a bad one", f, len);
 }
 
 void check_sent(uint16_t port, const rte_mbuf* m) {
@@ -115,7 +145,15 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto& g = fuzz::FuzzGateway::instance();
   std::vector<fuzz::Frame> frames = fuzz::split_records(data, size);
-  for (auto& f : frames) f.port = fuzz::kLan;
+  g_tcp_valid.clear();
+  for (auto& f : frames) {
+    f.port = fuzz::kLan;
+    std::vector<uint8_t> key;
+    bool valid;
+    if (f.bytes.size() > 14 && ld16(f.bytes.data() + 12) == 0x0800 &&
+        tcp_segment(f.bytes.data() + 14, uint32_t(f.bytes.size() - 14), &key, &valid) && valid)
+      g_tcp_valid.insert(key);
+  }
   g.run(frames, check_sent);
   return 0;
 }
