@@ -45,9 +45,11 @@ void st32(uint8_t* p, uint32_t v) {
   std::abort();
 }
 
-// TCP segments received with a valid checksum: addresses, ports and
-// sequence number (what the gateway never changes).
-std::set<std::vector<uint8_t>> g_tcp_valid;
+// TCP segments received with a valid checksum, and with a bad one, by what
+// the gateway never changes: addresses, ports, sequence and acknowledgement
+// numbers, data offset, flags, window. A key seen with both is ambiguous
+// and not checked.
+std::set<std::vector<uint8_t>> g_tcp_valid, g_tcp_invalid;
 
 // An unfragmented TCP segment in the IPv4 packet at `ip` (`avail` bytes):
 // its key, and whether its checksum is valid.
@@ -56,7 +58,7 @@ bool tcp_segment(const uint8_t* ip, uint32_t avail, std::vector<uint8_t>* key, b
   const uint32_t ihl = (ip[0] & 0xf) * 4u, tot = ld16(ip + 2);
   if (ihl < 20 || tot > avail || tot < ihl + 20 || (ld16(ip + 6) & 0x3fff) != 0) return false;
   key->assign(ip + 12, ip + 20);
-  key->insert(key->end(), ip + ihl, ip + ihl + 8);
+  key->insert(key->end(), ip + ihl, ip + ihl + 16);
   std::vector<uint8_t> pseudo(12 + tot - ihl);
   memcpy(pseudo.data(), ip + 12, 8);
   pseudo[9] = 6;
@@ -115,7 +117,8 @@ void check_esp(const uint8_t* f, uint32_t len) {
   if (ct[8] == 0) fail("inner TTL 0 sent", f, len);
   std::vector<uint8_t> key;
   bool valid;
-  if (tcp_segment(ct, inner, &key, &valid) && !valid && g_tcp_valid.count(key))
+  if (tcp_segment(ct, inner, &key, &valid) && !valid && g_tcp_valid.count(key) &&
+      !g_tcp_invalid.count(key))
     fail("a TCP segment received with a valid checksum left with a bad one", f, len);
 }
 
@@ -146,13 +149,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   auto& g = fuzz::FuzzGateway::instance();
   std::vector<fuzz::Frame> frames = fuzz::split_records(data, size);
   g_tcp_valid.clear();
+  g_tcp_invalid.clear();
   for (auto& f : frames) {
     f.port = fuzz::kLan;
     std::vector<uint8_t> key;
     bool valid;
     if (f.bytes.size() > 14 && ld16(f.bytes.data() + 12) == 0x0800 &&
-        tcp_segment(f.bytes.data() + 14, uint32_t(f.bytes.size() - 14), &key, &valid) && valid)
-      g_tcp_valid.insert(key);
+        tcp_segment(f.bytes.data() + 14, uint32_t(f.bytes.size() - 14), &key, &valid))
+      (valid ? g_tcp_valid : g_tcp_invalid).insert(key);
   }
   g.run(frames, check_sent);
   return 0;
