@@ -11,6 +11,7 @@
 #include "dataplane/dataplane.h"
 
 #include <fmt/format.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -1048,26 +1049,64 @@ void wipe_key_scalars(const YAML::Node& root) noexcept {
   } catch (const YAML::Exception&) {
   }
 }
+// The documents' start marks, read with the event parser. YAML::LoadAll
+// cannot be used: on a document that starts with a token no node can start
+// with (a stray ',' at the top: "," or "a: 1\n---\n,") yaml-cpp 0.7 ends the
+// document without consuming the token and starts the next one at the same
+// place, for ever, allocating as it goes (found by tests/fuzz/fuzz_config).
+// A document that starts where the previous one did is that case: a syntax
+// error at that mark.
+struct DocumentStarts : YAML::EventHandler {
+  std::vector<YAML::Mark> starts;
+  void OnDocumentStart(const YAML::Mark& m) override { starts.push_back(m); }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t, const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+};
+
+std::vector<YAML::Mark> document_starts(const std::string& text, const std::string& source_name) {
+  std::istringstream in(text);
+  YAML::Parser parser(in);
+  DocumentStarts d;
+  while (parser.HandleNextDocument(d)) {
+    const size_t n = d.starts.size();
+    if (n >= 2 && d.starts[n - 1].pos == d.starts[n - 2].pos) {
+      const YAML::Mark& m = d.starts[n - 1];
+      const char c = m.pos >= 0 && size_t(m.pos) < text.size() ? text[size_t(m.pos)] : '?';
+      throw ConfigError(fmt::format("{}:{}:{}: YAML syntax error: unexpected '{}'", source_name, m.line + 1,
+                                    m.column + 1, c));
+    }
+  }
+  return std::move(d.starts);
+}
 }  // namespace
 
 GatewayConfig parse_config(const std::string& yaml_text, const std::string& source_name) {
-  std::vector<YAML::Node> docs;
+  YAML::Node root;
+  std::vector<YAML::Mark> starts;
   try {
-    docs = YAML::LoadAll(yaml_text);
+    starts = document_starts(yaml_text, source_name);
+    if (!starts.empty()) root = YAML::Load(yaml_text);  // the first document
   } catch (const YAML::Exception& e) {
     if (e.mark.is_null()) throw ConfigError(fmt::format("{}: YAML syntax error: {}", source_name, e.msg));
     throw ConfigError(
         fmt::format("{}:{}:{}: YAML syntax error: {}", source_name, e.mark.line + 1, e.mark.column + 1, e.msg));
   }
   Parser p(source_name);
-  if (docs.empty() || docs[0].IsNull()) throw ConfigError(fmt::format("{}: empty configuration", source_name));
-  if (docs.size() > 1)
-    p.fail(docs[1], "", fmt::format("the file holds {} YAML documents; expected one", docs.size()));
+  if (starts.empty() || root.IsNull()) throw ConfigError(fmt::format("{}: empty configuration", source_name));
+  if (starts.size() > 1)
+    throw ConfigError(fmt::format("{}:{}:{}: the file holds {} YAML documents; expected one", source_name,
+                                  starts[1].line + 1, starts[1].column + 1, starts.size()));
   struct WipeKeys {
     YAML::Node root;
     ~WipeKeys() { wipe_key_scalars(root); }
-  } wipe_keys{docs[0]};
-  Loader l{p, {}, {}, {}, docs[0]};
+  } wipe_keys{root};
+  Loader l{p, {}, {}, {}, root};
   try {
     l.load_top();
   } catch (const YAML::Exception& e) {

@@ -392,7 +392,7 @@ void Gateway::launch_workers() {
   start_tsc_ = rte_rdtsc();
 }
 
-void Gateway::start() {
+void Gateway::start(bool launch) {
   dp_ = std::make_unique<dp::Dataplane>();
   init_eal();
   init_ports();
@@ -412,7 +412,10 @@ void Gateway::start() {
   if (cfg_.xfrm.enabled) start_xfrm_mirror();
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
-  launch_workers();
+  if (launch)
+    launch_workers();
+  else
+    mbufs_at_start_ = mbufs_in_use();
 }
 
 void Gateway::run() {

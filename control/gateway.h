@@ -36,8 +36,11 @@ class Gateway {
   Gateway& operator=(const Gateway&) = delete;
 
   // EAL init, ports, tables, workers. Throws std::runtime_error with the
-  // reason; nothing keeps running when it throws.
-  void start();
+  // reason; nothing keeps running when it throws. `launch_workers` false:
+  // nothing runs on the worker lcores and the caller drives the workers'
+  // code itself, one dataplane::worker_poll_once() at a time (the fuzz
+  // harnesses, tests/fuzz/).
+  void start(bool launch_workers = true);
   // Control loop: serves the socket until request_stop() (or a signal).
   void run();
   static void request_stop();
@@ -45,6 +48,8 @@ class Gateway {
   void stop();
 
   ControlOps& ops() { return *ops_; }
+  // What the workers read (for a caller that drives them, see start()).
+  dataplane::Dataplane& dataplane() { return *dp_; }
   std::string format_stats() const;
   // Mbufs of the pool in use now, and right after the ports started (the
   // RX rings' share): equal when nothing leaked.

@@ -81,7 +81,12 @@ void drop_all_held(Dataplane& dp) {
     for (uint32_t i = 0; i < kNeighborSlots; i++)
       for (auto& h : dp.neighbors[p].slots[i].held)
         if (rte_mbuf* m = h.exchange(nullptr)) {
-          if (dp.counters[0]) dp.counters[0]->drop[static_cast<int>(DropReason::kNoNeighbor)]++;
+          // A held packet left its receiver as "queued" and is generated
+          // from then on (counters.h): a generated packet dropped.
+          if (WorkerCounters* c = dp.counters[0]) {
+            c->drop[static_cast<int>(DropReason::kNoNeighbor)]++;
+            c->generated_dropped++;
+          }
           rte_pktmbuf_free(m);
         }
 }

@@ -27,7 +27,8 @@ struct NeighborInfo {
 std::vector<NeighborInfo> list_neighbors(const Dataplane& dp);
 
 // After the workers stopped: frees the packets the tables still hold for
-// unresolved neighbours, counted as no_neighbor on worker 0.
+// unresolved neighbours, counted as no_neighbor on worker 0 (generated
+// packets dropped: generated_dropped and drop[no_neighbor]).
 void drop_all_held(Dataplane& dp);
 
 }  // namespace espgw::dataplane

@@ -83,9 +83,12 @@ inline bool arp_make_reply(rte_mbuf* m, const Port& port, bool proxy_any = false
   if (rte_pktmbuf_data_len(m) < sizeof(rte_ether_hdr) + sizeof(rte_arp_hdr)) return false;
   auto* eth = rte_pktmbuf_mtod(m, rte_ether_hdr*);
   auto* arp = reinterpret_cast<rte_arp_hdr*>(eth + 1);
+  // Address lengths too (RFC 826: Ethernet 6, IPv4 4; Linux's arp_process
+  // checks them): a reply keeps the request's header, and one with other
+  // lengths would be malformed.
   if (arp->arp_hardware != rte_cpu_to_be_16(RTE_ARP_HRD_ETHER) ||
-      arp->arp_protocol != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4) ||
-      arp->arp_opcode != rte_cpu_to_be_16(RTE_ARP_OP_REQUEST))
+      arp->arp_protocol != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4) || arp->arp_hlen != RTE_ETHER_ADDR_LEN ||
+      arp->arp_plen != 4 || arp->arp_opcode != rte_cpu_to_be_16(RTE_ARP_OP_REQUEST))
     return false;
   uint32_t target = rte_be_to_cpu_32(arp->arp_data.arp_tip);
   uint32_t sender = rte_be_to_cpu_32(arp->arp_data.arp_sip);
@@ -112,7 +115,8 @@ inline bool arp_sender(const rte_mbuf* m, uint32_t* ip, rte_ether_addr* mac) {
   if (rte_pktmbuf_data_len(m) < sizeof(rte_ether_hdr) + sizeof(rte_arp_hdr)) return false;
   auto* arp = rte_pktmbuf_mtod_offset(m, const rte_arp_hdr*, sizeof(rte_ether_hdr));
   if (arp->arp_hardware != rte_cpu_to_be_16(RTE_ARP_HRD_ETHER) ||
-      arp->arp_protocol != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4))
+      arp->arp_protocol != rte_cpu_to_be_16(RTE_ETHER_TYPE_IPV4) || arp->arp_hlen != RTE_ETHER_ADDR_LEN ||
+      arp->arp_plen != 4)
     return false;
   *ip = rte_be_to_cpu_32(arp->arp_data.arp_sip);
   *mac = arp->arp_data.arp_sha;

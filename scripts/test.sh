@@ -82,6 +82,52 @@ for t in json.load(sys.stdin):
   fi
 fi
 
+# ---- Fuzz stage (engineer f; tests/fuzz, scripts/fuzz.sh) ----------------
+# Every libFuzzer harness for FUZZ_SECONDS (default 60; 0 skips the stage),
+# two at a time, on the clang ASan+UBSan fuzz build ($BUILD_DIR-fuzz), from
+# the checked-in seeds. One JUnit test case per target in fuzz.xml: a crash,
+# leak, sanitizer report or harness invariant fails it, with the input's path.
+fuzz_stage() {
+  local secs=${FUZZ_SECONDS:-60}
+  [ "$secs" = 0 ] && return 0
+  local dir="$ROOT/$BUILD_DIR-fuzz" targets t
+  targets=$(scripts/fuzz.sh --list)
+  local fail_xml='<testsuites><testsuite name="fuzz"><testcase name="build"><failure message="fuzz build failed"/></testcase></testsuite></testsuites>'
+  if ! CC=clang CXX=clang++ configure "$dir" -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false \
+         -Dtests=false -Dbench=false ||
+     ! ninja -C "$dir" ${JOBS:+-j $JOBS} $(for t in $targets; do echo "tests/fuzz/$t"; done); then
+    echo "fuzz build failed"; echo "$fail_xml" >"$REPORTS/fuzz.xml"; status=1; return
+  fi
+  rm -rf "$dir/fuzz-ci" && mkdir -p "$dir/fuzz-ci"
+  printf '%s\n' $targets | FUZZ_BUILD_DIR="$dir" FUZZ_NO_BUILD=1 xargs -P 2 -I{} sh -c \
+    'FUZZ_WORK="$FUZZ_BUILD_DIR/fuzz-ci/{}.work" scripts/fuzz.sh {} '"$secs"' >"$FUZZ_BUILD_DIR/fuzz-ci/{}.txt" 2>&1
+     echo $? >"$FUZZ_BUILD_DIR/fuzz-ci/{}.rc"'
+  for t in $targets; do tail -n 1 "$dir/fuzz-ci/$t.txt"; done
+  $PY - "$dir/fuzz-ci" "$REPORTS/fuzz.xml" $targets <<'PYEOF' || status=1
+import sys, xml.etree.ElementTree as ET
+d, out, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+suite = ET.Element("testsuite", name="fuzz")
+bad = 0
+for n in names:
+    case = ET.SubElement(suite, "testcase", classname="fuzz", name=n)
+    try:
+        rc = int(open(f"{d}/{n}.rc").read().strip() or 1)
+        lines = open(f"{d}/{n}.txt", errors="replace").read().splitlines()
+    except OSError:
+        rc, lines = 1, ["no result"]
+    case.set("message", lines[-1] if lines else "")
+    if rc != 0:
+        bad += 1
+        ET.SubElement(case, "failure", message=lines[-1] if lines else "failed").text = "\n".join(lines[-30:])
+    else:
+        ET.SubElement(case, "system-out").text = "\n".join(lines)
+root = ET.Element("testsuites"); root.append(suite)
+ET.ElementTree(root).write(out, encoding="unicode")
+sys.exit(1 if bad else 0)
+PYEOF
+}
+fuzz_stage
+
 # Interop tests (scapy, tshark) against the binaries just built.
 if ls tests/interop/test_*.py >/dev/null 2>&1; then
   ESPGW_BUILD="$ROOT/$BUILD_DIR" $PY -m pytest -q -p no:cacheprovider tests/interop \

@@ -668,6 +668,17 @@ TEST(ConfigErrors, SeveralDocuments) {
   EXPECT_TRUE(contains(e, "holds 2 YAML documents; expected one")) << e;
 }
 
+// Found by tests/fuzz/fuzz_config: yaml-cpp's LoadAll never returned on a
+// document starting with a stray ',' (it allocated until the process died):
+// espgw and --check hung on such a file. Now a syntax error at the comma.
+TEST(ConfigErrors, StrayCommaIsASyntaxErrorNotAHang) {
+  EXPECT_TRUE(contains(error_of(","), "test.yaml:1:1: YAML syntax error: unexpected ','")) << error_of(",");
+  std::string e = error_of(std::string(kBase) + "---\n,\n");
+  EXPECT_TRUE(contains(e, "YAML syntax error: unexpected ','")) << e;
+  e = error_of("[a],");
+  EXPECT_TRUE(contains(e, "test.yaml:1:4: YAML syntax error: unexpected ','")) << e;
+}
+
 // ---------------------------------------------------------------------------
 // Files
 

@@ -9,7 +9,9 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <tuple>
 
+#include "dataplane/neighbor_info.h"
 #include "dataplane/packet_util.h"
 #include "tests/dataplane/esp_test_util.h"
 
@@ -193,6 +195,74 @@ TEST(PacketUtil, MssClampMatchesScapyAtEveryOptionAlignment) {
 TEST(PacketUtil, DropReasonNames) {
   EXPECT_STREQ(drop_reason_name(DropReason::kTtlExceeded), "ttl_exceeded");
   EXPECT_STREQ(drop_reason_name(DropReason::kUnsupported), "unsupported");
+}
+
+// Found by fuzz_inbound's balance check: a packet still in an ARP hold
+// queue when the workers stop was counted in drop[no_neighbor] but not in
+// generated_dropped, so drop[] summed no longer equalled the ports' drops
+// plus generated_dropped plus tx_dropped (dataplane/counters.h).
+TEST(PacketUtil, DropAllHeldCountsAGeneratedDrop) {
+  auto d = std::make_unique<Dataplane>();
+  auto c = std::make_unique<WorkerCounters>();
+  d->counters[0] = c.get();
+  d->nb_workers = 1;
+  d->nb_ports = 2;
+  rte_mbuf* m = rte_pktmbuf_alloc(pool());
+  ASSERT_NE(m, nullptr);
+  const unsigned in_use = rte_mempool_in_use_count(pool());
+  d->neighbors[1].slots[17].held[2].store(m);
+  drop_all_held(*d);
+  EXPECT_EQ(d->neighbors[1].slots[17].held[2].load(), nullptr);
+  EXPECT_EQ(rte_mempool_in_use_count(pool()), in_use - 1);
+  EXPECT_EQ(c->drop[static_cast<int>(DropReason::kNoNeighbor)], 1u);
+  EXPECT_EQ(c->generated_dropped, 1u);
+}
+
+// Found by fuzz_host_path: an ARP request whose hardware/protocol address
+// lengths were not 6/4 was answered (by proxy on the exception port, and for
+// our addresses on the others) with a reply that kept those lengths (a
+// malformed ARP packet), and its sender was learned. RFC 826 / Linux's
+// arp_process: such a packet is ignored.
+TEST(PacketUtil, ArpWithOtherAddressLengthsIsIgnored) {
+  Port port{};
+  port.nb_addrs = 1;
+  port.addrs[0] = 0x0a000001;  // 10.0.0.1
+  for (uint8_t i = 0; i < 6; i++) port.mac.addr_bytes[i] = uint8_t(0x02 * (i == 0) + (i == 5));
+  auto request = [](uint8_t hlen, uint8_t plen) {
+    Bytes f(42, 0);
+    std::memset(f.data(), 0xff, 6);                              // broadcast
+    const uint8_t sha[6] = {0x02, 0, 0, 0, 0, 0x10};
+    std::memcpy(&f[6], sha, 6);
+    st16(&f[12], 0x0806);
+    st16(&f[14], 1);       // Ethernet
+    st16(&f[16], 0x0800);  // IPv4
+    f[18] = hlen;
+    f[19] = plen;
+    st16(&f[20], 1);  // request
+    std::memcpy(&f[22], sha, 6);
+    st32(&f[28], 0x0a00000a);  // 10.0.0.10
+    st32(&f[38], 0x0a000001);  // 10.0.0.1 (ours)
+    return f;
+  };
+  for (auto [hlen, plen, want] : {std::tuple{6, 4, true}, {12, 4, false}, {6, 16, false}, {0, 0, false}}) {
+    SCOPED_TRACE(testing::Message() << "hlen " << hlen << " plen " << plen);
+    MbufPtr m = to_mbuf(request(uint8_t(hlen), uint8_t(plen)));
+    ASSERT_TRUE(m);
+    uint32_t ip = 0;
+    rte_ether_addr mac;
+    EXPECT_EQ(arp_sender(m.get(), &ip, &mac), want);
+    EXPECT_EQ(arp_make_reply(m.get(), port), want);
+    MbufPtr m2 = to_mbuf(request(uint8_t(hlen), uint8_t(plen)));
+    EXPECT_EQ(arp_make_reply(m2.get(), port, /*proxy_any=*/true), want);
+    if (want) {  // the reply, read back independently
+      const uint8_t* r = rte_pktmbuf_mtod(m.get(), const uint8_t*);
+      EXPECT_EQ(ld16(r + 20), 2);
+      EXPECT_EQ(r[18], 6);
+      EXPECT_EQ(r[19], 4);
+      EXPECT_EQ(ld32(r + 28), 0x0a000001u);
+      EXPECT_EQ(ld32(r + 38), 0x0a00000au);
+    }
+  }
 }
 
 }  // namespace
