@@ -62,7 +62,7 @@ enum class EspStatus : uint8_t {
   kPadLength,       // pad length beyond the payload
   kBadNextHeader,   // next header is not 4 (IPv4) (nor 41 / 59, below)
   kDummy,           // next header 59: RFC 4303 §2.6 dummy (TFC) packet, discard silently
-  kBadInner,        // inner packet not IPv4, bad IHL, total length beyond the decrypted payload
+  kBadInner,        // inner packet not IPv4, bad IHL or header checksum, total length beyond the decrypted payload
   kNoRoom,          // not enough headroom/tailroom, or outer packet > 65535 bytes
   kSeqExhausted,    // SA's sequence numbers used up (rekey needed)
   kUnsupported,     // multi-segment mbuf, inner IPv6 (next header 41)
@@ -429,6 +429,10 @@ inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, boo
   const uint32_t inner_len = ld16(pt + 2);
   // Anything after the inner packet is TFC padding (RFC 4303 §2.4).
   if (uint32_t{pt[0] & 0xfu} * 4 > inner_len || inner_len > plen) return EspStatus::kBadInner;
+  // RFC 1812 §5.2.2: a router forwards only headers whose checksum verifies.
+  // The ICV proves only that the peer sent it (Linux drops such a packet in
+  // ip_rcv after XFRM); forwarding it would hand the LAN a corrupt header.
+  if (rte_raw_cksum(pt, uint32_t{pt[0] & 0xfu} * 4) != 0xffff) return EspStatus::kBadInner;
 
   // RFC 6040 §4.2 decapsulation (ECN codepoints: 0 Not-ECT, 1 ECT(1),
   // 2 ECT(0), 3 CE).
