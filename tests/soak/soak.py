@@ -150,7 +150,7 @@ def run(args):
     gw.start()
     start = time.time()
     for o in out_log.values():
-        o.installed = t0   # installed from the config, before the ports started
+        o.installed, o.fitted = t0, False   # installed from the config, before the ports started
     ctl = Control(gw.sock)
     pid = gw.proc.pid
     flap_n = rekey_n = route_n = 0
@@ -272,7 +272,8 @@ def run(args):
     wan = check_wan(gw.wan_out, out_log)
     lan = check_lan(gw.lan_out)
     result["figures"]["check_s"] = round(time.time() - t1, 1)
-    result["figures"]["wan_out"] = {"esp": wan.esp, "arp": wan.arp, "other": wan.other, "spis": wan.spis_seen}
+    result["figures"]["wan_out"] = {"esp": wan.esp, "arp": wan.arp, "other": wan.other, "spis": wan.spis_seen,
+                                    "capture_clock_drift_ppm": round(wan.clock_drift_ppm, 1)}
     checks["every ESP frame decrypts under a key installed at the time, no (SPI, seq) twice"] = (
         wan.esp > 0 and not wan.problems(), f"{wan.esp} ESP frames; {wan.counts()} {wan.problems()}")
     full = [(t, g) for t in range(len(traffic.TUNNEL_NAMES)) for g in range(1, rekey_n - 2)]

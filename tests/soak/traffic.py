@@ -112,7 +112,7 @@ def wan_frames(rng, keys: InboundKeys, per_gen, extra_hostile):
                 payload = MARK_IN + struct.pack("!BHH", t, g, i) + bytes(rng.choice([0, 50, 300]))
                 inner = eo.inner_udp(f"172.31.{1 + t}.{i % 250 + 1}", LAN_HOST, payload, ident=g & 0xFFFF)
                 pkt = tx.packet(i + 1, inner, ident=rng.getrandbits(16))
-                if i == per_gen - 1 and g % 8 == 0 and per_gen > 1:
+                if i == per_gen - 1 and g % 8 == 0:
                     # The last packet of every 8th generation arrives as 2..4 outer
                     # fragments (DPDK reassembles at most 8 per datagram).
                     size = -(-(len(pkt) - 20) // rng.choice([2, 3, 4]))
