@@ -184,3 +184,82 @@ def test_link_down_at_run_time_is_counted_and_survived(tmp_path):
     assert decrypt_all(gw.wan_out[0], OUT_A) > 1000
     print(f"\nlink down: wan2 {up_rate:.0f} pps before, 0 while down ({full} tx_full), {back_rate:.0f} after; "
           f"wan {wan_rate:.0f} pps during")
+
+
+def inject(name, frames):
+    """Frames into espgw through the kernel side of a net_tap port."""
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind((name, 0))
+    for i, f in enumerate(frames):
+        s.send(f)
+        if i % 32 == 31:
+            time.sleep(0.0005)  # the tap's kernel queue holds 1000 frames
+    s.close()
+
+
+def incomplete_datagrams(n, pieces=7, first_id=1):
+    """n ESP datagrams to wan2's address, each cut into 8 fragments of which
+    only the first `pieces` are sent: they wait in the reassembly table,
+    holding mbufs, until they time out (2 s)."""
+    tx = eo.EspSender(IN_B.key, IN_B.spi, REMOTE_B, LOCAL_B)
+    frames = []
+    for i in range(n):
+        ip = IP(tx.packet(i + 1, eo.inner_udp("172.31.200.1", "10.240.128.9", bytes(8 * 64)), ident=first_id + i))
+        for f in fragment(ip, fragsize=72)[:pieces]:
+            frames.append(eo.ether("02:00:00:00:00:03", h.NH_MAC, bytes(f)))
+    return frames
+
+
+def test_mempool_exhaustion_is_counted_and_survived(tmp_path):
+    # The smallest pool the config allows (rings of 64). Incomplete outer
+    # datagrams flood wan2 until the pool reaches its floor (a quarter kept
+    # free, dataplane.h park_floor): further fragments are dropped as
+    # no_buffer, while wan keeps encrypting and sending the LAN's traffic.
+    # When the datagrams time out every mbuf comes back, and a valid packet
+    # from wan2's peer crosses again.
+    name = tap_name("m")
+    gw = three_port_gateway(tmp_path, f"net_tap9,iface={name}", lan_traffic(16))
+    gw.config["mbufs"] = 2304   # the minimum for 3 ports x (64 + 64) descriptors, 2 caches, 1024 in flight
+    for p in gw.config["ports"]:
+        p["rx_desc"], p["tx_desc"] = 64, 64
+    gw.config_path.write_text(yaml.safe_dump(gw.config, sort_keys=False))
+    wan_sent = lambda s: port(s, "wan")["tx"]["packets"]  # noqa: E731
+    with gw:
+        ip_link(name, "up")
+        time.sleep(0.5)
+        before_rate, st = rate(gw, wan_sent)
+        assert st["drops"]["no_buffer"] == 0
+        inject(name, incomplete_datagrams(600))
+        during_rate, st = rate(gw, wan_sent, 0.3)
+        peak = st["mbufs"]["in_use"]
+        assert st["drops"]["no_buffer"] > 0, st["drops"]          # counted by reason
+        assert peak >= 2304 * 3 // 4 - 64, st["mbufs"]             # the pool really ran down to its floor
+        assert during_rate > 1000, "wan stopped forwarding while the pool was at its floor"
+        assert_holds(st)
+        # The fault goes away: the datagrams time out (2 s), the mbufs return.
+        deadline = time.time() + h.scaled(10)
+        while acc_port(gw.stats(), "wan2")["held"] and time.time() < deadline:
+            time.sleep(0.2)
+        st = gw.stats()
+        assert acc_port(st, "wan2")["held"] == 0
+        assert st["mbufs"]["in_use"] < st["mbufs"]["in_use_at_start"] + 256, st["mbufs"]  # what is in flight
+        nobuf = st["drops"]["no_buffer"]
+        # A valid packet from wan2's peer is decrypted and reaches the LAN.
+        lan_sent = port(st, "lan")["tx"]["packets"]
+        tx = eo.EspSender(IN_B.key, IN_B.spi, REMOTE_B, LOCAL_B)
+        inject(name, [eo.ether("02:00:00:00:00:03", h.NH_MAC,
+                               tx.packet(10000, eo.inner_udp("172.31.200.1", "10.240.128.9", b"after")))])
+        deadline = time.time() + h.scaled(5)
+        while port(gw.stats(), "lan")["tx"]["packets"] == lan_sent and time.time() < deadline:
+            time.sleep(0.05)
+        after_rate, st = rate(gw, wan_sent)
+        assert port(st, "lan")["tx"]["packets"] == lan_sent + 1, "wan2 did not recover"
+        assert st["drops"]["no_buffer"] == nobuf, "still out of buffers after the fault went away"
+        assert_holds(st)
+    assert gw.proc.returncode == 0, gw.output
+    assert "accounting: holds" in gw.output
+    in_use, at_start = gw.mbufs()
+    assert in_use == at_start
+    assert decrypt_all(gw.wan_out[0], OUT_A) > 1000
+    print(f"\nmempool at its floor (peak {peak} of 2304 in use, {nobuf} no_buffer): wan {before_rate:.0f} pps before, "
+          f"{during_rate:.0f} during, {after_rate:.0f} after")
