@@ -26,6 +26,9 @@ ESPGW = BUILD / "control" / "espgw"
 # Sanitizer builds run several times slower: scripts/test.sh --sanitize sets
 # ESPGW_TIMEOUT_SCALE so every wait of the harness stretches with them.
 TIMEOUT_SCALE = float(os.environ.get("ESPGW_TIMEOUT_SCALE", "1"))
+# "address" when ESPGW_BUILD is an ASan build (scripts/test.sh sets it):
+# memory figures (RSS) mean nothing there, ASan's quarantine holds freed memory.
+SANITIZER = os.environ.get("ESPGW_SANITIZER", "")
 
 
 def scaled(seconds):
