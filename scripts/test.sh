@@ -85,11 +85,21 @@ if [ "$SANITIZE" = 1 ]; then
       junit_failure "$REPORTS/gtest-asan.xml" asan run
     stage_end asan-gtest
     stage_start
-    # The interop suite against the ASan daemon (ESPGW_TIMEOUT_SCALE stretches
-    # the harness's waits). ASAN_INTEROP picks the files (default: all).
+    # The interop tests against the ASan daemon (ESPGW_TIMEOUT_SCALE stretches
+    # the harness's waits). The whole suite costs ~14 min here: CI runs the
+    # files where bytes from outside meet the daemon's memory (packets both
+    # ways, hostile input, reassembly, faults, the control socket's fuzz and
+    # robustness tests), ~5 min; docs/hardening.md lists what is left out and
+    # why. ASAN_INTEROP=tests/interop runs all of it.
+    ASAN_INTEROP_DEFAULT="tests/interop/test_hostile.py tests/interop/test_hostile_classes.py
+      tests/interop/test_accounting.py tests/interop/test_outer_reassembly.py tests/interop/test_esp_scapy.py
+      tests/interop/test_outbound_path.py tests/interop/test_ecn_tfc.py tests/interop/test_natt_port.py
+      tests/interop/test_replay_multiqueue.py tests/interop/test_exception_tap.py
+      tests/interop/test_control_sa_state.py tests/interop/test_control_fuzz.py
+      tests/interop/test_control_robust.py tests/interop/test_faults.py
+      --deselect tests/interop/test_faults.py::test_control_flood_does_not_slow_the_workers"
     ESPGW_BUILD="$ROOT/$ASAN_DIR" ESPGW_TIMEOUT_SCALE=${ESPGW_TIMEOUT_SCALE:-4} ESPGW_SANITIZER=address \
-      ESPGW_HOSTILE_FRAMES=${ESPGW_HOSTILE_FRAMES:-24000} \
-      $PY -m pytest -q -p no:cacheprovider ${ASAN_INTEROP:-tests/interop} -o junit_suite_name=interop-asan \
+      $PY -m pytest -q -p no:cacheprovider ${ASAN_INTEROP:-$ASAN_INTEROP_DEFAULT} -o junit_suite_name=interop-asan \
       --junitxml="$REPORTS/pytest-asan.xml"
     rc=$?
     [ $rc -ne 0 ] && [ $rc -ne 5 ] && status=1
