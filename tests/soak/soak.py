@@ -199,6 +199,9 @@ def run(args):
                 route_n += 1
                 next_route += ROUTE_S
             time.sleep(max(0.0, min(next_flap, next_rekey, next_route, next_sample) - time.time()))
+    except (OSError, ValueError) as e:  # the daemon died or answered garbage: reported below
+        checks["control connection stayed up"] = (False, repr(e))
+    try:
         alive = gw.proc.poll() is None
         checks["process alive at the end"] = (alive, f"exit code {gw.proc.returncode}" if not alive else "")
         if alive:
