@@ -108,6 +108,7 @@ if [ "$SANITIZE" = 1 ]; then
     echo "ASan build failed"; status=1
     junit_failure "$REPORTS/gtest-asan.xml" asan-build build
   fi
+  unset ASAN_OPTIONS UBSAN_OPTIONS
 
   # ThreadSanitizer over the concurrency tests (suite 'tsan'): RCU
   # publication and the SA database's handover, the replay window's writers,
