@@ -241,7 +241,7 @@ def test_mempool_exhaustion_is_counted_and_survived(tmp_path):
         while acc_port(gw.stats(), "wan2")["held"] and time.time() < deadline:
             time.sleep(0.2)
         st = gw.stats()
-        assert acc_port(st, "wan2")["held"] == 0
+        assert acc_port(st, "wan2")["held"] == 0, (acc_port(st, "wan2"), st["reassembly"], st["mbufs"], st["drops"])
         assert st["mbufs"]["in_use"] < st["mbufs"]["in_use_at_start"] + 256, st["mbufs"]  # what is in flight
         nobuf = st["drops"]["no_buffer"]
         # A valid packet from wan2's peer is decrypted and reaches the LAN.
