@@ -2,10 +2,14 @@
 (python `cryptography`), independent of espgw's code.
 
 WAN output: every ESP frame decrypts (ICV verified) under the key of the
-outbound SA its SPI names, its capture time lies inside that SA's installed
-interval (from the add-sa request to the delete-sa reply), its inner packet
-is one the LAN side sent towards a routed prefix, and no (SPI, sequence
-number) pair appears twice. LAN output: every decrypted packet is one of the
+outbound SA its SPI names, it left while that SA was installed, its inner
+packet goes to a routed prefix, and no (SPI, sequence number) pair appears
+twice. "While installed" is checked on no clock at all: one worker writes
+the WAN capture in transmission order, so a frame's index in the file is
+the WAN port's TX packet counter when it left; the soak reads that counter
+before each add-sa and after each delete-sa reply (the reply comes after an
+RCU grace period: no worker can still send under the SA), which bounds the
+indices each SA's frames may have. LAN output: every decrypted packet is one of the
 peer's (tunnel, generation, index) packets, and none was accepted twice."""
 
 import struct
@@ -16,18 +20,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from traffic import MARK_IN
 
-# Capture times, mapped onto the soak's clock (clock_fit), may differ from it
-# by this much (scheduling of the soak's own thread, the fit's error).
-CLOCK_SLACK_S = 0.1
-
-
 @dataclass
 class OutboundSaLog:
     spi: int
     keymat: bytes
-    installed: float            # time.time() before the add-sa request
-    deleted: float = float("inf")  # time.time() after the delete-sa reply
-    fitted: bool = True            # installed while traffic flowed (clock_fit uses it)
+    first_index: int               # WAN TX packets counted before the add-sa request
+    last_index: float = float("inf")  # WAN TX packets counted after the delete-sa reply
 
 
 @dataclass
@@ -43,8 +41,6 @@ class WanReport:
     spis_seen: int = 0
     first_ts: float = 0.0
     last_ts: float = 0.0
-    clock_offset_s: float = 0.0
-    clock_drift_ppm: float = 0.0
 
     def problems(self):
         return {k: v[:5] for k, v in (("bad_icv", self.bad_icv), ("unknown_spi", self.unknown_spi),
@@ -96,51 +92,14 @@ def routed_destination(dst: bytes):
     return dst[:2] == bytes([172, 31]) or dst[:3] == bytes([192, 0, 2])
 
 
-def clock_fit(paths, sa_log: dict):
-    """net_pcap stamps frames with the TSC since the port started, anchored
-    to gettimeofday once; over an hour its rate error adds up. An SA carries
-    its first frame no earlier than its add-sa request (later when its
-    tunnel is down or not the active route), so the smallest (first capture
-    time - add-sa time) per minute traces the capture clock's offset: a
-    line through those minima (a constant for runs under 3 minutes).
-    Returns (offset a, drift b): wall = capture - (a + b * capture)."""
-    first = {}
-    for path in paths:
-        for ts, pkt in pcap_records_ts(path):
-            if pkt[12:14] == b"\x08\x00" and pkt[23] == 50:
-                spi = struct.unpack(">I", pkt[34:38])[0]
-                first.setdefault(spi, ts)
-    pts = [(sa_log[spi].installed, ts - sa_log[spi].installed) for spi, ts in first.items()
-           if spi in sa_log and sa_log[spi].fitted]
-    if not pts:
-        return 0.0, 0.0
-    bins = {}
-    x0 = min(x for x, _ in pts)
-    for x, y in pts:
-        k = int((x - x0) // 60)
-        if k not in bins or y < bins[k][1]:
-            bins[k] = (x, y)
-    mins = sorted(bins.values())
-    if len(mins) < 3:
-        return min(y for _, y in pts), 0.0
-    n = len(mins)
-    mx = sum(x for x, _ in mins) / n
-    my = sum(y for _, y in mins) / n
-    sxx = sum((x - mx) ** 2 for x, _ in mins)
-    b = sum((x - mx) * (y - my) for x, y in mins) / sxx
-    return my - b * mx, b
-
-
 def check_wan(paths, sa_log: dict):
     """Every frame the WAN port sent. sa_log: SPI -> OutboundSaLog."""
     r = WanReport()
-    a, b = clock_fit(paths, sa_log)
-    r.clock_offset_s, r.clock_drift_ppm = a, b * 1e6
+    assert len(paths) == 1, "the index check needs one worker (one TX queue, one capture file)"
     aead = {}
     seen = {}
     for path in paths:
-        for ts, pkt in pcap_records_ts(path):
-            ts -= a + b * ts   # onto the soak's clock (clock_fit)
+        for index, (ts, pkt) in enumerate(pcap_records_ts(path)):
             r.first_ts = r.first_ts or ts
             r.last_ts = ts
             etype = struct.unpack(">H", pkt[12:14])[0]
@@ -159,8 +118,8 @@ def check_wan(paths, sa_log: dict):
             if sa is None:
                 r.unknown_spi.append((ts, hex(spi), seq))
                 continue
-            if not (sa.installed - CLOCK_SLACK_S <= ts <= sa.deleted + CLOCK_SLACK_S):
-                r.outside_lifetime.append((ts, hex(spi), seq, sa.installed, sa.deleted))
+            if not (sa.first_index <= index < sa.last_index):
+                r.outside_lifetime.append((index, hex(spi), seq, sa.first_index, sa.last_index))
             if seen.setdefault(spi, SeqSeen()).add(seq):
                 r.duplicates.append((ts, hex(spi), seq))
             if spi not in aead:
