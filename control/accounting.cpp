@@ -2,7 +2,10 @@
 
 #include <fmt/format.h>
 
+#include <immintrin.h>
+
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <memory>
 
@@ -37,9 +40,19 @@ nlohmann::json port_json(const std::string& name, const dp::PortBalance& b) {
 }  // namespace
 
 bool snapshot_balance_counters(const dp::WorkerCounters& live, dp::WorkerCounters& out) {
-  for (int tries = 0; tries < 10000; tries++) {
+  // A worker at full load is odd for its whole poll iteration (tens of
+  // microseconds) and even only between two: a fixed number of tries can
+  // all land inside one iteration (the soak saw "consistent": false), so
+  // keep trying for a bounded time instead (yielding the CPU between tries
+  // was measured: it makes a loaded host miss the gaps).
+  const auto deadline = std::chrono::steady_clock::now() + kSnapshotPatience;
+  for (uint64_t tries = 0;; tries++) {
+    if ((tries & 1023) == 1023 && std::chrono::steady_clock::now() > deadline) return false;
     uint64_t s1 = load_seq(live);
-    if (s1 & 1) continue;
+    if (s1 & 1) {
+      _mm_pause();
+      continue;
+    }
     std::memcpy(out.port, live.port, sizeof out.port);
     std::memcpy(out.rx_disp, live.rx_disp, sizeof out.rx_disp);
     std::memcpy(out.tx_disp, live.tx_disp, sizeof out.tx_disp);
@@ -49,7 +62,6 @@ bool snapshot_balance_counters(const dp::WorkerCounters& live, dp::WorkerCounter
       return true;
     }
   }
-  return false;
 }
 
 nlohmann::json balance_json(const dp::Dataplane& d, const std::vector<std::string>& port_names) {

@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -12,9 +13,13 @@
 
 namespace espgw::control {
 
+// How long snapshot_balance_counters waits for a worker to be between two
+// poll iterations.
+inline constexpr std::chrono::milliseconds kSnapshotPatience{200};
+
 // Copies the balance-relevant counters (ports, dispositions) of one live
 // worker block between two equal even update_seq values. Returns false when
-// the worker kept updating through every try (the copy is then the last,
+// the worker kept updating for kSnapshotPatience (the copy is then the last,
 // possibly mid-iteration one).
 bool snapshot_balance_counters(const dataplane::WorkerCounters& live, dataplane::WorkerCounters& out);
 

@@ -3,6 +3,7 @@
 #include "control/accounting.h"
 
 #include "dataplane/neighbor_info.h"
+#include "dataplane/rcu_sync.h"
 
 #include <fmt/format.h>
 #include <rte_mempool.h>
@@ -37,7 +38,7 @@ SaDatabase& ControlOps::sas() const {
   return *sas_;
 }
 
-void ControlOps::synchronize() const { rte_rcu_qsbr_synchronize(dp_.qsbr, RTE_QSBR_THRID_INVALID); }
+void ControlOps::synchronize() const { dp::rcu_synchronize(dp_.qsbr); }
 
 // ------------------------------------------------------------------ SAs
 // Every runtime SA enters through one of these four: the spec is validated

@@ -1,5 +1,7 @@
 #include "control/sa_database.h"
 
+#include "dataplane/rcu_sync.h"
+
 #include <fmt/format.h>
 #include <openssl/evp.h>
 #include <rte_cycles.h>
@@ -87,7 +89,7 @@ SaDatabase::~SaDatabase() {
 }
 
 void SaDatabase::synchronize() const {
-  if (dp_.qsbr) rte_rcu_qsbr_synchronize(dp_.qsbr, RTE_QSBR_THRID_INVALID);
+  if (dp_.qsbr) dp::rcu_synchronize(dp_.qsbr);
 }
 
 std::string SaDatabase::describe(const SaParams& p) const {

@@ -3,7 +3,7 @@
 // The control thread is its only writer. It builds the worker-side objects
 // (OutboundSa, InboundSa, their AEAD contexts) completely, publishes them
 // with one store (a tunnel's out_sa pointer, or the lock-free inbound hash),
-// and frees them, wiping the keys, only after rte_rcu_qsbr_synchronize():
+// and frees them, wiping the keys, only after an RCU grace period (dataplane/rcu_sync.h):
 // when no worker can still hold a pointer to them.
 //
 // Rekey, make-before-break: a new inbound SA is live as soon as it is added;

@@ -2,7 +2,7 @@
 //
 // Written only by the control thread. Pointers the workers follow
 // (Tunnel::out_sa, the hash's data, the FIB's tables) are published with one
-// store and reclaimed after rte_rcu_qsbr_synchronize(); workers report a
+// store and reclaimed after a grace period (rcu_sync.h); workers report a
 // quiescent state once per loop.
 #pragma once
 

@@ -23,6 +23,16 @@ from scapy.layers.ipsec import ESP, SecurityAssociation
 
 BUILD = Path(os.environ.get("ESPGW_BUILD", Path(__file__).resolve().parents[2] / "build"))
 ESPGW = BUILD / "control" / "espgw"
+# Sanitizer builds run several times slower: scripts/test.sh --sanitize sets
+# ESPGW_TIMEOUT_SCALE so every wait of the harness stretches with them.
+TIMEOUT_SCALE = float(os.environ.get("ESPGW_TIMEOUT_SCALE", "1"))
+# "address" when ESPGW_BUILD is an ASan build (scripts/test.sh sets it):
+# memory figures (RSS) mean nothing there, ASan's quarantine holds freed memory.
+SANITIZER = os.environ.get("ESPGW_SANITIZER", "")
+
+
+def scaled(seconds):
+    return seconds * TIMEOUT_SCALE
 
 LAN_MAC = "02:00:00:00:00:01"
 WAN_MAC = "02:00:00:00:00:02"
@@ -89,7 +99,7 @@ class Sa:
 def control_request(sock_path, req):
     """One request on espgw's control socket, its reply."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(10)
+    s.settimeout(scaled(10))
     s.connect(sock_path)
     s.sendall((json.dumps(req) + "\n").encode())
     buf = b""
@@ -197,7 +207,7 @@ class Gateway:
         self.log = open(self.tmp / "espgw.log", "w+")
         self.proc = subprocess.Popen([str(ESPGW), "--config", str(self.config_path)], stdout=self.log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
+        deadline = time.time() + scaled(20)
         while time.time() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"espgw exited with {self.proc.returncode}:\n{self.read_log()}")
@@ -223,7 +233,7 @@ class Gateway:
 
     def wait_rx(self, lan=None, wan=None, timeout=20):
         """Waits until the ports received these many packets and the counters settle."""
-        deadline = time.time() + timeout
+        deadline = time.time() + scaled(timeout)
         last = None
         while time.time() < deadline:
             st = self.stats()
@@ -240,7 +250,7 @@ class Gateway:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=scaled(20))
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -279,7 +289,7 @@ def settle(gw, timeout=15):
     """Waits until no outer fragment is held and every mbuf is back (incomplete
     datagrams time out after 2 s, packets held for ARP fail after 3 s); the
     last stats reply."""
-    deadline = time.time() + timeout
+    deadline = time.time() + scaled(timeout)
     while True:
         st = gw.stats()
         held = sum(p["held"] for p in st["accounting"]["ports"])

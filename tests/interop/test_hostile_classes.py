@@ -297,7 +297,8 @@ def test_hostile_classes_balance_and_recover(tmp_path):
         assert time.time() - t0 < 60
 
     h.assert_balanced(st, lan_rx=total_lan, wan_rx=total_wan)
-    assert rss_end - rss_start < 8 * 1024, f"RSS grew {rss_start} -> {rss_end} KiB"
+    if not h.SANITIZER:  # under ASan freed memory waits in its quarantine (up to 256 MiB)
+        assert rss_end - rss_start < 8 * 1024, f"RSS grew {rss_start} -> {rss_end} KiB"
     d = st["drops"]
     for reason in ("truncated", "bad_header", "unknown_spi", "unsupported", "reassembly_timeout", "reassembly_failed",
                    "martian", "not_for_us", "ttl_exceeded"):

@@ -134,7 +134,13 @@ TEST(LpmConcurrency, ReadersOnlySeeValidAnswersWhileTheWriterPublishes) {
     return h;
   };
   const auto t_end = std::chrono::steady_clock::now() + std::chrono::milliseconds(duration_ms);
-  while (std::chrono::steady_clock::now() < t_end && violations.load() == 0) {
+  // On a loaded host (a sanitizer build beside other jobs on 2 CPUs) the
+  // duration alone may end before the writer reached what the test must
+  // exercise: run on until it has, up to 10 times the duration.
+  const auto t_hard_end = std::chrono::steady_clock::now() + std::chrono::milliseconds(10 * duration_ms);
+  auto covered = [&] { return ops > 100 && rejected > 0 && rt.stats().tbl8_retired > 10; };
+  while (violations.load() == 0 && std::chrono::steady_clock::now() < t_hard_end &&
+         (std::chrono::steady_clock::now() < t_end || !covered())) {
     // Choose the op and apply it to the reference (state k).
     const RefModel saved_ref = ref;
     std::function<void()> op;
