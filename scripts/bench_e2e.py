@@ -369,6 +369,16 @@ def measure(name, cmd, prefix, logpath, warmup, interval, workers=1):
 
 # ------------------------------------------------------------ crypto-perf ---
 
+def gcm_floor(binary, algo, op, sizes, quick):
+    """The one-shot IPsec-MB GCM call on L1-resident buffers, pinned to the
+    worker's CPU: {size: cycles}. The floor under espgw's crypto."""
+    cpu = "1" if (os.cpu_count() or 1) > 1 else "0"
+    cmd = ["taskset", "-c", cpu, str(binary), "--algo", algo, "--op", op,
+           "--rounds", "10" if quick else "50", "--calls", "10000"] + [str(s) for s in sizes]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=120).stdout
+    return {r["bytes"]: r["cycles"] for r in map(json.loads, out.split("\n")[:-1])}
+
+
 def crypto_perf(binary, algo, op, buf_sz, total_ops, hugepages, logpath):
     """One dpdk-test-crypto-perf throughput run (crypto_aesni_gcm, AAD 8,
     IV 12, ICV 16, burst 32, worker lcore 1). Returns (cycles/op from its
@@ -618,6 +628,8 @@ def main():
     ap.add_argument("--workers", type=int, default=1, help="N >= 2: espgw scaling mode (N rx queues)")
     ap.add_argument("--micro", action="store_true", help="also run bench_aead, bench_lpm, bench_esp")
     ap.add_argument("--cperf-ops", type=int, default=0, help="crypto-perf ops per run (default by size)")
+    ap.add_argument("--gcm-floor", default=None,
+                    help="the crypto-floor binary (default: BUILD/bench/crypto/gcm_floor; measured in every rep)")
     ap.add_argument("--secgw-mode", choices=["legacy", "librte_ipsec"], default="legacy")
     ap.add_argument("--no-verify", action="store_true", help="skip the scapy check of espgw's output")
     ap.add_argument("--work", default=f"/tmp/espgw-bench-{os.getpid()}")
@@ -692,6 +704,11 @@ def main():
     rows = {}
     io = {}
     cperf = {}
+    floor = {}   # (algo, op, esp payload bytes) -> [cycles per call], one per rep
+    floor_bin = Path(a.gcm_floor) if a.gcm_floor else Path(a.build) / "bench" / "crypto" / "gcm_floor"
+    if not floor_bin.exists():
+        log(f"NOTE: no crypto-floor binary at {floor_bin} (meson compile -C {a.build} gcm_floor): "
+            f"no 'own over floor' column")
     logs = []
     for rep in range(a.reps):
         order = e2e_impls if rep % 2 == 0 else e2e_impls[::-1]
@@ -736,6 +753,14 @@ def main():
                 log(f"rep {rep + 1}/{a.reps} {d:3} {algo} {encap:3} {size_label(size):>4} {impl:8}: {mpps:7.3f} Mpps "
                     f"(source rx {rx_mpps:.3f}{drop}); worker on CPU {share * 100 if share else float('nan'):3.0f}% "
                     f"-> {extra['mpps_per_cpu_s'] or float('nan'):.3f} Mpps per worker CPU-second")
+        if floor_bin.exists():
+            for algo in algos:
+                for d in dirs:
+                    op = "encrypt" if d == "out" else "decrypt"
+                    for bs, cyc in gcm_floor(floor_bin, algo, op, cperf_sizes, a.quick).items():
+                        floor.setdefault((algo, op, bs), []).append(cyc)
+                    log(f"rep {rep + 1}/{a.reps} crypto floor {algo} {op}: " + ", ".join(
+                        f"{bs} B {floor[(algo, op, bs)][-1]:.0f}" for bs in cperf_sizes) + " cyc/call")
         if n_cperf:
             hz0 = tsc_hz()
             for algo in algos:
@@ -766,7 +791,8 @@ def main():
               "imix": {"frames": IMIX_FRAMES, "ip_lengths": IMIX_IP, "weights": IMIX_WEIGHTS,
                        "mean_ip_len": IMIX_MEAN_IP, "pcap_packets": IMIX_PACKETS},
               "loadavg_end": os.getloadavg(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t_start)),
-              "command": sys.argv, "not_available": na, "rows": [], "crypto_perf": [], "io_only": [], "micro": micro}
+              "command": sys.argv, "not_available": na, "rows": [], "crypto_perf": [], "crypto_floor": [], "io_only": [],
+              "micro": micro}
 
     def summarise(runs):
         m = med([x["mpps"] for x in runs])
@@ -782,6 +808,9 @@ def main():
         result["crypto_perf"].append({"algo": algo, "op": op, "buffer_sz": bs,
                                       "cycles_per_op_median": med([r["cycles_per_op"] for r in runs]),
                                       "spread": spread([r["cycles_per_op"] for r in runs]), "runs": runs})
+    for (algo, op, bs), runs in sorted(floor.items()):
+        result["crypto_floor"].append({"algo": algo, "op": op, "bytes": bs, "cycles_median": med(runs),
+                                       "spread": spread(runs), "runs": runs})
     for (d, encap, size), runs in sorted(io.items(), key=str):
         result["io_only"].append({"direction": d, "encap": encap, "inner_ip_len": size, **summarise(runs)})
 
@@ -793,6 +822,15 @@ def main():
                 return None
             return sum(c * w for c, w in zip(parts, IMIX_WEIGHTS)) / sum(IMIX_WEIGHTS)
         return med([r["cycles_per_op"] for r in cperf.get((algo, op, esp_payload_len(size)), [])])
+
+    def floor_cycles(algo, d, size):
+        op = "encrypt" if d == "out" else "decrypt"
+        sizes_ = IMIX_IP if size == "imix" else (size,)
+        parts = [med(floor.get((algo, op, esp_payload_len(n)), [])) for n in sizes_]
+        if None in parts:
+            return None
+        w = IMIX_WEIGHTS if size == "imix" else (1,)
+        return sum(c * x for c, x in zip(parts, w)) / sum(w)
 
     nan = float("nan")
     f = lambda v, fmt: format(v, fmt) if v is not None else format(nan, fmt)
@@ -806,7 +844,7 @@ def main():
     else:
         hdr = (f"{'dir':3} {'algo':6} {'enc':3} {'size':>4} | espgw {'Mpps':>6} {'sprd':>4} {'cpu%':>4} {'Mpps/cpu':>8} "
                f"{'cyc/pkt':>7} {'Gbps':>5} | secgw {'Mpps/cpu':>8} {'cyc/pkt':>7} | ratio cpu  wall | "
-               f"crypto  io limit Mpps | own cyc/pkt")
+               f"crypto  io limit Mpps | own cyc/pkt | floor own/floor")
     print(hdr)
     print("-" * len(hdr))
     for key in rows_keys:
@@ -844,6 +882,10 @@ def main():
         ioc = summarise(ior)["cycles_per_packet"] if ior else None
         limit = hz / (cc + ioc) / 1e6 if cc and ioc else None
         own = eg["cycles_per_packet"] - cc - ioc if eg and cc and ioc else None
+        fc = floor_cycles(algo, d, size) if floor else None
+        own_f = eg["cycles_per_packet"] - fc - ioc if eg and fc and ioc else None
+        r.update({"crypto_floor_cycles": fc, "own_over_floor_cycles_per_packet": own_f,
+                  "limit_floor_mpps": hz / (fc + ioc) / 1e6 if fc and ioc else None})
         r.update({"crypto_only_cycles": cc, "io_only_cycles": ioc, "limit_mpps": limit, "own_cycles_per_packet": own,
                   "espgw_share_of_limit": eg["mpps_per_worker_cpu_s_median"] / limit if eg and limit and
                   eg["mpps_per_worker_cpu_s_median"] else None})
@@ -857,7 +899,8 @@ def main():
               f"{f(eg and eg['mpps_per_worker_cpu_s_median'], '8.3f')} {f(eg and eg['cycles_per_packet'], '7.0f')} "
               f"{f(eg and eg['inner_gbps_per_cpu'], '5.2f')} |       {sgc} | "
               f"{'  n/a' if sg and 'n/a' in sg else f(rc, '5.2f')} {'  n/a' if sg and 'n/a' in sg else f(rw, '5.2f')} | "
-              f"{f(cc, '6.0f')} {f(ioc, '3.0f')} {f(limit, '10.2f')} | {f(own, '11.0f')}")
+              f"{f(cc, '6.0f')} {f(ioc, '3.0f')} {f(limit, '10.2f')} | {f(own, '11.0f')} | "
+              f"{f(fc, '5.0f')} {f(own_f, '9.0f')}")
         result["rows"].append(r)
     if workers > 1:
         print(f"x1: espgw with one worker; x{workers}: {workers} workers, one RSS-like rx_pcap queue each (net_pcap with "
@@ -873,7 +916,10 @@ def main():
               f"{IMIX_MEAN_IP:.0f} B).\n"
               "  ratio: espgw / secgw, per worker CPU-second and wall-clock (>1: espgw faster). crypto: crypto-perf\n"
               "  cycles/op (crypto_aesni_gcm, ESP payload size; IMIX weighted); io: testpmd io-forward cycles/packet on\n"
-              "  the same pcap/sink; limit: TSC / (crypto + io); own: espgw cyc/pkt - crypto - io.")
+              "  the same pcap/sink; limit: TSC / (crypto + io); own: espgw cyc/pkt - crypto - io.\n"
+              "  floor: IPsec-MB's one-shot GCM call (what espgw calls) on 32 L1-resident buffers, one key, best of\n"
+              "  the rounds, measured in each rep (bench/crypto/gcm_floor); own/floor: espgw cyc/pkt - floor - io\n"
+              "  (the honest own cost: crypto-perf's figure includes a cryptodev queue espgw does not use).")
         for k, v in na.items():
             print(f"n/a ({k}): {v}")
     ml = micro_summary(micro)

@@ -79,6 +79,82 @@ def plot(result, out_png):
     fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
+    if any(r.get("crypto_floor_cycles") for r in rows):
+        plot_costs(result, costs_png(out_png))
+
+
+def costs_png(out_png):
+    s = str(out_png)
+    return (s[:-4] if s.endswith(".png") else s) + "-costs.png"
+
+
+def plot_costs(result, out_png):
+    """Where espgw's cycles go, per packet: I/O (testpmd io-forward on the same
+    pcap and sink), the crypto floor (IPsec-MB's one-shot call on L1-resident
+    buffers) and espgw's own cost (the rest), stacked; ipsec-secgw's total
+    beside it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if isinstance(r.get("espgw"), dict)]
+    panels = []
+    for r in rows:
+        k = (r["direction"], r["algo"], r["encap"])
+        if k not in panels:
+            panels.append(k)
+    ncol = min(4, len(panels)) or 1
+    nrow = (len(panels) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol + 0.6, 3.9 * nrow + 1.1), squeeze=False)
+    ymax = 0
+    for r in rows:
+        sg = r.get("secgw")
+        ymax = max(ymax, r["espgw"].get("cycles_per_packet") or 0,
+                   (sg.get("cycles_per_packet") or 0) if isinstance(sg, dict) else 0)
+    for i, (d, algo, encap) in enumerate(panels):
+        ax = axes[i // ncol][i % ncol]
+        pr = [r for r in rows if (r["direction"], r["algo"], r["encap"]) == (d, algo, encap)]
+        w = 0.38
+        for x, r in enumerate(pr):
+            io, fl = r.get("io_only_cycles"), r.get("crypto_floor_cycles")
+            total = r["espgw"].get("cycles_per_packet")
+            if io and fl and total:
+                own = total - io - fl
+                parts = [(io, "I/O (testpmd io-fwd)", "#9e9e9e"), (fl, "crypto floor (IPsec-MB one-shot)", "#2ca02c"),
+                         (max(own, 0), "espgw own", "#1f77b4")]
+                bottom = 0
+                for v, name, color in parts:
+                    ax.bar(x - w / 2, v, w, bottom=bottom, color=color, label=name if x == 0 else None,
+                           edgecolor="white")
+                    bottom += v
+                ax.text(x - w / 2, total + ymax * 0.01, f"{total:.0f}\n(own {own:.0f})", ha="center", va="bottom",
+                        fontsize=7.5)
+            sg = r.get("secgw")
+            sc = sg.get("cycles_per_packet") if isinstance(sg, dict) else None
+            if sc:
+                ax.bar(x + w / 2, sc, w, color="#ff7f0e", label="ipsec-secgw total" if x == 0 else None,
+                       edgecolor="white")
+                ax.text(x + w / 2, sc + ymax * 0.01, f"{sc:.0f}", ha="center", va="bottom", fontsize=7.5)
+        ax.set_xticks(range(len(pr)))
+        ax.set_xticklabels([str(r["inner_ip_len"]) + (" B" if r["inner_ip_len"] != "imix" else "") for r in pr])
+        ax.set_title(f"{d}, {algo.upper().replace('AES', 'AES-')}-GCM, {'ESP-in-UDP' if encap != 'esp' else 'ESP'}",
+                     fontsize=10.5)
+        ax.set_ylim(0, ymax * 1.2 if ymax else 1)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        if i % ncol == 0:
+            ax.set_ylabel("cycles per packet (worker CPU)")
+        ax.set_xlabel("inner IP total length")
+    for i in range(len(panels), nrow * ncol):
+        axes[i // ncol][i % ncol].axis("off")
+    h, l = axes[0][0].get_legend_handles_labels()
+    fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.38 / fig.get_figheight()), ncol=4, fontsize=9,
+               frameon=False)
+    fig.suptitle("espgw's cycles per packet: I/O + crypto floor + own, beside ipsec-secgw's total "
+                 f"(median of {result.get('reps')} reps)", y=1 - 0.08 / fig.get_figheight(), va="top", fontsize=10.5)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
