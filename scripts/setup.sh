@@ -10,7 +10,8 @@ PKGS=(
   libipsec-mb-dev libssl-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libyaml-cpp-dev nlohmann-json3-dev libmnl-dev libcli11-dev libfmt-dev
-  python3-scapy python3-pytest python3-yaml python3-matplotlib tshark
+  python3-scapy python3-pytest python3-yaml python3-matplotlib python3-cryptography tshark
+  clang libclang-rt-14-dev
   libpcap-dev iproute2 procps
 )
 # The kernel-espgw charon plugin (control/strongswan/) and its tests: on by
