@@ -336,7 +336,7 @@ def test_control_flood_does_not_slow_the_workers(tmp_path):
             # worker would share it with the control thread).
             os.sched_setaffinity(0, {0})
             time.sleep(1.0)
-            for _ in range(3):
+            for _ in range(5):
                 quiet.append(worker_rate(gw, 1.5)[:2])
                 stop = threading.Event()
                 threads = [threading.Thread(target=flood_client, args=(gw.sock, stop, served)) for _ in range(4)]
@@ -356,15 +356,19 @@ def test_control_flood_does_not_slow_the_workers(tmp_path):
         os.sched_setaffinity(0, affinity)
     assert gw.proc.returncode == 0, gw.output
     assert "accounting: holds" in gw.output
-    med = lambda xs, i: sorted(x[i] for x in xs)[1]  # noqa: E731
+    med = lambda xs, i: sorted(x[i] for x in xs)[len(xs) // 2]  # noqa: E731
     print(f"\ncontrol flood (~{rps:.0f} requests/s answered): worker {med(quiet, 0) / 1e6:.2f} Mpps quiet, "
           f"{med(flood, 0) / 1e6:.2f} Mpps flooded (wall clock); per second of the worker's CPU "
           f"{med(quiet, 1) / 1e6:.2f} vs {med(flood, 1) / 1e6:.2f} Mpps; phases (wall, cpu) "
           f"quiet {[(round(a / 1e6, 2), round(b / 1e6, 2)) for a, b in quiet]}, "
           f"flood {[(round(a / 1e6, 2), round(b / 1e6, 2)) for a, b in flood]}")
     assert served[0] > 1000
-    # The worker's own work per CPU second must not drop (medians of three
-    # phases; 10% for noise). The wall-clock rate is printed: on a shared
+    # The worker's own work per CPU second must not drop (the median of five
+    # paired phases; 10% for noise). The wall-clock rate is printed: on a shared
     # 2-CPU host the scheduler moves other jobs onto the worker's CPU while
     # the flood fills CPU 0, which is not espgw's doing.
-    assert med(flood, 1) >= 0.9 * med(quiet, 1), (quiet, flood)
+    # Each flooded phase is compared with the quiet phase just before it: on
+    # a shared VM the worker's per-CPU rate also drifts between phases (a CI
+    # run saw quiet phases at 2.0, 1.4 and 0.9 Mpps), which pairs cancel.
+    ratios = sorted(f[1] / q[1] for q, f in zip(quiet, flood))
+    assert ratios[len(ratios) // 2] >= 0.9, (ratios, quiet, flood)
