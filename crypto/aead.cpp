@@ -7,6 +7,8 @@
 #include <openssl/evp.h>
 
 #include <atomic>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <stdexcept>
@@ -120,6 +122,22 @@ struct alignas(64) AeadContext::State {
     EVP_CIPHER_CTX* ctx = nullptr;
   };
   Slot slot[kOsslSlots];         // OpenSSL backend only
+
+  // Aligned by hand inside a plain malloc block: glibc 2.36's memalign asks
+  // for size + alignment and so never reuses the chunk a freed State leaves,
+  // which grew the heap ~1.4 KB per SA installed (issue 12's soak). Blocks of
+  // one size are reused.
+  static void* operator new(std::size_t n, std::align_val_t al) {
+    const auto a = static_cast<std::size_t>(al);
+    void* raw = std::malloc(n + a + sizeof(void*));
+    if (raw == nullptr) throw std::bad_alloc();
+    auto p = (reinterpret_cast<std::uintptr_t>(raw) + sizeof(void*) + a - 1) & ~(std::uintptr_t{a} - 1);
+    reinterpret_cast<void**>(p)[-1] = raw;
+    return reinterpret_cast<void*>(p);
+  }
+  static void operator delete(void* p, std::align_val_t) noexcept {
+    if (p != nullptr) std::free(static_cast<void**>(p)[-1]);
+  }
 };
 
 static_assert(alignof(AeadContext::State) >= 64);
@@ -185,7 +203,7 @@ AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend
                                 std::string(to_string(algo)));
 
   const size_t klen = key_len(algo);
-  state_ = new State{};  // aligned new (alignas(64))
+  state_ = new State{};  // State's own aligned operator new
   std::memcpy(salt_, keymat.data() + klen, kSaltLen);
   if (backend == Backend::kIpsecMb) {
     IMB_MGR* mgr = imb().mgr;

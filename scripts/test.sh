@@ -202,10 +202,7 @@ stage_end interop
 # --- soak (engineer k): SOAK_SECONDS of traffic (default 120; 0 skips) ------
 if [ "${SOAK_SECONDS:-120}" != 0 ]; then
   stage_start
-  # --rss-advisory: the soak's heap growth under SA churn (~13 KiB per SA
-  # installed with traffic) is a known open defect (docs/hardening.md); CI
-  # prints the RSS check and its curve but does not fail on it until it is fixed.
-  BUILD_DIR="$BUILD_DIR" scripts/soak.sh "${SOAK_SECONDS:-120}" --junit "$REPORTS/soak.xml" --rss-advisory ||
+  BUILD_DIR="$BUILD_DIR" scripts/soak.sh "${SOAK_SECONDS:-120}" --junit "$REPORTS/soak.xml" ||
     { status=1; [ -f "$REPORTS/soak.xml" ] || junit_failure "$REPORTS/soak.xml" soak run; }
   stage_end soak
 fi

@@ -9,6 +9,7 @@ ESP implementation."""
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -29,6 +30,10 @@ TIMEOUT_SCALE = float(os.environ.get("ESPGW_TIMEOUT_SCALE", "1"))
 # "address" when ESPGW_BUILD is an ASan build (scripts/test.sh sets it):
 # memory figures (RSS) mean nothing there, ASan's quarantine holds freed memory.
 SANITIZER = os.environ.get("ESPGW_SANITIZER", "")
+# A command that execs espgw in the same process (keeps its pid), for tools:
+# ESPGW_WRAPPER="env LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so
+# DUMP_HEAPTRACK_OUTPUT=/tmp/ht.raw" (a fifo read by /usr/lib/heaptrack/libexec/heaptrack_interpret).
+WRAPPER = shlex.split(os.environ.get("ESPGW_WRAPPER", ""))
 
 
 def scaled(seconds):
@@ -130,7 +135,7 @@ class Gateway:
 
     def __init__(self, tmp: Path, sas, routes=None, lan_in=(), wan_in=(), workers=1, tunnels_extra=None,
                  infinite_lan=False, icmp_rate_limit=100, lan_in_split=None, wan_in_split=None, down=(),
-                 host_in=None, ports_extra=None):
+                 host_in=None, ports_extra=None, discard_out=False):
         self.tmp = Path(tmp)
         self.sas = sas
         self.workers = workers
@@ -139,6 +144,11 @@ class Gateway:
         wan_files = self._inputs("wan", wan_in_split if wan_in_split is not None else [list(wan_in)])
         self.lan_out = [self.tmp / f"lan_out{q}.pcap" for q in range(workers)]
         self.wan_out = [self.tmp / f"wan_out{q}.pcap" for q in range(workers)]
+        if discard_out:
+            # Rate tests: at a Mpps a capture file fills the page cache, and
+            # the worker's writes slow as the kernel throttles dirty pages.
+            self.lan_out = [Path("/dev/null")] * workers
+            self.wan_out = [Path("/dev/null")] * workers
         lan_dev = "net_pcap0," + ",".join(
             [f"rx_pcap={f}" for f in lan_files] + (["infinite_rx=1"] if infinite_lan else []) +
             [f"tx_pcap={f}" for f in self.lan_out])
@@ -205,7 +215,7 @@ class Gateway:
 
     def start(self):
         self.log = open(self.tmp / "espgw.log", "w+")
-        self.proc = subprocess.Popen([str(ESPGW), "--config", str(self.config_path)], stdout=self.log,
+        self.proc = subprocess.Popen(WRAPPER + [str(ESPGW), "--config", str(self.config_path)], stdout=self.log,
                                      stderr=subprocess.STDOUT)
         deadline = time.time() + scaled(20)
         while time.time() < deadline:

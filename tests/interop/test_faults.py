@@ -326,7 +326,8 @@ def test_control_flood_does_not_slow_the_workers(tmp_path):
     # replaying LAN traffic) in alternating quiet and flood phases of the
     # same run. The flooding clients run on the control thread's CPU (0),
     # as a management client would; the worker has CPU 1 to itself.
-    gw = h.Gateway(tmp_path, [OUT_A, IN_A], routes=ROUTES[:1], lan_in=lan_traffic()[0::2], infinite_lan=True)
+    gw = h.Gateway(tmp_path, [OUT_A, IN_A], routes=ROUTES[:1], lan_in=lan_traffic()[0::2], infinite_lan=True,
+                   discard_out=True)
     affinity = os.sched_getaffinity(0)
     quiet, flood, served = [], [], [0]
     try:
