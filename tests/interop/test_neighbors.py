@@ -17,6 +17,7 @@ import yaml
 from scapy.all import ARP, IP, UDP, Ether, Raw
 
 import gateway_harness as h
+from test_exception_tap import start_in_netns
 from test_gateway import IN, OUT, arp
 
 pytestmark = pytest.mark.skipif(not h.ESPGW.exists(), reason=f"espgw not built at {h.ESPGW}")
@@ -229,17 +230,7 @@ def start_tap_espgw(tmp_path, ns, mbufs, lan):
         "routes": h.default_routes(),
         "sas": [s.config() for s in list(OUT.values()) + list(IN.values())],
     }
-    path = tmp_path / "espgw.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    log = open(tmp_path / "espgw.log", "w+")
-    proc = subprocess.Popen(["ip", "netns", "exec", ns, str(h.ESPGW), "--config", str(path)], stdout=log,
-                            stderr=subprocess.STDOUT)
-    deadline = time.time() + 20
-    while not os.path.exists(sock) and time.time() < deadline:
-        assert proc.poll() is None, open(tmp_path / "espgw.log").read()
-        time.sleep(0.1)
-    time.sleep(0.5)
-    return proc, sock
+    return start_in_netns(tmp_path, ns, cfg), sock
 
 
 def lan_neighbors(sock):
