@@ -474,7 +474,14 @@ def test_a_scan_beyond_the_table_size_does_not_lock_out_new_destinations(tmp_pat
         scanner = subprocess.Popen([*x, "/usr/bin/python3", "-c", SCANNER, sa_in.key.hex(), str(sa_in.spi), h.WAN_MAC,
                                     h.NH_MAC, h.LOCAL_A, h.TUNNELS["aws-a1"][1], str(n_scan)],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert scanner.stdout.readline().strip() == "SCANNED"
+
+        def step(say, answer):  # the scanner's next phase
+            if say:
+                scanner.stdin.write(say + "\n")
+                scanner.stdin.flush()
+            assert scanner.stdout.readline().strip() == answer
+
+        step(None, "SCANNED")
         time.sleep(0.5)
         st_full = h.control_request(sock, {"op": "stats"})
         full = len(lan_neighbors(sock))
@@ -486,23 +493,17 @@ def test_a_scan_beyond_the_table_size_does_not_lock_out_new_destinations(tmp_pat
             if not left:
                 break
             time.sleep(0.5)
-        scanner.stdin.write("go\n")
-        scanner.stdin.flush()
-        assert scanner.stdout.readline().strip() == "SENT"
+        step("go", "SENT")
         table = lan_table_once_reachable(sock, "10.78.255.2")
         time.sleep(0.5)
         st = h.control_request(sock, {"op": "stats"})
         # The storm fills the table with learned entries nothing uses; once
         # the table is half full they go after a second, so the next new
         # destination resolves (before: they stayed the reachable time, 300 s).
-        scanner.stdin.write("storm\n")
-        scanner.stdin.flush()
-        assert scanner.stdout.readline().strip() == "STORMED"
+        step("storm", "STORMED")
         stormed = len(lan_neighbors(sock))
         time.sleep(2.5)
-        scanner.stdin.write("go\n")
-        scanner.stdin.flush()
-        assert scanner.stdout.readline().strip() == "SENT"
+        step("go", "SENT")
         table2 = lan_table_once_reachable(sock, "10.78.255.3")
         time.sleep(0.5)
         listener.kill()
