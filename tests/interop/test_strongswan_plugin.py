@@ -142,16 +142,12 @@ class Lab:
             (self.dir / side).mkdir()
             self.write_strongswan_conf(side, kernel)
             self.write_swanctl_conf(side, psk)
-        self.spawn(self.ns_aws, ["sh", "-c", "mount -t tmpfs ssp /run && exec env "
-                                 f"STRONGSWAN_CONF={self.dir}/aws/strongswan.conf {CHARON}"],
-                   self.dir / "aws" / "charon.out")
-        wait_until("the peer's vici socket", lambda: (self.dir / "aws" / "charon.vici").is_socket())
-        self.swanctl("aws", "--load-all", "--file", f"{self.dir}/aws/swanctl.conf")
-        self.spawn(self.ns_gw, ["sh", "-c", "mount -t tmpfs ssp /run && exec env "
-                                f"STRONGSWAN_CONF={self.dir}/gw/strongswan.conf {CHARON}"],
-                   self.dir / "gw" / "charon.out")
-        wait_until("the gateway's vici socket", lambda: (self.dir / "gw" / "charon.vici").is_socket())
-        self.swanctl("gw", "--load-all", "--file", f"{self.dir}/gw/swanctl.conf")
+        for side, ns, whose in (("aws", self.ns_aws, "the peer's"), ("gw", self.ns_gw, "the gateway's")):
+            self.spawn(ns, ["sh", "-c", "mount -t tmpfs ssp /run && exec env "
+                            f"STRONGSWAN_CONF={self.dir}/{side}/strongswan.conf {CHARON}"],
+                       self.dir / side / "charon.out")
+            wait_until(f"{whose} vici socket", lambda: (self.dir / side / "charon.vici").is_socket())
+            self.swanctl(side, "--load-all", "--file", f"{self.dir}/{side}/swanctl.conf")
 
     def start_espgw(self):
         self.espgw = self.spawn(self.ns_gw, [str(ESPGW), "--config", str(self.dir / "espgw.yaml")],
