@@ -10,20 +10,44 @@ import json
 import sys
 
 
-def plot(result, out_png):
+def panels_chart(rows, out_png, draw, ymax, headroom, ylabel, legend_ncol, legend_fontsize, title):
+    """One panel per (direction, algorithm, encapsulation) of rows, drawn by
+    draw(ax, panel_rows); the axes, legend, title and layout the charts share."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = result["rows"]
-    panels = []
-    for r in rows:
-        k = (r["direction"], r["algo"], r["encap"])
-        if k not in panels:
-            panels.append(k)
-    ncol = min(4, len(panels))
+    panels = list(dict.fromkeys((r["direction"], r["algo"], r["encap"]) for r in rows))
+    ncol = min(4, len(panels)) or 1
     nrow = (len(panels) + ncol - 1) // ncol
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol + 0.6, 3.9 * nrow + 1.1), squeeze=False)
+    for i, (d, algo, encap) in enumerate(panels):
+        ax = axes[i // ncol][i % ncol]
+        pr = [r for r in rows if (r["direction"], r["algo"], r["encap"]) == (d, algo, encap)]
+        draw(ax, pr)
+        ax.set_xticks(range(len(pr)))
+        ax.set_xticklabels([str(r["inner_ip_len"]) + (" B" if r["inner_ip_len"] != "imix" else "") for r in pr])
+        ax.set_title(f"{d}, {algo.upper().replace('AES', 'AES-')}-GCM, {'ESP-in-UDP' if encap != 'esp' else 'ESP'}",
+                     fontsize=10.5)
+        ax.set_ylim(0, ymax * headroom if ymax else 1)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+        if i % ncol == 0:
+            ax.set_ylabel(ylabel)
+        ax.set_xlabel("inner IP total length")
+    for i in range(len(panels), nrow * ncol):
+        axes[i // ncol][i % ncol].axis("off")
+    h, l = axes[0][0].get_legend_handles_labels()
+    fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.38 / fig.get_figheight()), ncol=legend_ncol,
+               fontsize=legend_fontsize, frameon=False)
+    fig.suptitle(title, y=1 - 0.08 / fig.get_figheight(), va="top", fontsize=10.5)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))  # room for the title and the legend, in inches
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+
+
+def plot(result, out_png):
+    rows = result["rows"]
     series = [("espgw", "espgw", "#1f77b4"), ("secgw", "ipsec-secgw", "#ff7f0e"),
               ("limit_mpps", "limit: I/O + crypto", "#9e9e9e")]
     ymax = 0
@@ -33,10 +57,8 @@ def plot(result, out_png):
             v = v.get("mpps_per_worker_cpu_s_median") if isinstance(v, dict) else v
             if isinstance(v, (int, float)):
                 ymax = max(ymax, v)
-    for i, (d, algo, encap) in enumerate(panels):
-        ax = axes[i // ncol][i % ncol]
-        pr = [r for r in rows if (r["direction"], r["algo"], r["encap"]) == (d, algo, encap)]
-        labels = [str(r["inner_ip_len"]) + (" B" if r["inner_ip_len"] != "imix" else "") for r in pr]
+
+    def draw(ax, pr):
         w = 0.27
         for j, (key, name, color) in enumerate(series):
             xs, ys, na = [], [], []
@@ -56,29 +78,11 @@ def plot(result, out_png):
                         fontsize=7.5)
             for x in na:
                 ax.text(x, ymax * 0.02, "n/a", ha="center", va="bottom", fontsize=8, rotation=90, color=color)
-        ax.set_xticks(range(len(pr)))
-        ax.set_xticklabels(labels)
-        ax.set_title(f"{d}, {algo.upper().replace('AES', 'AES-')}-GCM, {'ESP-in-UDP' if encap != 'esp' else 'ESP'}",
-                     fontsize=10.5)
-        ax.set_ylim(0, ymax * 1.14 if ymax else 1)
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-        if i % ncol == 0:
-            ax.set_ylabel("Mpps per worker CPU-second")
-        ax.set_xlabel("inner IP total length")
-    for i in range(len(panels), nrow * ncol):
-        axes[i // ncol][i % ncol].axis("off")
-    h, l = axes[0][0].get_legend_handles_labels()
-    top = 1 - 0.75 / fig.get_figheight()          # room for the title and the legend, in inches
-    fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.38 / fig.get_figheight()), ncol=3, fontsize=9.5,
-               frameon=False)
-    fig.suptitle(f"espgw vs ipsec-secgw ({result.get('secgw_mode', 'legacy')}), 1 worker, "
+
+    panels_chart(rows, out_png, draw, ymax, 1.14, "Mpps per worker CPU-second", 3, 9.5,
+                 f"espgw vs ipsec-secgw ({result.get('secgw_mode', 'legacy')}), 1 worker, "
                  f"{result.get('memory')}, median of {result.get('reps')} x {result.get('interval_s'):g} s, "
-                 f"TSC {result.get('tsc_hz', 0) / 1e6:.0f} MHz; bars: Mpps per second of worker CPU time",
-                 y=1 - 0.08 / fig.get_figheight(), va="top", fontsize=10.5)
-    fig.tight_layout(rect=(0, 0, 1, top))
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+                 f"TSC {result.get('tsc_hz', 0) / 1e6:.0f} MHz; bars: Mpps per second of worker CPU time")
     if any(r.get("crypto_floor_cycles") for r in rows):
         plot_costs(result, costs_png(out_png))
 
@@ -93,27 +97,14 @@ def plot_costs(result, out_png):
     pcap and sink), the crypto floor (IPsec-MB's one-shot call on L1-resident
     buffers) and espgw's own cost (the rest), stacked; ipsec-secgw's total
     beside it."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in result["rows"] if isinstance(r.get("espgw"), dict)]
-    panels = []
-    for r in rows:
-        k = (r["direction"], r["algo"], r["encap"])
-        if k not in panels:
-            panels.append(k)
-    ncol = min(4, len(panels)) or 1
-    nrow = (len(panels) + ncol - 1) // ncol
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol + 0.6, 3.9 * nrow + 1.1), squeeze=False)
     ymax = 0
     for r in rows:
         sg = r.get("secgw")
         ymax = max(ymax, r["espgw"].get("cycles_per_packet") or 0,
                    (sg.get("cycles_per_packet") or 0) if isinstance(sg, dict) else 0)
-    for i, (d, algo, encap) in enumerate(panels):
-        ax = axes[i // ncol][i % ncol]
-        pr = [r for r in rows if (r["direction"], r["algo"], r["encap"]) == (d, algo, encap)]
+
+    def draw(ax, pr):
         w = 0.38
         for x, r in enumerate(pr):
             io, fl = r.get("io_only_cycles"), r.get("crypto_floor_cycles")
@@ -135,26 +126,10 @@ def plot_costs(result, out_png):
                 ax.bar(x + w / 2, sc, w, color="#ff7f0e", label="ipsec-secgw total" if x == 0 else None,
                        edgecolor="white")
                 ax.text(x + w / 2, sc + ymax * 0.01, f"{sc:.0f}", ha="center", va="bottom", fontsize=7.5)
-        ax.set_xticks(range(len(pr)))
-        ax.set_xticklabels([str(r["inner_ip_len"]) + (" B" if r["inner_ip_len"] != "imix" else "") for r in pr])
-        ax.set_title(f"{d}, {algo.upper().replace('AES', 'AES-')}-GCM, {'ESP-in-UDP' if encap != 'esp' else 'ESP'}",
-                     fontsize=10.5)
-        ax.set_ylim(0, ymax * 1.2 if ymax else 1)
-        ax.grid(axis="y", alpha=0.3)
-        ax.set_axisbelow(True)
-        if i % ncol == 0:
-            ax.set_ylabel("cycles per packet (worker CPU)")
-        ax.set_xlabel("inner IP total length")
-    for i in range(len(panels), nrow * ncol):
-        axes[i // ncol][i % ncol].axis("off")
-    h, l = axes[0][0].get_legend_handles_labels()
-    fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.38 / fig.get_figheight()), ncol=4, fontsize=9,
-               frameon=False)
-    fig.suptitle("espgw's cycles per packet: I/O + crypto floor + own, beside ipsec-secgw's total "
-                 f"(median of {result.get('reps')} reps)", y=1 - 0.08 / fig.get_figheight(), va="top", fontsize=10.5)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
+
+    panels_chart(rows, out_png, draw, ymax, 1.2, "cycles per packet (worker CPU)", 4, 9,
+                 "espgw's cycles per packet: I/O + crypto floor + own, beside ipsec-secgw's total "
+                 f"(median of {result.get('reps')} reps)")
 
 
 if __name__ == "__main__":

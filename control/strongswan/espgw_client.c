@@ -127,6 +127,18 @@ static void set_spi(json_t *obj, uint32_t spi)
 	json_object_set_new(obj, "spi", json_string(buf));
 }
 
+/* "encap": {"sport", "dport"} for UDP encapsulation, false without */
+static void set_encap(json_t *obj, bool encap, uint16_t sport, uint16_t dport)
+{
+	json_t *e = encap ? json_object() : json_false();
+	if (encap)
+	{
+		json_object_set_new(e, "sport", json_integer(sport));
+		json_object_set_new(e, "dport", json_integer(dport));
+	}
+	json_object_set_new(obj, "encap", e);
+}
+
 static json_t *limits_json(const espgw_limits_t *l)
 {
 	json_t *o = json_object();
@@ -187,17 +199,7 @@ int espgw_req_add_sa(const espgw_add_sa_t *req, uint64_t id, espgw_line_t *out)
 	{
 		json_object_set_new(obj, "replay_window", json_integer(req->replay_window));
 	}
-	if (req->encap)
-	{
-		json_t *e = json_object();
-		json_object_set_new(e, "sport", json_integer(req->sport));
-		json_object_set_new(e, "dport", json_integer(req->dport));
-		json_object_set_new(obj, "encap", e);
-	}
-	else
-	{
-		json_object_set_new(obj, "encap", json_false());
-	}
+	set_encap(obj, req->encap, req->sport, req->dport);
 	if (limits_set(&req->soft) || limits_set(&req->hard))
 	{
 		json_t *l = json_object();
@@ -244,17 +246,7 @@ int espgw_req_update_sa(const espgw_update_sa_t *req, uint64_t id, espgw_line_t 
 	}
 	if (req->set_encap)
 	{
-		if (req->encap)
-		{
-			json_t *e = json_object();
-			json_object_set_new(e, "sport", json_integer(req->sport));
-			json_object_set_new(e, "dport", json_integer(req->dport));
-			json_object_set_new(obj, "encap", e);
-		}
-		else
-		{
-			json_object_set_new(obj, "encap", json_false());
-		}
+		set_encap(obj, req->encap, req->sport, req->dport);
 	}
 	return finish(obj, NULL, 0, out);
 }

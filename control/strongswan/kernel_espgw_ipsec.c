@@ -653,38 +653,54 @@ METHOD(kernel_ipsec_t, update_sa, status_t,
 	return SUCCESS;
 }
 
-METHOD(kernel_ipsec_t, query_sa, status_t,
-	private_kernel_espgw_ipsec_t *this, kernel_ipsec_sa_id_t *id,
-	kernel_ipsec_query_sa_t *data, uint64_t *bytes, uint64_t *packets,
-	time_t *time)
+/* query-sa (query) or delete-sa for id; NOT_FOUND where espgw has no such SA (e.g.
+ * removed by a hard expiry that charon is about to handle) */
+static status_t sa_request(private_kernel_espgw_ipsec_t *this, kernel_ipsec_sa_id_t *id,
+						   bool query, bool *inbound, espgw_reply_t *reply)
 {
 	char d[INET_ADDRSTRLEN];
 	espgw_line_t line;
-	espgw_reply_t reply;
 	espgw_reply_status_t st;
 	uint64_t rid = next_id(this);
-	bool inbound;
+	uint32_t spi = ntohl(id->spi);
 
 	if (!host_text(id->dst, d))
 	{
 		return NOT_SUPPORTED;
 	}
-	inbound = direction_of(this, id);
-	if (espgw_req_query_sa(inbound, ntohl(id->spi), d, rid, &line) != 0)
+	*inbound = direction_of(this, id);
+	if ((query ? espgw_req_query_sa : espgw_req_delete_sa)(*inbound, spi, d, rid, &line) != 0)
 	{
 		return FAILED;
 	}
-	st = request(this, &line, rid, ESPGW_EXPECT_USAGE, &reply);
-	if (st == ESPGW_REPLY_REFUSED && streq(reply.code, "not-found"))
-	{	/* e.g. removed by a hard expiry that charon is about to handle */
-		DBG2(DBG_KNL, "kernel-espgw: SA 0x%.8x is gone: %s", ntohl(id->spi), reply.error);
+	st = request(this, &line, rid, query ? ESPGW_EXPECT_USAGE : ESPGW_EXPECT_NOTHING, reply);
+	if (st == ESPGW_REPLY_REFUSED && streq(reply->code, "not-found"))
+	{
+		DBG2(DBG_KNL, "kernel-espgw: SA 0x%.8x %s gone: %s", spi, query ? "is" : "already",
+			 reply->error);
 		return NOT_FOUND;
 	}
 	if (st != ESPGW_REPLY_OK)
 	{
-		DBG1(DBG_KNL, "kernel-espgw: unable to query SA 0x%.8x: %s", ntohl(id->spi),
-			 reply.error);
+		DBG1(DBG_KNL, "kernel-espgw: unable to %s SA 0x%.8x: %s",
+			 query ? "query" : *inbound ? "delete inbound" : "delete outbound", spi, reply->error);
 		return FAILED;
+	}
+	return SUCCESS;
+}
+
+METHOD(kernel_ipsec_t, query_sa, status_t,
+	private_kernel_espgw_ipsec_t *this, kernel_ipsec_sa_id_t *id,
+	kernel_ipsec_query_sa_t *data, uint64_t *bytes, uint64_t *packets,
+	time_t *time)
+{
+	espgw_reply_t reply;
+	bool inbound;
+	status_t status = sa_request(this, id, TRUE, &inbound, &reply);
+
+	if (status != SUCCESS)
+	{
+		return status;
 	}
 	if (bytes)
 	{
@@ -705,32 +721,13 @@ METHOD(kernel_ipsec_t, del_sa, status_t,
 	private_kernel_espgw_ipsec_t *this, kernel_ipsec_sa_id_t *id,
 	kernel_ipsec_del_sa_t *data)
 {
-	char d[INET_ADDRSTRLEN];
-	espgw_line_t line;
 	espgw_reply_t reply;
-	espgw_reply_status_t st;
-	uint64_t rid = next_id(this);
 	bool inbound;
+	status_t status = sa_request(this, id, FALSE, &inbound, &reply);
 
-	if (!host_text(id->dst, d))
-	{
-		return NOT_SUPPORTED;
-	}
-	inbound = direction_of(this, id);
-	if (espgw_req_delete_sa(inbound, ntohl(id->spi), d, rid, &line) != 0)
-	{
-		return FAILED;
-	}
-	st = request(this, &line, rid, ESPGW_EXPECT_NOTHING, &reply);
-	if (st == ESPGW_REPLY_REFUSED && streq(reply.code, "not-found"))
-	{
-		DBG2(DBG_KNL, "kernel-espgw: SA 0x%.8x already gone: %s", ntohl(id->spi), reply.error);
-	}
-	else if (st != ESPGW_REPLY_OK)
-	{
-		DBG1(DBG_KNL, "kernel-espgw: unable to delete %s SA 0x%.8x: %s",
-			 inbound ? "inbound" : "outbound", ntohl(id->spi), reply.error);
-		return FAILED;
+	if (status != SUCCESS && status != NOT_FOUND)
+	{	/* one espgw no longer has is gone already: not an error */
+		return status;
 	}
 	untrack_sa(this, ntohl(id->spi), id->dst, inbound);
 	DBG2(DBG_KNL, "kernel-espgw: deleted %s SA 0x%.8x%s", inbound ? "inbound" : "outbound",

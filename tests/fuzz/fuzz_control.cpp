@@ -17,8 +17,6 @@
 // admin states restored); the SA
 // database remembers every key ever installed (by design: a key is never
 // installed twice), so a line that adds an SA succeeds the first time only.
-#include <cstdio>
-#include <cstdlib>
 #include <set>
 #include <string>
 
@@ -42,9 +40,7 @@ json state(ControlOps& ops) {
 }
 
 [[noreturn]] void fail(const std::string& what, const std::string& line) {
-  std::fprintf(stderr, "\n==FUZZ INVARIANT== %s\n  request: %s\n", what.c_str(),
-               json(line).dump(-1, ' ', true, json::error_handler_t::replace).c_str());
-  std::abort();
+  fuzz::fail(what + "\n  request: " + json(line).dump(-1, ' ', true, json::error_handler_t::replace));
 }
 
 json g_baseline;

@@ -21,10 +21,6 @@ namespace dp = espgw::dataplane;
 
 namespace {
 
-constexpr uint32_t ip4(uint8_t a, uint8_t b, uint8_t c, uint8_t d) {
-  return uint32_t{a} << 24 | uint32_t{b} << 16 | uint32_t{c} << 8 | d;
-}
-
 std::string key_hex(const SaKeys& k) {
   std::string s = "0x";
   const int n = k.aes256 ? 36 : 20;
@@ -88,13 +84,13 @@ sas:
   return y;
 }
 
-[[noreturn]] void fail(const std::string& what) {
+}  // namespace
+
+void fail(const std::string& what) {
   std::fprintf(stderr, "\n==FUZZ INVARIANT== %s\n", what.c_str());
   std::fflush(stderr);
   std::abort();
 }
-
-}  // namespace
 
 const std::vector<SaKeys>& sa_keys() {
   static const std::vector<SaKeys> keys = {

@@ -30,6 +30,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "control/gateway.h"
@@ -92,6 +93,38 @@ class FuzzGateway {
   rte_ring* rings_[3] = {};
   unsigned baseline_in_use_ = 0;
 };
+
+// Prints "==FUZZ INVARIANT== what" (scripts/fuzz.sh greps the marker) and
+// aborts: libFuzzer reports it as a crash with the input.
+[[noreturn]] void fail(const std::string& what);
+
+// Big-endian loads and stores, an IPv4 address in host order.
+inline uint16_t ld16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
+inline uint32_t ld32(const uint8_t* p) { return uint32_t{ld16(p)} << 16 | ld16(p + 2); }
+inline void st16(uint8_t* p, uint16_t v) {
+  p[0] = uint8_t(v >> 8);
+  p[1] = uint8_t(v);
+}
+inline void st32(uint8_t* p, uint32_t v) {
+  st16(p, uint16_t(v >> 16));
+  st16(p + 2, uint16_t(v));
+}
+constexpr uint32_t ip4(uint8_t a, uint8_t b, uint8_t c, uint8_t d) {
+  return uint32_t{a} << 24 | uint32_t{b} << 16 | uint32_t{c} << 8 | d;
+}
+
+// ESP's AES-GCM AAD (RFC 4106): SPI and sequence number; with ESN the high
+// half (0: the harnesses' windows start at 0) before the low. Returns its length.
+inline uint32_t esp_aad(uint8_t aad[12], uint32_t spi, uint32_t seq, bool esn) {
+  st32(aad, spi);
+  if (!esn) {
+    st32(aad + 4, seq);
+    return 8;
+  }
+  st32(aad + 4, 0);
+  st32(aad + 8, seq);
+  return 12;
+}
 
 // AES-GCM context of one of the config's SAs (OpenSSL backend: the oracle).
 const espgw::crypto::AeadContext& sa_context(uint32_t spi, bool inbound);

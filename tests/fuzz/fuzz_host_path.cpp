@@ -9,8 +9,8 @@
 // Beyond the fuzz_gateway.h checks: every ARP frame the gateway sends is a
 // well-formed Ethernet/IPv4 ARP packet from the sending port's MAC, and
 // every frame it sends is single-segment.
-#include <cstdio>
-#include <cstdlib>
+#include <fmt/format.h>
+
 #include <cstring>
 
 #include "tests/fuzz/fuzz_gateway.h"
@@ -32,10 +32,7 @@ void check_sent(uint16_t port, const rte_mbuf* m) {
              (f[21] != 1 && f[21] != 2))
       bad = "ARP frame with a bad header";
   }
-  if (bad) {
-    std::fprintf(stderr, "\n==FUZZ INVARIANT== %s (port %u, %u bytes)\n", bad, port, len);
-    std::abort();
-  }
+  if (bad) fuzz::fail(fmt::format("{} (port {}, {} bytes)", bad, port, len));
 }
 
 }  // namespace

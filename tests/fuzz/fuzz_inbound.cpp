@@ -15,22 +15,13 @@
 // Beyond the fuzz_gateway.h checks: every IPv4 frame the LAN port sends is
 // one well-formed packet (version 4, IHL >= 5, total length = frame length,
 // TTL >= 1: a decrypted packet is forwarded only after those checks).
-#include <cstdio>
-#include <cstdlib>
+#include <fmt/format.h>
 
 #include "tests/fuzz/fuzz_gateway.h"
 
 namespace {
 
-uint32_t ld32(const uint8_t* p) { return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3]; }
-void st16(uint8_t* p, uint16_t v) {
-  p[0] = uint8_t(v >> 8);
-  p[1] = uint8_t(v);
-}
-void st32(uint8_t* p, uint32_t v) {
-  st16(p, uint16_t(v >> 16));
-  st16(p + 2, uint16_t(v));
-}
+using fuzz::ld32, fuzz::st16;
 
 // Encrypts the ESP payload of `f` in place under the inbound SA its SPI names.
 void seal(std::vector<uint8_t>& b) {
@@ -49,15 +40,7 @@ void seal(std::vector<uint8_t>& b) {
   b.resize(b.size() + 16);
   ip = b.data() + 14;
   uint8_t aad[12];
-  st32(aad, spi);
-  uint32_t aad_len = 8;
-  if (sa->esn) {
-    st32(aad + 4, 0);  // the windows are reset: the high half is 0
-    st32(aad + 8, seq);
-    aad_len = 12;
-  } else {
-    st32(aad + 4, seq);
-  }
+  const uint32_t aad_len = fuzz::esp_aad(aad, spi, seq, sa->esn);  // the windows are reset: ESN's high half is 0
   uint8_t* pt = &b[esp + 16];
   const uint32_t len = uint32_t(b.size() - 16 - (esp + 16));
   espgw::crypto::AeadOp op{&fuzz::sa_context(spi, true), &b[esp + 8], aad, aad_len, pt, pt, len, pt + len};
@@ -77,10 +60,8 @@ void check_sent(uint16_t port, const rte_mbuf* m) {
   const uint8_t* ip = f + 14;
   const uint32_t tot = len >= 34 ? uint32_t{ip[2]} << 8 | ip[3] : 0;
   if (len < 34 || (ip[0] >> 4) != 4 || (ip[0] & 0xf) < 5 || tot != len - 14 || (ip[0] & 0xf) * 4u > tot ||
-      ip[8] == 0) {
-    std::fprintf(stderr, "\n==FUZZ INVARIANT== LAN port sent a malformed IPv4 frame (%u bytes)\n", len);
-    std::abort();
-  }
+      ip[8] == 0)
+    fuzz::fail(fmt::format("LAN port sent a malformed IPv4 frame ({} bytes)", len));
 }
 
 }  // namespace

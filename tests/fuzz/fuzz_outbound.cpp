@@ -19,8 +19,8 @@
 //   - LAN, ICMP errors the gateway made: IPv4 and ICMP checksums valid;
 //   - a TCP segment (not a fragment) that arrived with a valid checksum
 //     leaves with a valid one (the MSS clamp updates it incrementally).
-#include <cstdio>
-#include <cstdlib>
+#include <fmt/format.h>
+
 #include <cstring>
 #include <set>
 #include <string>
@@ -29,20 +29,12 @@
 
 namespace {
 
-uint16_t ld16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
-uint32_t ld32(const uint8_t* p) { return uint32_t{p[0]} << 24 | uint32_t{p[1]} << 16 | uint32_t{p[2]} << 8 | p[3]; }
-void st32(uint8_t* p, uint32_t v) {
-  p[0] = uint8_t(v >> 24);
-  p[1] = uint8_t(v >> 16);
-  p[2] = uint8_t(v >> 8);
-  p[3] = uint8_t(v);
-}
+using fuzz::ld16, fuzz::ld32;
 
 [[noreturn]] void fail(const std::string& what, const uint8_t* f, uint32_t len) {
-  std::fprintf(stderr, "\n==FUZZ INVARIANT== %s (frame of %u bytes:", what.c_str(), len);
-  for (uint32_t i = 0; i < len && i < 96; i++) std::fprintf(stderr, " %02x", f[i]);
-  std::fprintf(stderr, ")\n");
-  std::abort();
+  std::string hex;
+  for (uint32_t i = 0; i < len && i < 96; i++) hex += fmt::format(" {:02x}", f[i]);
+  fuzz::fail(fmt::format("{} (frame of {} bytes:{})", what, len, hex));
 }
 
 // TCP segments received with a valid checksum, and with a bad one, by what
@@ -94,15 +86,7 @@ void check_esp(const uint8_t* f, uint32_t len) {
   if (!known) fail("ESP frame under an SPI that is no outbound SA", f, len);
   std::vector<uint8_t> buf(f + off, f + len);
   uint8_t aad[12];
-  st32(aad, spi);
-  uint32_t aad_len = 8;
-  if (esn) {
-    st32(aad + 4, 0);
-    st32(aad + 8, seq);
-    aad_len = 12;
-  } else {
-    st32(aad + 4, seq);
-  }
+  const uint32_t aad_len = fuzz::esp_aad(aad, spi, seq, esn);
   uint8_t* ct = buf.data() + 16;
   const uint32_t ct_len = uint32_t(buf.size() - 16 - 16);
   espgw::crypto::AeadOp op{&fuzz::sa_context(spi, false), buf.data() + 8, aad, aad_len, ct, ct, ct_len, ct + ct_len};

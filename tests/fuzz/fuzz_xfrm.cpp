@@ -24,11 +24,9 @@
 namespace {
 using namespace espgw::control;
 
-XfrmMirror* g_mirror;
+using fuzz::ip4;
 
-uint32_t ip4(uint8_t a, uint8_t b, uint8_t c, uint8_t d) {
-  return uint32_t{a} << 24 | uint32_t{b} << 16 | uint32_t{c} << 8 | d;
-}
+XfrmMirror* g_mirror;
 
 }  // namespace
 

@@ -5,7 +5,6 @@ so the host's own interfaces and routes are never touched."""
 
 import os
 import subprocess
-import sys
 import textwrap
 import time
 import uuid
@@ -52,6 +51,22 @@ def sh(*cmd, check=True):
     return subprocess.run(cmd, capture_output=True, text=True, check=check)
 
 
+def start_in_netns(tmp_path, ns, cfg):
+    """espgw on config cfg in namespace ns (its files in tmp_path); the
+    process, once its control socket is there."""
+    path = tmp_path / "espgw.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    log = open(tmp_path / "espgw.log", "w+")
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, str(h.ESPGW), "--config", str(path)], stdout=log,
+                            stderr=subprocess.STDOUT)
+    deadline = time.time() + 20
+    while not os.path.exists(cfg["control"]["socket"]) and time.time() < deadline:
+        assert proc.poll() is None, open(tmp_path / "espgw.log").read()
+        time.sleep(0.1)
+    time.sleep(0.5)
+    return proc
+
+
 def test_exception_path_over_net_tap(tmp_path):
     if sh("ip", "netns", "add", NS, check=False).returncode != 0:
         pytest.skip("cannot create a network namespace here")
@@ -66,16 +81,7 @@ def test_exception_path_over_net_tap(tmp_path):
         cfg["ports"][0]["device"] = "net_tap0,iface=egw-lan"
         cfg["ports"][1]["device"] = "net_tap1,iface=egw-wan"
         cfg["exception"] = {"enabled": True, "device": "net_tap2,iface=egw-host"}
-        path = tmp_path / "espgw.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        log = open(tmp_path / "espgw.log", "w+")
-        proc = subprocess.Popen(["ip", "netns", "exec", NS, str(h.ESPGW), "--config", str(path)], stdout=log,
-                                stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
-        while not os.path.exists(sock) and time.time() < deadline:
-            assert proc.poll() is None, open(tmp_path / "espgw.log").read()
-            time.sleep(0.1)
-        time.sleep(0.5)
+        proc = start_in_netns(tmp_path, NS, cfg)
         for cmd in (["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"],
                     ["ip", "addr", "add", "198.51.100.10/32", "dev", "egw-host"],
                     ["ip", "route", "add", "203.0.113.0/24", "dev", "egw-host", "src", "198.51.100.10"]):

@@ -54,14 +54,19 @@ def mutate(rng, frame: bytes) -> bytes:
     return bytes(b)
 
 
-def two_tunnels():
-    """The hostile tests' setup: plain ESP on aws-a1, ESP-in-UDP on aws-b1;
-    the SAs, a sender per inbound SA, and framers for each side."""
+def one_tunnel():
+    """Plain ESP on aws-a1: its SA pair, a sender under its inbound SA, the peer's address."""
     local_a, remote_a = h.TUNNELS["aws-a1"]
+    sas = [h.Sa("out", 0x1001, "aws-a1"), h.Sa("in", 0x2001, "aws-a1")]
+    return sas, eo.EspSender(sas[1].key, 0x2001, remote_a, local_a), remote_a
+
+
+def two_tunnels():
+    """The hostile tests' setup: plain ESP on aws-a1 (one_tunnel), ESP-in-UDP
+    on aws-b1; the SAs, a sender per inbound SA, and framers for each side."""
+    sas, esp_a, _ = one_tunnel()
     local_b, remote_b = h.TUNNELS["aws-b1"]
-    sas = [h.Sa("out", 0x1001, "aws-a1"), h.Sa("in", 0x2001, "aws-a1"),
-           h.Sa("out", 0x1002, "aws-b1", udp=True), h.Sa("in", 0x2002, "aws-b1", udp=True)]
-    esp_a = eo.EspSender(sas[1].key, 0x2001, remote_a, local_a)
+    sas += [h.Sa("out", 0x1002, "aws-b1", udp=True), h.Sa("in", 0x2002, "aws-b1", udp=True)]
     esp_b = eo.EspSender(sas[3].key, 0x2002, remote_b, local_b, udp_ports=(4500, 4500))
     wan = lambda ip: eo.ether(h.WAN_MAC, h.NH_MAC, ip)  # noqa: E731
     lan = lambda ip: eo.ether(h.LAN_MAC, h.PEER_MAC, ip)  # noqa: E731

@@ -28,7 +28,7 @@ from scapy.all import IP, Raw
 
 import esp_oracle as eo
 import gateway_harness as h
-from test_hostile import ROUTES, mutate, two_tunnels
+from test_hostile import ROUTES, mutate, one_tunnel, two_tunnels
 
 pytestmark = pytest.mark.skipif(not h.ESPGW.exists(), reason=f"espgw not built at {h.ESPGW}")
 
@@ -353,9 +353,7 @@ def test_martians_are_never_forwarded_and_oversized_fragments_refused_at_once(tm
     # outer fragment reaching past byte 65,535 is refused at once as
     # bad_header (before: held in the reassembly table until it timed out).
     from test_gateway import assert_no_leak
-    local_a, remote_a = h.TUNNELS["aws-a1"]
-    sas = [h.Sa("out", 0x1001, "aws-a1"), h.Sa("in", 0x2001, "aws-a1")]
-    esp_a = eo.EspSender(sas[1].key, 0x2001, remote_a, local_a)
+    sas, esp_a, remote_a = one_tunnel()
     martians = ["255.255.255.255", "224.0.0.1", "239.1.2.3", "0.0.0.0", "0.1.2.3", "127.0.0.1", "240.0.0.1"]
     routes = [{"prefix": "0.0.0.0/0", "via": [{"tunnel": "aws-a1", "priority": 10}]}]  # everything via the tunnel
     wan_in, seq = [], 0
@@ -394,9 +392,7 @@ def test_frames_for_other_macs_never_cross_the_gateway(tmp_path):
     # forwarded (WAN) like any frame; now dropped as not_for_us. The same
     # packets to the port's MAC still cross.
     from test_gateway import assert_no_leak
-    local_a, remote_a = h.TUNNELS["aws-a1"]
-    sas = [h.Sa("out", 0x1001, "aws-a1"), h.Sa("in", 0x2001, "aws-a1")]
-    esp_a = eo.EspSender(sas[1].key, 0x2001, remote_a, local_a)
+    sas, esp_a, _ = one_tunnel()
     others = ["02:00:00:00:99:99", "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:05", "33:33:00:00:00:01"]
     lan_in = [eo.ether(m, h.PEER_MAC, eo.inner_udp("10.240.128.5", "172.31.5.5", b"other", ident=1)) for m in others]
     lan_in.append(eo.ether(h.LAN_MAC, h.PEER_MAC, eo.inner_udp("10.240.128.5", "172.31.5.5", b"ours", ident=2)))
@@ -420,9 +416,7 @@ def test_a_decrypted_packet_with_a_bad_inner_header_checksum_is_not_forwarded(tm
     # still checked (the peer may be broken); dropped as bad_header, while the
     # same packet with its checksum right is forwarded. Found by fuzz_inbound
     # (before: forwarded to the LAN with the bad checksum).
-    local_a, remote_a = h.TUNNELS["aws-a1"]
-    sas = [h.Sa("out", 0x1001, "aws-a1"), h.Sa("in", 0x2001, "aws-a1")]
-    esp_a = eo.EspSender(sas[1].key, 0x2001, remote_a, local_a)
+    sas, esp_a, _ = one_tunnel()
     good = bytearray(eo.inner_udp("172.31.1.1", "10.240.128.20", b"good"))
     bad = bytearray(eo.inner_udp("172.31.1.1", "10.240.128.20", b"bad!"))
     bad[10] ^= 0x5a  # header checksum

@@ -17,6 +17,7 @@ import yaml
 from scapy.all import ARP, IP, UDP, Ether, Raw
 
 import gateway_harness as h
+from test_exception_tap import start_in_netns
 from test_gateway import IN, OUT, arp
 
 pytestmark = pytest.mark.skipif(not h.ESPGW.exists(), reason=f"espgw not built at {h.ESPGW}")
@@ -211,6 +212,32 @@ def run(*cmd, check=True):
     return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=60)
 
 
+def start_tap_espgw(tmp_path, ns, mbufs, lan):
+    """espgw in namespace ns on two TAPs (egw-lan: the LAN port with the
+    settings lan, egw-wan), with the test SAs; its process and control
+    socket, once the socket is there."""
+    sock = str(tmp_path / "espgw.sock")
+    cfg = {
+        "eal": ["-l", "0,1", "--no-huge", "-m", "512", "--no-pci", "--file-prefix", ns, "--log-level", "lib.eal:error"],
+        "workers": [1], "mbufs": mbufs, "control": {"socket": sock},
+        "ports": [
+            {"name": "lan", "device": "net_tap0,iface=egw-lan", "role": "protected", "mac": h.LAN_MAC, **lan},
+            {"name": "wan", "device": "net_tap1,iface=egw-wan", "role": "unprotected", "mac": h.WAN_MAC,
+             "addresses": [h.LOCAL_A, h.LOCAL_B]},
+        ],
+        "tunnels": [{"name": t, "port": "wan", "local": l, "remote": r, "next_hop_mac": h.NH_MAC}
+                    for t, (l, r) in h.TUNNELS.items()],
+        "routes": h.default_routes(),
+        "sas": [s.config() for s in list(OUT.values()) + list(IN.values())],
+    }
+    return start_in_netns(tmp_path, ns, cfg), sock
+
+
+def lan_neighbors(sock):
+    """espgw's LAN neighbour entries."""
+    return [n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"]
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/net/tun"),
                     reason="needs root and /dev/net/tun (TAP devices, network namespaces)")
 def test_kernel_lan_hosts_and_router_resolved_by_arp_with_aging(tmp_path):
@@ -225,32 +252,9 @@ def test_kernel_lan_hosts_and_router_resolved_by_arp_with_aging(tmp_path):
         for n in names:
             run("ip", "netns", "exec", n, "ip", "link", "set", "lo", "up")
             run("ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
-        sock = str(tmp_path / "espgw.sock")
         sa_in = IN["aws-a1"]
-        cfg = {
-            "eal": ["-l", "0,1", "--no-huge", "-m", "512", "--no-pci", "--file-prefix", ns, "--log-level", "lib.eal:error"],
-            "workers": [1], "mbufs": 8192, "control": {"socket": sock},
-            "ports": [
-                {"name": "lan", "device": "net_tap0,iface=egw-lan", "role": "protected", "mac": h.LAN_MAC,
-                 "addresses": ["10.77.0.1/24"], "gateway": "10.77.0.254", "neighbor_timeout": 2},
-                {"name": "wan", "device": "net_tap1,iface=egw-wan", "role": "unprotected", "mac": h.WAN_MAC,
-                 "addresses": [h.LOCAL_A, h.LOCAL_B]},
-            ],
-            "tunnels": [{"name": t, "port": "wan", "local": l, "remote": r, "next_hop_mac": h.NH_MAC}
-                        for t, (l, r) in h.TUNNELS.items()],
-            "routes": h.default_routes(),
-            "sas": [s.config() for s in list(OUT.values()) + list(IN.values())],
-        }
-        path = tmp_path / "espgw.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        log = open(tmp_path / "espgw.log", "w+")
-        proc = subprocess.Popen(["ip", "netns", "exec", ns, str(h.ESPGW), "--config", str(path)], stdout=log,
-                                stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
-        while not os.path.exists(sock) and time.time() < deadline:
-            assert proc.poll() is None, open(tmp_path / "espgw.log").read()
-            time.sleep(0.1)
-        time.sleep(0.5)
+        proc, sock = start_tap_espgw(tmp_path, ns, 8192, {"addresses": ["10.77.0.1/24"], "gateway": "10.77.0.254",
+                                                          "neighbor_timeout": 2})
         x = ["ip", "netns", "exec"]
         # The TAP's kernel side shares the port's MAC, and a bridge keeps frames
         # to its ports' own MACs for itself: give the kernel side (and the
@@ -276,10 +280,10 @@ def test_kernel_lan_hosts_and_router_resolved_by_arp_with_aging(tmp_path):
         inj = subprocess.Popen([*x, ns, "/usr/bin/python3", "-c", INJECTOR, sa_in.key.hex(), str(sa_in.spi), h.WAN_MAC,
                                 h.NH_MAC, h.LOCAL_A, h.TUNNELS["aws-a1"][1]], stdout=subprocess.PIPE, text=True)
         assert inj.stdout.readline().strip() == "PHASE1"
-        table1 = {n["ip"]: n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"}
+        table1 = {n["ip"]: n for n in lan_neighbors(sock)}
         out, _ = inj.communicate(timeout=40)
         lines = dict(l.split(" ", 1) for l in out.splitlines())
-        table2 = {n["ip"]: n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"}
+        table2 = {n["ip"]: n for n in lan_neighbors(sock)}
         got = {addr: [json.loads(l) for l in p.communicate(timeout=30)[0].splitlines()] for addr, p in listeners.items()}
         st = h.control_request(sock, {"op": "stats"})
     finally:
@@ -429,7 +433,7 @@ def lan_table_once_reachable(sock, ip, timeout=10):
     """The LAN neighbour table by IP, once `ip` is reachable (or at the timeout)."""
     deadline = time.time() + timeout
     while True:
-        table = {n["ip"]: n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"}
+        table = {n["ip"]: n for n in lan_neighbors(sock)}
         if table.get(ip, {}).get("state") == "reachable" or time.time() > deadline:
             return table
         time.sleep(0.2)
@@ -452,31 +456,8 @@ def test_a_scan_beyond_the_table_size_does_not_lock_out_new_destinations(tmp_pat
     try:
         run(*x, "ip", "link", "set", "lo", "up")
         run(*x, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
-        sock = str(tmp_path / "espgw.sock")
         sa_in = IN["aws-a1"]
-        cfg = {
-            "eal": ["-l", "0,1", "--no-huge", "-m", "512", "--no-pci", "--file-prefix", ns, "--log-level", "lib.eal:error"],
-            "workers": [1], "mbufs": 16384, "control": {"socket": sock},
-            "ports": [
-                {"name": "lan", "device": "net_tap0,iface=egw-lan", "role": "protected", "mac": h.LAN_MAC,
-                 "addresses": ["10.78.0.1/16"]},
-                {"name": "wan", "device": "net_tap1,iface=egw-wan", "role": "unprotected", "mac": h.WAN_MAC,
-                 "addresses": [h.LOCAL_A, h.LOCAL_B]},
-            ],
-            "tunnels": [{"name": t, "port": "wan", "local": l, "remote": r, "next_hop_mac": h.NH_MAC}
-                        for t, (l, r) in h.TUNNELS.items()],
-            "routes": h.default_routes(),
-            "sas": [s.config() for s in list(OUT.values()) + list(IN.values())],
-        }
-        path = tmp_path / "espgw.yaml"
-        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        log = open(tmp_path / "espgw.log", "w+")
-        proc = subprocess.Popen([*x, str(h.ESPGW), "--config", str(path)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 20
-        while not os.path.exists(sock) and time.time() < deadline:
-            assert proc.poll() is None, open(tmp_path / "espgw.log").read()
-            time.sleep(0.1)
-        time.sleep(0.5)
+        proc, sock = start_tap_espgw(tmp_path, ns, 16384, {"addresses": ["10.78.0.1/16"]})
         # The LAN tap's kernel side is the late destination: another MAC than
         # espgw's port, an address on the /16, a UDP socket on it.
         run(*x, "ip", "link", "set", "egw-lan", "address", "02:00:00:00:ee:01")
@@ -493,35 +474,36 @@ def test_a_scan_beyond_the_table_size_does_not_lock_out_new_destinations(tmp_pat
         scanner = subprocess.Popen([*x, "/usr/bin/python3", "-c", SCANNER, sa_in.key.hex(), str(sa_in.spi), h.WAN_MAC,
                                     h.NH_MAC, h.LOCAL_A, h.TUNNELS["aws-a1"][1], str(n_scan)],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        assert scanner.stdout.readline().strip() == "SCANNED"
+
+        def step(say, answer):  # the scanner's next phase
+            if say:
+                scanner.stdin.write(say + "\n")
+                scanner.stdin.flush()
+            assert scanner.stdout.readline().strip() == answer
+
+        step(None, "SCANNED")
         time.sleep(0.5)
         st_full = h.control_request(sock, {"op": "stats"})
-        full = len([n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"])
+        full = len(lan_neighbors(sock))
         # 3 unanswered requests a second apart, a second for the last answer,
         # a grace period: all scan entries gone.
         deadline = time.time() + 15
         while time.time() < deadline:
-            left = [n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"]
+            left = lan_neighbors(sock)
             if not left:
                 break
             time.sleep(0.5)
-        scanner.stdin.write("go\n")
-        scanner.stdin.flush()
-        assert scanner.stdout.readline().strip() == "SENT"
+        step("go", "SENT")
         table = lan_table_once_reachable(sock, "10.78.255.2")
         time.sleep(0.5)
         st = h.control_request(sock, {"op": "stats"})
         # The storm fills the table with learned entries nothing uses; once
         # the table is half full they go after a second, so the next new
         # destination resolves (before: they stayed the reachable time, 300 s).
-        scanner.stdin.write("storm\n")
-        scanner.stdin.flush()
-        assert scanner.stdout.readline().strip() == "STORMED"
-        stormed = len([n for n in h.control_request(sock, {"op": "neighbors"})["neighbors"] if n["port"] == "lan"])
+        step("storm", "STORMED")
+        stormed = len(lan_neighbors(sock))
         time.sleep(2.5)
-        scanner.stdin.write("go\n")
-        scanner.stdin.flush()
-        assert scanner.stdout.readline().strip() == "SENT"
+        step("go", "SENT")
         table2 = lan_table_once_reachable(sock, "10.78.255.3")
         time.sleep(0.5)
         listener.kill()

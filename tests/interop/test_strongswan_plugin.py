@@ -16,21 +16,20 @@ rebinding goes through update_sa.
 
 Root only; names come from the pid, everything made is removed."""
 
-import json
+import contextlib
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from gateway_harness import BUILD, ESPGW, control_request
+
 ROOT = Path(__file__).resolve().parents[2]
-BUILD = Path(os.environ.get("ESPGW_BUILD", ROOT / "build"))
-ESPGW = BUILD / "control" / "espgw"
 PLUGIN = BUILD / "control" / "strongswan" / "libstrongswan-kernel-espgw.so"
 PLUGIN_DIR = Path("/usr/lib/ipsec/plugins")
 CHARON = Path("/usr/lib/ipsec/charon")
@@ -93,18 +92,7 @@ class Lab:
         return run("ip", "netns", "exec", ns, *cmd, **kw)
 
     def request(self, req):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(10)
-        s.connect(self.sock)
-        s.sendall((json.dumps(req) + "\n").encode())
-        buf = b""
-        while b"\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        s.close()
-        return json.loads(buf.split(b"\n")[0])
+        return control_request(self.sock, req)
 
     def plugin_sas(self):
         sas = self.request({"op": "list-sas"})["sas"]
@@ -154,16 +142,12 @@ class Lab:
             (self.dir / side).mkdir()
             self.write_strongswan_conf(side, kernel)
             self.write_swanctl_conf(side, psk)
-        self.spawn(self.ns_aws, ["sh", "-c", "mount -t tmpfs ssp /run && exec env "
-                                 f"STRONGSWAN_CONF={self.dir}/aws/strongswan.conf {CHARON}"],
-                   self.dir / "aws" / "charon.out")
-        wait_until("the peer's vici socket", lambda: (self.dir / "aws" / "charon.vici").is_socket())
-        self.swanctl("aws", "--load-all", "--file", f"{self.dir}/aws/swanctl.conf")
-        self.spawn(self.ns_gw, ["sh", "-c", "mount -t tmpfs ssp /run && exec env "
-                                f"STRONGSWAN_CONF={self.dir}/gw/strongswan.conf {CHARON}"],
-                   self.dir / "gw" / "charon.out")
-        wait_until("the gateway's vici socket", lambda: (self.dir / "gw" / "charon.vici").is_socket())
-        self.swanctl("gw", "--load-all", "--file", f"{self.dir}/gw/swanctl.conf")
+        for side, ns, whose in (("aws", self.ns_aws, "the peer's"), ("gw", self.ns_gw, "the gateway's")):
+            self.spawn(ns, ["sh", "-c", "mount -t tmpfs ssp /run && exec env "
+                            f"STRONGSWAN_CONF={self.dir}/{side}/strongswan.conf {CHARON}"],
+                       self.dir / side / "charon.out")
+            wait_until(f"{whose} vici socket", lambda: (self.dir / side / "charon.vici").is_socket())
+            self.swanctl(side, "--load-all", "--file", f"{self.dir}/{side}/swanctl.conf")
 
     def start_espgw(self):
         self.espgw = self.spawn(self.ns_gw, [str(ESPGW), "--config", str(self.dir / "espgw.yaml")],
@@ -350,12 +334,19 @@ def dump(lab):
             print(f"==== {f}\n" + "\n".join(p.read_text(errors="replace").splitlines()[-40:]))
 
 
-def test_one_tunnel_end_to_end(lab):
+@contextlib.contextmanager
+def dumped_on_failure(lab):
+    """A test's body: the logs' tails printed when it fails (shown with the failure)."""
     try:
-        _one_tunnel(lab)
+        yield
     except BaseException:
         dump(lab)
         raise
+
+
+def test_one_tunnel_end_to_end(lab):
+    with dumped_on_failure(lab):
+        _one_tunnel(lab)
 
 
 def _one_tunnel(lab):
@@ -436,7 +427,7 @@ def test_soft_byte_expiry_in_espgw_makes_charon_rekey(lab):
     """charon counts no bytes itself: only espgw's sa-expire (soft, bytes),
     handed to charon->kernel->expire() by the plugin's events thread, can
     start this rekey. Traffic keeps flowing across it."""
-    try:
+    with dumped_on_failure(lab):
         first = wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("gw")[0], timeout=20)
         sas = wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2 and lab.plugin_sas())
         for sa in sas:
@@ -455,9 +446,6 @@ def test_soft_byte_expiry_in_espgw_makes_charon_rekey(lab):
             int(sa["spi"], 16) for sa in lab.plugin_sas()} >= {new[1], new[2]}, timeout=10)
         r = lab.ping(3)
         assert " 0% packet loss" in r.stdout, r.stdout
-    except BaseException:
-        dump(lab)
-        raise
 
 
 def test_modular_config_makes_kernel_espgw_the_ipsec_provider(tmp_path):
@@ -522,7 +510,7 @@ charon {{
     ({"replay": 0}, "aes128-gcm", False, 0),     # off
 ], indirect=["lab"], ids=["aes256gcm16", "replay-16", "replay-off"])
 def test_negotiated_algorithm_reaches_espgw(lab, algo, esn, window):
-    try:
+    with dumped_on_failure(lab):
         wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("aws"), timeout=20)
         sas = wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2 and lab.plugin_sas())
         assert {(sa["algo"], sa["esn"]) for sa in sas} == {(algo, esn)}, sas
@@ -530,9 +518,6 @@ def test_negotiated_algorithm_reaches_espgw(lab, algo, esn, window):
         assert inbound["replay_window"] == window and inbound["udp_encap"], inbound
         r = lab.ping(3)
         assert " 0% packet loss" in r.stdout, r.stdout
-    except BaseException:
-        dump(lab)
-        raise
 
 
 @pytest.mark.parametrize("lab,why", [
@@ -543,15 +528,12 @@ def test_negotiated_algorithm_reaches_espgw(lab, algo, esn, window):
 ], indirect=["lab"], ids=["aes-cbc", "aes192gcm16", "aes128gcm8", "replay-8192"])
 def test_unsupported_sa_is_refused_with_a_reason_charon_logs(lab, why):
     """What espgw cannot do is refused in add_sa, named in charon's log; espgw is left untouched."""
-    try:
+    with dumped_on_failure(lab):
         log = lab.dir / "gw" / "charon.log"
         wait_until("the refusal in charon's log", lambda: why in log.read_text(), timeout=20)
         assert re.search(r"kernel-espgw: unable to add SA 0x[0-9a-f]{8}: " + re.escape(why), log.read_text())
         assert not lab.installed("gw")
         assert lab.plugin_sas() == []
-    except BaseException:
-        dump(lab)
-        raise
 
 
 def test_unresponsive_espgw_times_out_and_the_plugin_recovers(lab):
@@ -559,7 +541,7 @@ def test_unresponsive_espgw_times_out_and_the_plugin_recovers(lab):
     timeout (3 s here) with a log line, charon is not blocked for good; once
     espgw runs again the next request reconnects and works (the late reply
     to the abandoned request is never taken for another's)."""
-    try:
+    with dumped_on_failure(lab):
         first = wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("gw")[0], timeout=20)
         wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2)
         log = lab.dir / "gw" / "charon.log"
@@ -580,9 +562,6 @@ def test_unresponsive_espgw_times_out_and_the_plugin_recovers(lab):
             int(sa["spi"], 16) for sa in lab.plugin_sas()} >= {new[1], new[2]}, timeout=10)
         r = lab.ping(3)
         assert " 0% packet loss" in r.stdout, r.stdout
-    except BaseException:
-        dump(lab)
-        raise
 
 
 # A NAT in front of the peer that moves it from UDP 4500 to 4501 (no
@@ -652,7 +631,7 @@ def test_nat_rebinding_updates_the_sas_in_place(lab):
     the next IKE message (the peer's DPD) from the new port and calls
     update_sa; the plugin's update-sa moves both SAs to the new port without a
     new SPI, and traffic flows again."""
-    try:
+    with dumped_on_failure(lab):
         first = wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("gw")[0], timeout=20)
         wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2)
         assert " 0% packet loss" in lab.ping(2).stdout
@@ -666,9 +645,6 @@ def test_nat_rebinding_updates_the_sas_in_place(lab):
         assert (now[1], now[2]) == (first[1], first[2]), "the SAs were replaced, not updated"
         by_dir = {sa["direction"]: sa for sa in lab.plugin_sas()}
         assert int(by_dir["out"]["spi"], 16) == first[2] and by_dir["out"]["next_seq"] > 3, by_dir
-    except BaseException:
-        dump(lab)
-        raise
 
 
 @pytest.mark.parametrize("lab", [{"gw_child_extra": "life_bytes = 20000\n        rand_bytes = 0"}],
@@ -677,7 +653,7 @@ def test_hard_byte_expiry_in_espgw_ends_the_child_sa_in_charon(lab):
     """A hard limit reached in espgw (which removes the SA itself) is handed to
     charon as a hard expiry: charon drops that CHILD_SA (its del_sa of an SA
     espgw already removed is "already gone", not an error)."""
-    try:
+    with dumped_on_failure(lab):
         first = wait_until("the CHILD_SA", lambda: lab.installed("gw") and lab.installed("gw")[0], timeout=20)
         wait_until("espgw's SA pair", lambda: len(lab.plugin_sas()) == 2)
         lab.nsx(lab.ns_lan, "ping", "-c", "30", "-i", "0.05", "-s", "972", "-W", "1", VPC_HOST,
@@ -690,6 +666,3 @@ def test_hard_byte_expiry_in_espgw_ends_the_child_sa_in_charon(lab):
         wait_until("espgw without the expired SAs", lambda: not {first[1], first[2]} & {
             int(sa["spi"], 16) for sa in lab.plugin_sas()}, timeout=10)
         assert "unable to delete" not in log.read_text()
-    except BaseException:
-        dump(lab)
-        raise
