@@ -302,6 +302,35 @@ static void untrack_sa(private_kernel_espgw_ipsec_t *this, uint32_t spi, host_t 
 	this->state_lock->unlock(this->state_lock);
 }
 
+/** After update_sa: the tracked SA's new destination (NULL: unchanged) and
+ * reqid (0: unchanged). */
+static void retrack_sa(private_kernel_espgw_ipsec_t *this, uint32_t spi, host_t *dst,
+					   bool inbound, host_t *new_dst, uint32_t new_reqid)
+{
+	enumerator_t *e;
+	sa_entry_t *sa;
+
+	this->state_lock->lock(this->state_lock);
+	e = this->sas->create_enumerator(this->sas);
+	while (e->enumerate(e, &sa))
+	{
+		if (sa->spi == spi && sa->inbound == inbound && sa->dst->ip_equals(sa->dst, dst))
+		{
+			if (new_dst)
+			{
+				sa->dst->destroy(sa->dst);
+				sa->dst = new_dst->clone(new_dst);
+			}
+			if (new_reqid)
+			{
+				sa->reqid = new_reqid;
+			}
+		}
+	}
+	e->destroy(e);
+	this->state_lock->unlock(this->state_lock);
+}
+
 /** Direction of an SA as charon names it: the destination is ours when inbound. */
 static bool sa_inbound(host_t *dst)
 {
@@ -612,43 +641,25 @@ METHOD(kernel_ipsec_t, update_sa, status_t,
 		req.sport = data->new_src->get_port(data->new_src);
 		req.dport = data->new_dst->get_port(data->new_dst);
 	}
-	if (data->new_reqid)
+	if (req.remote || req.set_encap)
 	{
-		enumerator_t *e;
-		sa_entry_t *sa;
-
-		this->state_lock->lock(this->state_lock);
-		e = this->sas->create_enumerator(this->sas);
-		while (e->enumerate(e, &sa))
+		rid = next_id(this);
+		if (espgw_req_update_sa(&req, rid, &line) != 0)
 		{
-			if (sa->spi == req.spi && sa->dst->ip_equals(sa->dst, id->dst))
-			{
-				sa->reqid = data->new_reqid;
-			}
+			return FAILED;
 		}
-		e->destroy(e);
-		this->state_lock->unlock(this->state_lock);
+		if (request(this, &line, rid, ESPGW_EXPECT_NOTHING, &reply) != ESPGW_REPLY_OK)
+		{
+			DBG1(DBG_KNL, "kernel-espgw: unable to update %s SA 0x%.8x: %s",
+				 req.inbound ? "inbound" : "outbound", req.spi, reply.error);
+			return FAILED;
+		}
 	}
-	if (!req.remote && !req.set_encap)
-	{
-		return SUCCESS;
-	}
-	rid = next_id(this);
-	if (espgw_req_update_sa(&req, rid, &line) != 0)
-	{
-		return FAILED;
-	}
-	if (request(this, &line, rid, ESPGW_EXPECT_NOTHING, &reply) != ESPGW_REPLY_OK)
-	{
-		DBG1(DBG_KNL, "kernel-espgw: unable to update %s SA 0x%.8x: %s",
-			 req.inbound ? "inbound" : "outbound", req.spi, reply.error);
-		return FAILED;
-	}
-	if (req.remote && !req.inbound)
-	{	/* espgw finds a moved outbound SA by its identity; track its new destination */
-		untrack_sa(this, req.spi, id->dst, FALSE);
-		track_sa(this, req.spi, data->new_dst, FALSE, data->new_reqid);
-	}
+	/* only once espgw took it: a moved outbound SA is found by its new
+	 * destination, and keeps its reqid (new_reqid 0: unchanged) for
+	 * query_policy and expiry */
+	retrack_sa(this, req.spi, id->dst, req.inbound, req.remote && !req.inbound ? data->new_dst : NULL,
+			   data->new_reqid);
 	DBG2(DBG_KNL, "kernel-espgw: updated SA 0x%.8x", req.spi);
 	return SUCCESS;
 }

@@ -23,7 +23,7 @@ namespace {
 
 using fuzz::ld32, fuzz::st16;
 
-// Encrypts the ESP payload of `f` in place under the inbound SA its SPI names.
+// Encrypts the ESP payload of `b` in place under the inbound SA its SPI names.
 void seal(std::vector<uint8_t>& b) {
   if (b.size() < 14 + 20) return;
   uint8_t* ip = b.data() + 14;

@@ -400,6 +400,22 @@ int main(void)
 	traffic_selector_t *pts = traffic_selector_create_from_cidr("172.31.0.0/16", 0, 0, 65535);
 	traffic_selector_t *ots = traffic_selector_create_from_cidr("10.240.128.0/24", 0, 0, 65535);
 	ipsec_sa_cfg_t sa_cfg = { .mode = MODE_TUNNEL, .reqid = 7, .esp = { .use = TRUE, .spi = htonl(0xc3a1f00d) } };
+	/* the outbound policy's SA is the one MOBIKE moved above: it keeps its
+	 * reqid (update_sa's new_reqid 0 means unchanged) and is queried at its
+	 * new address */
+	kernel_ipsec_policy_id_t pol_out = { .dir = POLICY_OUT, .src_ts = ots, .dst_ts = pts };
+	kernel_ipsec_manage_policy_t mp_out = { .type = POLICY_IPSEC, .src = ours, .dst = peer_moved, .sa = &sa_cfg };
+	CHECK(ipsec->add_policy(ipsec, &pol_out, &mp_out) == SUCCESS);
+	n = count();
+	script(FALSE, "\"packets\":3,\"bytes\":300,\"idle_seconds\":1");
+	CHECK(ipsec->query_policy(ipsec, &pol_out, &(kernel_ipsec_query_policy_t){}, &used) == SUCCESS);
+	CHECK(count() == n + 1);
+	req = last_request(n + 1);
+	CHECK(req && member_is(req, "op", "\"query-sa\"") && member_is(req, "direction", "\"out\"") &&
+		  member_is(req, "spi", "\"0x00004001\"") && member_is(req, "dst", "\"192.0.2.77\""));
+	json_decref(req);
+	CHECK(used >= time_monotonic(NULL) - 2);
+	CHECK(ipsec->del_policy(ipsec, &pol_out, &mp_out) == SUCCESS);
 	kernel_ipsec_policy_id_t pol = { .dir = POLICY_IN, .src_ts = pts, .dst_ts = ots };
 	kernel_ipsec_manage_policy_t mp = { .type = POLICY_IPSEC, .src = peer, .dst = ours, .sa = &sa_cfg };
 	CHECK(ipsec->add_policy(ipsec, &pol, &mp) == SUCCESS);
