@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 
 namespace espgw::control {
@@ -275,8 +276,13 @@ json ControlOps::neighbors() const {
 
 // ------------------------------------------------------------- counters
 
-dp::WorkerCounters ControlOps::sum_counters() const {
-  dp::WorkerCounters s;
+// WorkerCounters is ~1.7 MB (dataplane/counters.h): too big for a thread's
+// stack, and allocating it per call would be an over-aligned malloc that
+// glibc does not reuse (see accounting.cpp). One buffer per thread, kept;
+// valid until this thread's next call (no caller nests two).
+const dp::WorkerCounters& ControlOps::sum_counters() const {
+  static thread_local const std::unique_ptr<dp::WorkerCounters> buf = std::make_unique<dp::WorkerCounters>();
+  dp::WorkerCounters& s = *buf;
   memset(static_cast<void*>(&s), 0, sizeof(s));
   for (uint16_t w = 0; w < dp_.nb_workers; w++) {
     const dp::WorkerCounters& c = *dp_.counters[w];
@@ -313,7 +319,7 @@ dp::WorkerCounters ControlOps::sum_counters() const {
 }
 
 json ControlOps::stats() const {
-  dp::WorkerCounters s = sum_counters();
+  const dp::WorkerCounters& s = sum_counters();
   json j;
   j["ok"] = true;
   json ports = json::array();

@@ -131,7 +131,8 @@ class ControlOps {
   nlohmann::json neighbors() const;
 
   // ---- counters
-  dataplane::WorkerCounters sum_counters() const;
+  // A per-thread buffer (~1.7 MB), valid until the thread's next call.
+  const dataplane::WorkerCounters& sum_counters() const;
   nlohmann::json stats() const;
   std::string format_stats() const;
   void check_lifetimes();

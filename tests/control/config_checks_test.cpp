@@ -258,9 +258,9 @@ TEST_F(ConfigFileChecks, AFifoIsRefusedWithoutBlocking) {
   EXPECT_TRUE(has(load_error(p), "not a regular file"));
 }
 
-TEST_F(ConfigFileChecks, AFileAboveOneMebibyteIsRefused) {
+TEST_F(ConfigFileChecks, AFileAboveTheLimitIsRefused) {
   std::string big = std::string(kConfig) + "# " + std::string(kMaxConfigBytes, 'x') + "\n";
-  EXPECT_TRUE(has(load_error(write("big.yaml", big)), "at most 1048576 are read"));
+  EXPECT_TRUE(has(load_error(write("big.yaml", big)), "at most " + std::to_string(kMaxConfigBytes) + " are read"));
   std::string fits = std::string(kConfig) + "# " + std::string(kMaxConfigBytes - std::strlen(kConfig) - 3, 'x') + "\n";
   ASSERT_EQ(fits.size(), kMaxConfigBytes);
   EXPECT_EQ(load_config_file(write("fits.yaml", fits)).sas.size(), 2u);
