@@ -602,7 +602,7 @@ def plot(result, path):
               (axes[1], ("routes",), "routes (random prefixes /16../32)"),
               (axes[2], ("replay",), "replay window (bits)")]
     for ax, series, xlabel in panels:
-        for s in series:
+        for k, s in enumerate(series):
             pts = [(r["x"], r["cycles"]) for r in rows if r["series"] == s and r["cycles"]]
             if s == "replay":
                 base = [y for x, y in pts if x == 0]
@@ -614,11 +614,13 @@ def plot(result, path):
                 ax.plot(xs, ys, marker="o", label=labels[s] + (": refused as replays, per packet received"
                                                                if s == "replay" else ""))
                 for x, y in pts:
-                    ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+                    ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 6 + 9 * k), ha="center",
+                                fontsize=8, color=ax.lines[-1].get_color())
         ax.set_xscale("log")
         ax.set_xlabel(xlabel)
         ax.set_ylabel("cycles / packet (worker CPU time)")
-        ax.set_ylim(bottom=0)
+        ys_all = [y for ln in ax.lines for y in ln.get_ydata()]
+        ax.set_ylim(bottom=0, top=max(ys_all) * 1.2 if ys_all else None)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     g = result.get("gates", {})
