@@ -284,18 +284,22 @@ const dp::WorkerCounters& ControlOps::sum_counters() const {
   static thread_local const std::unique_ptr<dp::WorkerCounters> buf = std::make_unique<dp::WorkerCounters>();
   dp::WorkerCounters& s = *buf;
   memset(static_cast<void*>(&s), 0, sizeof(s));
+  // Only the tunnels configured and the SA slots ever used: the tables are
+  // sized for 16,384 tunnels and 32,768 SAs, and this runs 20 times a second.
+  const int nt = static_cast<int>(std::min<size_t>(dp::kMaxTunnels, std::max<size_t>(dp_.nb_tunnels, tunnels_.size())));
+  const uint32_t nsa = sas_ ? sas_->slot_limit() : dp::kMaxSas;
   for (uint16_t w = 0; w < dp_.nb_workers; w++) {
     const dp::WorkerCounters& c = *dp_.counters[w];
     for (int p = 0; p < dp::kMaxPorts; p++) {
       add(s.port[p].rx, c.port[p].rx);
       add(s.port[p].tx, c.port[p].tx);
     }
-    for (int t = 0; t < dp::kMaxTunnels; t++) {
+    for (int t = 0; t < nt; t++) {
       add(s.tunnel[t].out, c.tunnel[t].out);
       add(s.tunnel[t].in, c.tunnel[t].in);
       s.tunnel[t].asymmetric += c.tunnel[t].asymmetric;
     }
-    for (uint32_t i = 0; i < dp::kMaxSas; i++) {
+    for (uint32_t i = 0; i < nsa; i++) {
       s.sa[i].packets += c.sa[i].packets;
       s.sa[i].bytes += c.sa[i].bytes;
       s.sa[i].last_tsc = std::max(s.sa[i].last_tsc, c.sa[i].last_tsc);  // the most recent use, any worker
