@@ -240,9 +240,10 @@ void ControlOps::delete_route(const lpm::Prefix4& prefix) {
   synchronize();
 }
 
-json ControlOps::routes() const {
+json ControlOps::routes(size_t limit) const {
   json routes = json::array();
   for (const auto& r : routes_.list()) {
+    if (routes.size() >= limit) break;
     json hops = json::array();
     for (const auto& h : r.hops) hops.push_back({{"tunnel", tunnels_[h.tunnel].name}, {"priority", h.priority}});
     routes.push_back({{"prefix", lpm::to_string(r.prefix)},

@@ -10,6 +10,7 @@
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
 #include <rte_pdump.h>
+#include <rte_telemetry.h>
 
 #include <algorithm>
 #include <csignal>
@@ -490,7 +491,10 @@ void Gateway::publish_snapshot() {
   if (!telemetry_) return;
   json stats = ops_->stats();
   json sas = stats["sas"];
-  telemetry_->publish(std::move(stats), std::move(sas), ops_->routes());
+  // /espgw/routes shows one line per route, and DPDK's telemetry holds at
+  // most RTE_TEL_MAX_ARRAY_ENTRIES (512) of them: keep no more. A full table
+  // (1M routes) as JSON would be ~1 GB, rebuilt for nothing.
+  telemetry_->publish(std::move(stats), std::move(sas), ops_->routes(RTE_TEL_MAX_ARRAY_ENTRIES));
 }
 
 void Gateway::stop() {
