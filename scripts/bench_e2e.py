@@ -662,6 +662,9 @@ def main():
     a = ap.parse_args()
     if a.curve:
         import bench_curve
+        if a.out == ap.get_default("out"):
+            a.out = str(REPO / "bench" / "results" / "curve-latest.json")
+            a.chart = a.chart or a.out[:-len(".json")] + ".png"
         return bench_curve.run(a)
     t_start = time.time()
     interval = a.interval or (2.0 if a.quick else 5.0)
