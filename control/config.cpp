@@ -24,6 +24,7 @@
 #include <initializer_list>
 #include <map>
 #include <set>
+#include <unordered_map>
 #include <sstream>
 #include <string_view>
 
@@ -424,6 +425,9 @@ class Parser {
   }
 
   std::string source_;
+
+ public:
+  const std::string& source() const { return source_; }
 };
 
 Map::Map(const Parser& p, const YAML::Node& node, std::string path, std::initializer_list<const char*> allowed)
@@ -482,7 +486,7 @@ struct Loader {
   void load_top() {
     Map m(p, root, "",
           {"eal", "workers", "mbufs", "icmp_rate_limit", "stats_interval", "control", "exception", "xfrm", "ports",
-           "tunnels", "routes", "sas"});
+           "tunnels", "routes", "routes_file", "sas"});
     if (auto n = m.get("eal"))
       p.each(*n, "eal", [&](const YAML::Node& a, const std::string& path) { cfg.eal_args.push_back(p.scalar(a, path)); });
     if (auto n = m.get("workers")) {
@@ -512,6 +516,7 @@ struct Loader {
     load_ports(m.require("ports"));
     if (auto n = m.get("tunnels")) load_tunnels(*n);
     if (auto n = m.get("routes")) load_routes(*n);
+    if (auto n = m.get("routes_file")) load_routes_file(*n);
     if (auto n = m.get("sas")) load_sas(*n);
     check_devices();
     check_dataplane_limits(m);
@@ -569,21 +574,35 @@ struct Loader {
       if (sa.direction == SaDirection::kOutbound) can_be_up[sa.tunnel] = true;
     for (const auto& t : cfg.tunnels)
       if (!t.up) can_be_up[t.name] = false;
+    // Per route, once: does one of its next hops have an outbound SA? (10,000
+    // SAs x 1M routes must not multiply.) An SA without selectors sees every route.
+    std::unordered_map<std::string, bool> up(can_be_up.begin(), can_be_up.end());
+    std::vector<char> route_up(cfg.routes.size(), 0);
+    bool any_up = false;
+    for (size_t r = 0; r < cfg.routes.size(); r++) {
+      for (const auto& hop : cfg.routes[r].via)
+        if (auto it = up.find(hop.tunnel); it != up.end() && it->second) route_up[r] = 1;
+      any_up |= route_up[r] != 0;
+    }
     for (size_t i = 0; i < cfg.sas.size(); i++) {
       const SaConfig& sa = cfg.sas[i];
       if (sa.direction != SaDirection::kInbound) continue;
       bool routed = false, any_route = false;
-      for (const auto& r : cfg.routes) {
+      if (sa.remote_selectors.empty()) {
+        any_route = !cfg.routes.empty();
+        routed = any_up;
+      }
+      for (size_t ri = 0; ri < cfg.routes.size() && !sa.remote_selectors.empty(); ri++) {
+        const auto& r = cfg.routes[ri];
         // A policy-based SA's sources are its remote selectors: only routes that overlap them matter.
-        bool relevant = sa.remote_selectors.empty();
+        bool relevant = false;
         for (const auto& sel : sa.remote_selectors) {
           uint8_t len = std::min(sel.len, r.prefix.len);
           if ((sel.addr & prefix_mask(len)) == (r.prefix.addr & prefix_mask(len))) relevant = true;
         }
         if (!relevant) continue;
         any_route = true;
-        for (const auto& hop : r.via)
-          if (can_be_up[hop.tunnel]) routed = true;
+        if (route_up[ri]) routed = true;
       }
       if (routed) continue;
       cfg.warnings.push_back(fmt::format(
@@ -821,6 +840,76 @@ struct Loader {
     auto it = tunnel_index.find(*out);
     if (it == tunnel_index.end()) p.fail(n, path, fmt::format("no tunnel named '{}'", *out));
     return cfg.tunnels[it->second];
+  }
+
+  // routes_file: one route per line, "PREFIX TUNNEL [PRIORITY]" (one next
+  // hop; '#' starts a comment), for tables too big for YAML (a full table:
+  // ~1M prefixes load in about a second). A relative path is relative to the
+  // configuration file's folder. Checked like routes: (host bits, known
+  // tunnel, no duplicate prefix, also against routes:).
+  void load_routes_file(const YAML::Node& n) {
+    std::string file = p.scalar(n, "routes_file", "a file name");
+    std::filesystem::path fp(file);
+    if (fp.is_relative()) {
+      std::filesystem::path src(p.source());
+      if (src.has_parent_path()) fp = src.parent_path() / fp;
+    }
+    const std::string name = fp.string();
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(fp, ec);
+    if (ec) p.fail(n, "routes_file", fmt::format("cannot read {}: {}", name, ec.message()));
+    if (size > kMaxRoutesFileBytes)
+      p.fail(n, "routes_file", fmt::format("{} is {} bytes; at most {} are read", name, size, kMaxRoutesFileBytes));
+    std::ifstream in(fp);
+    if (!in) p.fail(n, "routes_file", fmt::format("cannot open {}", name));
+    std::unordered_map<uint64_t, size_t> seen;  // (addr << 8 | len) -> line (0: routes:)
+    seen.reserve(cfg.routes.size() + size / 24);
+    for (const auto& r : cfg.routes) seen.emplace(uint64_t{r.prefix.addr} << 8 | r.prefix.len, 0);
+    std::unordered_map<std::string, size_t> known(tunnel_index.begin(), tunnel_index.end());
+    std::string line;
+    size_t lineno = 0;
+    auto bad = [&](const std::string& why) {
+      throw ConfigError(fmt::format("{}:{}: {} (routes_file of {})", name, lineno, why, p.source()));
+    };
+    while (std::getline(in, line)) {
+      lineno++;
+      if (auto h = line.find('#'); h != std::string::npos) line.resize(h);
+      std::istringstream ls(line);
+      std::string pfx, tunnel, prio, extra;
+      if (!(ls >> pfx)) continue;
+      if (!(ls >> tunnel)) bad(fmt::format("'{}': expected PREFIX TUNNEL [PRIORITY]", line));
+      RouteHopConfig hop;
+      hop.priority = 0;
+      if (ls >> prio) {
+        unsigned v = 0;
+        auto [ptr, e] = std::from_chars(prio.data(), prio.data() + prio.size(), v);
+        if (e != std::errc() || ptr != prio.data() + prio.size() || v > 65535)
+          bad(fmt::format("priority '{}' is not in 0..65535", prio));
+        hop.priority = v;
+      }
+      if (ls >> extra) bad(fmt::format("'{}': expected PREFIX TUNNEL [PRIORITY]", line));
+      const size_t slash = pfx.find('/');
+      auto a = parse_ipv4_text(std::string_view(pfx).substr(0, slash));
+      unsigned len = 32;
+      if (slash != std::string::npos) {
+        auto [ptr, e] = std::from_chars(pfx.data() + slash + 1, pfx.data() + pfx.size(), len);
+        if (e != std::errc() || ptr != pfx.data() + pfx.size() || slash + 1 == pfx.size()) a.reset();
+      }
+      if (!a || len > 32) bad(fmt::format("bad IPv4 prefix '{}' (expected a.b.c.d/len with len 0..32)", pfx));
+      RouteConfig r;
+      r.prefix = {*a, static_cast<uint8_t>(len)};
+      if ((r.prefix.addr & ~prefix_mask(r.prefix.len)) != 0)
+        bad(fmt::format("prefix '{}' has host bits set (the network is {})", pfx,
+                        format_prefix({r.prefix.addr & prefix_mask(r.prefix.len), r.prefix.len})));
+      if (!known.count(tunnel)) bad(fmt::format("no tunnel named '{}'", tunnel));
+      auto [it, fresh] = seen.emplace(uint64_t{r.prefix.addr} << 8 | r.prefix.len, lineno);
+      if (!fresh)
+        bad(it->second ? fmt::format("duplicate route for {} (also line {})", pfx, it->second)
+                       : fmt::format("duplicate route for {} (also in routes:)", pfx));
+      hop.tunnel = std::move(tunnel);
+      r.via.push_back(std::move(hop));
+      cfg.routes.push_back(std::move(r));
+    }
   }
 
   void load_routes(const YAML::Node& list) {

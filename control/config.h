@@ -137,8 +137,13 @@ struct GatewayConfig {
   std::vector<std::string> warnings;
 };
 
-// The largest configuration file read (a key file, not a data set).
-inline constexpr size_t kMaxConfigBytes = 1 << 20;
+// The largest configuration file read (a key file, not a data set; 10,000
+// tunnels with their SAs take a few MB; a full route table goes in
+// routes_file).
+inline constexpr size_t kMaxConfigBytes = 16 << 20;
+// The largest routes_file read (one "PREFIX TUNNEL [PRIORITY]" per line: a
+// full table of ~1M prefixes is ~30 MB).
+inline constexpr size_t kMaxRoutesFileBytes = 256 << 20;
 
 // How many workers the config asks for: workers: when given, else the
 // lcores of the eal: list (-l, --lcores, -c) but the main one; nullopt when

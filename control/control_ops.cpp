@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 
 namespace espgw::control {
@@ -239,9 +240,10 @@ void ControlOps::delete_route(const lpm::Prefix4& prefix) {
   synchronize();
 }
 
-json ControlOps::routes() const {
+json ControlOps::routes(size_t limit) const {
   json routes = json::array();
   for (const auto& r : routes_.list()) {
+    if (routes.size() >= limit) break;
     json hops = json::array();
     for (const auto& h : r.hops) hops.push_back({{"tunnel", tunnels_[h.tunnel].name}, {"priority", h.priority}});
     routes.push_back({{"prefix", lpm::to_string(r.prefix)},
@@ -275,21 +277,30 @@ json ControlOps::neighbors() const {
 
 // ------------------------------------------------------------- counters
 
-dp::WorkerCounters ControlOps::sum_counters() const {
-  dp::WorkerCounters s;
+// WorkerCounters is ~1.7 MB (dataplane/counters.h): too big for a thread's
+// stack, and allocating it per call would be an over-aligned malloc that
+// glibc does not reuse (see accounting.cpp). One buffer per thread, kept;
+// valid until this thread's next call (no caller nests two).
+const dp::WorkerCounters& ControlOps::sum_counters() const {
+  static thread_local const std::unique_ptr<dp::WorkerCounters> buf = std::make_unique<dp::WorkerCounters>();
+  dp::WorkerCounters& s = *buf;
   memset(static_cast<void*>(&s), 0, sizeof(s));
+  // Only the tunnels configured and the SA slots ever used: the tables are
+  // sized for 16,384 tunnels and 32,768 SAs, and this runs 20 times a second.
+  const int nt = static_cast<int>(std::min<size_t>(dp::kMaxTunnels, std::max<size_t>(dp_.nb_tunnels, tunnels_.size())));
+  const uint32_t nsa = sas_ ? sas_->slot_limit() : dp::kMaxSas;
   for (uint16_t w = 0; w < dp_.nb_workers; w++) {
     const dp::WorkerCounters& c = *dp_.counters[w];
     for (int p = 0; p < dp::kMaxPorts; p++) {
       add(s.port[p].rx, c.port[p].rx);
       add(s.port[p].tx, c.port[p].tx);
     }
-    for (int t = 0; t < dp::kMaxTunnels; t++) {
+    for (int t = 0; t < nt; t++) {
       add(s.tunnel[t].out, c.tunnel[t].out);
       add(s.tunnel[t].in, c.tunnel[t].in);
       s.tunnel[t].asymmetric += c.tunnel[t].asymmetric;
     }
-    for (uint32_t i = 0; i < dp::kMaxSas; i++) {
+    for (uint32_t i = 0; i < nsa; i++) {
       s.sa[i].packets += c.sa[i].packets;
       s.sa[i].bytes += c.sa[i].bytes;
       s.sa[i].last_tsc = std::max(s.sa[i].last_tsc, c.sa[i].last_tsc);  // the most recent use, any worker
@@ -313,7 +324,7 @@ dp::WorkerCounters ControlOps::sum_counters() const {
 }
 
 json ControlOps::stats() const {
-  dp::WorkerCounters s = sum_counters();
+  const dp::WorkerCounters& s = sum_counters();
   json j;
   j["ok"] = true;
   json ports = json::array();

@@ -125,13 +125,15 @@ class ControlOps {
   void add_route(const RouteRequest& r);
   void replace_route(const RouteRequest& r);
   void delete_route(const lpm::Prefix4& prefix);
-  nlohmann::json routes() const;
+  // The first `limit` routes in (address, length) order (all by default).
+  nlohmann::json routes(size_t limit = SIZE_MAX) const;
 
   // ---- neighbours (both sides' ARP tables, the tunnels' next hops)
   nlohmann::json neighbors() const;
 
   // ---- counters
-  dataplane::WorkerCounters sum_counters() const;
+  // A per-thread buffer (~1.7 MB), valid until the thread's next call.
+  const dataplane::WorkerCounters& sum_counters() const;
   nlohmann::json stats() const;
   std::string format_stats() const;
   void check_lifetimes();

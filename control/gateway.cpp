@@ -10,10 +10,13 @@
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
 #include <rte_pdump.h>
+#include <rte_telemetry.h>
 
+#include <algorithm>
 #include <csignal>
 #include <cstring>
 #include <regex>
+#include <unordered_map>
 #include <stdexcept>
 
 #include "control/control_ops.h"
@@ -326,7 +329,10 @@ void Gateway::init_tables() {
 
   // The route table exists before any SA, so tunnel-state callbacks can run.
   lpm::RouteTableConfig rc;
-  rc.max_routes = 1 << 16;
+  // Room for the configured routes (a full table: 1M) and as many again
+  // added at run time; at least 64 Ki. The tbl8 pool follows (max_routes / 16,
+  // clamped to 256..65536 groups of 1 KiB: lpm/route_table.h).
+  rc.max_routes = static_cast<uint32_t>(std::max<size_t>(1 << 16, 2 * cfg_.routes.size()));
   rc.max_tunnels = dp::kMaxTunnels;
   rc.qsbr = d.qsbr;
   rc.name = "espgw";
@@ -362,10 +368,15 @@ void Gateway::init_tables() {
 
   // Routes: a tunnel is up while admin-up with an outbound SA (set above
   // through refresh_tunnel_state as SAs were added).
+  std::unordered_map<std::string, uint16_t> tunnel_ids;  // 10,000 tunnels x 1M routes: no linear scan
+  for (size_t i = 0; i < cfg_.tunnels.size(); i++) tunnel_ids.emplace(cfg_.tunnels[i].name, static_cast<uint16_t>(i));
   for (size_t i = 0; i < cfg_.routes.size(); i++) {
     const RouteConfig& r = cfg_.routes[i];
     std::vector<lpm::NextHop> hops;
-    for (const auto& h : r.via) hops.push_back({tunnel_index(h.tunnel), h.priority});
+    for (const auto& h : r.via) {
+      auto it = tunnel_ids.find(h.tunnel);
+      hops.push_back({it != tunnel_ids.end() ? it->second : tunnel_index(h.tunnel), h.priority});
+    }
     try {
       routes_->add_route({r.prefix.addr, r.prefix.len}, hops);
     } catch (const std::exception& e) {
@@ -421,7 +432,7 @@ void Gateway::start(bool launch) {
 void Gateway::run() {
   uint64_t hz = rte_get_tsc_hz();
   uint64_t next_stats = rte_rdtsc() + cfg_.stats_interval_s * hz;
-  uint64_t next_housekeeping = 0;
+  uint64_t next_housekeeping = 0, next_snapshot = 0;
   while (!g_stop.load()) {
     if (server_)
       server_->poll(5);
@@ -431,8 +442,16 @@ void Gateway::run() {
     uint64_t now = rte_rdtsc();
     if (now >= next_housekeeping) {  // 20 times a second
       ops_->check_lifetimes();
-      publish_snapshot();
       next_housekeeping = now + hz / 20;
+    }
+    if (now >= next_snapshot) {
+      // The telemetry snapshot holds every SA and route as JSON: with 10,000
+      // tunnels or a full table (1M routes) one takes far longer than 50 ms.
+      // Spend at most ~5% of the control thread on it: 20 times a second
+      // while it is cheap, less often as it grows.
+      publish_snapshot();
+      const uint64_t took = rte_rdtsc() - now;
+      next_snapshot = now + std::max<uint64_t>(hz / 20, 20 * took);
     }
     if (cfg_.stats_interval_s && now >= next_stats) {
       fmt::print("{}", format_stats());
@@ -460,13 +479,22 @@ void Gateway::add_stats_extras(json& j) const {
                  {"flushes", xfrm_->stats().flushes}};
   }
   j["mbufs"] = {{"in_use", mbufs_in_use()}, {"in_use_at_start", mbufs_at_start_}};
+  if (routes_) {  // sizes only: `routes` lists them (a full table is ~1M lines)
+    const auto rs = routes_->stats();
+    j["route_table"] = {{"routes", rs.routes},           {"installed", rs.installed},
+                        {"tbl8_groups", rs.tbl8_groups}, {"tbl8_used", rs.tbl8_used},
+                        {"fib_bytes", rs.fib_bytes}};
+  }
 }
 
 void Gateway::publish_snapshot() {
   if (!telemetry_) return;
   json stats = ops_->stats();
   json sas = stats["sas"];
-  telemetry_->publish(std::move(stats), std::move(sas), ops_->routes());
+  // /espgw/routes shows one line per route, and DPDK's telemetry holds at
+  // most RTE_TEL_MAX_ARRAY_ENTRIES (512) of them: keep no more. A full table
+  // (1M routes) as JSON would be ~1 GB, rebuilt for nothing.
+  telemetry_->publish(std::move(stats), std::move(sas), ops_->routes(RTE_TEL_MAX_ARRAY_ENTRIES));
 }
 
 void Gateway::stop() {

@@ -285,6 +285,7 @@ void SaDatabase::add(const SaParams& p) {
     if (rc != 0) throw SaError(fmt::format("inbound SA table: {}", rte_strerror(-rc)));
   }
   free_slots_.pop_back();
+  slot_limit_ = std::max(slot_limit_, e.slot + 1);
   used_keymat_[inbound].insert(used);  // only an SA that was installed used its key
   e.install_order = ++install_counter_;
   entries_.emplace(k, std::move(e));

@@ -124,6 +124,9 @@ class SaDatabase {
   SaUsage query(const SaRef& ref, const dataplane::WorkerCounters& sums) const;
   const dataplane::OutboundSa* current_outbound(uint16_t tunnel) const;
   size_t size() const { return entries_.size(); }
+  // Every SA slot ever used is below this (slots are taken lowest first and
+  // reused): what a reader of the per-worker SA counters needs to sum.
+  uint32_t slot_limit() const { return slot_limit_; }
   uint64_t installs() const { return installs_; }
   // What validate_sa_spec() needs (index = tunnel index).
   std::span<const TunnelDefaults> tunnels() const { return defaults_; }
@@ -181,6 +184,7 @@ class SaDatabase {
   TunnelChanged changed_;
   std::map<Key, Entry> entries_;
   std::vector<uint32_t> free_slots_;
+  uint32_t slot_limit_ = 0;
   uint64_t install_counter_ = 0;
   uint64_t installs_ = 0;
   // SHA-256 of every key || salt installed, per direction, for the life of

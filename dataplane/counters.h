@@ -52,8 +52,12 @@
 namespace espgw::dataplane {
 
 inline constexpr uint16_t kMaxPorts = 8;
-inline constexpr uint16_t kMaxTunnels = 256;
-inline constexpr uint32_t kMaxSas = 1024;  // SA slots (counters are indexed by slot)
+// Tunnels: indices are uint16_t (the FIB's next hop is 16 bits, 0xFFFF = no
+// route). SA slots: a rekey keeps the old and the new SA of a tunnel in each
+// direction for a while, so two per tunnel and direction.
+// WorkerCounters is ~1.7 MB per worker with these (rte_zmalloc'd).
+inline constexpr uint16_t kMaxTunnels = 16384;
+inline constexpr uint32_t kMaxSas = 32768;  // SA slots (counters are indexed by slot)
 
 // Why a packet was dropped. Keep in sync with drop_reason_name().
 enum class DropReason : uint8_t {

@@ -10,6 +10,9 @@
 #   scripts/bench.sh --quick    AES-128, ESP, 64 and 1400 B, 1 rep, short intervals
 #   scripts/bench.sh --workers N   espgw with N workers over N rx queues (scaling /
 #                               correctness), same rows as the chosen matrix
+#   scripts/bench.sh --curve    the cost curve: espgw's cycles/packet against 1..10,000
+#                               tunnels/SAs, 1k..1M routes, replay windows (~5 min;
+#                               bench/results/curve-latest.json/.png)
 #   options: --micro (also in --quick) / --no-micro, --no-huge (skip hugepages),
 #            --out FILE.json (default bench/results/latest.json; the chart goes next
 #            to it as .png), --reps N, --interval S, --warmup S, and any other
@@ -25,19 +28,20 @@ REPO="$(cd "$(dirname "$0")/.." && pwd)"
 export BUILD_DIR="${BUILD_DIR:-$REPO/build-bench}"
 export SECGW_BUILD="${SECGW_BUILD:-/tmp/secgw-build}"
 PY=/usr/bin/python3
-OUT="$REPO/bench/results/latest.json"
+OUT=""
 
-quick=0 micro=default huge=1 workers=1
+quick=0 micro=default huge=1 workers=1 curve=0
 args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1; shift ;;
+    --curve) curve=1; shift ;;
     --micro) micro=1; shift ;;
     --no-micro) micro=0; shift ;;
     --no-huge) huge=0; shift ;;
     --workers) workers=${2:?}; shift 2 ;;
     --out) OUT=${2:?}; shift 2 ;;
-    -h|--help) sed -n 2,22p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n 2,24p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1"); shift ;;
   esac
 done
@@ -53,14 +57,21 @@ done
 "$REPO/scripts/bench_e2e.sh" --build-only
 
 # --- the matrix ------------------------------------------------------------------
-if [[ $quick == 1 ]]; then
+if [[ $curve == 1 ]]; then
+  # espgw only; 21 cases x 2 reps of 1 + 2 s (see bench/README.md, "The cost curve")
+  OUT=${OUT:-$REPO/bench/results/curve-latest.json}
+  m=(--curve --reps 2 --interval 2 --warmup 1)
+elif [[ $quick == 1 ]]; then
   m=(--quick --algos aes128 --encaps esp --sizes 64,1400 --reps 1 --interval 2 --warmup 1)
   [[ $micro == 1 ]] && m+=(--micro)
 else
   m=(--algos aes128,aes256 --encaps esp,udp --sizes 64,512,1400,imix --reps 3 --interval 3 --warmup 1.5)
   [[ $micro != 0 ]] && m+=(--micro)
 fi
-if [[ $workers -gt 1 ]]; then
+OUT=${OUT:-$REPO/bench/results/latest.json}
+if [[ $curve == 1 ]]; then
+  :
+elif [[ $workers -gt 1 ]]; then
   m+=(--workers "$workers")
 else
   m+=(--impls espgw,secgw,testpmd,cperf)

@@ -339,21 +339,36 @@ def worker_cpu_ns(pid, names=("rte-worker-1",)):
     return total if found else None
 
 
-def measure(name, cmd, prefix, logpath, warmup, interval, workers=1):
+def measure(name, cmd, prefix, logpath, warmup, interval, workers=1, start_timeout=30, probe=None, ready=None):
     """Starts cmd, waits for traffic; returns (Mpps at the sink, rx Mpps at
     the source, extras: the worker threads' CPU share over the interval and
-    the rate per second of worker CPU time)."""
+    the rate per second of worker CPU time). probe: called after the
+    interval, before the stop; its result lands in extras["probe"]. ready:
+    also waited for before the warm-up (net_pcap's infinite_rx may count
+    received packets before the program forwards any)."""
     names = tuple(f"rte-worker-{i}" for i in range(1, workers + 1))
+    probed = None
     with open(logpath, "w") as lf:
         proc = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:
-            if not wait_telemetry(prefix, proc):
+            if not wait_telemetry(prefix, proc, timeout=start_timeout):
                 stop(proc)
                 raise RuntimeError(f"{name} did not start (or no traffic): see {logpath}\n" + Path(logpath).read_text()[-3000:])
+            deadline = time.time() + start_timeout
+            while ready and not ready():
+                if proc.poll() is not None or time.time() > deadline:
+                    stop(proc)
+                    raise RuntimeError(f"{name} did not become ready: see {logpath}\n" + Path(logpath).read_text()[-3000:])
+                time.sleep(0.05)
             time.sleep(warmup)
             a, ra, ta, ca = port_stats(prefix, 1), port_stats(prefix, 0), time.monotonic(), worker_cpu_ns(proc.pid, names)
             time.sleep(interval)
             b, rb, tb, cb = port_stats(prefix, 1), port_stats(prefix, 0), time.monotonic(), worker_cpu_ns(proc.pid, names)
+            if probe:
+                try:
+                    probed = probe()
+                except (OSError, ValueError) as e:
+                    probed = {"error": repr(e)}
         finally:
             stop(proc, signal.SIGINT)
             shutil.rmtree(f"/var/run/dpdk/{prefix}", ignore_errors=True)
@@ -364,7 +379,7 @@ def measure(name, cmd, prefix, logpath, warmup, interval, workers=1):
         {"sink_tx_errors": b["oerrors"] - a["oerrors"], "src_imissed": rb["imissed"] - ra["imissed"],
          "src_nombuf": rb.get("rx_nombuf", 0) - ra.get("rx_nombuf", 0),
          "worker_cpu_share": cpu_s / dt / workers if cpu_s else None,
-         "mpps_per_cpu_s": pkts / cpu_s / 1e6 if cpu_s else None}
+         "mpps_per_cpu_s": pkts / cpu_s / 1e6 if cpu_s else None, **({"probe": probed} if probe else {})}
 
 
 # ------------------------------------------------------------ crypto-perf ---
@@ -636,7 +651,21 @@ def main():
     ap.add_argument("--out", default=str(REPO / "bench" / "e2e" / "results.json"))
     ap.add_argument("--chart", help="write a PNG chart of the results here (bench/e2e/chart.py)")
     ap.add_argument("--keep-work", action="store_true", help="keep the work folder (pcaps, configs, logs)")
+    ap.add_argument("--curve", action="store_true",
+                    help="the cost curve instead of the matrix (scripts/bench_curve.py, bench/README.md): espgw only, "
+                         "cycles/packet against tunnels/SAs, routes and replay window")
+    ap.add_argument("--curve-counts", default="1,4,64,1000,10000", help="--curve: tunnel (= SA) counts")
+    ap.add_argument("--curve-routes", default="1000,100000,1000000", help="--curve: route table sizes ('' = none)")
+    ap.add_argument("--curve-windows", default="0,32,4096", help="--curve: inbound replay windows (0 = off; else 32..4096; '' = none)")
+    ap.add_argument("--curve-frames", type=int, default=8192, help="--curve: frames per source pcap")
+    ap.add_argument("--curve-seed", type=int, default=1, help="--curve: seed of the random tunnels/prefixes")
     a = ap.parse_args()
+    if a.curve:
+        import bench_curve
+        if a.out == ap.get_default("out"):
+            a.out = str(REPO / "bench" / "results" / "curve-latest.json")
+            a.chart = a.chart or a.out[:-len(".json")] + ".png"
+        return bench_curve.run(a)
     t_start = time.time()
     interval = a.interval or (2.0 if a.quick else 5.0)
     warmup = a.warmup if a.warmup is not None else (1.0 if a.quick else 2.0)

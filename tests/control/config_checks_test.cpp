@@ -258,12 +258,68 @@ TEST_F(ConfigFileChecks, AFifoIsRefusedWithoutBlocking) {
   EXPECT_TRUE(has(load_error(p), "not a regular file"));
 }
 
-TEST_F(ConfigFileChecks, AFileAboveOneMebibyteIsRefused) {
+TEST_F(ConfigFileChecks, AFileAboveTheLimitIsRefused) {
   std::string big = std::string(kConfig) + "# " + std::string(kMaxConfigBytes, 'x') + "\n";
-  EXPECT_TRUE(has(load_error(write("big.yaml", big)), "at most 1048576 are read"));
+  EXPECT_TRUE(has(load_error(write("big.yaml", big)), "at most " + std::to_string(kMaxConfigBytes) + " are read"));
   std::string fits = std::string(kConfig) + "# " + std::string(kMaxConfigBytes - std::strlen(kConfig) - 3, 'x') + "\n";
   ASSERT_EQ(fits.size(), kMaxConfigBytes);
   EXPECT_EQ(load_config_file(write("fits.yaml", fits)).sas.size(), 2u);
+}
+
+// routes_file: one "PREFIX TUNNEL [PRIORITY]" per line, relative to the
+// configuration's folder, checked like routes: (and against them).
+TEST_F(ConfigFileChecks, RoutesFileIsReadAndChecked) {
+  const std::string with_file = replace(kConfig, "sas:\n", "routes_file: table.txt\nsas:\n");
+  write("table.txt", "# a comment\n10.1.0.0/16 t1\n\n192.0.2.0/24 t1 7  # trailing comment\n198.18.0.1 t1\n");
+  GatewayConfig c = load_config_file(write("c.yaml", with_file));
+  ASSERT_EQ(c.routes.size(), 4u);  // routes: first, then the file's
+  EXPECT_EQ(c.routes[1].prefix.len, 16);
+  EXPECT_EQ(c.routes[2].via.at(0).priority, 7u);
+  EXPECT_EQ(c.routes[2].via.at(0).tunnel, "t1");
+  EXPECT_EQ(c.routes[3].prefix.len, 32);
+
+  write("table.txt", "10.1.0.0/16 t1\n10.1.0.0/16 t1\n");
+  EXPECT_TRUE(has(load_error(write("c.yaml", with_file)), "table.txt:2: duplicate route for 10.1.0.0/16 (also line 1)"));
+  write("table.txt", "172.31.0.0/16 t1\n");
+  EXPECT_TRUE(has(load_error(write("c.yaml", with_file)), "table.txt:1: duplicate route for 172.31.0.0/16 (also in routes:)"));
+  write("table.txt", "10.1.0.1/16 t1\n");
+  EXPECT_TRUE(has(load_error(write("c.yaml", with_file)), "table.txt:1: prefix '10.1.0.1/16' has host bits set"));
+  write("table.txt", "10.1.0.0/16 t9\n");
+  EXPECT_TRUE(has(load_error(write("c.yaml", with_file)), "table.txt:1: no tunnel named 't9'"));
+  write("table.txt", "10.1.0.0/33 t1\n");
+  EXPECT_TRUE(has(load_error(write("c.yaml", with_file)), "table.txt:1: bad IPv4 prefix"));
+  write("table.txt", "10.1.0.0/16 t1 70000\n");
+  EXPECT_TRUE(has(load_error(write("c.yaml", with_file)), "priority '70000' is not in 0..65535"));
+  write("table.txt", "10.1.0.0/16\n");
+  EXPECT_TRUE(has(load_error(write("c.yaml", with_file)), "expected PREFIX TUNNEL [PRIORITY]"));
+  EXPECT_TRUE(has(load_error(write("c.yaml", replace(kConfig, "sas:\n", "routes_file: missing.txt\nsas:\n"))),
+                  "cannot read"));
+}
+
+// 10,000 tunnels, each with an outbound and an inbound SA and a route: within
+// the data plane's tables.
+TEST(ConfigLimits, TenThousandTunnelsFit) {
+  std::string t, r, s;
+  for (int i = 0; i < 10000; i++) {
+    t += "  - { name: t" + std::to_string(i) + ", port: wan, local: 198.51.100.10, remote: 100.64." +
+         std::to_string(i >> 8) + "." + std::to_string(i & 255) + " }\n";
+    r += "  - { prefix: 10." + std::to_string(i >> 8) + "." + std::to_string(i & 255) + ".0/24, via: [{ tunnel: t" +
+         std::to_string(i) + " }] }\n";
+    char key[41];
+    std::snprintf(key, sizeof key, "%032x%08x", 0x55, i);
+    s += "  - { direction: out, spi: " + std::to_string(0x100000 + i) + ", tunnel: t" + std::to_string(i) +
+         ", algo: aes128-gcm, key: \"" + key + "\" }\n";
+    std::snprintf(key, sizeof key, "%032x%08x", 0x66, i);
+    s += "  - { direction: in, spi: " + std::to_string(0x200000 + i) + ", tunnel: t" + std::to_string(i) +
+         ", algo: aes128-gcm, key: \"" + key + "\" }\n";
+  }
+  std::string head = kConfig;
+  head = head.substr(0, head.find("tunnels:\n"));
+  GatewayConfig c = parse_config(head + "tunnels:\n" + t + "routes:\n" + r + "sas:\n" + s, "big.yaml");
+  EXPECT_EQ(c.tunnels.size(), 10000u);
+  EXPECT_EQ(c.sas.size(), 20000u);
+  EXPECT_LE(c.tunnels.size(), dataplane::kMaxTunnels);
+  EXPECT_LE(c.sas.size(), dataplane::kMaxSas);
 }
 
 // The real binary: exit status and output of `espgw --check`.

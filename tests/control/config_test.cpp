@@ -1,5 +1,8 @@
 // Tests for the YAML configuration loader (control/config.cpp).
 #include "control/config.h"
+#include "dataplane/counters.h"
+
+#include <fmt/format.h>
 
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -340,21 +343,22 @@ TEST(ConfigParse, SameSpiInBothDirectionsIsAllowed) {
 TEST(ConfigParse, ExactlyMaxTunnelsIsAccepted) {
   YAML::Node n = base();
   YAML::Node tunnels(YAML::NodeType::Sequence);
-  for (int i = 0; i < 256; ++i) {
+  const int max = dataplane::kMaxTunnels;  // 16384
+  for (int i = 0; i < max; ++i) {
     YAML::Node t;
     t["name"] = "t" + std::to_string(i + 1);
     t["port"] = "wan";
     t["local"] = "198.51.100.10";
-    t["remote"] = "203.0." + std::to_string(i / 250) + "." + std::to_string(i % 250 + 1);
+    t["remote"] = "100.64." + std::to_string(i / 250) + "." + std::to_string(i % 250 + 1);
     tunnels.push_back(t);
   }
   n["tunnels"] = tunnels;
-  EXPECT_EQ(parse_config(dump(n)).tunnels.size(), 256u);
+  EXPECT_EQ(parse_config(dump(n)).tunnels.size(), size_t(max));
   YAML::Node t = YAML::Clone(tunnels[0]);
   t["name"] = "one-too-many";
   n["tunnels"].push_back(t);
   std::string e = error_of(dump(n));
-  EXPECT_TRUE(contains(e, "tunnels: 257 tunnels configured; at most 256")) << e;
+  EXPECT_TRUE(contains(e, fmt::format("tunnels: {} tunnels configured; at most {}", max + 1, max))) << e;
 }
 
 TEST(ConfigFormat, Ipv4AndMac) {
