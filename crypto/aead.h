@@ -91,6 +91,9 @@ class AeadContext {
   bool ossl_aead_unslotted(const uint8_t nonce[12], const AeadOp& op, int enc) const;
   friend struct AeadTestPeer;  // tests only: reaches the OpenSSL fallback path
   void free_state() noexcept;
+  // Starts loading the key state (expanded keys, hash-key table) of the ops
+  // ahead in a burst, once per change of context (see aead.cpp).
+  static void prefetch_ahead(const AeadOp* ops, uint32_t n, uint32_t i);
   friend void encrypt_burst(const AeadOp* ops, uint32_t n);
   friend uint32_t decrypt_burst(const AeadOp* ops, uint32_t n, uint8_t* ok);
 
