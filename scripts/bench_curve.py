@@ -185,15 +185,7 @@ def curve_config(path, direction, src_dev, sink_dev, prefix, sock, hugepages, tu
     """`tunnels` tunnels t0.., each with an outbound SA (so that its routes
     are active), a /24 route each (unless routes_file), and `in_sas` inbound
     SAs on t0..; written as JSON (YAML's subset: fast to write and to parse)."""
-    lan = {"name": "lan", "role": "protected", "addresses": ["10.240.128.1"], "mac": be.LAN_MAC,
-           "peer_mac": be.PEER_MAC, "mtu": 9000}
-    wan = {"name": "wan", "role": "unprotected", "addresses": [LOCAL], "mac": be.WAN_MAC, "mtu": 9000}
-    if direction == "out":
-        lan["device"], wan["device"] = src_dev, sink_dev
-        ports = [lan, wan]
-    else:
-        wan["device"], lan["device"] = src_dev, sink_dev
-        ports = [wan, lan]
+    ports = be.bench_ports(direction, src_dev, sink_dev)
     cfg = {
         "eal": be.lcore_args(1) + ["--no-pci", "--file-prefix", prefix, "--log-level", "lib.eal:error"]
         + be.eal_mem(hugepages),

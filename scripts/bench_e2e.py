@@ -170,21 +170,24 @@ def lcore_args(workers):
     return ["--lcores", ",".join(m)]
 
 
+def bench_ports(direction, src_dev, sink_dev):
+    """espgw's two ports, the source (net_pcap) first so that it is DPDK port
+    0 and the sink port 1; MTU 9000 (IMIX's 1500-byte inner packets must not
+    need fragmentation)."""
+    lan = {"name": "lan", "role": "protected", "addresses": ["10.240.128.1"], "mac": LAN_MAC, "peer_mac": PEER_MAC,
+           "mtu": 9000, "device": src_dev if direction == "out" else sink_dev}
+    wan = {"name": "wan", "role": "unprotected", "addresses": [LOCAL], "mac": WAN_MAC, "mtu": 9000,
+           "device": sink_dev if direction == "out" else src_dev}
+    return [lan, wan] if direction == "out" else [wan, lan]
+
+
 def espgw_config(path, direction, src_dev, sink_dev, prefix, sock, hugepages, algo="aes128", encap="esp",
                  workers=1):
     """One tunnel, one SA per direction. The source (net_pcap) is listed
     first so that it is DPDK port 0 and the sink port 1. MTU 9000 on both
     ports: IMIX's 1500-byte inner packets must not need fragmentation."""
     import yaml
-    lan = {"name": "lan", "role": "protected", "addresses": ["10.240.128.1"], "mac": LAN_MAC, "peer_mac": PEER_MAC,
-           "mtu": 9000}
-    wan = {"name": "wan", "role": "unprotected", "addresses": [LOCAL], "mac": WAN_MAC, "mtu": 9000}
-    if direction == "out":
-        lan["device"], wan["device"] = src_dev, sink_dev
-        ports = [lan, wan]
-    else:
-        wan["device"], lan["device"] = src_dev, sink_dev
-        ports = [wan, lan]
+    ports = bench_ports(direction, src_dev, sink_dev)
     tunnel = {"name": "t1", "port": "wan", "local": LOCAL, "remote": REMOTE, "next_hop_mac": NH_MAC}
     if encap == "udp":
         tunnel["udp_encap"] = True
