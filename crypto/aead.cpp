@@ -5,6 +5,7 @@
 #include <intel-ipsec-mb.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
+#include <emmintrin.h>
 
 #include <atomic>
 #include <cstdint>
@@ -250,9 +251,20 @@ AeadContext::~AeadContext() { free_state(); }
 
 namespace {
 
-inline void make_nonce(uint8_t nonce[12], const uint8_t salt[kSaltLen], const uint8_t* iv) {
-  std::memcpy(nonce, salt, kSaltLen);
-  std::memcpy(nonce + kSaltLen, iv, kIvLen);
+inline constexpr size_t kNonceBuf = 16;
+
+// The 12-byte GCM nonce, salt || IV, in a 16-byte buffer written with ONE
+// 16-byte store. IPsec-MB loads the nonce right after it is built; a load
+// that spans two smaller stores still in the store buffer cannot be
+// forwarded and waits for them to retire: built with two memcpys it cost 36
+// cycles per encrypt and 8 per decrypt at 64 B (bench/crypto/gcm_floor
+// --nonce stack|split).
+inline void make_nonce(uint8_t nonce[kNonceBuf], const uint8_t salt[kSaltLen], const uint8_t* iv) {
+  uint32_t s;
+  std::memcpy(&s, salt, kSaltLen);
+  const __m128i v = _mm_or_si128(_mm_slli_si128(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(iv)), kSaltLen),
+                                 _mm_cvtsi32_si128(static_cast<int>(s)));
+  _mm_store_si128(reinterpret_cast<__m128i*>(nonce), v);
 }
 
 // One AEAD pass on an EVP context that already holds the key (key == NULL)
@@ -302,7 +314,7 @@ bool AeadContext::ossl_aead_unslotted(const uint8_t nonce[12], const AeadOp& op,
 }
 
 void AeadContext::encrypt(const AeadOp& op) const {
-  uint8_t nonce[12];
+  alignas(16) uint8_t nonce[kNonceBuf];
   make_nonce(nonce, salt_, op.iv);
   if (backend_ == Backend::kIpsecMb) {
     gcm_context_data gctx;
@@ -319,7 +331,7 @@ void AeadContext::encrypt(const AeadOp& op) const {
 }
 
 bool AeadContext::decrypt(const AeadOp& op) const {
-  uint8_t nonce[12];
+  alignas(16) uint8_t nonce[kNonceBuf];
   make_nonce(nonce, salt_, op.iv);
   if (backend_ == Backend::kIpsecMb) {
     gcm_context_data gctx;

@@ -99,7 +99,11 @@ TEST_P(EspRoundTrip, WireFormatAndDecap) {
     SCOPED_TRACE(size);
     Bytes inner = make_inner(size, static_cast<uint8_t>(size), size & 1, size);
     MbufPtr m = to_mbuf(inner);
+    m->tx_offload = ~uint64_t{0};  // stale metadata: the whole word is rewritten
     ASSERT_EQ(esp_encap(m.get(), out), EspStatus::kOk);
+    // TX metadata for a NIC's offloads: no L2 header yet, the outer IPv4 header,
+    // nothing else.
+    EXPECT_EQ(m->tx_offload, rte_mbuf_tx_offload(0, 20, 0, 0, 0, 0, 0));
     Bytes w = from_mbuf(m.get());
     const uint32_t pad = (4 - ((size + 2) & 3)) & 3;
     const uint32_t hdr = 20 + (v.udp ? 8 : 0);
@@ -133,8 +137,10 @@ TEST_P(EspRoundTrip, WireFormatAndDecap) {
     EXPECT_EQ(pt[size + pad], pad);
     EXPECT_EQ(pt[size + pad + 1], 4);
     // Back through espgw's inbound path.
+    m->tx_offload = ~uint64_t{0};
     ASSERT_EQ(esp_decap(m.get(), in), EspStatus::kOk);
     EXPECT_EQ(from_mbuf(m.get()), inner);
+    EXPECT_EQ(m->tx_offload, rte_mbuf_tx_offload(0, (inner[0] & 0xfu) * 4, 0, 0, 0, 0, 0));
     EXPECT_EQ(in.replay.top(), seq);
     ++seq;
   }
