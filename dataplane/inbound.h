@@ -275,6 +275,8 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   // (counters.h): after the last check, when it is handed to TX or to the
   // neighbour's hold queue.
   SaRunCounter sc{w.c, now};
+  rte_mbuf* lan_tx[kBurst];  // staged at the end, in order (stage_tx_bulk)
+  uint16_t nlan = 0;
   for (uint16_t i = 0; i < nf; i++) {
     rte_mbuf* m = fwd[i];
     if (back[i] == lpm::kNoRoute) {
@@ -346,8 +348,9 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     }
     if (back[i] != tun) w.c->tunnel[tun].asymmetric++;
     sc.add(sa_of[i], inner_len);
-    stage_tx(w, dp.protected_port, m);
+    lan_tx[nlan++] = m;
   }
+  if (nlan != 0) stage_tx_bulk(w, dp.protected_port, lan_tx, nlan);
   sc.flush();
 }
 

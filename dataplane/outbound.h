@@ -45,7 +45,15 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
   Group g[kBurst];
   const uint16_t ng = groups.n;
   for (uint16_t k = 0; k < ng; k++) g[k].cnt = 0;
-  for (uint16_t i = 0; i < n; i++) g[items[i].grp].cnt++;
+  // Counted by runs: g[grp].cnt++ per packet is a chain of stores and loads
+  // of one counter (store forwarding, ~4 cycles per packet).
+  for (uint16_t i = 0; i < n;) {
+    const uint8_t grp = items[i].grp;
+    uint16_t j = uint16_t(i + 1);
+    while (j < n && items[j].grp == grp) j++;
+    g[grp].cnt = uint16_t(g[grp].cnt + (j - i));
+    i = j;
+  }
   for (uint16_t k = 0; k < ng; k++) {
     Group& gr = g[k];
     gr.sent = 0;
@@ -83,6 +91,9 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
   }
   if (nops == 0) return;
   crypto::encrypt_burst(ops, nops);
+  // Staged in runs of one port (stage_tx_bulk), in order.
+  rte_mbuf* run[kBurst];
+  uint16_t nrun = 0, run_port = 0;
   for (uint16_t j = 0; j < nops; j++) {
     const OutItem& it = items[ok_items[j]];
     Group& gr = g[it.grp];
@@ -92,8 +103,14 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
     }
     gr.sent++;
     gr.inner_bytes += it.inner_len;
-    stage_tx(w, gr.port, it.m);
+    if (nrun != 0 && gr.port != run_port) {
+      stage_tx_bulk(w, run_port, run, nrun);
+      nrun = 0;
+    }
+    run_port = gr.port;
+    run[nrun++] = it.m;
   }
+  if (nrun != 0) stage_tx_bulk(w, run_port, run, nrun);
   for (uint16_t k = 0; k < ng; k++) {
     const Group& gr = g[k];
     if (gr.sent == 0) continue;

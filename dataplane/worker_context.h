@@ -107,6 +107,33 @@ inline void stage_tx(Worker& w, uint16_t port, rte_mbuf* m) {
   }
 }
 
+// stage_tx for a run of packets to one port: one capacity check, one
+// counter update. Per packet, stage_tx's b.n++ and disposition ++ are each a
+// store the next packet's load waits for (store forwarding, ~5 cycles each
+// per packet at 64 B); here they stay in registers.
+inline void stage_tx_bulk(Worker& w, uint16_t port, rte_mbuf* const* ms, uint16_t n) {
+  TxBuffer& b = w.tx[port];
+  const uint16_t room = uint16_t(RTE_DIM(b.pkts) - b.n);
+  const uint16_t take = n < room ? n : room;
+  rte_mbuf** dst = b.pkts + b.n;
+  uint32_t generated = 0;
+  for (uint16_t i = 0; i < take; i++) {
+    dst[i] = ms[i];
+    generated += ms[i]->port == kGeneratedPort;
+  }
+  b.n = uint16_t(b.n + take);
+  if (generated) {
+    begin_counting(w);
+    w.c->tx_disp[port].generated += generated;
+  }
+  const uint32_t received = take - generated;
+  if (port == w.dp->exception_port && w.rx_port != port)
+    w.c->rx_disp[w.rx_port].to_host += received;
+  else
+    w.c->rx_disp[w.rx_port].forwarded += received;
+  for (uint16_t i = take; i < n; i++) drop(w, ms[i], DropReason::kTxFull);
+}
+
 inline void flush_tx(Worker& w) {
   Dataplane& dp = *w.dp;
   for (uint16_t p = 0; p < dp.nb_ports; p++) {
