@@ -66,6 +66,9 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
     if (!gr.ok) continue;  // dropped below, before a sequence number is spent
     make_eth(gr.eth, dp.ports[t.port].mac, mac);
     gr.base = groups.sa[k]->next_seq.fetch_add(gr.cnt, std::memory_order_relaxed);
+    // The group's counters, updated after the crypto: cold with many SAs.
+    rte_prefetch0(&w.c->sa[groups.sa[k]->slot]);
+    rte_prefetch0(&w.c->tunnel[groups.tunnel[k]]);
   }
 
   crypto::AeadOp ops[kBurst];

@@ -94,15 +94,19 @@ struct InboundSa {
   uint16_t udp_port = 0;    // 0 = expect plain ESP; else UDP-encapsulated to this port
   const crypto::AeadContext* aead = nullptr;
   uint16_t tunnel = 0;
+  // Read for every packet, so in the first cache line with the fields above
+  // and the replay window's top (with a random SA per packet each line is a
+  // miss; the selectors are read only when nb_remote_sel != 0).
+  uint32_t slot = 0;        // index of this SA's per-worker counters
+  uint8_t nb_local_sel = 0, nb_remote_sel = 0;
   // Updated by whichever worker received the packet, under the window's own
   // lock (see replay_window.h: RSS does not keep an SA on one queue). Initialise with
   // replay.reset(window, esn) using the same `esn` as above (a mismatch fails
   // safe: every packet gets kIcvMismatch).
   ReplayWindow replay;
-  uint32_t slot = 0;        // index of this SA's per-worker counters
   // Policy-based SA: decrypted packets must come from remote_sel and go to
-  // local_sel. nb_remote_sel == 0: route-based (the tunnel's routes decide).
-  uint8_t nb_local_sel = 0, nb_remote_sel = 0;
+  // local_sel (nb_local_sel, nb_remote_sel above). nb_remote_sel == 0:
+  // route-based (the tunnel's routes decide).
   Selector local_sel[kMaxSelectors];
   Selector remote_sel[kMaxSelectors];
 };
