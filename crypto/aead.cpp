@@ -372,11 +372,14 @@ inline void prefetch_contexts(const AeadOp* ops, uint32_t n) {
 }
 }  // namespace
 
+// No prefetch of each op's data here: espgw's prepare pass has just written
+// every packet's headers and trailer, so they are in L1 (prefetching them
+// again cost ~3 cycles per packet at 64 B). Decryption reads ciphertext no
+// one has touched since the NIC wrote it: prefetched one op ahead.
 void encrypt_burst(const AeadOp* ops, uint32_t n) {
   prefetch_contexts(ops, n);
   for (uint32_t j = 0; j < kKeyAhead; ++j) AeadContext::prefetch_ahead(ops, n, j);
   for (uint32_t i = 0; i < n; ++i) {
-    if (i + 1 < n) prefetch_op(ops[i + 1]);
     AeadContext::prefetch_ahead(ops, n, i + kKeyAhead);
     ops[i].ctx->encrypt(ops[i]);
   }

@@ -182,9 +182,15 @@ void esp_outbound_build_template(const OutboundSa& sa, OutboundTemplate& t);
 // kInnerChecked: the caller guarantees a single-segment mbuf holding exactly
 // one IPv4 packet with a valid version, IHL and total length == data length
 // (the worker's check_ipv4() + trim did that); the inner checks are skipped.
+//
+// eth: when not null, the 14-byte Ethernet header to put in front of the
+// outer header, in the same pass (the worker's next-hop header): the frame
+// is then ready to send once encrypted.
+inline constexpr uint32_t kEspEthLen = 14;
 template <bool kInnerChecked = false>
 inline EspStatus esp_outbound_prepare(rte_mbuf* m, const OutboundSa& sa, uint64_t seq,
-                                      crypto::AeadOp& op, uint8_t* aad_scratch) {
+                                      crypto::AeadOp& op, uint8_t* aad_scratch,
+                                      const uint8_t* eth = nullptr) {
   using namespace detail;
   OutboundTemplate local;
   const OutboundTemplate* tp = &sa.tmpl;
@@ -213,17 +219,19 @@ inline EspStatus esp_outbound_prepare(rte_mbuf* m, const OutboundSa& sa, uint64_
   const uint32_t total = hdr + inner_len + tail;
   if (total > 0xffff) return EspStatus::kNoRoom;
   // Tailroom counts the Ethernet padding we are about to trim.
-  if (rte_pktmbuf_headroom(m) < hdr || rte_pktmbuf_tailroom(m) + (dlen - inner_len) < tail)
+  const uint32_t l2 = eth != nullptr ? kEspEthLen : 0;
+  if (rte_pktmbuf_headroom(m) < hdr + l2 || rte_pktmbuf_tailroom(m) + (dlen - inner_len) < tail)
     return EspStatus::kNoRoom;
 
   const uint8_t tos = static_cast<uint8_t>(t.tos_fixed | (in[1] & t.tos_inner_mask));
   const uint16_t frag = static_cast<uint16_t>(t.df_fixed | (ld16(in + 6) & t.df_inner_mask));
 
   // Grow the mbuf: trim to the inner total length, add the tail and the head.
-  m->data_off = static_cast<uint16_t>(m->data_off - hdr);
-  m->data_len = static_cast<uint16_t>(total);
-  m->pkt_len = total;
-  uint8_t* o = rte_pktmbuf_mtod(m, uint8_t*);
+  m->data_off = static_cast<uint16_t>(m->data_off - hdr - l2);
+  m->data_len = static_cast<uint16_t>(total + l2);
+  m->pkt_len = total + l2;
+  uint8_t* o = rte_pktmbuf_mtod(m, uint8_t*) + l2;
+  if (eth != nullptr) memcpy(o - kEspEthLen, eth, kEspEthLen);
 
   // Trailer: pad 1,2,3..., pad length, next header (4 bytes of pattern
   // first: they land in the ICV room at worst).
@@ -277,7 +285,7 @@ inline EspStatus esp_outbound_prepare(rte_mbuf* m, const OutboundSa& sa, uint64_
   // One 8-byte store for the whole tx_offload word: setting the bit-fields
   // one by one is a byte store then a wider load of the same word, which
   // cannot forward and stalls (~15 cycles per packet measured inbound).
-  m->tx_offload = rte_mbuf_tx_offload(0, kIpv4HdrLen, 0, 0, 0, 0, 0);
+  m->tx_offload = rte_mbuf_tx_offload(l2, kIpv4HdrLen, 0, 0, 0, 0, 0);
   m->ol_flags &= ~(RTE_MBUF_F_TX_L4_MASK | RTE_MBUF_F_TX_IP_CKSUM | RTE_MBUF_F_TX_TCP_SEG);
   return EspStatus::kOk;
 }

@@ -83,7 +83,7 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
       continue;
     }
     uint64_t seq = gr.base++;
-    EspStatus st = esp_outbound_prepare<true>(it.m, *groups.sa[it.grp], seq, ops[nops], aad[nops]);
+    EspStatus st = esp_outbound_prepare<true>(it.m, *groups.sa[it.grp], seq, ops[nops], aad[nops], gr.eth);
     if (st != EspStatus::kOk) {
       drop(w, it.m, st == EspStatus::kSeqExhausted ? DropReason::kSeqExhausted
                     : st == EspStatus::kNoRoom     ? DropReason::kNoBuffer
@@ -94,16 +94,13 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
   }
   if (nops == 0) return;
   crypto::encrypt_burst(ops, nops);
+  // The frames are complete (the prepare wrote the Ethernet header too).
   // Staged in runs of one port (stage_tx_bulk), in order.
   rte_mbuf* run[kBurst];
   uint16_t nrun = 0, run_port = 0;
   for (uint16_t j = 0; j < nops; j++) {
     const OutItem& it = items[ok_items[j]];
     Group& gr = g[it.grp];
-    if (!put_eth(it.m, gr.eth)) {
-      drop(w, it.m, DropReason::kNoBuffer);
-      continue;
-    }
     gr.sent++;
     gr.inner_bytes += it.inner_len;
     if (nrun != 0 && gr.port != run_port) {

@@ -320,6 +320,38 @@ TEST(EspOutbound, NoRoom) {
   rte_pktmbuf_free(t);
 }
 
+TEST(EspOutbound, PrepareWritesTheEthernetHeaderInTheSamePass) {
+  // The worker's path: esp_outbound_prepare with the next hop's Ethernet
+  // header, then the crypto burst; the frame is then ready to send.
+  Pair keys(AeadAlgo::kAes128Gcm);
+  OutboundSa out;
+  init_out(out, &keys.fast, false, false);
+  const uint8_t eth[14] = {0x02, 0, 0, 0, 0, 0x09, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00};
+  Bytes inner = make_inner(100);
+  AeadOp op;
+  uint8_t aad[kAadScratch];
+  // Plain ESP needs 36 bytes of headroom, 50 with Ethernet.
+  MbufPtr small = to_mbuf(inner, 49);
+  EXPECT_EQ(esp_outbound_prepare(small.get(), out, 1, op, aad, eth), EspStatus::kNoRoom);
+  EXPECT_EQ(from_mbuf(small.get()), inner);
+  EXPECT_EQ(small->data_off, 49);
+  MbufPtr m = to_mbuf(inner, 50);
+  m->tx_offload = ~uint64_t{0};
+  ASSERT_EQ(esp_outbound_prepare(m.get(), out, 1, op, aad, eth), EspStatus::kOk);
+  espgw::crypto::encrypt_burst(&op, 1);
+  EXPECT_EQ(m->data_off, 0);
+  EXPECT_EQ(m->tx_offload, rte_mbuf_tx_offload(14, 20, 0, 0, 0, 0, 0));
+  Bytes f = from_mbuf(m.get());
+  ASSERT_EQ(f.size(), 14 + inner.size() + esp_overhead(inner.size(), false));
+  EXPECT_TRUE(std::equal(eth, eth + 14, f.begin()));
+  Bytes w(f.begin() + 14, f.end());
+  EXPECT_EQ(ld16(&w[2]), w.size());
+  EXPECT_EQ(cksum(w.data(), 20), 0);
+  Bytes pt = oracle_open(keys.oracle, w, false, 1, false);  // OpenSSL opens it
+  ASSERT_GE(pt.size(), inner.size());
+  EXPECT_TRUE(std::equal(inner.begin(), inner.end(), pt.begin()));
+}
+
 TEST(EspOutbound, BadInnerAndMultiSegment) {
   Pair keys(AeadAlgo::kAes128Gcm);
   OutboundSa out;
