@@ -90,27 +90,12 @@ inline void reuse_as_generated(Worker& w, rte_mbuf* m) {
   m->port = kGeneratedPort;
 }
 
-inline void stage_tx(Worker& w, uint16_t port, rte_mbuf* m) {
-  TxBuffer& b = w.tx[port];
-  if (b.n == RTE_DIM(b.pkts)) {
-    drop(w, m, DropReason::kTxFull);
-    return;
-  }
-  b.pkts[b.n++] = m;
-  if (m->port == kGeneratedPort) {
-    begin_counting(w);
-    w.c->tx_disp[port].generated++;
-  } else if (port == w.dp->exception_port && w.rx_port != port) {
-    w.c->rx_disp[w.rx_port].to_host++;
-  } else {
-    w.c->rx_disp[w.rx_port].forwarded++;
-  }
-}
-
-// stage_tx for a run of packets to one port: one capacity check, one
-// counter update. Per packet, stage_tx's b.n++ and disposition ++ are each a
-// store the next packet's load waits for (store forwarding, ~5 cycles each
-// per packet at 64 B); here they stay in registers.
+// Stages a run of packets for TX on one port, in order, and counts each
+// one's disposition: generated (TX only), to_host (a received frame handed to
+// the exception port) or forwarded; what does not fit is dropped (tx_full).
+// One capacity check and one counter update per run: per packet, b.n++ and a
+// disposition ++ would each be a store the next packet's load waits for
+// (store forwarding, ~5 cycles each per packet at 64 B).
 inline void stage_tx_bulk(Worker& w, uint16_t port, rte_mbuf* const* ms, uint16_t n) {
   TxBuffer& b = w.tx[port];
   const uint16_t room = uint16_t(RTE_DIM(b.pkts) - b.n);
@@ -126,13 +111,16 @@ inline void stage_tx_bulk(Worker& w, uint16_t port, rte_mbuf* const* ms, uint16_
     begin_counting(w);
     w.c->tx_disp[port].generated += generated;
   }
-  const uint32_t received = take - generated;
-  if (port == w.dp->exception_port && w.rx_port != port)
-    w.c->rx_disp[w.rx_port].to_host += received;
-  else
-    w.c->rx_disp[w.rx_port].forwarded += received;
+  if (const uint32_t received = take - generated) {
+    if (port == w.dp->exception_port && w.rx_port != port)
+      w.c->rx_disp[w.rx_port].to_host += received;
+    else
+      w.c->rx_disp[w.rx_port].forwarded += received;
+  }
   for (uint16_t i = take; i < n; i++) drop(w, ms[i], DropReason::kTxFull);
 }
+
+inline void stage_tx(Worker& w, uint16_t port, rte_mbuf* m) { stage_tx_bulk(w, port, &m, 1); }
 
 inline void flush_tx(Worker& w) {
   Dataplane& dp = *w.dp;
