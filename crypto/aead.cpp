@@ -258,7 +258,7 @@ inline constexpr size_t kNonceBuf = 16;
 // that spans two smaller stores still in the store buffer cannot be
 // forwarded and waits for them to retire: built with two memcpys it cost 36
 // cycles per encrypt and 8 per decrypt at 64 B (bench/crypto/gcm_floor
-// --nonce stack|split).
+// --nonce split against --nonce single).
 inline void make_nonce(uint8_t nonce[kNonceBuf], const uint8_t salt[kSaltLen], const uint8_t* iv) {
   uint32_t s;
   std::memcpy(&s, salt, kSaltLen);

@@ -23,6 +23,7 @@
 #include <x86intrin.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -59,6 +60,16 @@ uint64_t parse_count(const char* s, uint64_t lo, uint64_t hi, const char* what) 
   return v;
 }
 
+// The index of v among names; usage(why) when it is none of them.
+int choice(const std::string& v, std::initializer_list<const char*> names, const char* why) {
+  int i = 0;
+  for (const char* n : names) {
+    if (v == n) return i;
+    ++i;
+  }
+  usage(why);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -73,26 +84,13 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--algo") {
-      std::string v = value();
-      if (v == "aes128") aes256 = false;
-      else if (v == "aes256") aes256 = true;
-      else usage("--algo is aes128 or aes256");
+      aes256 = choice(value(), {"aes128", "aes256"}, "--algo is aes128 or aes256") == 1;
     } else if (a == "--op") {
-      std::string v = value();
-      if (v == "encrypt") decrypt = false;
-      else if (v == "decrypt") decrypt = true;
-      else usage("--op is encrypt or decrypt");
+      decrypt = choice(value(), {"encrypt", "decrypt"}, "--op is encrypt or decrypt") == 1;
     } else if (a == "--nonce") {
-      std::string v = value();
-      if (v == "ready") nonce_mode = Nonce::kReady;
-      else if (v == "split") nonce_mode = Nonce::kSplit;
-      else if (v == "single") nonce_mode = Nonce::kSingle;
-      else usage("--nonce is ready, split or single");
+      nonce_mode = static_cast<Nonce>(choice(value(), {"ready", "split", "single"}, "--nonce is ready, split or single"));
     } else if (a == "--aad") {
-      std::string v = value();
-      if (v == "ready") aad_fresh = false;
-      else if (v == "fresh") aad_fresh = true;
-      else usage("--aad is ready or fresh");
+      aad_fresh = choice(value(), {"ready", "fresh"}, "--aad is ready or fresh") == 1;
     } else if (a == "--rounds") {
       rounds = parse_count(value(), 1, 100000, "--rounds: 1..100000");
     } else if (a == "--calls") {
