@@ -13,6 +13,9 @@
 #   scripts/bench.sh --curve    the cost curve: espgw's cycles/packet against 1..10,000
 #                               tunnels/SAs, 1k..1M routes, replay windows (~5 min;
 #                               bench/results/curve-latest.json/.png)
+#   scripts/bench.sh --latency  latency under load: p50/p99/p99.9 at 10/50/90% of espgw's
+#                               maximum, espgw vs ipsec-secgw vs testpmd io, over memif with
+#                               bench/e2e/latency_gen (~8 min; bench/results/latency-latest.*)
 #   options: --micro (also in --quick) / --no-micro, --no-huge (skip hugepages),
 #            --out FILE.json (default bench/results/latest.json; the chart goes next
 #            to it as .png), --reps N, --interval S, --warmup S, and any other
@@ -30,18 +33,19 @@ export SECGW_BUILD="${SECGW_BUILD:-/tmp/secgw-build}"
 PY=/usr/bin/python3
 OUT=""
 
-quick=0 micro=default huge=1 workers=1 curve=0
+quick=0 micro=default huge=1 workers=1 curve=0 latency=0
 args=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1; shift ;;
     --curve) curve=1; shift ;;
+    --latency) latency=1; shift ;;
     --micro) micro=1; shift ;;
     --no-micro) micro=0; shift ;;
     --no-huge) huge=0; shift ;;
     --workers) workers=${2:?}; shift 2 ;;
     --out) OUT=${2:?}; shift 2 ;;
-    -h|--help) sed -n 2,24p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n 2,27p "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) args+=("$1"); shift ;;
   esac
 done
@@ -57,7 +61,11 @@ done
 "$REPO/scripts/bench_e2e.sh" --build-only
 
 # --- the matrix ------------------------------------------------------------------
-if [[ $curve == 1 ]]; then
+if [[ $latency == 1 ]]; then
+  # 2 directions x 3 gateways x 4 points x 3 reps of 1 + 3 s (bench/README.md, "Latency under load")
+  OUT=${OUT:-$REPO/bench/results/latency-latest.json}
+  m=(--latency --impls espgw,secgw,testpmd --reps 3 --interval 3 --warmup 1)
+elif [[ $curve == 1 ]]; then
   # espgw only; 21 cases x 2 reps of 1 + 2 s (see bench/README.md, "The cost curve")
   OUT=${OUT:-$REPO/bench/results/curve-latest.json}
   m=(--curve --reps 2 --interval 2 --warmup 1)
@@ -69,7 +77,7 @@ else
   [[ $micro != 0 ]] && m+=(--micro)
 fi
 OUT=${OUT:-$REPO/bench/results/latest.json}
-if [[ $curve == 1 ]]; then
+if [[ $curve == 1 || $latency == 1 ]]; then
   :
 elif [[ $workers -gt 1 ]]; then
   m+=(--workers "$workers")

@@ -659,6 +659,10 @@ def main():
     ap.add_argument("--curve", action="store_true",
                     help="the cost curve instead of the matrix (scripts/bench_curve.py, bench/README.md): espgw only, "
                          "cycles/packet against tunnels/SAs, routes and replay window")
+    ap.add_argument("--latency", action="store_true",
+                    help="latency under load instead of the matrix (scripts/bench_latency.py, bench/README.md): "
+                         "p50/p99/p99.9 at 10/50/90%% of espgw's maximum, espgw, ipsec-secgw and testpmd over memif")
+    ap.add_argument("--latency-gen", help="--latency: the generator (default: BUILD/bench/e2e/latency_gen)")
     ap.add_argument("--curve-counts", default="1,4,64,1000,10000", help="--curve: tunnel (= SA) counts")
     ap.add_argument("--curve-routes", default="1000,100000,1000000", help="--curve: route table sizes ('' = none)")
     ap.add_argument("--curve-windows", default="0,32,4096", help="--curve: inbound replay windows (0 = off; else 32..4096; '' = none)")
@@ -671,6 +675,12 @@ def main():
             a.out = str(REPO / "bench" / "results" / "curve-latest.json")
             a.chart = a.chart or a.out[:-len(".json")] + ".png"
         return bench_curve.run(a)
+    if a.latency:
+        import bench_latency
+        if a.out == ap.get_default("out"):
+            a.out = str(REPO / "bench" / "results" / "latency-latest.json")
+            a.chart = a.chart or a.out[:-len(".json")] + ".png"
+        return bench_latency.run(a)
     t_start = time.time()
     interval = a.interval or (2.0 if a.quick else 5.0)
     warmup = a.warmup if a.warmup is not None else (1.0 if a.quick else 2.0)

@@ -42,7 +42,7 @@ if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
 elif [[ "$(meson introspect --buildoptions "$BUILD_DIR" | "$PY" -c 'import json,sys; print({o["name"]: o["value"] for o in json.load(sys.stdin)}["bench"])')" != True ]]; then
   meson configure "$BUILD_DIR" -Dbench=true >/dev/null
 fi
-ninja -C "$BUILD_DIR" control/espgw control/espctl bench/crypto/bench_aead bench/lpm/bench_lpm bench/dataplane/bench_esp >/dev/null
+ninja -C "$BUILD_DIR" control/espgw control/espctl bench/crypto/bench_aead bench/crypto/gcm_floor bench/lpm/bench_lpm bench/dataplane/bench_esp bench/e2e/latency_gen >/dev/null
 echo "espgw: $BUILD_DIR/control/espgw ($(meson introspect --buildoptions "$BUILD_DIR" 2>/dev/null |
   "$PY" -c 'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"]=="buildtype"][0])' 2>/dev/null || echo '?'))"
 
