@@ -7,7 +7,9 @@
 #include <openssl/evp.h>
 #include <emmintrin.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -359,10 +361,28 @@ inline void prefetch_op(const AeadOp& op) {
 // whole burst first, so that reading state_ here does not stall.
 inline constexpr uint32_t kKeyAhead = 3;
 
+// Only the lines the op will read: the round keys (the first 240 bytes,
+// AES-256's 15 round keys included) and, of the 48 hash-key powers, the
+// ones its length needs. IPsec-MB's VAES code keeps H^48 .. H^1 in that
+// order at the end of gcm_key_data (H^k at 16 * (63 - k), its
+// gcm_keys_vaes_avx512.inc) and multiplies up to 4 or 8 blocks at a time,
+// so a 64-byte packet reads 3 of the 12 hash-key lines: fetching all 16
+// lines per SA spent the miss slots on lines it never reads.
+namespace {
+inline constexpr uint32_t kHashKeyEnd = 16 * 63;  // one past H^1 (offset of H^k: 16 * (63 - k))
+inline constexpr uint32_t kRoundKeyBytes = 16 * 15;
+static_assert(offsetof(gcm_key_data, ghash_keys) == kRoundKeyBytes &&
+              offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.vaes_avx512) == kHashKeyEnd);
+}  // namespace
+
 void AeadContext::prefetch_ahead(const AeadOp* ops, uint32_t n, uint32_t i) {
   if (i >= n || (i > 0 && ops[i].ctx == ops[i - 1].ctx) || ops[i].ctx->backend_ != Backend::kIpsecMb) return;
   const auto* p = reinterpret_cast<const char*>(&ops[i].ctx->state_->imb_key);
-  for (size_t off = 0; off < sizeof(gcm_key_data); off += 64) __builtin_prefetch(p + off, 0, 3);
+  for (uint32_t off = 0; off < kRoundKeyBytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+  // GHASH blocks: the AAD, the data, the length block; powers in groups of 8
+  const uint32_t blocks = (ops[i].len + 15) / 16 + 2;
+  const uint32_t powers = std::min<uint32_t>(48, (blocks + 7) & ~7u);
+  for (uint32_t off = (kHashKeyEnd - 16 * powers) & ~63u; off < kHashKeyEnd; off += 64) __builtin_prefetch(p + off, 0, 3);
 }
 
 namespace {
