@@ -74,11 +74,12 @@ def mean_ip_len(size):
     return IMIX_MEAN_IP if size == "imix" else size
 
 
-def inner_lengths(size):
-    """IP total lengths of the packets of one source pcap, in order."""
+def inner_lengths(size, count=PCAP_PACKETS):
+    """IP total lengths of the packets of one source pcap, in order (count:
+    fixed sizes only)."""
     if size == "imix":
         return [IMIX_IP[IMIX_PATTERN[i % len(IMIX_PATTERN)]] for i in range(IMIX_PACKETS)]
-    return [size] * PCAP_PACKETS
+    return [size] * count
 
 
 def esp_payload_len(ip_len):
@@ -118,14 +119,15 @@ def write_pcap(path, frames):
     w.close()
 
 
-def make_pcaps(work, sizes, algos=("aes128",), encaps=("esp",), dirs=("out", "in")):
+def make_pcaps(work, sizes, algos=("aes128",), encaps=("esp",), dirs=("out", "in"), count=PCAP_PACKETS):
     """out_<size>.pcap: cleartext LAN -> remote prefix (the same for every
     algo/encap); in_<algo>_<encap>_<size>.pcap: the matching ESP (SPI_IN,
-    sequence numbers 1..count) from the peer. Returns {(dir, algo, encap, size): path}."""
+    sequence numbers 1..count) from the peer. Packet i's inner IPv4
+    identification is i. Returns {(dir, algo, encap, size): path}."""
     from scapy.all import Ether, IP, UDP, Raw
     files = {}
     for size in sizes:
-        lens = inner_lengths(size)
+        lens = inner_lengths(size, count)
         out_path = work / f"out_{size_label(size)}.pcap"
         if "out" in dirs:
             write_pcap(out_path, [Ether(src=PEER_MAC, dst=LAN_MAC) / inner_packet(n, LAN_PEER, REMOTE_HOST, i)

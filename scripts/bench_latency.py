@@ -47,20 +47,12 @@ MTU = 1500             # memif's largest frame is 1518 B (ipsec-secgw refuses mo
 
 
 def make_pcaps(work):
-    """clear.pcap: LAN -> remote prefix, inner IPv4 id = frame index;
-    esp.pcap: the peer's ESP (SPI_IN, sequence 1..FRAMES) of the reverse
-    packets, inner id = frame index (espgw's inbound SA has replay window 0,
-    ipsec-secgw's default is off: the frames loop)."""
-    from scapy.all import Ether, IP
-    clear = [Ether(src=be.PEER_MAC, dst=be.LAN_MAC) / be.inner_packet(INNER_LEN, be.LAN_PEER, be.REMOTE_HOST, i)
-             for i in range(FRAMES)]
-    sa = be.sa_scapy("in")
-    esp = [Ether(src=be.NH_MAC, dst=be.WAN_MAC) /
-           IP(bytes(sa.encrypt(be.inner_packet(INNER_LEN, be.REMOTE_HOST, be.LAN_PEER, i), seq_num=i + 1)))
-           for i in range(FRAMES)]
-    be.write_pcap(work / "clear.pcap", clear)
-    be.write_pcap(work / "esp.pcap", esp)
-    return {"clear": work / "clear.pcap", "esp": work / "esp.pcap"}
+    """bench_e2e's pcaps with FRAMES packets, inner IPv4 id = frame index:
+    "clear", LAN -> remote prefix; "esp", the peer's ESP (SPI_IN, sequence
+    1..FRAMES) of the reverse packets (espgw's inbound SA has replay window
+    0, ipsec-secgw's default is off: the frames loop)."""
+    files = be.make_pcaps(work, [INNER_LEN], count=FRAMES)
+    return {"clear": files[("out", "aes128", "esp", INNER_LEN)], "esp": files[("in", "aes128", "esp", INNER_LEN)]}
 
 
 def memif_devs(sock):
