@@ -71,46 +71,62 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
     rte_prefetch0(&w.c->tunnel[groups.tunnel[k]]);
   }
 
+  // Prepared run by run of one group: the group's next sequence number and
+  // its sent/byte counts stay in registers for the run (per packet, gr.base++
+  // and gr.sent++ would each be a store the next packet's load waits for).
+  // Encryption cannot fail, so a prepared packet is already counted as sent.
   crypto::AeadOp ops[kBurst];
   uint8_t aad[kBurst][kAadScratch];
-  uint16_t ok_items[kBurst];
+  rte_mbuf* out[kBurst];
+  uint16_t out_port[kBurst];
   uint16_t nops = 0;
-  for (uint16_t i = 0; i < n; i++) {
-    const OutItem& it = items[i];
-    Group& gr = g[it.grp];
+  bool one_port = true;  // every prepared packet leaves by out_port[0]
+  for (uint16_t i = 0; i < n;) {
+    const uint8_t grp = items[i].grp;
+    uint16_t j = uint16_t(i + 1);
+    while (j < n && items[j].grp == grp) j++;
+    Group& gr = g[grp];
     if (!gr.ok) {
-      drop(w, it.m, DropReason::kNoNeighbor);
+      for (; i < j; i++) drop(w, items[i].m, DropReason::kNoNeighbor);
       continue;
     }
-    uint64_t seq = gr.base++;
-    EspStatus st = esp_outbound_prepare<true>(it.m, *groups.sa[it.grp], seq, ops[nops], aad[nops], gr.eth);
-    if (st != EspStatus::kOk) {
-      drop(w, it.m, st == EspStatus::kSeqExhausted ? DropReason::kSeqExhausted
-                    : st == EspStatus::kNoRoom     ? DropReason::kNoBuffer
-                                                   : DropReason::kUnsupported);
-      continue;
+    const OutboundSa& sa = *groups.sa[grp];
+    uint64_t seq = gr.base;
+    uint16_t sent = 0;
+    uint64_t bytes = 0;
+    for (; i < j; i++, seq++) {
+      const OutItem& it = items[i];
+      EspStatus st = esp_outbound_prepare<true>(it.m, sa, seq, ops[nops], aad[nops], gr.eth);
+      if (st != EspStatus::kOk) {
+        drop(w, it.m, st == EspStatus::kSeqExhausted ? DropReason::kSeqExhausted
+                      : st == EspStatus::kNoRoom     ? DropReason::kNoBuffer
+                                                     : DropReason::kUnsupported);
+        continue;  // its sequence number is skipped
+      }
+      out[nops] = it.m;
+      out_port[nops++] = gr.port;
+      sent++;
+      bytes += it.inner_len;
     }
-    ok_items[nops++] = i;
+    gr.base = seq;
+    gr.sent = uint16_t(gr.sent + sent);
+    gr.inner_bytes += bytes;
+    if (sent != 0) one_port = one_port && gr.port == out_port[0];
   }
   if (nops == 0) return;
   crypto::encrypt_burst(ops, nops);
   // The frames are complete (the prepare wrote the Ethernet header too).
-  // Staged in runs of one port (stage_tx_bulk), in order.
-  rte_mbuf* run[kBurst];
-  uint16_t nrun = 0, run_port = 0;
-  for (uint16_t j = 0; j < nops; j++) {
-    const OutItem& it = items[ok_items[j]];
-    Group& gr = g[it.grp];
-    gr.sent++;
-    gr.inner_bytes += it.inner_len;
-    if (nrun != 0 && gr.port != run_port) {
-      stage_tx_bulk(w, run_port, run, nrun);
-      nrun = 0;
+  // Staged in order, in runs of one port (stage_tx_bulk).
+  if (one_port) {
+    stage_tx_bulk(w, out_port[0], out, nops);
+  } else {
+    for (uint16_t s = 0; s < nops;) {
+      uint16_t e = uint16_t(s + 1);
+      while (e < nops && out_port[e] == out_port[s]) e++;
+      stage_tx_bulk(w, out_port[s], out + s, uint16_t(e - s));
+      s = e;
     }
-    run_port = gr.port;
-    run[nrun++] = it.m;
   }
-  if (nrun != 0) stage_tx_bulk(w, run_port, run, nrun);
   for (uint16_t k = 0; k < ng; k++) {
     const Group& gr = g[k];
     if (gr.sent == 0) continue;
