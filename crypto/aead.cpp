@@ -361,8 +361,8 @@ inline void prefetch_op(const AeadOp& op) {
 // whole burst first, so that reading state_ here does not stall.
 inline constexpr uint32_t kKeyAhead = 3;
 
-// Only the lines the op will read: the round keys (the first 240 bytes,
-// AES-256's 15 round keys included) and, of the 48 hash-key powers, the
+// Only the lines the op will read: the round keys (the first 176 bytes for
+// AES-128, 240 for AES-256) and, of the 48 hash-key powers, the
 // ones its length needs. IPsec-MB's VAES code keeps H^48 .. H^1 in that
 // order at the end of gcm_key_data (H^k at 16 * (63 - k), its
 // gcm_keys_vaes_avx512.inc) and multiplies up to 4 or 8 blocks at a time,
@@ -378,7 +378,9 @@ static_assert(offsetof(gcm_key_data, ghash_keys) == kRoundKeyBytes &&
 void AeadContext::prefetch_ahead(const AeadOp* ops, uint32_t n, uint32_t i) {
   if (i >= n || (i > 0 && ops[i].ctx == ops[i - 1].ctx) || ops[i].ctx->backend_ != Backend::kIpsecMb) return;
   const auto* p = reinterpret_cast<const char*>(&ops[i].ctx->state_->imb_key);
-  for (uint32_t off = 0; off < kRoundKeyBytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+  // AES-128 reads 11 round keys (3 lines), AES-256 15 (4 lines).
+  const uint32_t round_key_bytes = ops[i].ctx->algo_ == AeadAlgo::kAes128Gcm ? 16 * 11 : kRoundKeyBytes;
+  for (uint32_t off = 0; off < round_key_bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
   // GHASH blocks: the AAD, the data, the length block; powers in groups of 8
   const uint32_t blocks = (ops[i].len + 15) / 16 + 2;
   const uint32_t powers = std::min<uint32_t>(48, (blocks + 7) & ~7u);

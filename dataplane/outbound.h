@@ -187,7 +187,11 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     if (j >= k || tun[j] == lpm::kNoRoute || (j > 0 && tun[j] == tun[j - 1])) return;
     const OutboundSa* s = dp.tunnels[tun[j]].out_sa.load(std::memory_order_relaxed);
     if (s == nullptr) return;
-    for (size_t off = 0; off < sizeof(OutboundSa); off += 64) rte_prefetch0(reinterpret_cast<const char*>(s) + off);
+    // The lines holding the per-packet fields (2 or 3: an SA is 16-byte aligned).
+    const char* p = reinterpret_cast<const char*>(s);
+    rte_prefetch0(p);
+    rte_prefetch0(p + 64);
+    rte_prefetch0(p + kOutboundSaHotBytes - 1);
   };
   prefetch_sa(0);
   prefetch_sa(1);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 #include "crypto/aead.h"
@@ -59,33 +60,42 @@ struct OutboundSa;
 void finalize_outbound_sa(OutboundSa& sa);
 
 struct OutboundSa {
-  uint32_t spi = 0;  // host order
-  bool esn = false;
+  // What every packet reads comes first, in two cache lines (the template,
+  // then the fields below it): with a different SA per packet each line is a
+  // miss, and the worker prefetches just these (kOutboundSaHotBytes).
+  // Derived from the settings below by finalize_outbound_sa(); the per-packet
+  // encapsulation reads this instead of them.
+  OutboundTemplate tmpl{};
   // Next 64-bit sequence number to use (starts at 1). Workers reserve a run
   // with one fetch_add per burst (the only shared write on the hot path).
   std::atomic<uint64_t> next_seq{1};
-  uint32_t outer_src = 0, outer_dst = 0;        // host order
+  const crypto::AeadContext* aead = nullptr;
+  uint32_t slot = 0;  // index of this SA's per-worker counters (control side assigns)
+  uint16_t tunnel = 0;
   uint16_t udp_src_port = 0, udp_dst_port = 0;  // 0 = plain ESP (proto 50); else RFC 3948 UDP
   // Policy-based SA: only packets from local_sel to remote_sel are
   // encrypted; others are dropped (policy). nb_remote_sel == 0: route-based
   // (the FIB alone decides; no per-packet check).
   uint8_t nb_local_sel = 0, nb_remote_sel = 0;
+  // The settings (read when the template is built, and by the control side).
+  uint32_t spi = 0;  // host order
+  bool esn = false;
+  uint32_t outer_src = 0, outer_dst = 0;        // host order
   Selector local_sel[kMaxSelectors];
   Selector remote_sel[kMaxSelectors];
   uint8_t ttl = 64;                              // outer TTL
   int16_t dscp = -1;                             // -1 = copy inner DSCP, else 0..63
   DfPolicy df = DfPolicy::kCopy;
   bool ecn_copy = true;  // RFC 6040 normal mode (copy inner ECN); false = compatibility (Not-ECT)
-  const crypto::AeadContext* aead = nullptr;
-  uint16_t tunnel = 0;
   // Sequence numbers >= seq_limit are never used (kSeqExhausted). Without ESN
   // the effective limit is also capped at 2^32 (RFC 4303 §3.3.3: never wrap).
   uint64_t seq_limit = kSeqLimitNoEsn;
-  uint32_t slot = 0;  // index of this SA's per-worker counters (control side assigns)
-  // Derived from the settings above by finalize_outbound_sa(); the per-packet
-  // encapsulation reads this instead of them.
-  OutboundTemplate tmpl{};
 };
+
+// The bytes of an OutboundSa from its start that the outbound path reads for
+// every packet of a route-based SA (the selectors only when policy-based).
+inline constexpr size_t kOutboundSaHotBytes = offsetof(OutboundSa, spi);
+static_assert(kOutboundSaHotBytes <= 128, "OutboundSa's per-packet fields must fit two cache lines");
 
 struct InboundSa {
   uint32_t spi = 0;
