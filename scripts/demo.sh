@@ -4,14 +4,15 @@
 # sends traffic through it, fails tunnel 1 over and back, decrypts inbound
 # ESP, and prints the counters. Needs root (apt-get, TAP devices).
 set -euo pipefail
+# Root, or the same command again under sudo (a root shell often has no sudo).
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null && exec sudo -E bash "$0" "$@"
+  echo "demo: run as root (it installs packages and creates TAP interfaces); this machine has no sudo" >&2
+  exit 1
+fi
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BUILD_DIR=${BUILD_DIR:-build}
-
-if [ "$(id -u)" -ne 0 ]; then
-  echo "demo: run as root (it installs packages and creates TAP interfaces): sudo $0" >&2
-  exit 1
-fi
 
 bash scripts/setup.sh
 if [ ! -f "$BUILD_DIR/build.ninja" ]; then

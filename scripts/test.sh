@@ -10,6 +10,11 @@
 #   SOAK_SECONDS=N                  # the soak's length (default 120, 0 skips it)
 #   BUILD_DIR=... JOBS=... env vars override the defaults.
 set -uo pipefail
+# The DPDK and TAP tests need root: as another user, the same command again
+# under sudo when there is one (a root shell often has no sudo).
+if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null; then
+  exec sudo -E bash "$0" "$@"
+fi
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BUILD_DIR=${BUILD_DIR:-build}
