@@ -25,6 +25,15 @@ namespace {
 // IPsec-MB: one process-wide manager, used only for its direct GCM function
 // pointers (which are stateless: all per-op state lives in a caller-provided
 // gcm_context_data). Built once, thread-safely, on first use.
+// The direct GCM entry points, by AeadAlgo (index 0: AES-128, 1: AES-256).
+// Written once, by ImbRuntime's constructor; read by every op. A context is
+// built only after imb() returned, and reaches a worker through the SA's
+// release/acquire publication, so the reads never race the write.
+aes_gcm_enc_dec_t g_gcm_enc[2];
+aes_gcm_enc_dec_t g_gcm_dec[2];
+
+inline int algo_index(AeadAlgo a) { return a == AeadAlgo::kAes128Gcm ? 0 : 1; }
+
 struct ImbRuntime {
   IMB_MGR* mgr = nullptr;
   IMB_ARCH arch = IMB_ARCH_NONE;
@@ -42,6 +51,10 @@ struct ImbRuntime {
     }
     const bool cpu_ok = __builtin_cpu_supports("aes") && __builtin_cpu_supports("pclmul");
     usable = cpu_ok && arch >= IMB_ARCH_SSE;
+    g_gcm_enc[0] = mgr->gcm128_enc;
+    g_gcm_dec[0] = mgr->gcm128_dec;
+    g_gcm_enc[1] = mgr->gcm256_enc;
+    g_gcm_dec[1] = mgr->gcm256_dec;
   }
   ~ImbRuntime() {
     if (mgr != nullptr) free_mb_mgr(mgr);
@@ -115,35 +128,40 @@ inline bool ct_equal16(const uint8_t* a, const uint8_t* b) {
 // schedule and no allocation.
 inline constexpr int kOsslSlots = 4;
 
-struct alignas(64) AeadContext::State {
-  gcm_key_data imb_key;          // IPsec-MB expanded keys + hash-key powers (64-B aligned)
-  aes_gcm_enc_dec_t imb_enc;     // direct GCM entry points for this algo/arch
-  aes_gcm_enc_dec_t imb_dec;
-  uint8_t raw_key[32];           // OpenSSL backend: the AES key
+namespace {
+// Plain malloc with the alignment done by hand (see AeadContext's operator
+// new): blocks of one size are reused.
+void* aligned_block(std::size_t n, std::size_t a) {
+  void* raw = std::malloc(n + a + sizeof(void*));
+  if (raw == nullptr) throw std::bad_alloc();
+  auto p = (reinterpret_cast<std::uintptr_t>(raw) + sizeof(void*) + a - 1) & ~(std::uintptr_t{a} - 1);
+  reinterpret_cast<void**>(p)[-1] = raw;
+  return reinterpret_cast<void*>(p);
+}
+void free_aligned_block(void* p) noexcept {
+  if (p != nullptr) std::free(static_cast<void**>(p)[-1]);
+}
+}  // namespace
+
+void* AeadContext::operator new(std::size_t n, std::align_val_t al) {
+  return aligned_block(n, static_cast<std::size_t>(al));
+}
+void AeadContext::operator delete(void* p, std::align_val_t) noexcept { free_aligned_block(p); }
+
+struct AeadContext::OsslState {
+  uint8_t raw_key[32];  // the AES key
   struct alignas(64) Slot {
     std::atomic<uint8_t> busy{0};
     EVP_CIPHER_CTX* ctx = nullptr;
   };
-  Slot slot[kOsslSlots];         // OpenSSL backend only
+  Slot slot[kOsslSlots];
 
-  // Aligned by hand inside a plain malloc block: glibc 2.36's memalign asks
-  // for size + alignment and so never reuses the chunk a freed State leaves,
-  // which grew the heap ~1.4 KB per SA installed (issue 12's soak). Blocks of
-  // one size are reused.
-  static void* operator new(std::size_t n, std::align_val_t al) {
-    const auto a = static_cast<std::size_t>(al);
-    void* raw = std::malloc(n + a + sizeof(void*));
-    if (raw == nullptr) throw std::bad_alloc();
-    auto p = (reinterpret_cast<std::uintptr_t>(raw) + sizeof(void*) + a - 1) & ~(std::uintptr_t{a} - 1);
-    reinterpret_cast<void**>(p)[-1] = raw;
-    return reinterpret_cast<void*>(p);
-  }
-  static void operator delete(void* p, std::align_val_t) noexcept {
-    if (p != nullptr) std::free(static_cast<void**>(p)[-1]);
-  }
+  static void* operator new(std::size_t n, std::align_val_t al) { return aligned_block(n, static_cast<std::size_t>(al)); }
+  static void operator delete(void* p, std::align_val_t) noexcept { free_aligned_block(p); }
 };
 
-static_assert(alignof(AeadContext::State) >= 64);
+static_assert(sizeof(gcm_key_data) == AeadContext::kImbKeyBytes, "IPsec-MB's gcm_key_data changed size");
+
 
 std::string_view to_string(AeadAlgo a) {
   switch (a) {
@@ -187,7 +205,7 @@ std::string_view ipsecmb_arch() {
 }
 
 AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend backend)
-    : algo_(algo), backend_(backend), salt_{}, state_(nullptr) {
+    : imb_key_{}, salt_{}, algo_(algo), backend_(backend) {
   if (algo != AeadAlgo::kAes128Gcm && algo != AeadAlgo::kAes256Gcm)
     throw std::invalid_argument("AeadContext: unknown AEAD algorithm");
   const size_t want = keymat_len(algo);
@@ -205,33 +223,29 @@ AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend
     throw std::invalid_argument("AeadContext: OpenSSL cannot fetch " +
                                 std::string(to_string(algo)));
 
+  static_assert(offsetof(AeadContext, salt_) == kImbKeyBytes && offsetof(AeadContext, ossl_) + sizeof(ossl_) == 1024,
+                "the per-op fields share H^1's line (prefetch_ahead)");
   const size_t klen = key_len(algo);
-  state_ = new State{};  // State's own aligned operator new
   std::memcpy(salt_, keymat.data() + klen, kSaltLen);
   if (backend == Backend::kIpsecMb) {
     IMB_MGR* mgr = imb().mgr;
-    if (algo == AeadAlgo::kAes128Gcm) {
-      IMB_AES128_GCM_PRE(mgr, keymat.data(), &state_->imb_key);
-      state_->imb_enc = mgr->gcm128_enc;
-      state_->imb_dec = mgr->gcm128_dec;
-    } else {
-      IMB_AES256_GCM_PRE(mgr, keymat.data(), &state_->imb_key);
-      state_->imb_enc = mgr->gcm256_enc;
-      state_->imb_dec = mgr->gcm256_dec;
-    }
+    auto* key = reinterpret_cast<gcm_key_data*>(imb_key_);
+    if (algo == AeadAlgo::kAes128Gcm) IMB_AES128_GCM_PRE(mgr, keymat.data(), key);
+    else IMB_AES256_GCM_PRE(mgr, keymat.data(), key);
     // PRE cannot fail on valid pointers; the manager's errno is not read
     // here because the manager is shared by every thread.
-    if (state_->imb_enc == nullptr || state_->imb_dec == nullptr) {
-      free_state();
+    if (g_gcm_enc[algo_index(algo)] == nullptr || g_gcm_dec[algo_index(algo)] == nullptr) {
+      wipe();
       throw std::invalid_argument("AeadContext: IPsec-MB has no AES-GCM functions for this CPU");
     }
   } else {
-    std::memcpy(state_->raw_key, keymat.data(), klen);
-    for (auto& sl : state_->slot) {
+    ossl_ = new OsslState{};  // OsslState's own aligned operator new
+    std::memcpy(ossl_->raw_key, keymat.data(), klen);
+    for (auto& sl : ossl_->slot) {
       sl.ctx = EVP_CIPHER_CTX_new();
       if (sl.ctx == nullptr ||
-          EVP_CipherInit_ex(sl.ctx, ossl_cipher(algo), nullptr, state_->raw_key, nullptr, 1) != 1) {
-        free_state();
+          EVP_CipherInit_ex(sl.ctx, ossl_cipher(algo), nullptr, ossl_->raw_key, nullptr, 1) != 1) {
+        wipe();
         throw std::invalid_argument("AeadContext: OpenSSL context setup failed for " +
                                     std::string(to_string(algo)));
       }
@@ -239,17 +253,18 @@ AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend
   }
 }
 
-void AeadContext::free_state() noexcept {
-  if (state_ != nullptr) {
-    for (auto& sl : state_->slot) EVP_CIPHER_CTX_free(sl.ctx);  // cleanses the key schedule
-    OPENSSL_cleanse(state_, sizeof(State));
-    delete state_;
-    state_ = nullptr;
+void AeadContext::wipe() noexcept {
+  if (ossl_ != nullptr) {
+    for (auto& sl : ossl_->slot) EVP_CIPHER_CTX_free(sl.ctx);  // cleanses the key schedule
+    OPENSSL_cleanse(ossl_, sizeof(OsslState));
+    delete ossl_;
+    ossl_ = nullptr;
   }
+  OPENSSL_cleanse(imb_key_, sizeof(imb_key_));
   OPENSSL_cleanse(salt_, sizeof(salt_));
 }
 
-AeadContext::~AeadContext() { free_state(); }
+AeadContext::~AeadContext() { wipe(); }
 
 namespace {
 
@@ -293,7 +308,7 @@ bool ossl_run(EVP_CIPHER_CTX* c, const uint8_t* key, const uint8_t nonce[12], co
 }  // namespace
 
 bool AeadContext::ossl_aead(const uint8_t nonce[12], const AeadOp& op, int enc) const {
-  for (auto& sl : state_->slot) {
+  for (auto& sl : ossl_->slot) {
     if (sl.busy.load(std::memory_order_relaxed) == 0 &&
         sl.busy.exchange(1, std::memory_order_acquire) == 0) {
       const bool ok = ossl_run(sl.ctx, nullptr, nonce, op, enc);
@@ -310,7 +325,7 @@ bool AeadContext::ossl_aead(const uint8_t nonce[12], const AeadOp& op, int enc) 
 bool AeadContext::ossl_aead_unslotted(const uint8_t nonce[12], const AeadOp& op, int enc) const {
   EVP_CIPHER_CTX* c = thread_ctx(algo_);
   if (c == nullptr) return false;
-  const bool ok = ossl_run(c, state_->raw_key, nonce, op, enc);
+  const bool ok = ossl_run(c, ossl_->raw_key, nonce, op, enc);
   EVP_CipherInit_ex(c, nullptr, nullptr, kZeroKey, nullptr, 1);
   return ok;
 }
@@ -320,7 +335,7 @@ void AeadContext::encrypt(const AeadOp& op) const {
   make_nonce(nonce, salt_, op.iv);
   if (backend_ == Backend::kIpsecMb) {
     gcm_context_data gctx;
-    state_->imb_enc(&state_->imb_key, &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len,
+    g_gcm_enc[algo_index(algo_)](reinterpret_cast<const gcm_key_data*>(imb_key_), &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len,
                     op.icv, kIcvLen);
     return;
   }
@@ -338,7 +353,7 @@ bool AeadContext::decrypt(const AeadOp& op) const {
   if (backend_ == Backend::kIpsecMb) {
     gcm_context_data gctx;
     alignas(16) uint8_t tag[kIcvLen];
-    state_->imb_dec(&state_->imb_key, &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len,
+    g_gcm_dec[algo_index(algo_)](reinterpret_cast<const gcm_key_data*>(imb_key_), &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len,
                     tag, kIcvLen);
     return ct_equal16(tag, op.icv);
   }
@@ -356,50 +371,43 @@ inline void prefetch_op(const AeadOp& op) {
 // With one SA per packet (many tunnels) each op's key state is cold: ~1 KB
 // of expanded keys and hash-key powers, 16 lines, that IPsec-MB loads in
 // dependent order. Fetching them kKeyAhead ops early overlaps those misses
-// with the ops before; a burst on one SA pays one compare per op. The
-// contexts themselves (a line each, holding state_) are fetched for the
-// whole burst first, so that reading state_ here does not stall.
+// with the ops before; a burst on one SA pays one compare per op. The lines
+// are found from the context's address alone: reading anything of a cold
+// context here would stall on the very lines being fetched.
 inline constexpr uint32_t kKeyAhead = 3;
 
 // Only the lines the op will read: the round keys (the first 176 bytes for
-// AES-128, 240 for AES-256) and, of the 48 hash-key powers, the
-// ones its length needs. IPsec-MB's VAES code keeps H^48 .. H^1 in that
-// order at the end of gcm_key_data (H^k at 16 * (63 - k), its
-// gcm_keys_vaes_avx512.inc) and multiplies up to 4 or 8 blocks at a time,
-// so a 64-byte packet reads 3 of the 12 hash-key lines: fetching all 16
-// lines per SA spent the miss slots on lines it never reads.
+// AES-128, 240 for AES-256: 4 lines are fetched for both, as the algorithm
+// is in the context) and, of the 48 hash-key powers, the ones its length
+// needs. IPsec-MB's VAES code keeps H^48 .. H^1 in that order at the end of
+// gcm_key_data (H^k at 16 * (63 - k), its gcm_keys_vaes_avx512.inc) and
+// multiplies up to 4 or 8 blocks at a time, so a 64-byte packet reads 3 of
+// the 12 hash-key lines: fetching all 16 lines per SA spent the miss slots on
+// lines it never reads. The last line, H^1's, also holds the salt and the
+// backend (aead.h).
 namespace {
 inline constexpr uint32_t kHashKeyEnd = 16 * 63;  // one past H^1 (offset of H^k: 16 * (63 - k))
 inline constexpr uint32_t kRoundKeyBytes = 16 * 15;
 static_assert(offsetof(gcm_key_data, ghash_keys) == kRoundKeyBytes &&
               offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.vaes_avx512) == kHashKeyEnd);
+static_assert(kHashKeyEnd == AeadContext::kImbKeyBytes, "the salt and backend sit in H^1's line");
 }  // namespace
 
 void AeadContext::prefetch_ahead(const AeadOp* ops, uint32_t n, uint32_t i) {
-  if (i >= n || (i > 0 && ops[i].ctx == ops[i - 1].ctx) || ops[i].ctx->backend_ != Backend::kIpsecMb) return;
-  const auto* p = reinterpret_cast<const char*>(&ops[i].ctx->state_->imb_key);
-  // AES-128 reads 11 round keys (3 lines), AES-256 15 (4 lines).
-  const uint32_t round_key_bytes = ops[i].ctx->algo_ == AeadAlgo::kAes128Gcm ? 16 * 11 : kRoundKeyBytes;
-  for (uint32_t off = 0; off < round_key_bytes; off += 64) __builtin_prefetch(p + off, 0, 3);
+  if (i >= n || (i > 0 && ops[i].ctx == ops[i - 1].ctx)) return;
+  const auto* p = reinterpret_cast<const char*>(ops[i].ctx);
+  for (uint32_t off = 0; off < kRoundKeyBytes; off += 64) __builtin_prefetch(p + off, 0, 3);
   // GHASH blocks: the AAD, the data, the length block; powers in groups of 8
   const uint32_t blocks = (ops[i].len + 15) / 16 + 2;
   const uint32_t powers = std::min<uint32_t>(48, (blocks + 7) & ~7u);
   for (uint32_t off = (kHashKeyEnd - 16 * powers) & ~63u; off < kHashKeyEnd; off += 64) __builtin_prefetch(p + off, 0, 3);
 }
 
-namespace {
-inline void prefetch_contexts(const AeadOp* ops, uint32_t n) {
-  for (uint32_t i = 0; i < n; ++i)
-    if (i == 0 || ops[i].ctx != ops[i - 1].ctx) __builtin_prefetch(ops[i].ctx, 0, 3);
-}
-}  // namespace
-
 // No prefetch of each op's data here: espgw's prepare pass has just written
 // every packet's headers and trailer, so they are in L1 (prefetching them
 // again cost ~3 cycles per packet at 64 B). Decryption reads ciphertext no
 // one has touched since the NIC wrote it: prefetched one op ahead.
 void encrypt_burst(const AeadOp* ops, uint32_t n) {
-  prefetch_contexts(ops, n);
   for (uint32_t j = 0; j < kKeyAhead; ++j) AeadContext::prefetch_ahead(ops, n, j);
   for (uint32_t i = 0; i < n; ++i) {
     AeadContext::prefetch_ahead(ops, n, i + kKeyAhead);
@@ -409,7 +417,6 @@ void encrypt_burst(const AeadOp* ops, uint32_t n) {
 
 uint32_t decrypt_burst(const AeadOp* ops, uint32_t n, uint8_t* ok) {
   uint32_t good = 0;
-  prefetch_contexts(ops, n);
   for (uint32_t j = 0; j < kKeyAhead; ++j) AeadContext::prefetch_ahead(ops, n, j);
   for (uint32_t i = 0; i < n; ++i) {
     if (i + 1 < n) prefetch_op(ops[i + 1]);

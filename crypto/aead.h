@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <span>
 #include <string_view>
 
@@ -67,7 +68,13 @@ struct AeadOp {
 // with a non-blocking atomic exchange; when all are busy the op uses the
 // calling thread's own EVP context, keyed for that op (slower, never blocks;
 // allocation only on a thread's first such op).
-class AeadContext {
+//
+// One 1,024-byte block, 64-byte aligned: IPsec-MB's expanded keys and hash-key
+// powers (1,008 bytes) first, then the salt and the backend in the last line,
+// the one that holds H^1, which every GCM op reads. So an op on a cold context
+// misses only on key lines, and the worker can start loading them from the
+// context's address alone (no pointer to follow first).
+class alignas(64) AeadContext {
  public:
   // Throws std::invalid_argument when keymat.size() != keymat_len(algo) or the
   // backend is not usable on this CPU.
@@ -83,25 +90,36 @@ class AeadContext {
   void encrypt(const AeadOp& op) const;
   bool decrypt(const AeadOp& op) const;  // false: ICV mismatch (dst content undefined)
 
-  // Opaque backend state, aligned for IPsec-MB's expanded keys.
-  struct State;
+  // Aligned by hand inside a plain malloc block: glibc 2.36's memalign asks
+  // for size + alignment and so never reuses the chunk a freed block leaves,
+  // which grew the heap ~1.4 KB per SA installed (issue 12's soak). Blocks of
+  // one size are reused.
+  static void* operator new(std::size_t n, std::align_val_t al);
+  static void operator delete(void* p, std::align_val_t al) noexcept;
+
+  // IPsec-MB's gcm_key_data (aead.cpp checks the size against its header).
+  static constexpr size_t kImbKeyBytes = 1008;
+  // OpenSSL backend state (the raw key and pre-keyed EVP contexts).
+  struct OsslState;
 
  private:
   bool ossl_aead(const uint8_t nonce[12], const AeadOp& op, int enc) const;
   bool ossl_aead_unslotted(const uint8_t nonce[12], const AeadOp& op, int enc) const;
   friend struct AeadTestPeer;  // tests only: reaches the OpenSSL fallback path
-  void free_state() noexcept;
-  // Starts loading the key state (expanded keys, hash-key table) of the ops
-  // ahead in a burst, once per change of context (see aead.cpp).
+  void wipe() noexcept;
+  // Starts loading the key lines of the ops ahead in a burst, once per change
+  // of context (see aead.cpp).
   static void prefetch_ahead(const AeadOp* ops, uint32_t n, uint32_t i);
   friend void encrypt_burst(const AeadOp* ops, uint32_t n);
   friend uint32_t decrypt_burst(const AeadOp* ops, uint32_t n, uint8_t* ok);
 
+  alignas(64) uint8_t imb_key_[kImbKeyBytes];  // IPsec-MB expanded keys + hash-key powers
+  uint8_t salt_[kSaltLen];
   AeadAlgo algo_;
   Backend backend_;
-  uint8_t salt_[kSaltLen];
-  State* state_;  // owned
+  OsslState* ossl_ = nullptr;  // owned; OpenSSL backend only
 };
+static_assert(sizeof(AeadContext) == 1024, "AeadContext: the keys and the per-op fields fill 16 cache lines");
 
 // Bursts of ops (sized for kMaxBurst; any n works, n == 0 included); each op
 // carries its own context, so one burst may mix SAs and backends. Ops run in
