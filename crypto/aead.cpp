@@ -128,27 +128,7 @@ inline bool ct_equal16(const uint8_t* a, const uint8_t* b) {
 // schedule and no allocation.
 inline constexpr int kOsslSlots = 4;
 
-namespace {
-// Plain malloc with the alignment done by hand (see AeadContext's operator
-// new): blocks of one size are reused.
-void* aligned_block(std::size_t n, std::size_t a) {
-  void* raw = std::malloc(n + a + sizeof(void*));
-  if (raw == nullptr) throw std::bad_alloc();
-  auto p = (reinterpret_cast<std::uintptr_t>(raw) + sizeof(void*) + a - 1) & ~(std::uintptr_t{a} - 1);
-  reinterpret_cast<void**>(p)[-1] = raw;
-  return reinterpret_cast<void*>(p);
-}
-void free_aligned_block(void* p) noexcept {
-  if (p != nullptr) std::free(static_cast<void**>(p)[-1]);
-}
-}  // namespace
-
-void* AeadContext::operator new(std::size_t n, std::align_val_t al) {
-  return aligned_block(n, static_cast<std::size_t>(al));
-}
-void AeadContext::operator delete(void* p, std::align_val_t) noexcept { free_aligned_block(p); }
-
-struct AeadContext::OsslState {
+struct AeadContext::OsslState : CacheAligned {
   uint8_t raw_key[32];  // the AES key
   struct alignas(64) Slot {
     std::atomic<uint8_t> busy{0};
@@ -156,8 +136,6 @@ struct AeadContext::OsslState {
   };
   Slot slot[kOsslSlots];
 
-  static void* operator new(std::size_t n, std::align_val_t al) { return aligned_block(n, static_cast<std::size_t>(al)); }
-  static void operator delete(void* p, std::align_val_t) noexcept { free_aligned_block(p); }
 };
 
 static_assert(sizeof(gcm_key_data) == AeadContext::kImbKeyBytes, "IPsec-MB's gcm_key_data changed size");
@@ -239,7 +217,7 @@ AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend
       throw std::invalid_argument("AeadContext: IPsec-MB has no AES-GCM functions for this CPU");
     }
   } else {
-    ossl_ = new OsslState{};  // OsslState's own aligned operator new
+    ossl_ = new OsslState{};  // CacheAligned's operator new
     std::memcpy(ossl_->raw_key, keymat.data(), klen);
     for (auto& sl : ossl_->slot) {
       sl.ctx = EVP_CIPHER_CTX_new();

@@ -12,9 +12,10 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <new>
 #include <span>
 #include <string_view>
+
+#include "crypto/cache_aligned.h"
 
 namespace espgw::crypto {
 
@@ -74,7 +75,7 @@ struct AeadOp {
 // the one that holds H^1, which every GCM op reads. So an op on a cold context
 // misses only on key lines, and the worker can start loading them from the
 // context's address alone (no pointer to follow first).
-class alignas(64) AeadContext {
+class alignas(64) AeadContext : public CacheAligned {
  public:
   // Throws std::invalid_argument when keymat.size() != keymat_len(algo) or the
   // backend is not usable on this CPU.
@@ -89,13 +90,6 @@ class alignas(64) AeadContext {
   // Single operation.
   void encrypt(const AeadOp& op) const;
   bool decrypt(const AeadOp& op) const;  // false: ICV mismatch (dst content undefined)
-
-  // Aligned by hand inside a plain malloc block: glibc 2.36's memalign asks
-  // for size + alignment and so never reuses the chunk a freed block leaves,
-  // which grew the heap ~1.4 KB per SA installed (issue 12's soak). Blocks of
-  // one size are reused.
-  static void* operator new(std::size_t n, std::align_val_t al);
-  static void operator delete(void* p, std::align_val_t al) noexcept;
 
   // IPsec-MB's gcm_key_data (aead.cpp checks the size against its header).
   static constexpr size_t kImbKeyBytes = 1008;
