@@ -128,7 +128,7 @@ inline bool ct_equal16(const uint8_t* a, const uint8_t* b) {
 // schedule and no allocation.
 inline constexpr int kOsslSlots = 4;
 
-struct AeadContext::OsslState : CacheAligned {
+struct AeadContext::OsslState : InStateArena {
   uint8_t raw_key[32];  // the AES key
   struct alignas(64) Slot {
     std::atomic<uint8_t> busy{0};
@@ -217,7 +217,7 @@ AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend
       throw std::invalid_argument("AeadContext: IPsec-MB has no AES-GCM functions for this CPU");
     }
   } else {
-    ossl_ = new OsslState{};  // CacheAligned's operator new
+    ossl_ = new OsslState{};
     std::memcpy(ossl_->raw_key, keymat.data(), klen);
     for (auto& sl : ossl_->slot) {
       sl.ctx = EVP_CIPHER_CTX_new();

@@ -15,7 +15,7 @@
 #include <span>
 #include <string_view>
 
-#include "crypto/cache_aligned.h"
+#include "crypto/state_arena.h"
 
 namespace espgw::crypto {
 
@@ -75,7 +75,7 @@ struct AeadOp {
 // the one that holds H^1, which every GCM op reads. So an op on a cold context
 // misses only on key lines, and the worker can start loading them from the
 // context's address alone (no pointer to follow first).
-class alignas(64) AeadContext : public CacheAligned {
+class alignas(64) AeadContext : public InStateArena {
  public:
   // Throws std::invalid_argument when keymat.size() != keymat_len(algo) or the
   // backend is not usable on this CPU.

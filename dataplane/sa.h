@@ -59,7 +59,7 @@ struct OutboundSa;
 // any of them and before the SA is published to workers.
 void finalize_outbound_sa(OutboundSa& sa);
 
-struct OutboundSa {
+struct OutboundSa : crypto::InStateArena {
   // What every packet reads comes first, in two cache lines (the template,
   // then the fields below it): with a different SA per packet each line is a
   // miss, and the worker prefetches just these (kOutboundSaHotBytes).
@@ -97,7 +97,7 @@ struct OutboundSa {
 inline constexpr size_t kOutboundSaHotBytes = offsetof(OutboundSa, spi);
 static_assert(kOutboundSaHotBytes <= 128, "OutboundSa's per-packet fields must fit two cache lines");
 
-struct InboundSa {
+struct InboundSa : crypto::InStateArena {
   uint32_t spi = 0;
   uint32_t local_addr = 0;  // outer destination it arrives on (host order); 0 = any
   bool esn = false;

@@ -3,11 +3,14 @@
 // backends, IPsec-MB vs OpenSSL differential testing, tamper rejection, burst
 // semantics, key-material validation and concurrent use of one context.
 #include "crypto/aead.h"
+#include "crypto/state_arena.h"
 
 #include <gtest/gtest.h>
 #include <malloc.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <array>
 #include <atomic>
 #include <cstring>
@@ -574,6 +577,121 @@ TEST(AeadConcurrency, SharedContextManyThreads) {
     for (auto& x : th) x.join();
     EXPECT_EQ(failures.load(), 0);
   }
+}
+
+
+// ---------------------------------------------------------------- StateArena
+
+// Every block is cache-line aligned and usable, in any build (the sanitizer
+// builds take the malloc path).
+TEST(StateArena, BlocksAreCacheLineAlignedAndDistinct) {
+  std::vector<std::pair<void*, size_t>> blocks;
+  for (size_t n : {1u, 63u, 64u, 65u, 192u, 1024u, 1152u, 4000u, 70000u}) {
+    for (int i = 0; i < 3; i++) {
+      void* p = StateArena::allocate(n);
+      ASSERT_NE(p, nullptr);
+      EXPECT_EQ(reinterpret_cast<uintptr_t>(p) % StateArena::kAlign, 0u) << n;
+      std::memset(p, 0xa5 ^ i, n);
+      blocks.emplace_back(p, n);
+    }
+  }
+  for (size_t i = 0; i < blocks.size(); i++)
+    for (size_t j = i + 1; j < blocks.size(); j++) {
+      auto a = reinterpret_cast<uintptr_t>(blocks[i].first), b = reinterpret_cast<uintptr_t>(blocks[j].first);
+      EXPECT_TRUE(a + blocks[i].second <= b || b + blocks[j].second <= a) << "blocks " << i << " and " << j << " overlap";
+    }
+  for (auto [p, n] : blocks) StateArena::deallocate(p, n);
+  // Contexts (over-aligned) and OpenSSL state come from it too.
+  for (Backend b : all_backends()) {
+    auto c = std::make_unique<AeadContext>(AeadAlgo::kAes128Gcm, Bytes(20, 1), b);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(c.get()) % 64, 0u);
+  }
+}
+
+// SA churn (install, rekey, delete) reuses freed blocks of the same size: the
+// arena does not grow, and what is freed is no longer counted in use.
+TEST(StateArena, ChurnReusesBlocks) {
+  if (!StateArena::enabled()) GTEST_SKIP() << "sanitizer build: the arena is plain malloc";
+  const Bytes km(keymat_len(AeadAlgo::kAes128Gcm), 0x5a);
+  std::vector<std::unique_ptr<AeadContext>> live;
+  for (int i = 0; i < 200; i++) live.push_back(std::make_unique<AeadContext>(AeadAlgo::kAes128Gcm, km));
+  const StateArena::Stats before = StateArena::stats();
+  EXPECT_GE(before.in_use, 200 * sizeof(AeadContext));
+  for (int i = 0; i < 20000; i++) {
+    live.push_back(std::make_unique<AeadContext>(AeadAlgo::kAes128Gcm, km));
+    void* other = StateArena::allocate(192);  // another size in between
+    StateArena::deallocate(other, 192);
+    live.erase(live.begin());
+  }
+  const StateArena::Stats after = StateArena::stats();
+  EXPECT_EQ(after.in_use, before.in_use);
+  EXPECT_LE(after.carved, before.carved + sizeof(AeadContext) + 192) << "churn carved new blocks";
+  EXPECT_EQ(after.reserved, before.reserved);
+  live.clear();
+  EXPECT_EQ(StateArena::stats().in_use, before.in_use - 200 * sizeof(AeadContext));
+}
+
+// Blocks over kMaxObject come from malloc, not the arena.
+TEST(StateArena, LargeObjectsBypassTheArena) {
+  if (!StateArena::enabled()) GTEST_SKIP() << "sanitizer build: the arena is plain malloc";
+  const StateArena::Stats before = StateArena::stats();
+  void* p = StateArena::allocate(StateArena::kMaxObject + 1);
+  EXPECT_EQ(StateArena::stats().in_use, before.in_use);
+  StateArena::deallocate(p, StateArena::kMaxObject + 1);
+}
+
+// Two threads allocating and freeing at once never get the same block.
+TEST(StateArena, ConcurrentUseNeverSharesABlock) {
+  std::atomic<int> bad{0};
+  auto run = [&](uint8_t tag) {
+    std::vector<uint8_t*> mine;
+    for (int i = 0; i < 20000; i++) {
+      auto* p = static_cast<uint8_t*>(StateArena::allocate(256));
+      std::memset(p, tag, 256);
+      mine.push_back(p);
+      if (i % 3 == 2) {
+        for (int k = 0; k < 2; k++) {
+          uint8_t* q = mine.back();
+          mine.pop_back();
+          if (q[0] != tag || q[255] != tag) bad.fetch_add(1);
+          StateArena::deallocate(q, 256);
+        }
+      }
+    }
+    for (uint8_t* q : mine) {
+      if (q[0] != tag || q[255] != tag) bad.fetch_add(1);
+      StateArena::deallocate(q, 256);
+    }
+  };
+  std::thread a(run, 0x11), b(run, 0x22);
+  a.join();
+  b.join();
+  EXPECT_EQ(bad.load(), 0);
+}
+
+// The arena asks the kernel for transparent huge pages (MADV_HUGEPAGE: "hg"
+// in the mapping's VmFlags). Whether the kernel grants them depends on its
+// THP setting and free memory; the advice is what espgw controls.
+TEST(StateArena, ArenaIsAdvisedHugePages) {
+  if (!StateArena::enabled()) GTEST_SKIP() << "sanitizer build: the arena is plain malloc";
+  void* p = StateArena::allocate(1024);
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  std::ifstream smaps("/proc/self/smaps");
+  std::string line;
+  bool in_vma = false, found = false, advised = false;
+  while (std::getline(smaps, line)) {
+    uintptr_t lo = 0, hi = 0;
+    if (std::sscanf(line.c_str(), "%lx-%lx ", &lo, &hi) == 2 && line.find(':') != std::string::npos &&
+        line.find("VmFlags") == std::string::npos) {
+      in_vma = lo <= a && a < hi;
+      found = found || in_vma;
+      continue;
+    }
+    if (in_vma && line.rfind("VmFlags:", 0) == 0) advised = line.find(" hg") != std::string::npos;
+  }
+  StateArena::deallocate(p, 1024);
+  ASSERT_TRUE(found) << "no mapping holds the arena block";
+  EXPECT_TRUE(advised) << "the arena's mapping lacks MADV_HUGEPAGE";
 }
 
 }  // namespace

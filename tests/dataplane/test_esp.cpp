@@ -5,10 +5,12 @@
 
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <random>
 #include <set>
 #include <string>
 
+#include "crypto/state_arena.h"
 #include "tests/dataplane/esp_test_util.h"
 
 using namespace espgw::dataplane;
@@ -883,6 +885,23 @@ TEST_F(EspInbound, RandomCorruptionNeverAccepted) {
       ASSERT_EQ(rte_pktmbuf_data_len(m.get()), p.size());
     }
   }
+}
+
+// The SAs workers read per packet come from the state arena (huge pages,
+// cache-line aligned; crypto/state_arena.h), as their key contexts do.
+TEST(SaAllocation, SasLiveInTheStateArena) {
+  using espgw::crypto::StateArena;
+  if (!StateArena::enabled()) GTEST_SKIP() << "sanitizer build: the arena is plain malloc";
+  auto lines = [](size_t n) { return (n + 63) / 64 * 64; };
+  const size_t before = StateArena::stats().in_use;
+  auto out = std::make_unique<OutboundSa>();
+  auto in = std::make_unique<InboundSa>();
+  EXPECT_EQ(StateArena::stats().in_use, before + lines(sizeof(OutboundSa)) + lines(sizeof(InboundSa)));
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(out.get()) % 64, 0u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(in.get()) % 64, 0u);
+  out.reset();
+  in.reset();
+  EXPECT_EQ(StateArena::stats().in_use, before);
 }
 
 }  // namespace
