@@ -27,6 +27,8 @@
 # /tmp/secgw-build. Hugepages: 2 MB pages reserved when possible, always released.
 set -euo pipefail
 
+ROOT_WHY="bench: run as root (DPDK, hugepages)" . "$(dirname "$0")/as-root.sh"
+
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 export BUILD_DIR="${BUILD_DIR:-$REPO/build-bench}"
 export SECGW_BUILD="${SECGW_BUILD:-/tmp/secgw-build}"

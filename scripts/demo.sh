@@ -4,12 +4,7 @@
 # sends traffic through it, fails tunnel 1 over and back, decrypts inbound
 # ESP, and prints the counters. Needs root (apt-get, TAP devices).
 set -euo pipefail
-# Root, or the same command again under sudo (a root shell often has no sudo).
-if [ "$(id -u)" -ne 0 ]; then
-  command -v sudo >/dev/null && exec sudo -E bash "$0" "$@"
-  echo "demo: run as root (it installs packages and creates TAP interfaces); this machine has no sudo" >&2
-  exit 1
-fi
+ROOT_WHY="demo: run as root (it installs packages and creates TAP interfaces)" . "$(dirname "$0")/as-root.sh"
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BUILD_DIR=${BUILD_DIR:-build}

@@ -37,6 +37,8 @@
 #                e.g. a recording proxy in front of it)
 set -euo pipefail
 
+ROOT_WHY="lab: run as root (namespaces, DPDK)" . "$(dirname "$0")/as-root.sh"
+
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 P=${LAB_PREFIX:-egl}
 DIR=${LAB_DIR:-/tmp/espgw-lab-$P}
