@@ -22,18 +22,18 @@ namespace espgw::crypto {
 namespace {
 
 // ---------------------------------------------------------------------------
-// IPsec-MB: one process-wide manager, used only for its direct GCM function
-// pointers (which are stateless: all per-op state lives in a caller-provided
-// gcm_context_data). Built once, thread-safely, on first use.
-// The direct GCM entry points, by AeadAlgo (index 0: AES-128, 1: AES-256).
-// Written once, by ImbRuntime's constructor; read by every op. A context is
-// built only after imb() returned, and reaches a worker through the SA's
-// release/acquire publication, so the reads never race the write.
+// IPsec-MB's direct GCM entry points, by AeadAlgo (index 0: AES-128, 1:
+// AES-256). Written once, by ImbRuntime's constructor; read by every op. A
+// context is built only after imb() returned, and reaches a worker through
+// the SA's release/acquire publication, so the reads never race the write.
 aes_gcm_enc_dec_t g_gcm_enc[2];
 aes_gcm_enc_dec_t g_gcm_dec[2];
 
 inline int algo_index(AeadAlgo a) { return a == AeadAlgo::kAes128Gcm ? 0 : 1; }
 
+// IPsec-MB: one process-wide manager, used only for its direct GCM function
+// pointers (which are stateless: all per-op state lives in a caller-provided
+// gcm_context_data). Built once, thread-safely, on first use.
 struct ImbRuntime {
   IMB_MGR* mgr = nullptr;
   IMB_ARCH arch = IMB_ARCH_NONE;
@@ -135,11 +135,9 @@ struct AeadContext::OsslState : InStateArena {
     EVP_CIPHER_CTX* ctx = nullptr;
   };
   Slot slot[kOsslSlots];
-
 };
 
 static_assert(sizeof(gcm_key_data) == AeadContext::kImbKeyBytes, "IPsec-MB's gcm_key_data changed size");
-
 
 std::string_view to_string(AeadAlgo a) {
   switch (a) {
@@ -313,8 +311,8 @@ void AeadContext::encrypt(const AeadOp& op) const {
   make_nonce(nonce, salt_, op.iv);
   if (backend_ == Backend::kIpsecMb) {
     gcm_context_data gctx;
-    g_gcm_enc[algo_index(algo_)](reinterpret_cast<const gcm_key_data*>(imb_key_), &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len,
-                    op.icv, kIcvLen);
+    const auto* key = reinterpret_cast<const gcm_key_data*>(imb_key_);
+    g_gcm_enc[algo_index(algo_)](key, &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len, op.icv, kIcvLen);
     return;
   }
   if (!ossl_aead(nonce, op, 1)) {
@@ -331,8 +329,8 @@ bool AeadContext::decrypt(const AeadOp& op) const {
   if (backend_ == Backend::kIpsecMb) {
     gcm_context_data gctx;
     alignas(16) uint8_t tag[kIcvLen];
-    g_gcm_dec[algo_index(algo_)](reinterpret_cast<const gcm_key_data*>(imb_key_), &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len,
-                    tag, kIcvLen);
+    const auto* key = reinterpret_cast<const gcm_key_data*>(imb_key_);
+    g_gcm_dec[algo_index(algo_)](key, &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len, tag, kIcvLen);
     return ct_equal16(tag, op.icv);
   }
   return ossl_aead(nonce, op, 0);

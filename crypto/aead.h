@@ -93,10 +93,10 @@ class alignas(64) AeadContext : public InStateArena {
 
   // IPsec-MB's gcm_key_data (aead.cpp checks the size against its header).
   static constexpr size_t kImbKeyBytes = 1008;
-  // OpenSSL backend state (the raw key and pre-keyed EVP contexts).
-  struct OsslState;
 
  private:
+  // OpenSSL backend state (the raw key and pre-keyed EVP contexts).
+  struct OsslState;
   bool ossl_aead(const uint8_t nonce[12], const AeadOp& op, int enc) const;
   bool ossl_aead_unslotted(const uint8_t nonce[12], const AeadOp& op, int enc) const;
   friend struct AeadTestPeer;  // tests only: reaches the OpenSSL fallback path
