@@ -31,6 +31,38 @@ aes_gcm_enc_dec_t g_gcm_dec[2];
 
 inline int algo_index(AeadAlgo a) { return a == AeadAlgo::kAes128Gcm ? 0 : 1; }
 
+// Where the GCM code IPsec-MB picked keeps the hash-key powers in
+// gcm_key_data (the header's ghash_keys union): the VAES/AVX-512 code keeps 48
+// powers at the end, H^1 last; the AVX2 code 8 powers right after the round
+// keys, H^1 first; the SSE/AVX code those 8 and, 128 bytes on, their
+// Karatsuba halves. Read off a precomputed key (ImbRuntime), not guessed from
+// the CPU: prefetch_ahead fetches the lines an op reads, and fetching the
+// wrong ones (the AVX-512 layout on an AVX2-only CPU) leaves every hash-key
+// line of a cold SA to miss.
+enum class HashKeyLayout : uint8_t { kTail48, kHead8, kHead8Karatsuba };
+HashKeyLayout g_hash_layout = HashKeyLayout::kTail48;  // written once, as g_gcm_enc
+inline constexpr uint32_t kRoundKeyBytes = 16 * 15;     // gcm_key_data: the round keys first
+inline constexpr uint32_t kHeadKaratsuba = kRoundKeyBytes + 16 * 8;  // sse_avx.shifted_hkey_k
+
+HashKeyLayout detect_hash_layout(IMB_MGR* mgr) {
+  alignas(64) gcm_key_data kd;
+  std::memset(&kd, 0, sizeof(kd));
+  const uint8_t key[16] = {0x2b, 0x7e, 0x15, 0x16, 0x28, 0xae, 0xd2, 0xa6,
+                           0xab, 0xf7, 0x15, 0x88, 0x09, 0xcf, 0x4f, 0x3c};
+  IMB_AES128_GCM_PRE(mgr, key, &kd);
+  auto written = [&](uint32_t off) {
+    const auto* b = reinterpret_cast<const uint8_t*>(&kd) + off;
+    uint8_t any = 0;
+    for (int i = 0; i < 16; i++) any |= b[i];
+    return any != 0;
+  };
+  HashKeyLayout l = written(sizeof(kd) - 16)  ? HashKeyLayout::kTail48
+                    : written(kHeadKaratsuba) ? HashKeyLayout::kHead8Karatsuba
+                                              : HashKeyLayout::kHead8;
+  std::memset(&kd, 0, sizeof(kd));
+  return l;
+}
+
 // IPsec-MB: one process-wide manager, used only for its direct GCM function
 // pointers (which are stateless: all per-op state lives in a caller-provided
 // gcm_context_data). Built once, thread-safely, on first use.
@@ -55,6 +87,7 @@ struct ImbRuntime {
     g_gcm_dec[0] = mgr->gcm128_dec;
     g_gcm_enc[1] = mgr->gcm256_enc;
     g_gcm_dec[1] = mgr->gcm256_dec;
+    if (usable) g_hash_layout = detect_hash_layout(mgr);
   }
   ~ImbRuntime() {
     if (mgr != nullptr) free_mb_mgr(mgr);
@@ -177,6 +210,15 @@ std::string_view ipsecmb_arch() {
     case IMB_ARCH_AVX2: return "avx2";
     case IMB_ARCH_AVX512: return "avx512";
     default: return "unknown";
+  }
+}
+
+ByteRange ipsecmb_hash_key_bytes() {
+  imb();
+  switch (g_hash_layout) {
+    case HashKeyLayout::kHead8: return {kRoundKeyBytes, kRoundKeyBytes + 16 * 8};
+    case HashKeyLayout::kHead8Karatsuba: return {kRoundKeyBytes, kHeadKaratsuba + 16 * 8};
+    default: return {kRoundKeyBytes, kRoundKeyBytes + 16 * 48};
   }
 }
 
@@ -354,29 +396,42 @@ inline constexpr uint32_t kKeyAhead = 3;
 
 // Only the lines the op will read: the round keys (the first 176 bytes for
 // AES-128, 240 for AES-256: 4 lines are fetched for both, as the algorithm
-// is in the context) and, of the 48 hash-key powers, the ones its length
-// needs. IPsec-MB's VAES code keeps H^48 .. H^1 in that order at the end of
-// gcm_key_data (H^k at 16 * (63 - k), its gcm_keys_vaes_avx512.inc) and
-// multiplies up to 4 or 8 blocks at a time, so a 64-byte packet reads 3 of
-// the 12 hash-key lines: fetching all 16 lines per SA spent the miss slots on
-// lines it never reads. The last line, H^1's, also holds the salt and the
-// backend (aead.h).
+// is in the context), the line with the salt and backend (the last), and, of
+// the hash-key powers, the ones its length needs. IPsec-MB multiplies up to
+// 8 blocks at a time, so a 64-byte packet reads H^1 .. H^6 at most. Where
+// they are depends on the code path (HashKeyLayout): the VAES code keeps
+// H^48 .. H^1 at the end (H^k at 16 * (63 - k), its
+// gcm_keys_vaes_avx512.inc), so a 64-byte packet reads 3 of its 12 hash-key
+// lines; the AVX2 code keeps H^1 .. H^8 from byte 240 (H^1 shares the last
+// round-key line); the SSE/AVX code the same and their Karatsuba halves
+// from byte 368. Fetching all 16 lines per SA spent the miss slots on lines
+// an op never reads.
 namespace {
 inline constexpr uint32_t kHashKeyEnd = 16 * 63;  // one past H^1 (offset of H^k: 16 * (63 - k))
-inline constexpr uint32_t kRoundKeyBytes = 16 * 15;
 static_assert(offsetof(gcm_key_data, ghash_keys) == kRoundKeyBytes &&
               offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.vaes_avx512) == kHashKeyEnd);
-static_assert(kHashKeyEnd == AeadContext::kImbKeyBytes, "the salt and backend sit in H^1's line");
+static_assert(offsetof(gcm_key_data, ghash_keys.sse_avx.shifted_hkey_k) == kHeadKaratsuba);
+static_assert(kHashKeyEnd == AeadContext::kImbKeyBytes, "the salt and backend sit in the context's last line");
+inline void prefetch_lines(const char* p, uint32_t from, uint32_t to) {
+  for (uint32_t off = from & ~63u; off < to; off += 64) __builtin_prefetch(p + off, 0, 3);
+}
 }  // namespace
 
 void AeadContext::prefetch_ahead(const AeadOp* ops, uint32_t n, uint32_t i) {
   if (i >= n || (i > 0 && ops[i].ctx == ops[i - 1].ctx)) return;
   const auto* p = reinterpret_cast<const char*>(ops[i].ctx);
-  for (uint32_t off = 0; off < kRoundKeyBytes; off += 64) __builtin_prefetch(p + off, 0, 3);
-  // GHASH blocks: the AAD, the data, the length block; powers in groups of 8
+  prefetch_lines(p, 0, kRoundKeyBytes);
+  // GHASH blocks: the AAD, the data, the length block
   const uint32_t blocks = (ops[i].len + 15) / 16 + 2;
-  const uint32_t powers = std::min<uint32_t>(48, (blocks + 7) & ~7u);
-  for (uint32_t off = (kHashKeyEnd - 16 * powers) & ~63u; off < kHashKeyEnd; off += 64) __builtin_prefetch(p + off, 0, 3);
+  if (g_hash_layout == HashKeyLayout::kTail48) {  // powers in groups of 8, up to 48; H^1 in the last line
+    const uint32_t powers = std::min<uint32_t>(48, (blocks + 7) & ~7u);
+    prefetch_lines(p, kHashKeyEnd - 16 * powers, kHashKeyEnd);
+    return;
+  }
+  const uint32_t powers = std::min<uint32_t>(8, blocks);
+  prefetch_lines(p, kRoundKeyBytes + 16, kRoundKeyBytes + 16 * powers);  // from H^2: H^1 shares a round-key line
+  if (g_hash_layout == HashKeyLayout::kHead8Karatsuba) prefetch_lines(p, kHeadKaratsuba, kHeadKaratsuba + 16 * powers);
+  __builtin_prefetch(p + sizeof(AeadContext) - 64, 0, 3);  // the salt and backend
 }
 
 // No prefetch of each op's data here: espgw's prepare pass has just written

@@ -45,6 +45,12 @@ bool backend_available(Backend b);
 // The code path IPsec-MB selected at run time ("avx512", "avx2", "avx",
 // "sse", "no-aesni", or "unavailable"); for logs and benchmark reports.
 std::string_view ipsecmb_arch();
+// The bytes of IPsec-MB's gcm_key_data that hold the hash-key powers on the
+// code path it picked on this CPU, [begin, end): where prefetch_ahead looks.
+struct ByteRange {
+  uint32_t begin, end;
+};
+ByteRange ipsecmb_hash_key_bytes();
 
 class AeadContext;
 

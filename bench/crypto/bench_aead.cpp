@@ -1,7 +1,8 @@
 // AEAD micro-benchmarks: AES-GCM encrypt/decrypt at 64/512/1400 bytes, single
 // op and bursts of 32, IPsec-MB (direct GCM calls, as used by espgw) vs
 // OpenSSL, plus IPsec-MB's job API (32 jobs, then flush) and its burst API
-// (IMB_SUBMIT_BURST), which justify the choice of the direct calls.
+// (IMB_SUBMIT_BURST), which justify the choice of the direct calls; and a
+// random one of 10,000 SAs per op, with and without the key-state prefetch.
 //
 // Names: <op>/<impl>/<mode>/<algo>/<bytes>, e.g. encrypt/ipsec-mb/burst32/aes128-gcm/64.
 // Counters: cyc/op and cyc/B (TSC cycles, __rdtsc around the timed loop),
@@ -212,6 +213,48 @@ void bm_jobapi(benchmark::State& st, bool enc, AeadAlgo algo, uint32_t burst, ui
   free_mb_mgr(mgr);
 }
 
+// Many SAs: a random one of `nsa` contexts per op, as the worker sees with one
+// packet per tunnel (bench/README.md, "The cost curve"). Each context is 16
+// lines, so 10,000 of them (10 MB) live in the last-level cache at best.
+// `prefetched`: encrypt_burst (which fetches each op's key lines a few ops
+// ahead, AeadContext::prefetch_ahead); otherwise the same ops one call at a
+// time with no prefetch: the ratio of the two is what the prefetch buys.
+void bm_many_sa(benchmark::State& st, uint32_t nsa, uint32_t len, bool prefetched) {
+  if (!backend_available(Backend::kIpsecMb)) {
+    st.SkipWithError("IPsec-MB not available on this CPU");
+    return;
+  }
+  std::vector<std::unique_ptr<AeadContext>> ctxs;
+  ctxs.reserve(nsa);
+  std::mt19937 g(4242);
+  for (uint32_t i = 0; i < nsa; ++i) {
+    std::vector<uint8_t> km(keymat_len(AeadAlgo::kAes128Gcm));
+    for (auto& b : km) b = static_cast<uint8_t>(g());
+    ctxs.push_back(std::make_unique<AeadContext>(AeadAlgo::kAes128Gcm, km, Backend::kIpsecMb));
+  }
+  constexpr uint32_t kOrder = 1u << 16;
+  std::vector<const AeadContext*> order(kOrder);
+  for (auto& c : order) c = ctxs[g() % nsa].get();
+  const uint32_t burst = kMaxBurst;
+  auto pk = make_pkts(burst, len);
+  std::vector<AeadOp> ops(burst);
+  for (uint32_t i = 0; i < burst; ++i) ops[i] = {nullptr, pk[i].iv, pk[i].aad, kAadLen, pk[i].buf, pk[i].buf, len, pk[i].icv};
+  uint32_t pos = 0;
+  Timer t;
+  t.start();
+  for (auto _ : st) {
+    for (uint32_t i = 0; i < burst; ++i) ops[i].ctx = order[(pos + i) & (kOrder - 1)];
+    pos += burst;
+    if (prefetched) {
+      encrypt_burst(ops.data(), burst);
+    } else {
+      for (uint32_t i = 0; i < burst; ++i) ops[i].ctx->encrypt(ops[i]);
+    }
+    benchmark::ClobberMemory();
+  }
+  t.stop(st, st.iterations() * burst, len);
+}
+
 void register_all() {
   for (bool enc : {true, false}) {
     const char* opn = enc ? "encrypt" : "decrypt";
@@ -234,6 +277,15 @@ void register_all() {
             bm_jobapi(st, enc, algo, kMaxBurst, len, burst_api);
           });
         }
+      }
+    }
+  }
+  for (uint32_t nsa : {1u, 10000u}) {
+    for (uint32_t len : kSizes) {
+      for (bool pf : {true, false}) {
+        std::string name = std::string("encrypt/ipsec-mb/") + (pf ? "burst32" : "loop32") + "-random-of-" +
+                           std::to_string(nsa) + "-sa/aes128-gcm/" + std::to_string(len);
+        benchmark::RegisterBenchmark(name.c_str(), [=](benchmark::State& st) { bm_many_sa(st, nsa, len, pf); });
       }
     }
   }

@@ -6,6 +6,7 @@
 #include "crypto/state_arena.h"
 
 #include <gtest/gtest.h>
+#include <intel-ipsec-mb.h>
 #include <malloc.h>
 
 #include <algorithm>
@@ -289,6 +290,37 @@ TEST(AeadContext, BestBackendMatchesCpu) {
   EXPECT_NE(ipsecmb_arch(), "unavailable");
   EXPECT_EQ(to_string(Backend::kIpsecMb), "ipsec-mb");
   EXPECT_EQ(to_string(AeadAlgo::kAes256Gcm), "aes256-gcm");
+}
+
+// The hash-key range prefetch_ahead fetches from is where IPsec-MB's own
+// precompute writes on this CPU: a key expanded over a 0xa5-filled
+// gcm_key_data by a separately built manager changes exactly the 16-byte
+// blocks of that range (and the round keys before it), nothing after it.
+TEST(AeadContext, HashKeyBytesAreWhereIpsecMbWritesThem) {
+  if (!backend_available(Backend::kIpsecMb)) GTEST_SKIP() << "no IPsec-MB path on this CPU";
+  IMB_MGR* mgr = alloc_mb_mgr(0);
+  ASSERT_NE(mgr, nullptr);
+  IMB_ARCH arch;
+  init_mb_mgr_auto(mgr, &arch);
+  alignas(64) gcm_key_data kd;
+  std::memset(&kd, 0xa5, sizeof(kd));
+  const uint8_t key[32] = {0x60, 0x3d, 0xeb, 0x10, 0x15, 0xca, 0x71, 0xbe, 0x2b, 0x73, 0xae,
+                           0xf0, 0x85, 0x7d, 0x77, 0x81, 0x1f, 0x35, 0x2c, 0x07, 0x3b, 0x61,
+                           0x08, 0xd7, 0x2d, 0x98, 0x10, 0xa3, 0x09, 0x14, 0xdf, 0xf4};
+  IMB_AES256_GCM_PRE(mgr, key, &kd);
+  free_mb_mgr(mgr);
+  const auto* b = reinterpret_cast<const uint8_t*>(&kd);
+  auto changed = [&](size_t off) {
+    for (size_t i = 0; i < 16; i++)
+      if (b[off + i] != 0xa5) return true;
+    return false;
+  };
+  const ByteRange r = ipsecmb_hash_key_bytes();
+  ASSERT_EQ(r.begin, 240u);
+  ASSERT_LE(r.end, sizeof(kd));
+  for (size_t off = 0; off < sizeof(kd); off += 16)
+    EXPECT_EQ(changed(off), off < r.end) << "16 bytes at " << off << ", hash-key range [" << r.begin << ", "
+                                         << r.end << "), arch " << ipsecmb_arch();
 }
 
 // ---------------------------------------------------------------------------
