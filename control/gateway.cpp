@@ -5,7 +5,6 @@
 #include <rte_eal.h>
 #include <rte_errno.h>
 #include <rte_ethdev.h>
-#include <rte_jhash.h>
 #include <rte_lcore.h>
 #include <rte_malloc.h>
 #include <rte_mbuf.h>
@@ -279,14 +278,7 @@ void Gateway::init_tables() {
   d.icmp_tokens_per_s = std::max<uint64_t>(1, cfg_.icmp_rate_limit_pps / d.nb_workers);
   if (cfg_.icmp_rate_limit_pps == 0) d.icmp_tokens_per_s = 0;
 
-  rte_hash_parameters hp{};
-  hp.name = "espgw_inbound_sa";
-  hp.entries = 2 * dp::kMaxSas;
-  hp.key_len = sizeof(dp::InboundKey);
-  hp.hash_func = rte_jhash;
-  hp.socket_id = static_cast<int>(rte_socket_id());
-  hp.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF;  // lock-free readers, one writer
-  d.inbound = rte_hash_create(&hp);
+  d.inbound = dp::create_inbound_sa_table("espgw_inbound_sa", 2 * dp::kMaxSas, static_cast<int>(rte_socket_id()));
   if (!d.inbound) throw dpdk_error("inbound SA hash", rte_errno);
 
   // Tunnels.

@@ -222,14 +222,20 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   // packets of the same SA (RSS is no guarantee): the updates run under the
   // window's lock, once per run of one SA (replay_window.h). update()
   // re-checks, so a duplicate within this burst or on another queue fails.
+  // With one worker there is no other writer (the control thread never
+  // writes a published window): no lock, which with a different SA per
+  // packet is a locked instruction pair per packet.
   ReplayVerdict verdict[kBurst];
-  {
+  if (dp.nb_workers > 1) {
     ReplayWindow::UpdateLock guard;
     for (uint16_t j = 0; j < nops; j++) {
       if (!ok[j]) continue;
       guard.hold(&sa[j]->replay);
       verdict[j] = sa[j]->replay.update(full[idx[j]]);
     }
+  } else {
+    for (uint16_t j = 0; j < nops; j++)
+      if (ok[j]) verdict[j] = sa[j]->replay.update(full[idx[j]]);
   }
 
   rte_mbuf* fwd[kBurst];

@@ -115,7 +115,8 @@ class ReplayWindow {
   bool esn() const { return esn_; }
   uint64_t top() const { return top_.load(std::memory_order_relaxed); }  // highest authenticated sequence number
 
-  // The writer lock (see the header comment). Take it around update() calls;
+  // The writer lock (see the header comment). Take it around update() calls
+  // wherever a second thread may update this window (not with one worker);
   // hold it for a burst's run of packets on this window, not longer.
   void lock() {
     while (lock_.exchange(true, std::memory_order_acquire)) {

@@ -5,7 +5,6 @@
 #include <rte_eal.h>
 #include <rte_errno.h>
 #include <rte_hash.h>
-#include <rte_jhash.h>
 #include <rte_malloc.h>
 #include <rte_pause.h>
 #include <rte_rcu_qsbr.h>
@@ -66,14 +65,7 @@ class SaDatabaseTest : public ::testing::Test {
     dp_->counters[0] = static_cast<dp::WorkerCounters*>(
         rte_zmalloc("sadb_counters", sizeof(dp::WorkerCounters), RTE_CACHE_LINE_SIZE));
     ASSERT_NE(dp_->counters[0], nullptr);
-    rte_hash_parameters hp{};
-    hp.name = name_.c_str();
-    hp.entries = 2 * dp::kMaxSas;
-    hp.key_len = sizeof(dp::InboundKey);
-    hp.hash_func = rte_jhash;
-    hp.socket_id = SOCKET_ID_ANY;
-    hp.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF;
-    dp_->inbound = rte_hash_create(&hp);
+    dp_->inbound = dp::create_inbound_sa_table(name_.c_str(), 2 * dp::kMaxSas, SOCKET_ID_ANY);
     ASSERT_NE(dp_->inbound, nullptr) << rte_strerror(rte_errno);
     tunnels_ = test_tunnels();
     dp_->nb_tunnels = static_cast<uint16_t>(tunnels_.size());

@@ -5,13 +5,18 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <random>
+#include <set>
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "dataplane/neighbor_info.h"
+#include "dataplane/outbound.h"
 #include "dataplane/packet_util.h"
 #include "tests/dataplane/esp_test_util.h"
 
@@ -266,3 +271,78 @@ TEST(PacketUtil, ArpWithOtherAddressLengthsIsIgnored) {
 }
 
 }  // namespace
+
+// The outbound burst's tunnel -> group map (outbound.h): tunnels whose ids
+// share low bits (0, 64, 128, ...) probe past each other, a repeated tunnel
+// finds its group, and a full burst of distinct tunnels fits.
+TEST(OutGroups, CollidingTunnelIdsKeepTheirOwnGroups) {
+  using espgw::dataplane::OutGroups;
+  using espgw::dataplane::OutboundSa;
+  std::mt19937 g(9);
+  for (int round = 0; round < 200; round++) {
+    OutGroups groups;
+    groups.clear();
+    std::vector<uint16_t> ids;
+    // A full burst's worth of distinct tunnels, most of them colliding.
+    for (uint16_t t = 0; ids.size() < espgw::dataplane::kBurst; t++) {
+      uint16_t id = uint16_t((round % 3 == 0 ? t * 64 : g() % 300) + round % 5);
+      if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+    }
+    std::vector<int> grp_of(65536, -1);
+    for (int i = 0; i < 4 * espgw::dataplane::kBurst; i++) {  // each tunnel seen several times, shuffled
+      uint16_t id = ids[g() % ids.size()];
+      auto* sa = reinterpret_cast<OutboundSa*>(uintptr_t{id} * 64 + 64);
+      uint32_t where;
+      uint8_t gi = groups.find(id, &where);
+      if (grp_of[id] < 0) {
+        ASSERT_EQ(gi, OutGroups::kEmpty) << "tunnel " << id << " found before it was added";
+        gi = groups.add(where, id, sa);
+        grp_of[id] = gi;
+      }
+      ASSERT_EQ(gi, grp_of[id]) << "tunnel " << id;
+      ASSERT_EQ(groups.tunnel[gi], id);
+      ASSERT_EQ(groups.sa[gi], sa);
+    }
+    EXPECT_LE(groups.n, espgw::dataplane::kBurst);
+  }
+}
+
+// The inbound SA table as the gateway builds it (CRC32-C, the one-word
+// compare): every installed (SPI, destination) is found, by single and bulk
+// lookup, and keys that differ from an installed one in the SPI or the
+// destination alone are not.
+TEST(InboundSaTable, FindsEveryInstalledKeyAndNoNeighbour) {
+  namespace dp = espgw::dataplane;
+  rte_hash* h = dp::create_inbound_sa_table("t_inbound_table", 2 * dp::kMaxSas, SOCKET_ID_ANY);
+  ASSERT_NE(h, nullptr);
+  std::mt19937 g(17);
+  std::vector<dp::InboundKey> keys;
+  std::set<uint64_t> seen;
+  while (keys.size() < 10000) {
+    dp::InboundKey k{uint32_t(g()) | 0x100, 0xc6336400u + (uint32_t(g()) & 0xff)};  // few destinations, as in practice
+    uint64_t w;
+    memcpy(&w, &k, 8);
+    if (seen.insert(w).second) keys.push_back(k);
+  }
+  for (size_t i = 0; i < keys.size(); i++)
+    ASSERT_EQ(rte_hash_add_key_data(h, &keys[i], reinterpret_cast<void*>(i + 1)), 0);
+  for (size_t i = 0; i < keys.size(); i++) {
+    void* d = nullptr;
+    ASSERT_GE(rte_hash_lookup_data(h, &keys[i], &d), 0) << i;
+    ASSERT_EQ(d, reinterpret_cast<void*>(i + 1));
+    for (dp::InboundKey other : {dp::InboundKey{keys[i].spi ^ 1, keys[i].dst}, dp::InboundKey{keys[i].spi, keys[i].dst ^ 0x10000}}) {
+      uint64_t w;
+      memcpy(&w, &other, 8);
+      if (seen.count(w) == 0) EXPECT_LT(rte_hash_lookup_data(h, &other, &d), 0) << i;
+    }
+  }
+  for (size_t s = 0; s + 32 <= keys.size(); s += 32) {
+    const void* kp[32];
+    void* data[32];
+    uint64_t hits = 0;
+    for (int j = 0; j < 32; j++) kp[j] = &keys[s + j];
+    ASSERT_EQ(rte_hash_lookup_bulk_data(h, kp, 32, &hits, data), 32);
+    for (int j = 0; j < 32; j++) ASSERT_EQ(data[j], reinterpret_cast<void*>(s + j + 1));
+  }
+  rte_hash_free(h);
+}

@@ -8,7 +8,6 @@
 #include <rte_eal.h>
 #include <rte_errno.h>
 #include <rte_hash.h>
-#include <rte_jhash.h>
 #include <rte_malloc.h>
 #include <rte_rcu_qsbr.h>
 
@@ -63,14 +62,7 @@ class MirrorTest : public ::testing::Test {
     d_.nb_workers = 1;
     d_.counters[0] = static_cast<dp::WorkerCounters*>(rte_zmalloc("t_cnt", sizeof(dp::WorkerCounters), 64));
     ASSERT_NE(d_.counters[0], nullptr);
-    rte_hash_parameters hp{};
-    hp.name = "t_inbound";
-    hp.entries = 2 * dp::kMaxSas;
-    hp.key_len = sizeof(dp::InboundKey);
-    hp.hash_func = rte_jhash;
-    hp.socket_id = SOCKET_ID_ANY;
-    hp.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF;
-    d_.inbound = rte_hash_create(&hp);
+    d_.inbound = dp::create_inbound_sa_table("t_inbound", 2 * dp::kMaxSas, SOCKET_ID_ANY);
     ASSERT_NE(d_.inbound, nullptr);
     TunnelConfig tc;
     tc.name = "aws-a1";
