@@ -397,8 +397,8 @@ inline constexpr uint32_t kKeyAhead = 3;
 // Only the lines the op will read: the round keys (the first 176 bytes for
 // AES-128, 240 for AES-256: 4 lines are fetched for both, as the algorithm
 // is in the context), the line with the salt and backend (the last), and, of
-// the hash-key powers, the ones its length needs. IPsec-MB multiplies up to
-// 8 blocks at a time, so a 64-byte packet reads H^1 .. H^6 at most. Where
+// the hash-key powers, the ones its length needs (a 64-byte packet's GHASH
+// covers 7 blocks: the AAD, 5 of data, the lengths). Where
 // they are depends on the code path (HashKeyLayout): the VAES code keeps
 // H^48 .. H^1 at the end (H^k at 16 * (63 - k), its
 // gcm_keys_vaes_avx512.inc), so a 64-byte packet reads 3 of its 12 hash-key

@@ -32,8 +32,8 @@ struct OutGroups {
   // slots. A linear search of the groups cost ~11 cycles per packet with a
   // different tunnel per packet (16 compares on average in a full burst).
   static constexpr uint32_t kSlots = 2 * kBurst;
-  static_assert((kSlots & (kSlots - 1)) == 0 && kBurst <= 0xff);
   static constexpr uint8_t kEmpty = 0xff;
+  static_assert((kSlots & (kSlots - 1)) == 0 && kBurst < kEmpty, "a power of two; group indices below kEmpty");
   uint8_t slot[kSlots];
 
   void clear() {
