@@ -226,16 +226,13 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   // writes a published window): no lock, which with a different SA per
   // packet is a locked instruction pair per packet.
   ReplayVerdict verdict[kBurst];
-  if (dp.nb_workers > 1) {
-    ReplayWindow::UpdateLock guard;
+  {
+    ReplayWindow::UpdateLock guard(dp.nb_workers > 1);
     for (uint16_t j = 0; j < nops; j++) {
       if (!ok[j]) continue;
       guard.hold(&sa[j]->replay);
       verdict[j] = sa[j]->replay.update(full[idx[j]]);
     }
-  } else {
-    for (uint16_t j = 0; j < nops; j++)
-      if (ok[j]) verdict[j] = sa[j]->replay.update(full[idx[j]]);
   }
 
   rte_mbuf* fwd[kBurst];

@@ -130,11 +130,14 @@ class ReplayWindow {
   class UpdateLock {
    public:
     UpdateLock() = default;
+    // shared == false: this thread is the windows' only writer (one worker),
+    // so hold() takes nothing.
+    explicit UpdateLock(bool shared) : shared_(shared) {}
     UpdateLock(const UpdateLock&) = delete;
     UpdateLock& operator=(const UpdateLock&) = delete;
     ~UpdateLock() { release(); }
     void hold(ReplayWindow* w) {
-      if (w == held_) return;
+      if (!shared_ || w == held_) return;
       release();
       w->lock();
       held_ = w;
@@ -146,6 +149,7 @@ class ReplayWindow {
 
    private:
     ReplayWindow* held_ = nullptr;
+    bool shared_ = true;
   };
 
   // Starts loading the bitmap word check() and update() will read for
