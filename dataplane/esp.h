@@ -132,24 +132,37 @@ inline uint16_t fold16(uint32_t s) {
   s = (s & 0xffff) + (s >> 16);
   return static_cast<uint16_t>(s);
 }
-// Ones' complement sum of an IPv4 header (ihl*4 bytes) folded; 0xffff = valid.
-// The sum is taken over words in memory order (byte-order independent).
-inline uint16_t ip_sum(const uint8_t* p, uint32_t len) {
-  uint64_t s = 0;
-  if (len == kIpv4HdrLen) {  // no options: five 32-bit words
-    uint32_t w[5];
-    memcpy(w, p, sizeof(w));
-    s = uint64_t{w[0]} + w[1] + w[2] + w[3] + w[4];
+// Whether an IPv4 header (ihl*4 bytes) has a valid checksum: its ones'
+// complement sum folds to 0xffff (RFC 1071), decided without folding. As
+// 2^16 = 1 (mod 0xffff), the folded sum is the plain sum of the 16-bit words
+// modulo 0xffff (0xffff standing for 0), and it is 0 only when every word is:
+// valid means a non-zero multiple of 0xffff. 64-bit words with end-around
+// carry keep that residue (2^64 = 1 mod 0xffff), and so does byte order (a
+// swapped word is 256 times the word, and 256 is invertible). The compiler
+// makes the test a multiply and a compare; folding was a chain of a dozen
+// operations (~8 cycles more per 64-byte packet outbound, ~15 inbound, which
+// checks two headers).
+inline bool ip_sum_ok(const uint8_t* p, uint32_t len) {
+  uint64_t s;
+  if (len == kIpv4HdrLen) {  // no options: two 64-bit words and a 32-bit one
+    uint64_t a, b;
+    uint32_t c;
+    memcpy(&a, p, 8);
+    memcpy(&b, p + 8, 8);
+    memcpy(&c, p + 16, 4);
+    s = a + b;
+    s += s < b;  // end-around carry
+    s += c;
+    s += s < c;
   } else {
+    s = 0;
     for (uint32_t i = 0; i + 3 < len; i += 4) {
       uint32_t w;
       memcpy(&w, p + i, 4);
-      s += w;
+      s += w;  // at most 15 words: no carry out of 64 bits
     }
   }
-  s = (s & 0xffffffff) + (s >> 32);
-  s = (s & 0xffffffff) + (s >> 32);
-  return fold16(static_cast<uint32_t>(s));
+  return s != 0 && s % 0xffff == 0;
 }
 inline void write_aad(uint8_t* aad, uint32_t spi, uint64_t seq, bool esn) {
   if (esn) {
@@ -346,7 +359,7 @@ inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t na
   if (!kOuterChecked && (tot < ihl || tot > dlen)) return EspStatus::kBadOuterHeader;  // tot < dlen: L2 padding
   if (ld16(p + 6) & 0x3fff) return EspStatus::kBadOuterHeader;     // fragment (MF or offset)
   if (!kOuterChecked && !(m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_GOOD) &&
-      ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_BAD || ip_sum(p, ihl) != 0xffff))
+      ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_BAD || !ip_sum_ok(p, ihl)))
     return EspStatus::kBadOuterHeader;
 
   uint32_t off = ihl;
@@ -442,8 +455,7 @@ inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, boo
   // RFC 1812 §5.2.2: a router forwards only headers whose checksum verifies.
   // The ICV proves only that the peer sent it (Linux drops such a packet in
   // ip_rcv after XFRM); forwarding it would hand the LAN a corrupt header.
-  // ip_sum adds 32-bit words (rte_raw_cksum adds 16-bit ones: twice the work).
-  if (ip_sum(pt, uint32_t{pt[0] & 0xfu} * 4) != 0xffff) return EspStatus::kBadInner;
+  if (!ip_sum_ok(pt, uint32_t{pt[0] & 0xfu} * 4)) return EspStatus::kBadInner;
 
   // RFC 6040 §4.2 decapsulation (ECN codepoints: 0 Not-ECT, 1 ECT(1),
   // 2 ECT(0), 3 CE).

@@ -14,7 +14,7 @@
 #include <cstring>
 
 #include "dataplane/dataplane.h"
-#include "dataplane/esp.h"  // detail::ip_sum
+#include "dataplane/esp.h"  // detail::ip_sum_ok
 
 namespace espgw::dataplane {
 
@@ -71,7 +71,7 @@ inline DropReason check_ipv4(rte_mbuf* m, const rte_ipv4_hdr* ip, uint32_t avail
   // verdict is taken when it gives one.
   if (!(m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_GOOD) &&
       ((m->ol_flags & RTE_MBUF_F_RX_IP_CKSUM_MASK) == RTE_MBUF_F_RX_IP_CKSUM_BAD ||
-       detail::ip_sum(reinterpret_cast<const uint8_t*>(ip), ihl) != 0xffff))
+       !detail::ip_sum_ok(reinterpret_cast<const uint8_t*>(ip), ihl)))
     return DropReason::kBadHeader;
   if (total < avail) rte_pktmbuf_trim(m, uint16_t(avail - total));  // L2 padding
   return DropReason::kCount;

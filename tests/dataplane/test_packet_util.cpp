@@ -1,7 +1,7 @@
 // Forwarding helpers of dataplane/packet_util.h: TTL decrement with the
 // incremental checksum, ICMP errors (time exceeded, fragmentation needed),
-// the TCP MSS clamp (vectors from scapy), and the outer-header checksum fast
-// path of esp.h.
+// the TCP MSS clamp (vectors from scapy), and the header checksum verdict of
+// esp.h.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -60,15 +60,41 @@ TEST(PacketUtil, TtlDecrementMatchesFullRecompute) {
     }
 }
 
-TEST(PacketUtil, OuterChecksumFastPathAndOptions) {
-  std::mt19937 rng(9);
+// ip_sum_ok (the receive-side verdict, a divisibility test) against RFC
+// 1071's definition, computed independently (esp_test_util.h's cksum: a valid
+// header sums to 0). Random headers with valid and corrupted checksums at
+// every length, plus the sums the 64-bit end-around carry must get right.
+TEST(PacketUtil, HeaderChecksumVerdictMatchesRfc1071) {
+  using espgw::dataplane::detail::ip_sum_ok;
+  std::mt19937 rng(11);
+  uint32_t valid = 0, invalid = 0;
   for (uint32_t words = 5; words <= 15; words++)
-    for (int i = 0; i < 2000; i++) {
+    for (int i = 0; i < 20000; i++) {
       Bytes h = random_header(rng, words);
-      ASSERT_EQ(espgw::dataplane::detail::ip_sum(h.data(), words * 4), 0xffff);
-      h[rng() % h.size()] ^= static_cast<uint8_t>(1 + rng() % 255);
-      ASSERT_NE(espgw::dataplane::detail::ip_sum(h.data(), words * 4), 0xffff);
+      if (i % 2) h[rng() % h.size()] ^= static_cast<uint8_t>(1u << (rng() % 8));
+      if (i % 7 == 0) h[10] = h[11] = static_cast<uint8_t>(rng() & 1 ? 0x00 : 0xff);  // both zeros
+      const bool want = cksum(h.data(), h.size()) == 0;
+      ASSERT_EQ(ip_sum_ok(h.data(), uint32_t(h.size())), want) << words << " words, iteration " << i;
+      (want ? valid : invalid)++;
     }
+  EXPECT_GT(valid, 80000u);
+  EXPECT_GT(invalid, 80000u);
+  // Every word 0xffff (a "negative zero" sum, valid by RFC 1071), every word
+  // 0 (not valid: no IPv4 header sums to +0), headers of 0xff bytes with one
+  // word changed (the 64-bit adds carry out).
+  for (uint32_t words = 5; words <= 15; words++) {
+    Bytes ones(words * 4, 0xff), zeros(words * 4, 0);
+    EXPECT_EQ(ip_sum_ok(ones.data(), words * 4), cksum(ones.data(), ones.size()) == 0);
+    EXPECT_TRUE(ip_sum_ok(ones.data(), words * 4));
+    EXPECT_FALSE(ip_sum_ok(zeros.data(), words * 4));
+    for (uint32_t at = 0; at < words * 4; at += 2)
+      for (uint32_t v : {0x0000u, 0x0001u, 0x8000u, 0xfffeu}) {
+        Bytes h = ones;
+        h[at] = uint8_t(v >> 8);
+        h[at + 1] = uint8_t(v);
+        ASSERT_EQ(ip_sum_ok(h.data(), words * 4), cksum(h.data(), h.size()) == 0) << words << " " << at << " " << v;
+      }
+  }
 }
 
 TEST(PacketUtil, IcmpTimeExceeded) {
@@ -333,7 +359,9 @@ TEST(InboundSaTable, FindsEveryInstalledKeyAndNoNeighbour) {
     for (dp::InboundKey other : {dp::InboundKey{keys[i].spi ^ 1, keys[i].dst}, dp::InboundKey{keys[i].spi, keys[i].dst ^ 0x10000}}) {
       uint64_t w;
       memcpy(&w, &other, 8);
-      if (seen.count(w) == 0) EXPECT_LT(rte_hash_lookup_data(h, &other, &d), 0) << i;
+      if (seen.count(w) == 0) {
+        EXPECT_LT(rte_hash_lookup_data(h, &other, &d), 0) << i;
+      }
     }
   }
   for (size_t s = 0; s + 32 <= keys.size(); s += 32) {
