@@ -72,7 +72,7 @@ TEST(PacketUtil, HeaderChecksumVerdictMatchesRfc1071) {
     for (int i = 0; i < 20000; i++) {
       Bytes h = random_header(rng, words);
       if (i % 2) h[rng() % h.size()] ^= static_cast<uint8_t>(1u << (rng() % 8));
-      if (i % 7 == 0) h[10] = h[11] = static_cast<uint8_t>(rng() & 1 ? 0x00 : 0xff);  // both zeros
+      if (i % 7 == 0) h[10] = h[11] = static_cast<uint8_t>(rng() & 1 ? 0x00 : 0xff);  // checksum field 0x0000 or 0xffff
       const bool want = cksum(h.data(), h.size()) == 0;
       ASSERT_EQ(ip_sum_ok(h.data(), uint32_t(h.size())), want) << words << " words, iteration " << i;
       (want ? valid : invalid)++;
