@@ -305,8 +305,15 @@ def test_100_rekeys_under_traffic_no_loss(lab):
     events.close()
     closed = re.findall(r"closing CHILD_SA a1\{\d+\} with SPIs ([0-9a-f]{8})_i \((\d+) bytes\) "
                         r"([0-9a-f]{8})_o \((\d+) bytes\)", lab.log("gw")[log_mark:])
-    assert len(closed) == rekeys, len(closed)
     initial = {spi_int(spi) for _, spi in initial_sas}  # from before the stream started: may be idle
+    # Every pair a rekey made is closed but the current one. The pair current
+    # before the loop is closed by the first rekey; when both charons
+    # initiated at bring-up, a1 may hold a second pre-loop pair, which charon
+    # closes as well (seen once in CI: 101 closings, the extra pair carrying
+    # only the earlier test's outbound traffic, the other only its inbound).
+    pre_loop = [c for c in closed if int(c[0], 16) in initial or int(c[2], 16) in initial]
+    assert len(closed) - len(pre_loop) == rekeys - 1, (len(closed), len(pre_loop))
+    assert 1 <= len(pre_loop) <= len(initial) // 2, (pre_loop, sorted(initial))
     assert all(int(b_in) > 0 and int(b_out) > 0 for i, b_in, o, b_out in closed
                if int(i, 16) not in initial and int(o, 16) not in initial), closed
     closed_sas = {("in", int(i, 16)) for i, _, _, _ in closed} | {("out", int(o, 16)) for _, _, o, _ in closed}
