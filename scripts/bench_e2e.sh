@@ -8,7 +8,8 @@
 # scripts/bench.sh is the full harness (AES-256, IMIX, ESP-in-UDP, testpmd,
 # crypto-perf, micro-benchmarks, chart): see bench/README.md.
 #
-# 1. builds espgw in release mode in build-bench/ (if needed);
+# 1. builds espgw in build-bench/ with scripts/build_release.sh (release,
+#    profile-guided; trained again only when the sources changed);
 # 2. builds ipsec-secgw from Debian's dpdk-doc examples in /tmp/secgw-build,
 #    with bench/e2e/ipsec-secgw-rx-offload-mask.patch applied;
 # 3. runs scripts/bench_e2e.py (pcaps with scapy, a scapy check of espgw's
@@ -36,15 +37,10 @@ for a in "$@"; do
 done
 
 # --- espgw --------------------------------------------------------------
-# release build; the Google Benchmark binaries too (scripts/bench.sh --micro)
-if [[ ! -f "$BUILD_DIR/build.ninja" ]]; then
-  meson setup "$BUILD_DIR" --buildtype=release -Dtests=false -Dbench=true >/dev/null
-elif [[ "$(meson introspect --buildoptions "$BUILD_DIR" | "$PY" -c 'import json,sys; print({o["name"]: o["value"] for o in json.load(sys.stdin)}["bench"])')" != True ]]; then
-  meson configure "$BUILD_DIR" -Dbench=true >/dev/null
-fi
-ninja -C "$BUILD_DIR" control/espgw control/espctl bench/crypto/bench_aead bench/crypto/gcm_floor bench/lpm/bench_lpm bench/dataplane/bench_esp bench/e2e/latency_gen >/dev/null
-echo "espgw: $BUILD_DIR/control/espgw ($(meson introspect --buildoptions "$BUILD_DIR" 2>/dev/null |
-  "$PY" -c 'import json,sys; print([o["value"] for o in json.load(sys.stdin) if o["name"]=="buildtype"][0])' 2>/dev/null || echo '?'))"
+# The release build, profile-guided (scripts/build_release.sh: trained on
+# the gateway's own forwarding, rebuilt with the profile; PGO=0 for a plain
+# release build); the Google Benchmark binaries too (scripts/bench.sh --micro).
+MESON_OPTS="-Dbench=true" bash "$REPO/scripts/build_release.sh" "$BUILD_DIR"
 
 # --- ipsec-secgw --------------------------------------------------------
 if [[ ! -d "$SECGW_SRC" ]]; then

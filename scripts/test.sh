@@ -8,6 +8,7 @@
 #                                   # tests under ASan+UBSan (build-asan/), the
 #                                   # concurrency tests under TSan (build-tsan/)
 #   SOAK_SECONDS=N                  # the soak's length (default 120, 0 skips it)
+#   RELEASE_BUILD=0                 # skips the release (PGO) build and its check
 #   BUILD_DIR=... JOBS=... env vars override the defaults.
 set -uo pipefail
 # The DPDK and TAP tests need root: as another user, the same command again
@@ -203,6 +204,33 @@ if ls tests/interop/test_*.py >/dev/null 2>&1; then
   [ $rc -ne 0 ] && [ $rc -ne 5 ] && status=1
 fi
 stage_end interop
+
+# --- the release build (scripts/build_release.sh) ----------------------------
+# What the benchmarks run and a deployment should: built with GCC's profile
+# instrumentation, trained on the gateway's own forwarding, rebuilt with the
+# profile (~5 min). Then its wire output is checked by scapy both ways
+# (bench_e2e.py's check: outbound frames decrypt to the input, inbound
+# frames are the cleartext), 64 B and IMIX, ESP and ESP-in-UDP.
+# RELEASE_BUILD=0 skips it.
+if [ "${RELEASE_BUILD:-1}" != 0 ]; then
+  stage_start
+  rel="$ROOT/$BUILD_DIR-release"
+  log="$REPORTS/release.log"
+  case_name=pgo_build_trains_and_its_output_verifies
+  if scripts/build_release.sh "$rel" >"$log" 2>&1 &&
+     $PY scripts/bench_e2e.py --espgw "$rel/control/espgw" --impls espgw --sizes 64,imix --dirs out,in \
+       --encaps esp,udp --reps 1 --interval 1 --warmup 0.5 --work "$rel/check" --out "$rel/check.json" >>"$log" 2>&1 &&
+     grep -q "(release, PGO)" "$log"; then
+    grep -E "^espgw:|verify espgw" "$log"
+    echo "<testsuites><testsuite name=\"release\"><testcase classname=\"release\" name=\"$case_name\"/></testsuite></testsuites>" \
+      >"$REPORTS/release.xml"
+  else
+    tail -n 40 "$log"
+    junit_failure "$REPORTS/release.xml" release "$case_name"
+    status=1
+  fi
+  stage_end release
+fi
 
 # --- soak (engineer k): SOAK_SECONDS of traffic (default 120; 0 skips) ------
 if [ "${SOAK_SECONDS:-120}" != 0 ]; then
