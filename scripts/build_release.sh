@@ -15,9 +15,10 @@
 # 3. rebuilds everything with -fprofile-use (-Db_pgo=use).
 # The profile is kept while the sources are unchanged (a stamp of their hash
 # in BUILD_DIR/.pgo-stamp); any change retrains. bench/README.md has what it
-# buys (about 8 cycles per 64-byte packet in each direction on the VM there).
+# buys (about 10 cycles per 64-byte packet in each direction on the VM there).
 # Extra meson options for the build: MESON_OPTS (e.g. "-Dbench=true").
 set -euo pipefail
+ROOT_WHY="build_release: run as root (the training runs DPDK)" . "$(dirname "$0")/as-root.sh"
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 BUILD_DIR="${1:-$REPO/build-release}"
