@@ -15,9 +15,13 @@
 //   --nonce single  built per call with one 16-byte store, as espgw does now;
 //   --aad fresh     the 8-byte AAD written per call with two 4-byte stores.
 //
+// --arch picks IPsec-MB's code path instead of its own choice for this CPU
+// (init_mb_mgr_auto, what espgw uses), to see whether that choice is the
+// fastest here at a given length; the output names the path that ran.
+//
 //   gcm_floor [--algo aes128|aes256] [--op encrypt|decrypt] [--rounds N]
 //             [--calls N] [--nonce ready|split|single] [--aad ready|fresh]
-//             SIZE...
+//             [--arch auto|sse|avx|avx2|avx512] SIZE...
 #include <emmintrin.h>
 #include <intel-ipsec-mb.h>
 #include <x86intrin.h>
@@ -49,7 +53,8 @@ struct alignas(64) Buffer {
 
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr, "gcm_floor: %s\nusage: gcm_floor [--algo aes128|aes256] [--op encrypt|decrypt] "
-                       "[--rounds N] [--calls N] [--nonce ready|split|single] [--aad ready|fresh] SIZE...\n", why);
+                       "[--rounds N] [--calls N] [--nonce ready|split|single] [--aad ready|fresh]\n"
+                       "                 [--arch auto|sse|avx|avx2|avx512] SIZE...\n", why);
   std::exit(64);
 }
 
@@ -74,6 +79,7 @@ int choice(const std::string& v, std::initializer_list<const char*> names, const
 
 int main(int argc, char** argv) {
   bool aes256 = false, decrypt = false, aad_fresh = false;
+  int arch = 0;  // 0 auto, then sse, avx, avx2, avx512
   enum class Nonce { kReady, kSplit, kSingle } nonce_mode = Nonce::kReady;
   uint64_t rounds = 50, calls = 10000;
   std::vector<uint32_t> sizes;
@@ -91,6 +97,8 @@ int main(int argc, char** argv) {
       nonce_mode = static_cast<Nonce>(choice(value(), {"ready", "split", "single"}, "--nonce is ready, split or single"));
     } else if (a == "--aad") {
       aad_fresh = choice(value(), {"ready", "fresh"}, "--aad is ready or fresh") == 1;
+    } else if (a == "--arch") {
+      arch = choice(value(), {"auto", "sse", "avx", "avx2", "avx512"}, "--arch is auto, sse, avx, avx2 or avx512");
     } else if (a == "--rounds") {
       rounds = parse_count(value(), 1, 100000, "--rounds: 1..100000");
     } else if (a == "--calls") {
@@ -103,8 +111,25 @@ int main(int argc, char** argv) {
 
   IMB_MGR* mgr = alloc_mb_mgr(0);
   if (!mgr) usage("alloc_mb_mgr failed");
-  init_mb_mgr_auto(mgr, nullptr);
+  // The init_mb_mgr_<arch> calls need the CPU features of their path: check
+  // them first (a missing one would be an illegal instruction, not an error).
+  const uint64_t f = mgr->features;
+  const uint64_t need[] = {0, IMB_CPUFLAGS_SSE, IMB_CPUFLAGS_AVX, IMB_CPUFLAGS_AVX2, IMB_CPUFLAGS_AVX512};
+  if ((f & need[arch]) != need[arch]) usage("this CPU lacks the features of the --arch asked for");
+  IMB_ARCH used = IMB_ARCH_NONE;
+  switch (arch) {
+    case 0: init_mb_mgr_auto(mgr, &used); break;
+    case 1: init_mb_mgr_sse(mgr); used = IMB_ARCH_SSE; break;
+    case 2: init_mb_mgr_avx(mgr); used = IMB_ARCH_AVX; break;
+    case 3: init_mb_mgr_avx2(mgr); used = IMB_ARCH_AVX2; break;
+    default: init_mb_mgr_avx512(mgr); used = IMB_ARCH_AVX512; break;
+  }
   if (imb_get_errno(mgr) != 0) usage("IPsec-MB: no usable architecture");
+  const char* used_name = used == IMB_ARCH_SSE    ? "sse"
+                          : used == IMB_ARCH_AVX  ? "avx"
+                          : used == IMB_ARCH_AVX2 ? "avx2"
+                          : used == IMB_ARCH_AVX512 ? "avx512"
+                                                    : "other";
 
   std::mt19937 g(4106);
   uint8_t key[32];
@@ -161,8 +186,8 @@ int main(int argc, char** argv) {
       uint64_t t = __rdtsc() - t0;
       if (r > 0) best = std::min(best, t);
     }
-    std::printf("{\"algo\":\"%s\",\"op\":\"%s\",\"nonce\":\"%s\",\"aad\":\"%s\",\"bytes\":%u,\"cycles\":%.1f,\"rounds\":%llu,\"calls\":%llu}\n",
-                aes256 ? "aes256" : "aes128", decrypt ? "decrypt" : "encrypt",
+    std::printf("{\"arch\":\"%s\",\"algo\":\"%s\",\"op\":\"%s\",\"nonce\":\"%s\",\"aad\":\"%s\",\"bytes\":%u,\"cycles\":%.1f,\"rounds\":%llu,\"calls\":%llu}\n",
+                used_name, aes256 ? "aes256" : "aes128", decrypt ? "decrypt" : "encrypt",
                 nonce_mode == Nonce::kReady ? "ready" : nonce_mode == Nonce::kSplit ? "split" : "single",
                 aad_fresh ? "fresh" : "ready", size,
                 static_cast<double>(best) / static_cast<double>(calls), static_cast<unsigned long long>(rounds),
