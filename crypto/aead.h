@@ -107,9 +107,16 @@ class alignas(64) AeadContext : public InStateArena {
   bool ossl_aead_unslotted(const uint8_t nonce[12], const AeadOp& op, int enc) const;
   friend struct AeadTestPeer;  // tests only: reaches the OpenSSL fallback path
   void wipe() noexcept;
+  // The IPsec-MB calls, inline in the burst loops and in encrypt()/decrypt().
+  void imb_encrypt(const AeadOp& op) const;
+  bool imb_decrypt(const AeadOp& op) const;
   // Starts loading the key lines of the ops ahead in a burst, once per change
-  // of context (see aead.cpp).
-  static void prefetch_ahead(const AeadOp* ops, uint32_t n, uint32_t i);
+  // of context (see aead.cpp): the check is inline, the line computation (for
+  // a new context only) out of line.
+  static void prefetch_ahead(const AeadOp* ops, uint32_t n, uint32_t i) {
+    if (i < n && (i == 0 || ops[i].ctx != ops[i - 1].ctx)) prefetch_key(ops[i]);
+  }
+  static void prefetch_key(const AeadOp& op);
   friend void encrypt_burst(const AeadOp* ops, uint32_t n);
   friend uint32_t decrypt_burst(const AeadOp* ops, uint32_t n, uint8_t* ok);
 

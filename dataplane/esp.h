@@ -436,7 +436,7 @@ inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, boo
       uint64_t got;
       memcpy(&got, pt + plen, 8);
       got = rte_le_to_cpu_64(got);
-      const uint64_t mask = pad == 8 ? ~uint64_t{0} : (uint64_t{1} << (8 * pad)) - 1;
+      const uint64_t mask = ~uint64_t{0} >> (64 - 8 * pad);  // the low `pad` bytes (1 <= pad <= 8)
       if ((got ^ uint64_t{0x0807060504030201}) & mask) return EspStatus::kBadPadding;
     }
   } else {

@@ -47,7 +47,9 @@ inline bool gateway_owns(const Dataplane& dp, uint32_t a) {
 // the worker reports after each iteration (RCU reclamation stays safe).
 constexpr uint16_t kMaxDistinctSa = 4;
 
-inline void lookup_inbound_sas(const Dataplane& dp, const InboundKey* keys, uint16_t k, InboundSa** out) {
+// Returns how many distinct keys the burst has (k when there are more than
+// kMaxDistinctSa).
+inline uint16_t lookup_inbound_sas(const Dataplane& dp, const InboundKey* keys, uint16_t k, InboundSa** out) {
   uint64_t ukey[kMaxDistinctSa];
   const void* ukeyp[kMaxDistinctSa];
   uint8_t which[kBurst];
@@ -65,7 +67,7 @@ inline void lookup_inbound_sas(const Dataplane& dp, const InboundKey* keys, uint
         for (uint16_t x = 0; x < k; x++) keyp[x] = &keys[x];
         rte_hash_lookup_bulk_data(dp.inbound, keyp, k, &hits, data);
         for (uint16_t x = 0; x < k; x++) out[x] = (hits >> x) & 1 ? static_cast<InboundSa*>(data[x]) : nullptr;
-        return;
+        return k;
       }
       ukey[nu] = kv;
       ukeyp[nu++] = &keys[i];
@@ -83,6 +85,7 @@ inline void lookup_inbound_sas(const Dataplane& dp, const InboundKey* keys, uint
     for (uint16_t j = 0; j < nu; j++) usa[j] = (hits >> j) & 1 ? static_cast<InboundSa*>(data[j]) : nullptr;
   }
   for (uint16_t i = 0; i < k; i++) out[i] = usa[which[i]];
+  return nu;
 }
 
 // Counts runs of packets on the same SA with one counter update per run.
@@ -120,13 +123,21 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint16_t k = 0;
   uint64_t rx_bytes = 0;
 
+  // Whether the outer destination is the port's, once per run of packets to
+  // one address (they usually all are).
+  uint32_t own_dst = 0;
+  bool own = port_owns(in, 0);
   for (uint16_t i = 0; i < n; i++) {
     rte_mbuf* m = pkts[i];
     if (i + 1 < n) rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void*));
     rx_bytes += rte_pktmbuf_pkt_len(m);
     rte_ipv4_hdr* ip = accept_ipv4_frame(w, m, port);
     if (ip == nullptr) continue;  // dropped, or ARP answered
-    if (!port_owns(in, detail::be32(ip->dst_addr))) {
+    if (const uint32_t d = detail::be32(ip->dst_addr); d != own_dst) {
+      own_dst = d;
+      own = port_owns(in, d);
+    }
+    if (!own) {
       drop(w, m, DropReason::kNotForUs);
       continue;
     }
@@ -164,13 +175,12 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   if (k == 0) return;
 
   InboundSa* found[kBurst];
-  lookup_inbound_sas(dp, keys, k, found);
   // With many SAs (one per packet) each SA is cold: start loading the first
   // line of each (its hot fields and the replay top, sa.h) for the whole
   // burst, and below, two packets ahead, its replay word and counters. A
-  // burst on one SA pays a compare per packet.
-  for (uint16_t i = 0; i < k; i++)
-    if (found[i] != nullptr && (i == 0 || found[i] != found[i - 1])) rte_prefetch0(found[i]);
+  // burst on one SA skips all of it (its lines are in the cache after the
+  // first packet).
+  const bool many = lookup_inbound_sas(dp, keys, k, found) > 1;
   auto prefetch_state = [&](uint16_t i) {
     if (i >= k || found[i] == nullptr || (i > 0 && found[i] == found[i - 1])) return;
     const InboundSa* s = found[i];
@@ -178,8 +188,14 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     rte_prefetch0(&w.c->sa[s->slot]);
     rte_prefetch0(&w.c->tunnel[s->tunnel]);
   };
-  prefetch_state(0);
-  prefetch_state(1);
+  if (many) {
+    for (uint16_t i = 0; i < k; i++)
+      if (found[i] != nullptr && (i == 0 || found[i] != found[i - 1])) rte_prefetch0(found[i]);
+    prefetch_state(0);
+    prefetch_state(1);
+  } else if (found[0] != nullptr) {  // one SA: its state once
+    prefetch_state(0);
+  }
 
   crypto::AeadOp ops[kBurst];
   uint8_t aad[kBurst][kAadScratch];
@@ -189,7 +205,7 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint16_t nops = 0;
   for (uint16_t i = 0; i < k; i++) {
     InboundSa* s = found[i];
-    prefetch_state(uint16_t(i + 2));
+    if (many) prefetch_state(uint16_t(i + 2));
     // UDP to a port other than 4500 is ESP only when an SA for this (SPI,
     // destination) expects it on that port; anything else there is the
     // host's (its IKE daemon may float to any port).
@@ -288,6 +304,11 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint8_t eth[16];
   uint64_t eth_mac = 0, mac = 0;
   uint32_t last_dst = 0;
+  // Whether the destination is one of the gateway's addresses, decided once
+  // per run of packets to one destination (a loop over every port's
+  // addresses: ~35 instructions per packet).
+  uint32_t ours_dst = 0;
+  bool ours = gateway_owns(dp, 0);
   NextHop nh = NextHop::kNoRoute;
   NeighborEntry* entry = nullptr;
   // Tunnel and SA counters count a packet once, when it is accepted
@@ -315,7 +336,11 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     // the tunnel, a ping from the peer's LAN): delivered, not forwarded, so
     // to the host by the exception path as on the outbound side, never
     // ARPed for nor sent back out by the LAN router.
-    if (gateway_owns(dp, d)) {
+    if (d != ours_dst) {
+      ours_dst = d;
+      ours = gateway_owns(dp, d);
+    }
+    if (ours) {
       if (dp.exception_port == kNoPort) {  // no host to deliver to
         drop(w, m, DropReason::kNoException);
         continue;

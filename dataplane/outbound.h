@@ -179,6 +179,10 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint32_t dst[kBurst];
   uint16_t k = 0;
   uint64_t rx_bytes = 0;
+  // Whether the destination is the port's own, once per run of packets to
+  // one destination.
+  uint32_t own_dst = 0;
+  bool own = port_owns(in, 0);
 
   for (uint16_t i = 0; i < n; i++) {
     rte_mbuf* m = pkts[i];
@@ -193,7 +197,11 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kMartian);
       continue;
     }
-    if (port_owns(in, d)) {  // ICMP echo to the gateway, management traffic
+    if (d != own_dst) {
+      own_dst = d;
+      own = port_owns(in, d);
+    }
+    if (own) {  // ICMP echo to the gateway, management traffic
       to_exception(w, m);
       continue;
     }
@@ -207,9 +215,14 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   dp.fib->lookup_burst(dst, tun, k);
   // With many tunnels (one per packet) each packet's tunnel entry and SA are
   // cold: start loading the burst's tunnels now, and each SA two packets
-  // ahead (below). A burst on one tunnel pays a compare per packet.
+  // ahead (below). A burst on one tunnel skips the per-packet part.
+  uint16_t changes = 0;
   for (uint16_t i = 0; i < k; i++)
-    if (tun[i] != lpm::kNoRoute && (i == 0 || tun[i] != tun[i - 1])) rte_prefetch0(&dp.tunnels[tun[i]]);
+    if (tun[i] != lpm::kNoRoute && (i == 0 || tun[i] != tun[i - 1])) {
+      rte_prefetch0(&dp.tunnels[tun[i]]);
+      changes++;
+    }
+  const bool many = changes > 1;
   auto prefetch_sa = [&](uint16_t j) {
     if (j >= k || tun[j] == lpm::kNoRoute || (j > 0 && tun[j] == tun[j - 1])) return;
     const OutboundSa* s = dp.tunnels[tun[j]].out_sa.load(std::memory_order_relaxed);
@@ -229,7 +242,7 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   groups.clear();
   for (uint16_t i = 0; i < k; i++) {
     rte_mbuf* m = ip_pkts[i];
-    prefetch_sa(uint16_t(i + 2));
+    if (many) prefetch_sa(uint16_t(i + 2));
     if (tun[i] == lpm::kNoRoute) {
       drop(w, m, DropReason::kNoRoute);
       continue;

@@ -486,19 +486,22 @@ def test_exception_path_to_and_from_host(tmp_path):
     keepalive = h.wan_frame(IP(src="203.0.113.1", dst=h.LOCAL_A) / UDP(sport=4500, dport=4500) / Raw(b"\xff"))
     ping = h.wan_frame(IP(src="203.0.113.1", dst=h.LOCAL_A) / ICMP())
     stray = h.wan_frame(IP(src="203.0.113.1", dst="198.51.100.77") / UDP(sport=500, dport=500))
+    # Not ours, then ours, then not ours again, in one burst (the worker
+    # decides per run of one destination address).
+    stray2 = h.wan_frame(IP(src="203.0.113.1", dst="198.51.100.78") / UDP(sport=500, dport=500))
     host_mac = "02:00:00:00:0e:0e"
     from_host = [Ether(src=host_mac, dst="ff:ff:ff:ff:ff:ff") / IP(src=h.LOCAL_A, dst="203.0.113.1") /
                  UDP(sport=500, dport=500) / Raw(b"K" * 50),
                  arp(1, host_mac, h.LOCAL_A, "203.0.113.1")]
-    gw = h.Gateway(tmp_path, ALL_SAS, wan_in=[ike500, ike4500, keepalive, ping, stray], host_in=from_host)
+    gw = h.Gateway(tmp_path, ALL_SAS, wan_in=[stray2, ike500, ike4500, keepalive, ping, stray], host_in=from_host)
     with gw:
-        st = gw.wait_rx(wan=5)
+        st = gw.wait_rx(wan=6)
     to_host = gw.sent("host")
     payloads = [bytes(f[IP]) for f in to_host if IP in f]
     for frame in (ike500, ike4500, keepalive, ping):
         assert bytes(frame[IP]) in payloads
     assert st["exception"]["to_host"] == 4
-    assert st["drops"]["not_for_us"] == 1
+    assert st["drops"]["not_for_us"] == 2
     # The host's IKE packet leaves on the WAN port towards the peer's MAC.
     wan = [f for f in gw.sent("wan") if IP in f]
     assert len(wan) == 1 and wan[0][Ether].src == h.WAN_MAC and wan[0][Ether].dst == h.NH_MAC

@@ -370,22 +370,33 @@ def test_decrypted_packet_to_the_gateways_lan_address_goes_to_the_host(tmp_path)
     # And to its WAN address through the tunnel (before: forwarded to the
     # LAN, whose router would send it back out in the clear).
     inner_wan = IP(bytes(IP(src="172.31.1.1", dst=h.LOCAL_A) / ICMP(id=7, seq=2) / Raw(b"to-gateway-wan")))
-    wan_in = [h.wan_frame(IN["aws-a1"].encrypt(inner, 1)), h.wan_frame(IN["aws-a1"].encrypt(inner_wan, 2))]
+    # Between them, in the same burst, packets to an on-link LAN host: the
+    # worker decides "the gateway's own" once per run of one destination, so
+    # the runs alternate (ours, not, ours, ours, not) and each must be decided
+    # anew. The LAN host's are held for ARP (no one answers here).
+    to_lan = [IP(bytes(IP(src="172.31.1.1", dst="10.240.128.50") / ICMP(id=7, seq=s) / Raw(b"to-lan"))) for s in (3, 4)]
+    inner_again = IP(bytes(IP(src="172.31.1.1", dst="10.240.128.1") / ICMP(id=7, seq=5) / Raw(b"to-gateway-again")))
+    order = [inner, to_lan[0], inner_again, inner_wan, to_lan[1]]
+    wan_in = [h.wan_frame(IN["aws-a1"].encrypt(p, i + 1)) for i, p in enumerate(order)]
     gw = h.Gateway(tmp_path, list(OUT.values()) + list(IN.values()), wan_in=wan_in, host_in=[])
     reconfigure(gw, {"lan": {"addresses": ["10.240.128.1/24"]}})
     with gw:
-        st = gw.wait_rx(wan=2)
+        st = gw.wait_rx(wan=len(wan_in))
         time.sleep(0.3)
         st = gw.stats()
     got = [f for f in gw.sent("host") if IP in f]
-    assert len(got) == 2, st
+    assert len(got) == 3, st
     assert bytes(got[0][IP]) == bytes(inner)  # as sent, TTL 1 and all: delivered, not forwarded
-    assert bytes(got[1][IP]) == bytes(inner_wan)
+    assert bytes(got[1][IP]) == bytes(inner_again)
+    assert bytes(got[2][IP]) == bytes(inner_wan)
     assert got[0][Ether].src == h.LAN_MAC
-    assert not [f for f in gw.sent("lan") if ARP in f and f[ARP].pdst == "10.240.128.1"]
+    lan_arps = [f for f in gw.sent("lan") if ARP in f]
+    assert not [f for f in lan_arps if f[ARP].pdst == "10.240.128.1"]
+    assert [f for f in lan_arps if f[ARP].pdst == "10.240.128.50"]  # the LAN host's packets wait for ARP
     assert sent_ip(gw, "lan") == []
     assert st["drops"]["no_neighbor"] == 0 and st["drops"]["ttl_exceeded"] == 0
-    assert st["exception"]["to_host"] == 2
+    assert st["exception"]["to_host"] == 3
+    assert sum(p["queued"] for w in st["accounting"]["workers"] for p in w["ports"]) == 2
     check_balance(st, 1)
     gw.stop()
     assert_no_leak(gw)

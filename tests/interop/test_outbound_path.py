@@ -215,3 +215,24 @@ def test_no_icmp_error_or_arp_reply_for_a_connected_subnets_broadcast_source(tmp
     replies = [f for f in lan if ARP in f and f[ARP].op == 2]
     assert len(replies) == 1 and replies[0][ARP].pdst == "10.240.128.6"
     assert st["drops"]["ttl_exceeded"] == 2
+
+
+def test_packets_to_the_gateway_and_through_it_alternating_in_one_burst(tmp_path):
+    # The worker decides "to the port's own address" once per run of one
+    # destination: runs that alternate (ours, not, ours, not) in one burst
+    # must each be decided anew. Ours go to the host as received; the others
+    # are encrypted on the chosen tunnel.
+    to_gw = [IP(bytes(IP(src="10.240.128.5", dst="10.240.128.1") / ICMP(id=9, seq=s))) for s in (1, 2)]
+    through = [IP(bytes(IP(src="10.240.128.5", dst="172.31.1.1", id=s) / UDP(sport=5, dport=6) / Raw(b"t" * s)))
+               for s in (10, 20)]
+    order = [to_gw[0], through[0], to_gw[1], through[1]]
+    gw = h.Gateway(tmp_path, ALL_SAS, lan_in=[h.lan_frame(p) for p in order], host_in=[])
+    with gw:
+        st = gw.wait_rx(lan=len(order))
+    host = [f for f in gw.sent("host") if IP in f]
+    assert [bytes(f[IP]) for f in host] == [bytes(p) for p in to_gw]
+    wan = gw.sent("wan")
+    assert [bytes(decrypt_outbound(f, OUT["aws-a1"])) for f in wan] == [bytes(forwarded(p)) for p in through]
+    assert st["exception"]["to_host"] == 2
+    assert st["drops"] == {k: 0 for k in st["drops"]}, st["drops"]
+    assert_no_leak(gw)
