@@ -74,16 +74,17 @@ inline uint16_t lookup_inbound_sas(const Dataplane& dp, const InboundKey* keys, 
     }
     which[i] = uint8_t(j);
   }
-  InboundSa* usa[kMaxDistinctSa];
-  if (nu == 1) {
+  if (nu == 1) {  // one SA for the whole burst (the usual case)
     void* d = nullptr;
-    usa[0] = rte_hash_lookup_data(dp.inbound, ukeyp[0], &d) >= 0 ? static_cast<InboundSa*>(d) : nullptr;
-  } else {
-    void* data[kMaxDistinctSa];
-    uint64_t hits = 0;
-    rte_hash_lookup_bulk_data(dp.inbound, ukeyp, nu, &hits, data);
-    for (uint16_t j = 0; j < nu; j++) usa[j] = (hits >> j) & 1 ? static_cast<InboundSa*>(data[j]) : nullptr;
+    InboundSa* const s = rte_hash_lookup_data(dp.inbound, ukeyp[0], &d) >= 0 ? static_cast<InboundSa*>(d) : nullptr;
+    for (uint16_t i = 0; i < k; i++) out[i] = s;
+    return 1;
   }
+  InboundSa* usa[kMaxDistinctSa];
+  void* data[kMaxDistinctSa];
+  uint64_t hits = 0;
+  rte_hash_lookup_bulk_data(dp.inbound, ukeyp, nu, &hits, data);
+  for (uint16_t j = 0; j < nu; j++) usa[j] = (hits >> j) & 1 ? static_cast<InboundSa*>(data[j]) : nullptr;
   for (uint16_t i = 0; i < k; i++) out[i] = usa[which[i]];
   return nu;
 }
