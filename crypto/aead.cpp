@@ -223,7 +223,7 @@ ByteRange ipsecmb_hash_key_bytes() {
 }
 
 AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend backend)
-    : imb_key_{}, salt_{}, algo_(algo), backend_(backend) {
+    : salt_{}, algo_(algo), backend_(backend), imb_key_{} {
   if (algo != AeadAlgo::kAes128Gcm && algo != AeadAlgo::kAes256Gcm)
     throw std::invalid_argument("AeadContext: unknown AEAD algorithm");
   const size_t want = keymat_len(algo);
@@ -241,8 +241,9 @@ AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend
     throw std::invalid_argument("AeadContext: OpenSSL cannot fetch " +
                                 std::string(to_string(algo)));
 
-  static_assert(offsetof(AeadContext, salt_) == kImbKeyBytes && offsetof(AeadContext, ossl_) + sizeof(ossl_) == 1024,
-                "the per-op fields share H^1's line (prefetch_ahead)");
+  static_assert(offsetof(AeadContext, imb_key_) == kImbKeyOffset && offsetof(AeadContext, ossl_) < kImbKeyOffset &&
+                    kImbKeyOffset + kImbKeyBytes == sizeof(AeadContext) && kImbKeyOffset % 16 == 0,
+                "the per-op fields share the first round key's line (prefetch_key)");
   const size_t klen = key_len(algo);
   std::memcpy(salt_, keymat.data() + klen, kSaltLen);
   if (backend == Backend::kIpsecMb) {
@@ -406,24 +407,24 @@ inline void prefetch_op(const AeadOp& op) {
 // context here would stall on the very lines being fetched.
 inline constexpr uint32_t kKeyAhead = 3;
 
-// Only the lines the op will read: the round keys (the first 176 bytes for
-// AES-128, 240 for AES-256: 4 lines are fetched for both, as the algorithm
-// is in the context), the line with the salt and backend (the last), and, of
-// the hash-key powers, the ones its length needs (a 64-byte packet's GHASH
-// covers 7 blocks: the AAD, 5 of data, the lengths). Where
-// they are depends on the code path (HashKeyLayout): the VAES code keeps
+// Only the lines the op will read: the per-op fields and the round keys
+// (the context's first 192 bytes for AES-128, 256 for AES-256: 4 lines are
+// fetched for both, as the algorithm is in the context), and, of the
+// hash-key powers, the ones its length needs (a 64-byte packet's GHASH
+// covers 7 blocks: the AAD, 5 of data, the lengths). Where they are depends
+// on the code path (HashKeyLayout; offsets below are gcm_key_data's, which
+// starts kImbKeyOffset bytes into the context): the VAES code keeps
 // H^48 .. H^1 at the end (H^k at 16 * (63 - k), its
-// gcm_keys_vaes_avx512.inc), so a 64-byte packet reads 3 of its 12 hash-key
-// lines; the AVX2 code keeps H^1 .. H^8 from byte 240 (H^1 shares the last
-// round-key line); the SSE/AVX code the same and their Karatsuba halves
-// from byte 368. Fetching all 16 lines per SA spent the miss slots on lines
-// an op never reads.
+// gcm_keys_vaes_avx512.inc), so a 64-byte packet reads 2 of its 12 hash-key
+// lines; the AVX2 code keeps H^1 .. H^8 from byte 240; the SSE/AVX code the
+// same and their Karatsuba halves from byte 368. Fetching all 16 lines per SA
+// spent the miss slots on lines an op never reads.
 namespace {
 inline constexpr uint32_t kHashKeyEnd = 16 * 63;  // one past H^1 (offset of H^k: 16 * (63 - k))
 static_assert(offsetof(gcm_key_data, ghash_keys) == kRoundKeyBytes &&
               offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.vaes_avx512) == kHashKeyEnd);
 static_assert(offsetof(gcm_key_data, ghash_keys.sse_avx.shifted_hkey_k) == kHeadKaratsuba);
-static_assert(kHashKeyEnd == AeadContext::kImbKeyBytes, "the salt and backend sit in the context's last line");
+static_assert(kHashKeyEnd == AeadContext::kImbKeyBytes);
 inline void prefetch_lines(const char* p, uint32_t from, uint32_t to) {
   for (uint32_t off = from & ~63u; off < to; off += 64) __builtin_prefetch(p + off, 0, 3);
 }
@@ -434,18 +435,19 @@ inline void prefetch_lines(const char* p, uint32_t from, uint32_t to) {
 // per packet, a call to return at once).
 __attribute__((noinline)) void AeadContext::prefetch_key(const AeadOp& op) {
   const auto* p = reinterpret_cast<const char*>(op.ctx);
-  prefetch_lines(p, 0, kRoundKeyBytes);
+  // [from, to) of gcm_key_data
+  auto key_lines = [p](uint32_t from, uint32_t to) { prefetch_lines(p, kImbKeyOffset + from, kImbKeyOffset + to); };
+  prefetch_lines(p, 0, kImbKeyOffset + kRoundKeyBytes);  // the per-op fields, the round keys
   // GHASH blocks: the AAD, the data, the length block
   const uint32_t blocks = (op.len + 15) / 16 + 2;
   if (g_hash_layout == HashKeyLayout::kTail48) {  // powers in groups of 8, up to 48; H^1 in the last line
     const uint32_t powers = std::min<uint32_t>(48, (blocks + 7) & ~7u);
-    prefetch_lines(p, kHashKeyEnd - 16 * powers, kHashKeyEnd);
+    key_lines(kHashKeyEnd - 16 * powers, kHashKeyEnd);
     return;
   }
   const uint32_t powers = std::min<uint32_t>(8, blocks);
-  prefetch_lines(p, kRoundKeyBytes + 16, kRoundKeyBytes + 16 * powers);  // from H^2: H^1 shares a round-key line
-  if (g_hash_layout == HashKeyLayout::kHead8Karatsuba) prefetch_lines(p, kHeadKaratsuba, kHeadKaratsuba + 16 * powers);
-  __builtin_prefetch(p + sizeof(AeadContext) - 64, 0, 3);  // the salt and backend
+  key_lines(kRoundKeyBytes, kRoundKeyBytes + 16 * powers);
+  if (g_hash_layout == HashKeyLayout::kHead8Karatsuba) key_lines(kHeadKaratsuba, kHeadKaratsuba + 16 * powers);
 }
 
 // No prefetch of each op's data here: espgw's prepare pass has just written
