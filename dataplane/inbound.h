@@ -124,21 +124,15 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint16_t k = 0;
   uint64_t rx_bytes = 0;
 
-  // Whether the outer destination is the port's, once per run of packets to
-  // one address (they usually all are).
-  uint32_t own_dst = 0;
-  bool own = port_owns(in, 0);
+  // Whether the outer destination is the port's (they usually all are).
+  PerRunAnswer owned([&in](uint32_t a) { return port_owns(in, a); });
   for (uint16_t i = 0; i < n; i++) {
     rte_mbuf* m = pkts[i];
     if (i + 1 < n) rte_prefetch0(rte_pktmbuf_mtod(pkts[i + 1], void*));
     rx_bytes += rte_pktmbuf_pkt_len(m);
     rte_ipv4_hdr* ip = accept_ipv4_frame(w, m, port);
     if (ip == nullptr) continue;  // dropped, or ARP answered
-    if (const uint32_t d = detail::be32(ip->dst_addr); d != own_dst) {
-      own_dst = d;
-      own = port_owns(in, d);
-    }
-    if (!own) {
+    if (!owned(detail::be32(ip->dst_addr))) {
       drop(w, m, DropReason::kNotForUs);
       continue;
     }
@@ -305,11 +299,8 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint8_t eth[16];
   uint64_t eth_mac = 0, mac = 0;
   uint32_t last_dst = 0;
-  // Whether the destination is one of the gateway's addresses, decided once
-  // per run of packets to one destination (a loop over every port's
-  // addresses: ~35 instructions per packet).
-  uint32_t ours_dst = 0;
-  bool ours = gateway_owns(dp, 0);
+  // Whether the destination is one of the gateway's addresses.
+  PerRunAnswer ours([&dp](uint32_t a) { return gateway_owns(dp, a); });
   NextHop nh = NextHop::kNoRoute;
   NeighborEntry* entry = nullptr;
   // Tunnel and SA counters count a packet once, when it is accepted
@@ -337,11 +328,7 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     // the tunnel, a ping from the peer's LAN): delivered, not forwarded, so
     // to the host by the exception path as on the outbound side, never
     // ARPed for nor sent back out by the LAN router.
-    if (d != ours_dst) {
-      ours_dst = d;
-      ours = gateway_owns(dp, d);
-    }
-    if (ours) {
+    if (ours(d)) {
       if (dp.exception_port == kNoPort) {  // no host to deliver to
         drop(w, m, DropReason::kNoException);
         continue;

@@ -187,10 +187,8 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
   uint32_t dst[kBurst];
   uint16_t k = 0;
   uint64_t rx_bytes = 0;
-  // Whether the destination is the port's own, once per run of packets to
-  // one destination.
-  uint32_t own_dst = 0;
-  bool own = port_owns(in, 0);
+  // Whether the destination is the port's own.
+  PerRunAnswer owned([&in](uint32_t a) { return port_owns(in, a); });
 
   for (uint16_t i = 0; i < n; i++) {
     rte_mbuf* m = pkts[i];
@@ -205,11 +203,7 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kMartian);
       continue;
     }
-    if (d != own_dst) {
-      own_dst = d;
-      own = port_owns(in, d);
-    }
-    if (own) {  // ICMP echo to the gateway, management traffic
+    if (owned(d)) {  // ICMP echo to the gateway, management traffic
       to_exception(w, m);
       continue;
     }

@@ -24,6 +24,29 @@ inline bool port_owns(const Port& p, uint32_t addr) {
   return false;
 }
 
+// A question about an address (is it one of a port's, or of the gateway's
+// addresses?) answered once per run of packets to one address: the
+// question is a loop over addresses (~35 instructions with every port's),
+// and a burst's packets mostly share a destination. Asks for 0 at first,
+// so that the cached pair is always a true answer.
+template <class Ask>
+class PerRunAnswer {
+ public:
+  explicit PerRunAnswer(Ask ask) : ask_(ask), answer_(ask_(0)) {}
+  bool operator()(uint32_t addr) {
+    if (addr != addr_) {
+      addr_ = addr;
+      answer_ = ask_(addr);
+    }
+    return answer_;
+  }
+
+ private:
+  Ask ask_;
+  uint32_t addr_ = 0;
+  bool answer_;
+};
+
 // RFC 1812 §4.3.2.7 / §5.3.7: whether an address can name a single host;
 // not 0/8 ("this network"), 127/8 (loopback), 224/4 (multicast), 240/4
 // (class E) nor 255.255.255.255 (limited broadcast). Host order.
