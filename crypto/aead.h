@@ -84,8 +84,10 @@ struct AeadOp {
 // VAES/AVX-512 code's 64-byte loads of them no longer straddle two lines
 // (the AVX2 and SSE code load them 16 bytes at a time). The per-op
 // fields share the first round key's line, which every GCM op reads: an op
-// on a cold context misses only on key lines, 6 for a 64-byte packet on
-// every code path (7 when the fields sat in the last line). The worker starts
+// on a cold context misses only on key lines: for a 64-byte packet 6 on the
+// AVX2 and VAES code paths, 8 on SSE/AVX (which also read the Karatsuba
+// halves), one fewer on each than when the fields sat in the last line. The
+// worker starts
 // loading them from the context's address alone (no pointer to follow
 // first).
 class alignas(64) AeadContext : public InStateArena {
