@@ -197,6 +197,9 @@ void ControlOps::set_tunnel_admin(const std::string& name, bool up) {
 
 json ControlOps::tunnels_json(const dp::WorkerCounters& s) const {
   json tunnels = json::array();
+  // The workers count on SAs only; a tunnel's traffic is its SAs' (counters.h).
+  const std::vector<SaDatabase::TunnelTraffic> traffic =
+      sas_ ? sas_->tunnel_traffic(s) : std::vector<SaDatabase::TunnelTraffic>(dp_.nb_tunnels);
   for (uint16_t t = 0; t < dp_.nb_tunnels; t++) {
     const dp::OutboundSa* sa = dp_.tunnels[t].out_sa.load();
     const bool admin = tunnels_[t].admin_up, oper = routes_.tunnel_up(t);
@@ -206,9 +209,9 @@ json ControlOps::tunnels_json(const dp::WorkerCounters& s) const {
                {"oper_reason", oper ? "up" : !admin ? "admin-down" : "no-outbound-sa"},
                {"up", oper},
                {"admin_up", admin},
-               {"out", pbc(s.tunnel[t].out)},
-               {"in", pbc(s.tunnel[t].in)},
-               {"asymmetric", s.tunnel[t].asymmetric}};
+               {"out", pbc(traffic[t].out)},
+               {"in", pbc(traffic[t].in)},
+               {"asymmetric", s.tunnel_asymmetric[t]}};
     if (sa) tj["out_spi"] = fmt::format("0x{:08x}", sa->spi);
     tunnels.push_back(tj);
   }
@@ -277,7 +280,7 @@ json ControlOps::neighbors() const {
 
 // ------------------------------------------------------------- counters
 
-// WorkerCounters is ~1.7 MB (dataplane/counters.h): too big for a thread's
+// WorkerCounters is ~1.2 MB (dataplane/counters.h): too big for a thread's
 // stack, and allocating it per call would be an over-aligned malloc that
 // glibc does not reuse (see accounting.cpp). One buffer per thread, kept;
 // valid until this thread's next call (no caller nests two).
@@ -295,11 +298,7 @@ const dp::WorkerCounters& ControlOps::sum_counters() const {
       add(s.port[p].rx, c.port[p].rx);
       add(s.port[p].tx, c.port[p].tx);
     }
-    for (int t = 0; t < nt; t++) {
-      add(s.tunnel[t].out, c.tunnel[t].out);
-      add(s.tunnel[t].in, c.tunnel[t].in);
-      s.tunnel[t].asymmetric += c.tunnel[t].asymmetric;
-    }
+    for (int t = 0; t < nt; t++) s.tunnel_asymmetric[t] += c.tunnel_asymmetric[t];
     for (uint32_t i = 0; i < nsa; i++) {
       s.sa[i].packets += c.sa[i].packets;
       s.sa[i].bytes += c.sa[i].bytes;

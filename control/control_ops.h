@@ -132,7 +132,7 @@ class ControlOps {
   nlohmann::json neighbors() const;
 
   // ---- counters
-  // A per-thread buffer (~1.7 MB), valid until the thread's next call.
+  // A per-thread buffer (~1.2 MB), valid until the thread's next call.
   const dataplane::WorkerCounters& sum_counters() const;
   nlohmann::json stats() const;
   std::string format_stats() const;

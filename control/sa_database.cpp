@@ -72,7 +72,8 @@ SaDatabase::SaDatabase(dp::Dataplane& dp, const std::vector<TunnelConfig>& tunne
       tunnels_(tunnels),
       defaults_(tunnel_defaults(tunnels)),
       events_(std::move(events)),
-      changed_(std::move(changed)) {
+      changed_(std::move(changed)),
+      retired_(tunnels.size()) {
   for (uint32_t s = dp::kMaxSas; s-- > 0;) free_slots_.push_back(s);
 }
 
@@ -451,6 +452,19 @@ void SaDatabase::remove(const SaRef& ref, const char* reason) {
   erase(entries_.find(find_existing(ref)->first), reason);
 }
 
+std::vector<SaDatabase::TunnelTraffic> SaDatabase::tunnel_traffic(const dp::WorkerCounters& sums) const {
+  std::vector<TunnelTraffic> out = retired_;
+  out.resize(std::max<size_t>(out.size(), dp_.nb_tunnels));
+  for (const auto& [k, e] : entries_) {
+    const dp::PacketByteCount u = usage(e, sums);
+    dp::PacketByteCount& to = std::get<0>(k) == SaDirection::kOutbound ? out[e.params.tunnel].out
+                                                                         : out[e.params.tunnel].in;
+    to.packets += u.packets;
+    to.bytes += u.bytes;
+  }
+  return out;
+}
+
 SaUsage SaDatabase::query(const SaRef& ref, const dp::WorkerCounters& sums) const {
   auto it = find_existing(ref);
   const Entry& e = it->second;
@@ -486,6 +500,18 @@ void SaDatabase::erase(Iter it, const char* reason) {
     publish_outbound(t);  // falls back to the next newest, or takes the tunnel down
   }
   synchronize();
+  // No worker counts on the SA any more: its counts are final. The tunnel
+  // keeps them (tunnel_traffic) before the slot can be reused.
+  {
+    dp::PacketByteCount fin{0, 0};
+    for (uint16_t w = 0; w < dp_.nb_workers; w++) {
+      fin.packets += dp_.counters[w]->sa[e.slot].packets;
+      fin.bytes += dp_.counters[w]->sa[e.slot].bytes;
+    }
+    dp::PacketByteCount& r = dir == SaDirection::kOutbound ? retired_[t].out : retired_[t].in;
+    r.packets += fin.packets - e.baseline.packets;
+    r.bytes += fin.bytes - e.baseline.bytes;
+  }
   if (pos >= 0) rte_hash_free_key_with_position(dp_.inbound, pos);  // the slot may be reused now
   free_slots_.push_back(e.slot);
   e.aead.reset();  // wipes the key schedule; e.params.keymat wipes itself

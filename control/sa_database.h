@@ -120,6 +120,14 @@ class SaDatabase {
   bool contains_identity(SaDirection dir, uint32_t spi, uint32_t destination) const {
     return entries_.count({dir, spi, destination}) != 0;
   }
+  // Each tunnel's traffic (index = tunnel index): the sum of its SAs' counts
+  // (out: its outbound SAs, in: its inbound ones) and of those of its SAs
+  // deleted since the database was created. The workers count a packet on
+  // its SA only (dataplane/counters.h); this is the tunnel's count.
+  struct TunnelTraffic {
+    dataplane::PacketByteCount out{0, 0}, in{0, 0};
+  };
+  std::vector<TunnelTraffic> tunnel_traffic(const dataplane::WorkerCounters& sums) const;
   // Counters and last use of the SA `ref` names; SaNotFound when none.
   SaUsage query(const SaRef& ref, const dataplane::WorkerCounters& sums) const;
   const dataplane::OutboundSa* current_outbound(uint16_t tunnel) const;
@@ -185,6 +193,8 @@ class SaDatabase {
   std::map<Key, Entry> entries_;
   std::vector<uint32_t> free_slots_;
   uint32_t slot_limit_ = 0;
+  // Per tunnel: the final counts of its deleted SAs (see tunnel_traffic).
+  std::vector<TunnelTraffic> retired_;
   uint64_t install_counter_ = 0;
   uint64_t installs_ = 0;
   // SHA-256 of every key || salt installed, per direction, for the life of

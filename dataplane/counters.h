@@ -40,11 +40,17 @@
 // drop[r] is the total by reason: sum_p dropped[p][r] + what generated packets
 // and the TX stage lost.
 //
-// Tunnel and SA counters count a packet once, when it is accepted: inbound,
-// when the decrypted packet passed every check (selectors, route back, TTL)
-// and is handed to TX; outbound, when the encrypted packet is handed to TX.
-// SA bytes are inner bytes (lifetimes count these). An SA's last_tsc is the
-// TSC of the burst in which the packet was counted.
+// SA counters count a packet once, when it is accepted: inbound, when the
+// decrypted packet passed every check (selectors, route back, TTL) and is
+// handed to TX; outbound, when the encrypted packet is handed to TX. SA
+// bytes are inner bytes (lifetimes count these). An SA's last_tsc is the TSC
+// of the burst in which the packet was counted.
+// A tunnel's out and in counts are not kept here: every packet they would
+// count is counted on exactly one of the tunnel's SAs, so the control side
+// reports the sum of its SAs' counts plus those of its deleted SAs
+// (SaDatabase::tunnel_traffic). With a different tunnel per packet that is
+// one counter line written per packet instead of two. Only the rare
+// asymmetric-return count is per tunnel.
 #pragma once
 
 #include <cstdint>
@@ -55,7 +61,7 @@ inline constexpr uint16_t kMaxPorts = 8;
 // Tunnels: indices are uint16_t (the FIB's next hop is 16 bits, 0xFFFF = no
 // route). SA slots: a rekey keeps the old and the new SA of a tunnel in each
 // direction for a while, so two per tunnel and direction.
-// WorkerCounters is ~1.7 MB per worker with these (rte_zmalloc'd).
+// WorkerCounters is ~1.2 MB per worker with these (rte_zmalloc'd).
 inline constexpr uint16_t kMaxTunnels = 16384;
 inline constexpr uint32_t kMaxSas = 32768;  // SA slots (counters are indexed by slot)
 
@@ -118,14 +124,6 @@ struct PortCounters {
   PacketByteCount tx;
 };
 
-// One cache line each: with a different tunnel per packet, a tunnel's counters
-// never straddle two lines (40 bytes at a 40-byte stride mostly did).
-struct alignas(64) TunnelCounters {
-  PacketByteCount out;   // inner packets encrypted and sent on the tunnel
-  PacketByteCount in;    // inner packets decrypted from the tunnel
-  uint64_t asymmetric;   // decrypted here while another tunnel is active for the source
-};
-
 // Dispositions of the frames received on one port (see the model above).
 struct RxDisposition {
   uint64_t forwarded;
@@ -151,7 +149,9 @@ struct WorkerCounters {
   RxDisposition rx_disp[kMaxPorts];
   TxDisposition tx_disp[kMaxPorts];
   uint64_t generated_dropped;        // generated packets dropped before TX staging
-  TunnelCounters tunnel[kMaxTunnels];
+  // By tunnel: packets decrypted from it while the route back to their
+  // source points at another tunnel (accepted; a diagnostic).
+  uint64_t tunnel_asymmetric[kMaxTunnels];
   SaCounters sa[kMaxSas];            // by SA slot: bytes are inner bytes (lifetimes count these)
   uint64_t drop[static_cast<int>(DropReason::kCount)];
   uint64_t exception_to_host;        // packets handed to the exception path

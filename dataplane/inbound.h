@@ -100,8 +100,6 @@ struct SaRunCounter {
     c->sa[sa->slot].packets += packets;
     c->sa[sa->slot].bytes += bytes;
     c->sa[sa->slot].last_tsc = tsc;
-    c->tunnel[sa->tunnel].in.packets += packets;
-    c->tunnel[sa->tunnel].in.bytes += bytes;
   }
   void add(const InboundSa* s, uint32_t len) {
     if (s != sa) {
@@ -181,7 +179,6 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     const InboundSa* s = found[i];
     s->replay.prefetch(info[i].seq_low);
     rte_prefetch0(&w.c->sa[s->slot]);
-    rte_prefetch0(&w.c->tunnel[s->tunnel]);
   };
   if (many) {
     for (uint16_t i = 0; i < k; i++)
@@ -339,7 +336,7 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
         drop(w, m, DropReason::kNoBuffer);
         continue;
       }
-      if (back[i] != sa_of[i]->tunnel) w.c->tunnel[sa_of[i]->tunnel].asymmetric++;
+      if (back[i] != sa_of[i]->tunnel) w.c->tunnel_asymmetric[sa_of[i]->tunnel]++;
       sc.add(sa_of[i], rte_pktmbuf_pkt_len(m) - kEthLen);
       to_exception(w, m);
       continue;
@@ -369,7 +366,7 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
         drop(w, m, DropReason::kNoBuffer);
         continue;
       }
-      if (back[i] != tun) w.c->tunnel[tun].asymmetric++;
+      if (back[i] != tun) w.c->tunnel_asymmetric[tun]++;
       sc.add(sa_of[i], inner_len);
       hold_or_drop(w, entry, dp.protected_port, m);
       continue;
@@ -378,7 +375,7 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kNoBuffer);
       continue;
     }
-    if (back[i] != tun) w.c->tunnel[tun].asymmetric++;
+    if (back[i] != tun) w.c->tunnel_asymmetric[tun]++;
     sc.add(sa_of[i], inner_len);
     lan_tx[nlan++] = m;
   }

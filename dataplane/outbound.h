@@ -99,8 +99,8 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
     make_eth(gr.eth, dp.ports[t.port].mac, mac);
     gr.base = groups.sa[k]->next_seq.fetch_add(gr.cnt, std::memory_order_relaxed);
     // The group's counters, updated after the crypto: cold with many SAs.
+    // (The tunnel's are its SAs' summed: counters.h.)
     rte_prefetch0(&w.c->sa[groups.sa[k]->slot]);
-    rte_prefetch0(&w.c->tunnel[groups.tunnel[k]]);
   }
 
   // Prepared run by run of one group: the group's next sequence number and
@@ -165,9 +165,6 @@ inline void encrypt_and_send(Worker& w, const OutItem* items, uint16_t n, const 
   for (uint16_t k = 0; k < ng; k++) {
     const Group& gr = g[k];
     if (gr.sent == 0) continue;
-    PacketByteCount& tc = w.c->tunnel[groups.tunnel[k]].out;
-    tc.packets += gr.sent;
-    tc.bytes += gr.inner_bytes;
     SaCounters& sc = w.c->sa[groups.sa[k]->slot];
     sc.packets += gr.sent;
     sc.bytes += gr.inner_bytes;

@@ -397,6 +397,11 @@ def test_rekey_under_load_outbound(tmp_path):
         by_spi.setdefault(spi, []).append((idx, seq))
     assert order == sorted(order, key=lambda s: (s != 0x1001, s)), "SAs not used in install order"
     assert len(order) >= 90  # nearly every rekey carried traffic
+    # The tunnel's count is its SAs' (deleted ones included): at least every
+    # packet sent under the 100 deleted SAs (all counted before their delete
+    # returned), at most every packet sent.
+    under_deleted = sum(len(by_spi[s]) for s in order if s != old_out)
+    assert under_deleted <= st["tunnels"][0]["out"]["packets"] <= len(records), (under_deleted, len(records))
     frames = h.raw_frames(gw.wan_out[0], [i for items in by_spi.values() for i in (items[0][0], items[-1][0])])
     for spi, items in by_spi.items():
         seqs = [s for _, s in items]

@@ -207,3 +207,47 @@ def test_replace_sa_is_add_or_update(tmp_path):
         assert gw.request(sa_req("replace-sa", new, lifetime={"hard": {"packets": 5000}}))["ok"]
         listed = [s for s in gw.request({"op": "list-sas"})["sas"] if s["spi"] == "0x00007401"]
         assert len(listed) == 1 and listed[0]["lifetime"]["hard"]["packets"] == 5000
+
+
+def test_tunnel_counts_outlive_their_sas_and_a_reused_slot(tmp_path):
+    """A tunnel's out/in counts are its SAs' counts summed, plus those of its
+    deleted SAs (the workers count per SA only: dataplane/counters.h). After
+    a rekey deletes the SAs that carried the traffic, the tunnel keeps their
+    counts; a new SA that reuses a deleted SA's counter slot, on this or
+    another tunnel, starts from zero and adds nothing to either."""
+    inner = [IP(bytes(IP(src="172.31.1.1", dst="10.240.128.9", id=i) / UDP(sport=1, dport=2) / Raw(b"i" * 40)))
+             for i in range(24)]
+    sa_in = IN["aws-a1"]
+    gw = h.Gateway(tmp_path, ALL_SAS, routes=ONLY_A1, lan_in=lan_traffic(32),
+                   wan_in=[h.wan_frame(sa_in.encrypt(p, s)) for s, p in enumerate(inner, 1)])
+    inner_out = 32 * len(bytes(lan_traffic(1)[0][IP]))
+    inner_in = sum(len(bytes(p)) for p in inner)
+
+    def counts(st):
+        t = {x["name"]: x for x in st["tunnels"]}
+        return {n: (t[n]["out"]["packets"], t[n]["out"]["bytes"], t[n]["in"]["packets"], t[n]["in"]["bytes"])
+                for n in ("aws-a1", "aws-a2")}
+
+    with gw:
+        st = gw.wait_rx(lan=32, wan=24)
+        assert st["drops_total"] == 0, st["drops"]
+        want = {"aws-a1": (32, inner_out, 24, inner_in), "aws-a2": (0, 0, 0, 0)}
+        assert counts(st) == want
+        # Rekey aws-a1 both ways, then delete the SAs that carried everything.
+        assert gw.request(sa_req("add-sa", h.Sa("in", 0x7201, "aws-a1", seed=71)))["ok"]
+        assert gw.request(sa_req("add-sa", h.Sa("out", 0x7101, "aws-a1", seed=72)))["ok"]
+        assert gw.request({"op": "delete-sa", "direction": "out", "spi": OUT["aws-a1"].spi})["ok"]
+        assert gw.request({"op": "delete-sa", "direction": "in", "spi": sa_in.spi})["ok"]
+        assert counts(gw.stats()) == want, "a tunnel lost its deleted SAs' counts"
+        # The freed counter slots go to the next SAs installed: one on aws-a2,
+        # one on aws-a1. Neither inherits the old SAs' counts.
+        assert gw.request(sa_req("add-sa", h.Sa("in", 0x7202, "aws-a2", seed=73)))["ok"]
+        assert gw.request(sa_req("add-sa", h.Sa("out", 0x7102, "aws-a1", seed=74)))["ok"]
+        assert counts(gw.stats()) == want, "a reused SA slot counted its predecessor's packets again"
+        listed = {int(s["spi"], 16): s for s in gw.request({"op": "list-sas"})["sas"]}
+        assert all(listed[spi]["packets"] == 0 for spi in (0x7101, 0x7102, 0x7201, 0x7202)), listed
+        # Deleting SAs that carried nothing changes nothing either.
+        assert gw.request({"op": "delete-sa", "direction": "in", "spi": 0x7202})["ok"]
+        assert gw.request({"op": "delete-sa", "direction": "out", "spi": 0x7101})["ok"]
+        assert counts(gw.stats()) == want
+    assert len(list(h.raw_esp_records(gw.wan_out[0]))) == 32
