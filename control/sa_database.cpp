@@ -273,12 +273,7 @@ void SaDatabase::add(const SaParams& p) {
   if (p.direction == SaDirection::kOutbound) e.out = build_outbound(p, e.aead.get(), e.slot);
   else e.in = build_inbound(p, e.aead.get(), e.slot);  // throws before anything changes
   e.installed = std::chrono::steady_clock::now();
-  dp::PacketByteCount base{0, 0};
-  for (uint16_t w = 0; w < dp_.nb_workers; w++) {
-    base.packets += dp_.counters[w]->sa[e.slot].packets;
-    base.bytes += dp_.counters[w]->sa[e.slot].bytes;
-  }
-  e.baseline = base;
+  e.baseline = slot_counts(e.slot);
   if (e.in) {
     dp::InboundKey key{e.in->spi, e.in->local_addr};
     // Lock-free hash: adding a key is atomic for readers.
@@ -452,6 +447,15 @@ void SaDatabase::remove(const SaRef& ref, const char* reason) {
   erase(entries_.find(find_existing(ref)->first), reason);
 }
 
+dp::PacketByteCount SaDatabase::slot_counts(uint32_t slot) const {
+  dp::PacketByteCount c{0, 0};
+  for (uint16_t w = 0; w < dp_.nb_workers; w++) {
+    c.packets += dp_.counters[w]->sa[slot].packets;
+    c.bytes += dp_.counters[w]->sa[slot].bytes;
+  }
+  return c;
+}
+
 std::vector<SaDatabase::TunnelTraffic> SaDatabase::tunnel_traffic(const dp::WorkerCounters& sums) const {
   std::vector<TunnelTraffic> out = retired_;
   out.resize(std::max<size_t>(out.size(), dp_.nb_tunnels));
@@ -502,16 +506,10 @@ void SaDatabase::erase(Iter it, const char* reason) {
   synchronize();
   // No worker counts on the SA any more: its counts are final. The tunnel
   // keeps them (tunnel_traffic) before the slot can be reused.
-  {
-    dp::PacketByteCount fin{0, 0};
-    for (uint16_t w = 0; w < dp_.nb_workers; w++) {
-      fin.packets += dp_.counters[w]->sa[e.slot].packets;
-      fin.bytes += dp_.counters[w]->sa[e.slot].bytes;
-    }
-    dp::PacketByteCount& r = dir == SaDirection::kOutbound ? retired_[t].out : retired_[t].in;
-    r.packets += fin.packets - e.baseline.packets;
-    r.bytes += fin.bytes - e.baseline.bytes;
-  }
+  const dp::PacketByteCount fin = slot_counts(e.slot);
+  dp::PacketByteCount& r = dir == SaDirection::kOutbound ? retired_[t].out : retired_[t].in;
+  r.packets += fin.packets - e.baseline.packets;
+  r.bytes += fin.bytes - e.baseline.bytes;
   if (pos >= 0) rte_hash_free_key_with_position(dp_.inbound, pos);  // the slot may be reused now
   free_slots_.push_back(e.slot);
   e.aead.reset();  // wipes the key schedule; e.params.keymat wipes itself

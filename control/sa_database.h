@@ -180,6 +180,8 @@ class SaDatabase {
   void publish_outbound(uint16_t tunnel);
   void synchronize() const;
   dataplane::PacketByteCount usage(const Entry& e, const dataplane::WorkerCounters& sums) const;
+  // A counter slot's packets and bytes, summed over the workers' blocks.
+  dataplane::PacketByteCount slot_counts(uint32_t slot) const;
   // Seconds (millisecond precision) since a worker last counted a packet on
   // the SA; empty when none has since it was installed.
   std::optional<double> idle_seconds(const Entry& e, const dataplane::WorkerCounters& sums) const;
