@@ -99,6 +99,49 @@ def test_outbound_esp_on_the_chosen_tunnel(tmp_path):
     assert_no_leak(gw)
 
 
+def test_outbound_bursts_mixing_tunnels_packet_by_packet(tmp_path):
+    # One tunnel per /24, so each packet's destination picks its tunnel. The
+    # 32-packet bursts interleave the tunnels in different patterns: a new
+    # tunnel every packet (runs of one: encrypt_and_send's packet-by-packet
+    # preparation), pairs (runs of two: the run-by-run one), random, and one
+    # tunnel per burst. aws-b2's next hop is unresolved: its packets are
+    # dropped as no_neighbor wherever they sit in a burst, and spend no
+    # sequence number.
+    tunnels = list(h.TUNNELS)
+    routes = [{"prefix": f"172.31.{i}.0/24", "via": [{"tunnel": t, "priority": 10}]} for i, t in enumerate(tunnels, 1)]
+    rng = random.Random(11)
+    order = ([i % 4 for i in range(32)] + [(i // 2) % 4 for i in range(32)] + [rng.randrange(4) for _ in range(64)] +
+             [i % 3 for i in range(32)] + [1] * 32 + [(i * 3) % 4 for i in range(32)])
+    inner = [IP(bytes(IP(src="10.240.128.9", dst=f"172.31.{t + 1}.{i % 250 + 1}", id=i) / UDP(sport=7, dport=9) /
+                      Raw(bytes((i + j) & 0xFF for j in range(rng.randint(1, 200)))))) for i, t in enumerate(order)]
+    gw = h.Gateway(tmp_path, ALL_SAS, routes=routes, lan_in=[h.lan_frame(p) for p in inner],
+                   tunnels_extra={"aws-b2": {"next_hop_mac": None}})
+    del_none(gw)
+    with gw:
+        st = gw.wait_rx(lan=len(inner))
+    esp_frames = [f for f in gw.sent("wan") if IP in f and f[IP].proto == 50]
+    expect = [(p, tunnels[t]) for p, t in zip(inner, order) if tunnels[t] != "aws-b2"]
+    assert len(esp_frames) == len(expect), st["drops"]
+    seqs = {}
+    for frame, (orig, t) in zip(esp_frames, expect):
+        assert tunnel_of(frame) == t
+        assert frame[Ether].dst == h.NH_MAC and frame[Ether].src == h.WAN_MAC
+        ip, esp = h.esp_of(frame)
+        assert esp.spi == OUT[t].spi
+        assert bytes(decrypt_outbound(frame, OUT[t])) == bytes(forwarded(orig)), f"packet id {orig.id} on {t}"
+        seqs.setdefault(t, []).append(esp.seq)
+    for t, s in seqs.items():
+        assert s == list(range(1, len(s) + 1)), f"{t}: sequence numbers not 1,2,3... in wire order: {s[:12]}"
+    n_b2 = order.count(3)
+    assert st["drops"]["no_neighbor"] == n_b2 and st["drops_total"] == n_b2, st["drops"]
+    tun = {t["name"]: t for t in st["tunnels"]}
+    for i, t in enumerate(tunnels):
+        sent = [orig for orig, tt in expect if tt == t]
+        assert tun[t]["out"]["packets"] == len(sent), t
+        assert tun[t]["out"]["bytes"] == sum(len(p) for p in sent), t
+    assert_no_leak(gw)
+
+
 def test_inbound_decrypts_and_drops_by_reason(tmp_path):
     rng = random.Random(2)
     inner = [IP(bytes(IP(src=f"172.31.{i % 250}.{i % 200 + 1}", dst="10.240.128.20", id=i) / UDP(sport=40000, dport=4000 + i) /
