@@ -69,7 +69,7 @@ Gateway::~Gateway() {
       rte_eth_dev_stop(dp_->ports[p].port_id);
       rte_eth_dev_close(dp_->ports[p].port_id);
     }
-    if (dp_->inbound) rte_hash_free(dp_->inbound);
+    delete dp_->inbound;
     for (uint16_t w = 0; w < dp_->nb_workers; w++) {
       rte_free(dp_->counters[w]);
       for (uint16_t p = 0; p < dp::kMaxPorts; p++)
@@ -278,8 +278,11 @@ void Gateway::init_tables() {
   d.icmp_tokens_per_s = std::max<uint64_t>(1, cfg_.icmp_rate_limit_pps / d.nb_workers);
   if (cfg_.icmp_rate_limit_pps == 0) d.icmp_tokens_per_s = 0;
 
-  d.inbound = dp::create_inbound_sa_table("espgw_inbound_sa", 2 * dp::kMaxSas, static_cast<int>(rte_socket_id()));
-  if (!d.inbound) throw dpdk_error("inbound SA hash", rte_errno);
+  try {
+    d.inbound = new dp::InboundSaTable(dp::kMaxSas, static_cast<int>(rte_socket_id()));
+  } catch (const std::bad_alloc&) {
+    throw std::runtime_error("inbound SA table: out of DPDK memory (raise eal -m)");
+  }
 
   // Tunnels.
   if (cfg_.tunnels.size() > dp::kMaxTunnels) throw std::runtime_error("too many tunnels");

@@ -82,11 +82,8 @@ SaDatabase::~SaDatabase() {
   // let the entries' destructors wipe the keys.
   for (uint16_t t = 0; t < tunnels_.size(); t++) dp_.tunnels[t].out_sa.store(nullptr);
   for (auto& [k, e] : entries_)
-    if (e.in) {
-      dp::InboundKey key{e.in->spi, e.in->local_addr};
-      int32_t pos = rte_hash_del_key(dp_.inbound, &key);
-      if (pos >= 0) rte_hash_free_key_with_position(dp_.inbound, pos);
-    }
+    if (e.in) dp_.inbound->erase({e.in->spi, e.in->local_addr});
+  dp_.inbound->reclaim();
 }
 
 void SaDatabase::synchronize() const {
@@ -275,10 +272,20 @@ void SaDatabase::add(const SaParams& p) {
   e.installed = std::chrono::steady_clock::now();
   e.baseline = slot_counts(e.slot);
   if (e.in) {
-    dp::InboundKey key{e.in->spi, e.in->local_addr};
-    // Lock-free hash: adding a key is atomic for readers.
-    int rc = rte_hash_add_key_data(dp_.inbound, &key, e.in.get());
-    if (rc != 0) throw SaError(fmt::format("inbound SA table: {}", rte_strerror(-rc)));
+    // Adding a key is atomic for readers (inbound_sa_table.h).
+    try {
+      dp_.inbound->set({e.in->spi, e.in->local_addr}, e.in.get());
+    } catch (const std::exception& x) {
+      throw SaError(x.what());
+    }
+    if (dp_.inbound->wants_compaction()) {  // deleted slots fill the table: rebuild it
+      try {
+        auto old = dp_.inbound->compact();
+        synchronize();  // no worker probes the old array any more
+      } catch (const std::bad_alloc&) {
+        // The fuller array still works; the next install tries again.
+      }
+    }
   }
   free_slots_.pop_back();
   slot_limit_ = std::max(slot_limit_, e.slot + 1);
@@ -416,10 +423,10 @@ void SaDatabase::replace_outbound(Entry& e, std::unique_ptr<dp::OutboundSa> next
 void SaDatabase::replace_inbound(Entry& e, std::unique_ptr<dp::InboundSa> next) {
   dp::InboundSa* old = e.in.get();
   dp::InboundKey key{old->spi, old->local_addr};
-  rte_hash_add_key_data(dp_.inbound, &key, nullptr);  // existing key: an atomic data update
+  dp_.inbound->set(key, nullptr);  // existing key: one atomic pointer store
   synchronize();
   next->replay.copy_state_from(old->replay);
-  rte_hash_add_key_data(dp_.inbound, &key, next.get());
+  dp_.inbound->set(key, next.get());
   std::unique_ptr<dp::InboundSa> retired = std::move(e.in);
   e.in = std::move(next);
 }
@@ -496,10 +503,8 @@ void SaDatabase::erase(Iter it, const char* reason) {
   const uint32_t spi = std::get<1>(it->first);
   const uint16_t t = e.params.tunnel;
   entries_.erase(it);
-  int32_t pos = -1;
   if (e.in) {
-    dp::InboundKey key{e.in->spi, e.in->local_addr};
-    pos = rte_hash_del_key(dp_.inbound, &key);
+    dp_.inbound->erase({e.in->spi, e.in->local_addr});
   } else {
     publish_outbound(t);  // falls back to the next newest, or takes the tunnel down
   }
@@ -510,7 +515,7 @@ void SaDatabase::erase(Iter it, const char* reason) {
   dp::PacketByteCount& r = dir == SaDirection::kOutbound ? retired_[t].out : retired_[t].in;
   r.packets += fin.packets - e.baseline.packets;
   r.bytes += fin.bytes - e.baseline.bytes;
-  if (pos >= 0) rte_hash_free_key_with_position(dp_.inbound, pos);  // the slot may be reused now
+  if (e.in) dp_.inbound->reclaim();  // its slot may be claimed by another key now
   free_slots_.push_back(e.slot);
   e.aead.reset();  // wipes the key schedule; e.params.keymat wipes itself
   json ev = {{"event", "sa-deleted"},

@@ -7,8 +7,6 @@
 #pragma once
 
 #include <rte_ether.h>
-#include <rte_hash.h>
-#include <rte_hash_crc.h>
 #include <rte_ip_frag.h>
 #include <rte_mempool.h>
 #include <rte_rcu_qsbr.h>
@@ -18,6 +16,7 @@
 #include <cstring>
 
 #include "dataplane/counters.h"
+#include "dataplane/inbound_sa_table.h"
 #include "dataplane/neighbor.h"
 #include "dataplane/sa.h"
 #include "lpm/route_table.h"
@@ -81,45 +80,11 @@ struct Tunnel {
 
 // Key of the inbound SA hash: what the wire gives us (RFC 4301 §4.1: SPI,
 // and the destination address since SPIs are chosen per receiver address).
-struct InboundKey {
-  uint32_t spi;
-  uint32_t dst;
-};
-static_assert(sizeof(InboundKey) == 8);
-// The inbound SA table's key compare (rte_hash_set_cmp_func): one 8-byte
-// word. rte_hash's own compare for an 8-byte key is a memcmp call, ~7 cycles
-// per packet with a different SA per packet. Returns 0 when equal.
-inline int inbound_key_cmp(const void* a, const void* b, size_t) {
-  uint64_t x, y;
-  memcpy(&x, a, sizeof(x));
-  memcpy(&y, b, sizeof(y));
-  return x != y;
-}
-
-// The inbound SA table, InboundKey -> InboundSa*: lock-free readers (the
-// workers), one writer (the control thread). Hashed with CRC32-C (SSE 4.2:
-// one instruction for the 8-byte key) rather than jhash (~3 cycles per packet
-// with a different SA per packet); the peer picks SPIs but cannot insert,
-// and a lookup probes at most two buckets. nullptr with rte_errno set on
-// failure.
-inline rte_hash* create_inbound_sa_table(const char* name, uint32_t entries, int socket) {
-  rte_hash_parameters hp{};
-  hp.name = name;
-  hp.entries = entries;
-  hp.key_len = sizeof(InboundKey);
-  hp.hash_func = rte_hash_crc;
-  hp.socket_id = socket;
-  hp.extra_flag = RTE_HASH_EXTRA_FLAGS_RW_CONCURRENCY_LF;
-  rte_hash* h = rte_hash_create(&hp);
-  if (h != nullptr) rte_hash_set_cmp_func(h, inbound_key_cmp);
-  return h;
-}
-
 struct Dataplane {
   rte_mempool* pool = nullptr;
   rte_rcu_qsbr* qsbr = nullptr;
   const lpm::Fib* fib = nullptr;
-  rte_hash* inbound = nullptr;  // InboundKey -> InboundSa*
+  InboundSaTable* inbound = nullptr;  // InboundKey -> InboundSa* (owned by the gateway)
 
   uint16_t nb_ports = 0;
   Port ports[kMaxPorts];

@@ -2,7 +2,6 @@
 // decap -> policy -> protected port; IKE and ICMP go to the host.
 #pragma once
 
-#include <rte_hash.h>
 #include <rte_prefetch.h>
 
 #include "dataplane/esp.h"
@@ -41,52 +40,31 @@ inline bool gateway_owns(const Dataplane& dp, uint32_t a) {
   return false;
 }
 
-// Per-burst SA lookup: the distinct (SPI, destination) keys of a burst are
-// looked up once each (a burst usually carries one or two SAs). Nothing is
-// kept across poll iterations, so no SA pointer outlives the quiescent state
-// the worker reports after each iteration (RCU reclamation stays safe).
-constexpr uint16_t kMaxDistinctSa = 4;
-
-// Returns how many distinct keys the burst has (k when there are more than
-// kMaxDistinctSa).
+// Per-burst SA lookup: one probe per run of packets with the same (SPI,
+// destination) key, all the runs' slots prefetched first (with a different
+// SA per packet each is a cold line). Nothing is kept across poll
+// iterations, so no SA pointer outlives the quiescent state the worker
+// reports after each iteration (RCU reclamation stays safe). Returns the
+// number of runs.
 inline uint16_t lookup_inbound_sas(const Dataplane& dp, const InboundKey* keys, uint16_t k, InboundSa** out) {
-  uint64_t ukey[kMaxDistinctSa];
-  const void* ukeyp[kMaxDistinctSa];
-  uint8_t which[kBurst];
-  uint16_t nu = 0;
+  const InboundSaTable::Array* table = dp.inbound->array();
+  uint64_t word[kBurst];
+  uint32_t hash[kBurst];
+  uint16_t runs = 0;
   for (uint16_t i = 0; i < k; i++) {
-    uint64_t kv;
-    memcpy(&kv, &keys[i], sizeof(kv));
-    uint16_t j = 0;
-    while (j < nu && ukey[j] != kv) j++;
-    if (j == nu) {
-      if (nu == kMaxDistinctSa) {  // many SAs in one burst: the hash's bulk lookup
-        const void* keyp[kBurst];
-        void* data[kBurst];
-        uint64_t hits = 0;
-        for (uint16_t x = 0; x < k; x++) keyp[x] = &keys[x];
-        rte_hash_lookup_bulk_data(dp.inbound, keyp, k, &hits, data);
-        for (uint16_t x = 0; x < k; x++) out[x] = (hits >> x) & 1 ? static_cast<InboundSa*>(data[x]) : nullptr;
-        return k;
-      }
-      ukey[nu] = kv;
-      ukeyp[nu++] = &keys[i];
+    word[i] = inbound_key_word(keys[i]);
+    if (i == 0 || word[i] != word[i - 1]) {
+      hash[i] = InboundSaTable::hash(table, word[i]);
+      InboundSaTable::prefetch(table, hash[i]);
+      runs++;
     }
-    which[i] = uint8_t(j);
   }
-  if (nu == 1) {  // one SA for the whole burst (the usual case)
-    void* d = nullptr;
-    InboundSa* const s = rte_hash_lookup_data(dp.inbound, ukeyp[0], &d) >= 0 ? static_cast<InboundSa*>(d) : nullptr;
-    for (uint16_t i = 0; i < k; i++) out[i] = s;
-    return 1;
+  InboundSa* s = nullptr;
+  for (uint16_t i = 0; i < k; i++) {
+    if (i == 0 || word[i] != word[i - 1]) s = InboundSaTable::find(table, word[i], hash[i]);
+    out[i] = s;
   }
-  InboundSa* usa[kMaxDistinctSa];
-  void* data[kMaxDistinctSa];
-  uint64_t hits = 0;
-  rte_hash_lookup_bulk_data(dp.inbound, ukeyp, nu, &hits, data);
-  for (uint16_t j = 0; j < nu; j++) usa[j] = (hits >> j) & 1 ? static_cast<InboundSa*>(data[j]) : nullptr;
-  for (uint16_t i = 0; i < k; i++) out[i] = usa[which[i]];
-  return nu;
+  return runs;
 }
 
 // Counts runs of packets on the same SA with one counter update per run.

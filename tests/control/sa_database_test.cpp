@@ -1,10 +1,9 @@
-// SaDatabase against a real EAL, a real lock-free rte_hash, real RCU (QSBR)
+// SaDatabase against a real EAL, the real inbound SA table, real RCU (QSBR)
 // and real worker-side objects: the identity owns its state (sequence
 // number, replay window, install order) across reconcile and update.
 #include <rte_cycles.h>
 #include <rte_eal.h>
 #include <rte_errno.h>
-#include <rte_hash.h>
 #include <rte_malloc.h>
 #include <rte_pause.h>
 #include <rte_rcu_qsbr.h>
@@ -65,8 +64,7 @@ class SaDatabaseTest : public ::testing::Test {
     dp_->counters[0] = static_cast<dp::WorkerCounters*>(
         rte_zmalloc("sadb_counters", sizeof(dp::WorkerCounters), RTE_CACHE_LINE_SIZE));
     ASSERT_NE(dp_->counters[0], nullptr);
-    dp_->inbound = dp::create_inbound_sa_table(name_.c_str(), 2 * dp::kMaxSas, SOCKET_ID_ANY);
-    ASSERT_NE(dp_->inbound, nullptr) << rte_strerror(rte_errno);
+    dp_->inbound = new dp::InboundSaTable(dp::kMaxSas, SOCKET_ID_ANY);
     tunnels_ = test_tunnels();
     dp_->nb_tunnels = static_cast<uint16_t>(tunnels_.size());
     for (uint16_t t = 0; t < dp_->nb_tunnels; t++) dp_->tunnels[t].out_sa.store(nullptr);
@@ -77,7 +75,7 @@ class SaDatabaseTest : public ::testing::Test {
 
   void TearDown() override {
     db_.reset();
-    rte_hash_free(dp_->inbound);
+    delete dp_->inbound;
     rte_free(dp_->counters[0]);
     rte_free(dp_->qsbr);
   }
@@ -93,10 +91,7 @@ class SaDatabaseTest : public ::testing::Test {
   SaParams params(const SaSpec& s) { return validate_sa_spec(s, db_->tunnels()); }
 
   dp::InboundSa* inbound(uint32_t spi) {
-    dp::InboundKey k{spi, kLocal};
-    void* d = nullptr;
-    if (rte_hash_lookup_data(dp_->inbound, &k, &d) < 0) return nullptr;
-    return static_cast<dp::InboundSa*>(d);
+    return dp_->inbound->lookup({spi, kLocal});
   }
   // What a worker does with an authenticated packet: check, then update.
   dp::ReplayVerdict receive(uint32_t spi, uint32_t seq) {

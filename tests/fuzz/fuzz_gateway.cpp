@@ -2,7 +2,6 @@
 
 #include <fmt/format.h>
 #include <rte_errno.h>
-#include <rte_hash.h>
 #include <rte_ring.h>
 
 #include <unistd.h>
@@ -174,10 +173,8 @@ FuzzGateway::FuzzGateway() {
 void FuzzGateway::reset_replay_windows() {
   for (const SaKeys& k : sa_keys()) {
     if (!k.inbound) continue;
-    dp::InboundKey key{k.spi, k.dst};
-    void* d = nullptr;
-    if (rte_hash_lookup_data(dp().inbound, &key, &d) < 0) fail(fmt::format("inbound SA 0x{:x} not installed", k.spi));
-    auto* sa = static_cast<dp::InboundSa*>(d);
+    dp::InboundSa* sa = dp().inbound->lookup({k.spi, k.dst});
+    if (sa == nullptr) fail(fmt::format("inbound SA 0x{:x} not installed", k.spi));
     sa->replay.reset(sa->replay.window(), sa->replay.esn());
   }
 }

@@ -7,7 +7,6 @@
 // resync are shown.)
 #include <rte_eal.h>
 #include <rte_errno.h>
-#include <rte_hash.h>
 #include <rte_malloc.h>
 #include <rte_rcu_qsbr.h>
 
@@ -62,8 +61,7 @@ class MirrorTest : public ::testing::Test {
     d_.nb_workers = 1;
     d_.counters[0] = static_cast<dp::WorkerCounters*>(rte_zmalloc("t_cnt", sizeof(dp::WorkerCounters), 64));
     ASSERT_NE(d_.counters[0], nullptr);
-    d_.inbound = dp::create_inbound_sa_table("t_inbound", 2 * dp::kMaxSas, SOCKET_ID_ANY);
-    ASSERT_NE(d_.inbound, nullptr);
+    d_.inbound = new dp::InboundSaTable(dp::kMaxSas, SOCKET_ID_ANY);
     TunnelConfig tc;
     tc.name = "aws-a1";
     tc.port = "wan";
@@ -93,7 +91,7 @@ class MirrorTest : public ::testing::Test {
     sas_.reset();
     ops_.reset();
     routes_.reset();
-    rte_hash_free(d_.inbound);
+    delete d_.inbound;
     rte_free(d_.counters[0]);
     rte_free(d_.qsbr);
   }
