@@ -221,10 +221,26 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     }
   }
 
-  rte_mbuf* fwd[kBurst];
-  uint32_t src[kBurst];
-  const InboundSa* sa_of[kBurst];
-  uint16_t nf = 0;
+  // One pass from here to TX per packet: the trailer and inner checks, the
+  // selectors, the route check and forwarding (a pass of its own each cost
+  // loop overhead and arrays stored and reloaded per packet).
+  NeighborTable& lan = dp.neighbors[dp.protected_port];
+  const Port& out = dp.ports[dp.protected_port];
+  const lpm::Fib& fib = *dp.fib;
+  const uint64_t now = w.burst_tsc;
+  uint8_t eth[16];
+  uint64_t eth_mac = 0, mac = 0;
+  uint32_t last_dst = 0;
+  // Whether the destination is one of the gateway's addresses.
+  PerRunAnswer ours([&dp](uint32_t a) { return gateway_owns(dp, a); });
+  NextHop nh = NextHop::kNoRoute;
+  NeighborEntry* entry = nullptr;
+  // Tunnel and SA counters count a packet once, when it is accepted
+  // (counters.h): after the last check, when it is handed to TX or to the
+  // neighbour's hold queue.
+  SaRunCounter sc{w.c, now};
+  rte_mbuf* lan_tx[kBurst];  // staged at the end, in order (stage_tx_bulk)
+  uint16_t nlan = 0;
   for (uint16_t j = 0; j < nops; j++) {
     uint16_t i = idx[j];
     rte_mbuf* m = esp[i];
@@ -248,57 +264,29 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     auto* ip = rte_pktmbuf_mtod(m, rte_ipv4_hdr*);
-    uint32_t s = detail::be32(ip->src_addr);
-    uint32_t d = detail::be32(ip->dst_addr);
-    InboundSa& isa = *sa[j];
+    const uint32_t s = detail::be32(ip->src_addr);
+    const uint32_t d = detail::be32(ip->dst_addr);
+    const InboundSa& isa = *sa[j];
     if (isa.nb_remote_sel &&
         (!in_selectors(isa.remote_sel, isa.nb_remote_sel, s) || !in_selectors(isa.local_sel, isa.nb_local_sel, d))) {
       drop(w, m, DropReason::kPolicy);
       continue;
     }
-    fwd[nf] = m;
-    src[nf] = s;
-    sa_of[nf++] = &isa;
-  }
-  if (nf == 0) return;
-
-  // Route-based acceptance and asymmetry: which tunnel would we use to reach
-  // the sender? None: the tunnel's routes do not allow this source.
-  lpm::TunnelId back[kBurst];
-  dp.fib->lookup_burst(src, back, nf);
-  // Next hop per destination (on-link host or the LAN gateway), looked up
-  // once per run of packets to the same destination.
-  NeighborTable& lan = dp.neighbors[dp.protected_port];
-  const Port& out = dp.ports[dp.protected_port];
-  const uint64_t now = w.burst_tsc;
-  uint8_t eth[16];
-  uint64_t eth_mac = 0, mac = 0;
-  uint32_t last_dst = 0;
-  // Whether the destination is one of the gateway's addresses.
-  PerRunAnswer ours([&dp](uint32_t a) { return gateway_owns(dp, a); });
-  NextHop nh = NextHop::kNoRoute;
-  NeighborEntry* entry = nullptr;
-  // Tunnel and SA counters count a packet once, when it is accepted
-  // (counters.h): after the last check, when it is handed to TX or to the
-  // neighbour's hold queue.
-  SaRunCounter sc{w.c, now};
-  rte_mbuf* lan_tx[kBurst];  // staged at the end, in order (stage_tx_bulk)
-  uint16_t nlan = 0;
-  for (uint16_t i = 0; i < nf; i++) {
-    rte_mbuf* m = fwd[i];
-    if (back[i] == lpm::kNoRoute) {
+    // Route-based acceptance and asymmetry: which tunnel would we use to
+    // reach the sender? None: the tunnel's routes do not allow this source.
+    const lpm::TunnelId back = fib.lookup(s);
+    if (back == lpm::kNoRoute) {
       drop(w, m, DropReason::kPolicy);
       continue;
     }
-    auto* ip = rte_pktmbuf_mtod(m, rte_ipv4_hdr*);
-    uint32_t d = detail::be32(ip->dst_addr);
     // RFC 1812 §5.3.7: never forward to or from an address no host has
     // (a peer's default route must not reach the LAN's broadcast or
     // multicast, nor loopback).
-    if (!ipv4_names_one_host(d) || !ipv4_names_one_host(src[i])) {
+    if (!ipv4_names_one_host(d) || !ipv4_names_one_host(s)) {
       drop(w, m, DropReason::kMartian);
       continue;
     }
+    const uint16_t tun = isa.tunnel;
     // For the gateway itself (any of its addresses: management through
     // the tunnel, a ping from the peer's LAN): delivered, not forwarded, so
     // to the host by the exception path as on the outbound side, never
@@ -314,8 +302,8 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
         drop(w, m, DropReason::kNoBuffer);
         continue;
       }
-      if (back[i] != sa_of[i]->tunnel) w.c->tunnel_asymmetric[sa_of[i]->tunnel]++;
-      sc.add(sa_of[i], rte_pktmbuf_pkt_len(m) - kEthLen);
+      if (back != tun) w.c->tunnel_asymmetric[tun]++;
+      sc.add(&isa, rte_pktmbuf_pkt_len(m) - kEthLen);
       to_exception(w, m);
       continue;
     }
@@ -325,6 +313,8 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kTtlExceeded);
       continue;
     }
+    // Next hop per destination (on-link host or the LAN gateway), looked
+    // up once per run of packets to the same destination.
     if (d != last_dst || eth_mac == 0) {
       last_dst = d;
       nh = neighbor_lookup(lan, d, now, w.tsc_hz, &mac, &entry);
@@ -336,7 +326,6 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     }
     ipv4_decrement_ttl(ip);
     const uint32_t inner_len = rte_pktmbuf_pkt_len(m);
-    const uint16_t tun = sa_of[i]->tunnel;
     if (nh == NextHop::kUnresolved) {  // held until ARP resolves it (destination MAC filled then)
       uint8_t pending[16];
       make_eth(pending, out.mac, 0);
@@ -344,8 +333,8 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
         drop(w, m, DropReason::kNoBuffer);
         continue;
       }
-      if (back[i] != tun) w.c->tunnel_asymmetric[tun]++;
-      sc.add(sa_of[i], inner_len);
+      if (back != tun) w.c->tunnel_asymmetric[tun]++;
+      sc.add(&isa, inner_len);
       hold_or_drop(w, entry, dp.protected_port, m);
       continue;
     }
@@ -353,8 +342,8 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kNoBuffer);
       continue;
     }
-    if (back[i] != tun) w.c->tunnel_asymmetric[tun]++;
-    sc.add(sa_of[i], inner_len);
+    if (back != tun) w.c->tunnel_asymmetric[tun]++;
+    sc.add(&isa, inner_len);
     lan_tx[nlan++] = m;
   }
   if (nlan != 0) stage_tx_bulk(w, dp.protected_port, lan_tx, nlan);
