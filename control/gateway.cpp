@@ -234,10 +234,11 @@ void Gateway::init_ports() {
     rte_eth_macaddr_get(pid, &p.mac);
     if (soft_mac) memcpy(p.mac.addr_bytes, w.pc->mac->b, 6);
     p.nb_addrs = 0;
+    p.addr_filter = 0;
     if (w.pc) {
       if (w.pc->addresses.size() > dp::kMaxPortAddrs)
         throw std::runtime_error(fmt::format("{}: at most {} addresses per port", what, dp::kMaxPortAddrs));
-      for (uint32_t a : w.pc->addresses) p.addrs[p.nb_addrs++] = a;
+      for (uint32_t a : w.pc->addresses) dp::port_add_addr(p, a);
     }
     if (w.pc) init_neighbors(d.neighbors[d.nb_ports], *w.pc);
     if (w.kind == dp::PortKind::kProtected && d.protected_port == dp::kNoPort) d.protected_port = d.nb_ports;

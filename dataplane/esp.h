@@ -198,7 +198,7 @@ void esp_outbound_build_template(const OutboundSa& sa, OutboundTemplate& t);
 //
 // eth: when not null, the 14-byte Ethernet header to put in front of the
 // outer header, in the same pass (the worker's next-hop header): the frame
-// is then ready to send once encrypted.
+// is then ready to send once encrypted. 16 bytes must be readable there.
 inline constexpr uint32_t kEspEthLen = 14;
 template <bool kInnerChecked = false>
 inline EspStatus esp_outbound_prepare(rte_mbuf* m, const OutboundSa& sa, uint64_t seq,
@@ -244,7 +244,9 @@ inline EspStatus esp_outbound_prepare(rte_mbuf* m, const OutboundSa& sa, uint64_
   m->data_len = static_cast<uint16_t>(total + l2);
   m->pkt_len = total + l2;
   uint8_t* o = rte_pktmbuf_mtod(m, uint8_t*) + l2;
-  if (eth != nullptr) memcpy(o - kEspEthLen, eth, kEspEthLen);
+  // 16 bytes in one move: the 2 past the Ethernet header are the outer
+  // header's first, written below.
+  if (eth != nullptr) memcpy(o - kEspEthLen, eth, 16);
 
   // Trailer: pad 1,2,3..., pad length, next header (4 bytes of pattern
   // first: they land in the ICV room at worst).
@@ -448,7 +450,8 @@ inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, boo
     if (nh == kNextHdrIpv6) return EspStatus::kUnsupported;
     return EspStatus::kBadNextHeader;
   }
-  if (plen < kIpv4HdrLen || (pt[0] >> 4) != 4 || (pt[0] & 0xf) < 5) return EspStatus::kBadInner;
+  // Version 4, IHL 5..15: a first byte of 0x45..0x4f.
+  if (plen < kIpv4HdrLen || static_cast<uint8_t>(pt[0] - 0x45) > 0x0a) return EspStatus::kBadInner;
   const uint32_t inner_len = ld16(pt + 2);
   // Anything after the inner packet is TFC padding (RFC 4303 §2.4).
   if (uint32_t{pt[0] & 0xfu} * 4 > inner_len || inner_len > plen) return EspStatus::kBadInner;

@@ -282,7 +282,7 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     // RFC 1812 §5.3.7: never forward to or from an address no host has
     // (a peer's default route must not reach the LAN's broadcast or
     // multicast, nor loopback).
-    if (!ipv4_names_one_host(d) || !ipv4_names_one_host(s)) {
+    if (!ipv4_both_name_one_host(d, s)) {
       drop(w, m, DropReason::kMartian);
       continue;
     }

@@ -233,7 +233,7 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     uint32_t d = detail::be32(ip->dst_addr);
     // RFC 1812 §5.3.7: nothing from or to an address no host has goes into
     // a tunnel (or to the host).
-    if (!ipv4_names_one_host(d) || !ipv4_names_one_host(detail::be32(ip->src_addr))) {
+    if (!ipv4_both_name_one_host(d, detail::be32(ip->src_addr))) {
       drop(w, m, DropReason::kMartian);
       continue;
     }

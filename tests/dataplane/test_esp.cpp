@@ -328,7 +328,9 @@ TEST(EspOutbound, PrepareWritesTheEthernetHeaderInTheSamePass) {
   Pair keys(AeadAlgo::kAes128Gcm);
   OutboundSa out;
   init_out(out, &keys.fast, false, false);
-  const uint8_t eth[14] = {0x02, 0, 0, 0, 0, 0x09, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00};
+  // 16 readable bytes (the contract): the last two are not Ethernet and
+  // must not survive (the outer header overwrites them).
+  const uint8_t eth[16] = {0x02, 0, 0, 0, 0, 0x09, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00, 0xee, 0xee};
   Bytes inner = make_inner(100);
   AeadOp op;
   uint8_t aad[kAadScratch];
@@ -347,6 +349,8 @@ TEST(EspOutbound, PrepareWritesTheEthernetHeaderInTheSamePass) {
   ASSERT_EQ(f.size(), 14 + inner.size() + esp_overhead(inner.size(), false));
   EXPECT_TRUE(std::equal(eth, eth + 14, f.begin()));
   Bytes w(f.begin() + 14, f.end());
+  EXPECT_EQ(w[0], 0x45);
+  EXPECT_EQ(w[1], 0);  // TOS copied from the inner packet's
   EXPECT_EQ(ld16(&w[2]), w.size());
   EXPECT_EQ(cksum(w.data(), 20), 0);
   Bytes pt = oracle_open(keys.oracle, w, false, 1, false);  // OpenSSL opens it
@@ -758,6 +762,18 @@ TEST_F(EspInbound, BadInner) {
   EXPECT_EQ(with([](Bytes& b) { st16(&b[2], 19); }), EspStatus::kBadInner);      // total length < IHL
   EXPECT_EQ(with([](Bytes& b) { st16(&b[2], 61); }), EspStatus::kBadInner);      // longer
   EXPECT_EQ(with([](Bytes& b) { b.resize(19); }), EspStatus::kBadInner);         // < 20 bytes
+  // Every first byte: only version 4 with IHL 5..15 (RFC 791) gets through.
+  for (uint32_t b0 = 0; b0 < 256; b0++) {
+    const EspStatus want = (b0 >> 4) == 4 && (b0 & 0xf) >= 5 ? EspStatus::kOk : EspStatus::kBadInner;
+    EXPECT_EQ(with([b0](Bytes& b) {
+                b.resize(80);
+                st16(&b[2], 80);
+                b[0] = static_cast<uint8_t>(b0);
+                if ((b0 & 0xf) >= 5) fix_ip_cksum(b.data());
+              }),
+              want)
+        << b0;
+  }
 }
 
 TEST_F(EspInbound, EcnCeIsPropagatedToEcnCapableInner) {

@@ -1,7 +1,7 @@
 // Forwarding helpers of dataplane/packet_util.h: TTL decrement with the
 // incremental checksum, ICMP errors (time exceeded, fragmentation needed),
-// the TCP MSS clamp (vectors from scapy), and the header checksum verdict of
-// esp.h.
+// the TCP MSS clamp (vectors from scapy), the header checksum verdict of
+// esp.h, port_owns() behind its address filter, and the martian verdict.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -97,10 +97,84 @@ TEST(PacketUtil, HeaderChecksumVerdictMatchesRfc1071) {
   }
 }
 
+TEST(PacketUtil, CheckIpv4VerdictForEveryFirstByte) {
+  // RFC 791: version 4; IHL at least 5 words and within the total length.
+  // Any other version is unsupported (not a bad header), IHL < 5 is bad.
+  for (uint32_t b0 = 0; b0 < 256; b0++) {
+    const uint32_t ihl = (b0 & 0xf) * 4;
+    Bytes h = make_inner(80);
+    h[0] = static_cast<uint8_t>(b0);
+    if (ihl >= 20) fix_ip_cksum(h.data());
+    MbufPtr m = to_mbuf(h);
+    const DropReason want = (b0 >> 4) != 4 ? DropReason::kUnsupported
+                            : ihl < 20     ? DropReason::kBadHeader
+                                           : DropReason::kCount;
+    EXPECT_EQ(check_ipv4(m.get(), rte_pktmbuf_mtod(m.get(), rte_ipv4_hdr*), 80), want) << b0;
+  }
+  // Total length shorter than the header's own length.
+  Bytes h = make_inner(80);
+  h[0] = 0x4f;  // 60 bytes of header
+  st16(&h[2], 56);
+  fix_ip_cksum(h.data());
+  MbufPtr m = to_mbuf(h);
+  EXPECT_EQ(check_ipv4(m.get(), rte_pktmbuf_mtod(m.get(), rte_ipv4_hdr*), 80), DropReason::kBadHeader);
+  st16(&h[2], 60);
+  fix_ip_cksum(h.data());
+  MbufPtr m2 = to_mbuf(h);
+  EXPECT_EQ(check_ipv4(m2.get(), rte_pktmbuf_mtod(m2.get(), rte_ipv4_hdr*), 80), DropReason::kCount);
+  EXPECT_EQ(rte_pktmbuf_data_len(m2.get()), 60);  // the rest trimmed as L2 padding
+}
+
+TEST(PacketUtil, MartianAddressesByRfc1812) {
+  // RFC 1812 §4.3.2.7 / §5.3.7, RFC 5735: 0/8, 127/8, 224/4 (multicast)
+  // and 240/4 (with 255.255.255.255) name no single host. Every pair of
+  // first bytes, with host bits that must not matter.
+  auto host = [](uint32_t top) { return !(top == 0 || top == 127 || (top >= 224 && top <= 255)); };
+  int hosts = 0;
+  for (uint32_t a = 0; a < 256; a++) {
+    const uint32_t ia = a << 24 | 0x00a5c301u * (a & 1);
+    ASSERT_EQ(ipv4_names_one_host(ia), host(a)) << a;
+    hosts += host(a);
+    for (uint32_t b = 0; b < 256; b++) {
+      const uint32_t ib = b << 24 | 0x00ffffffu * (b & 1);
+      ASSERT_EQ(ipv4_both_name_one_host(ia, ib), host(a) && host(b)) << a << " " << b;
+    }
+  }
+  EXPECT_EQ(hosts, 256 - 1 - 1 - 32);
+}
+
+TEST(PacketUtil, PortOwnsExactlyItsAddresses) {
+  // The filter in front of the address loop must never say "not ours" for
+  // one of the port's addresses, nor let through one that is not: checked
+  // for every address near the port's own and for a million others,
+  // enough of which share a filter bit with an own address to take the
+  // loop.
+  Port port{};
+  const uint32_t own[] = {0x0af08001, 0xc6336410, 0x0a000001, 0x0a000002, 0x64400001, 0xac100001, 0xc0a80101, 0x0b000001};
+  for (uint32_t a : own) ASSERT_TRUE(port_add_addr(port, a));
+  EXPECT_FALSE(port_add_addr(port, 0x01020304));  // kMaxPortAddrs
+  EXPECT_EQ(port.nb_addrs, kMaxPortAddrs);
+  auto is_own = [&](uint32_t a) { return std::find(std::begin(own), std::end(own), a) != std::end(own); };
+  uint32_t through_filter = 0;
+  auto check = [&](uint32_t a) {
+    ASSERT_EQ(port_owns(port, a), is_own(a)) << std::hex << a;
+    through_filter += !is_own(a) && ((port.addr_filter >> port_addr_bit(a)) & 1);
+  };
+  for (uint32_t a : own)
+    for (uint32_t d = 0; d < 512; d++) check(a - 256 + d);
+  uint64_t x = 88172645463325252ull;  // xorshift64
+  for (int i = 0; i < 1000000; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    check(static_cast<uint32_t>(x));
+  }
+  EXPECT_GT(through_filter, 10000u);  // the loop was taken, and still said no
+  Port empty{};
+  EXPECT_FALSE(port_owns(empty, 0));
+}
+
 TEST(PacketUtil, IcmpTimeExceeded) {
   Port port{};
-  port.nb_addrs = 1;
-  port.addrs[0] = 0x0af08001;  // 10.240.128.1
+  ASSERT_TRUE(port_add_addr(port, 0x0af08001));  // 10.240.128.1
   for (int i = 0; i < 6; i++) port.mac.addr_bytes[i] = static_cast<uint8_t>(0x10 + i);
   Bytes frame(14);
   for (int i = 0; i < 6; i++) frame[6 + i] = static_cast<uint8_t>(0xa0 + i);  // sender MAC
@@ -256,8 +330,7 @@ TEST(PacketUtil, DropAllHeldCountsAGeneratedDrop) {
 // arp_process: such a packet is ignored.
 TEST(PacketUtil, ArpWithOtherAddressLengthsIsIgnored) {
   Port port{};
-  port.nb_addrs = 1;
-  port.addrs[0] = 0x0a000001;  // 10.0.0.1
+  ASSERT_TRUE(port_add_addr(port, 0x0a000001));  // 10.0.0.1
   for (uint8_t i = 0; i < 6; i++) port.mac.addr_bytes[i] = uint8_t(0x02 * (i == 0) + (i == 5));
   auto request = [](uint8_t hlen, uint8_t plen) {
     Bytes f(42, 0);
