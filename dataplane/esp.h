@@ -164,6 +164,9 @@ inline bool ip_sum_ok(const uint8_t* p, uint32_t len) {
   }
   return s != 0 && s % 0xffff == 0;
 }
+// An IPv4 header's first byte with version 4 and an IHL of 5..15 words is
+// 0x45..0x4f: one compare for both.
+inline constexpr bool ipv4_version_ihl_ok(uint8_t b0) { return static_cast<uint8_t>(b0 - 0x45) <= 0x0a; }
 inline void write_aad(uint8_t* aad, uint32_t spi, uint64_t seq, bool esn) {
   if (esn) {
     st32(aad, spi);
@@ -450,8 +453,7 @@ inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, boo
     if (nh == kNextHdrIpv6) return EspStatus::kUnsupported;
     return EspStatus::kBadNextHeader;
   }
-  // Version 4, IHL 5..15: a first byte of 0x45..0x4f.
-  if (plen < kIpv4HdrLen || static_cast<uint8_t>(pt[0] - 0x45) > 0x0a) return EspStatus::kBadInner;
+  if (plen < kIpv4HdrLen || !ipv4_version_ihl_ok(pt[0])) return EspStatus::kBadInner;
   const uint32_t inner_len = ld16(pt + 2);
   // Anything after the inner packet is TFC padding (RFC 4303 §2.4).
   if (uint32_t{pt[0] & 0xfu} * 4 > inner_len || inner_len > plen) return EspStatus::kBadInner;
