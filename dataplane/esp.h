@@ -327,7 +327,7 @@ struct EspInboundInfo {
   uint16_t esp_off;    // offset of the ESP header from the data start
   uint16_t esp_len;    // ESP header .. end of ICV
   uint16_t udp_sport;  // valid when udp
-  uint16_t udp_dport;
+  uint16_t udp_dport;  // 0 when not udp (and never 0 when udp)
   uint8_t outer_tos;
   bool udp;
 };
@@ -373,7 +373,8 @@ inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t na
     if (tot < ihl + kUdpHdrLen) return EspStatus::kTruncated;
     const uint8_t* u = p + ihl;
     const uint16_t dport = ld16(u + 2);
-    if (nat_t_port == kAnyNatTPort ? dport == kIkePort : dport != nat_t_port) return EspStatus::kNotEsp;
+    // Port 0 is no one's (an SA's udp_port 0 means plain ESP): never ESP.
+    if (nat_t_port == kAnyNatTPort ? dport == kIkePort || dport == 0 : dport != nat_t_port) return EspStatus::kNotEsp;
     if (ld16(u + 4) != tot - ihl) return EspStatus::kBadOuterHeader;
     off += kUdpHdrLen;
     const uint32_t plen = tot - off;
@@ -404,11 +405,16 @@ inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t na
 // Checks that the packet belongs to `sa` (outer destination, encapsulation)
 // and fills `op` for in-place decryption with the 64-bit sequence number the
 // replay window inferred. kUnknownSpi on a mismatch (SPI is the caller's).
+// kFoundByDestination: the caller found `sa` by (SPI, outer destination),
+// so the destination matches and is not compared again.
+template <bool kFoundByDestination = false>
 inline EspStatus esp_inbound_prepare(rte_mbuf* m, const EspInboundInfo& info, const InboundSa& sa,
                                      uint64_t full_seq, crypto::AeadOp& op, uint8_t* aad_scratch) {
-  if (sa.local_addr != 0 && sa.local_addr != info.outer_dst) return EspStatus::kUnknownSpi;
-  if (info.udp != (sa.udp_port != 0) || (info.udp && info.udp_dport != sa.udp_port))
-    return EspStatus::kUnknownSpi;
+  if (!kFoundByDestination && sa.local_addr != 0 && sa.local_addr != info.outer_dst) return EspStatus::kUnknownSpi;
+  // The encapsulation: parse leaves udp_dport 0 for plain ESP and never
+  // takes a datagram to port 0 for ESP, and an SA's udp_port is 0 for plain
+  // ESP, so one compare says both "ESP-in-UDP when the SA is" and "on its port".
+  if (info.udp_dport != sa.udp_port) return EspStatus::kUnknownSpi;
   uint8_t* e = rte_pktmbuf_mtod_offset(m, uint8_t*, info.esp_off);
   detail::write_aad(aad_scratch, info.spi, full_seq, sa.esn);
   op.ctx = sa.aead;

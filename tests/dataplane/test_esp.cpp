@@ -624,6 +624,36 @@ TEST_F(EspInbound, UnknownSpiOrWrongArrival) {
   EXPECT_EQ(decap(p), EspStatus::kOk);
 }
 
+// The pipeline's mode (ESP-in-UDP on any port but 500, the SA decides):
+// one compare of the datagram's port with the SA's decides the
+// encapsulation, so a datagram to port 0 (an SA's udp_port 0 is plain ESP)
+// must never be taken for ESP, and every mismatch is an unknown SPI.
+TEST_F(EspInbound, AnyPortModeEncapsulationMatchesTheSa) {
+  auto prepare = [&](const Bytes& frame, uint16_t sa_port) {
+    MbufPtr m = to_mbuf(frame);
+    EspInboundInfo info;
+    EspStatus st = esp_inbound_parse(m.get(), info, kAnyNatTPort);
+    if (st != EspStatus::kOk) return st;
+    in.udp_port = sa_port;
+    AeadOp op;
+    uint8_t aad[kAadScratch];
+    return esp_inbound_prepare<true>(m.get(), info, in, 1, op, aad);
+  };
+  Bytes zero = good(1, 60, 4500);
+  st16(&zero[22], 0);  // UDP destination port 0
+  EXPECT_EQ(prepare(zero, 0), EspStatus::kNotEsp);
+  EXPECT_EQ(prepare(good(1, 60, 4501), 4501), EspStatus::kOk);
+  EXPECT_EQ(prepare(good(1, 60, 4501), 4500), EspStatus::kUnknownSpi);  // on another port than the SA's
+  EXPECT_EQ(prepare(good(1, 60, 4500), 0), EspStatus::kUnknownSpi);     // UDP on an SA for plain ESP
+  EXPECT_EQ(prepare(good(1), 4500), EspStatus::kUnknownSpi);            // plain ESP on an SA for UDP
+  EXPECT_EQ(prepare(good(1), 0), EspStatus::kOk);
+  // Found by (SPI, destination): the destination is not compared again;
+  // the convenience API compares it.
+  in.local_addr = kDst + 1;
+  EXPECT_EQ(prepare(good(1), 0), EspStatus::kOk);
+  EXPECT_EQ(decap(good(1)), EspStatus::kUnknownSpi);
+}
+
 TEST_F(EspInbound, ReplayAndTooOld) {
   Bytes p = good(100);
   EXPECT_EQ(decap(p), EspStatus::kOk);

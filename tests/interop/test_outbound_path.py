@@ -10,7 +10,7 @@ from scapy.all import ARP, ICMP, IP, TCP, UDP, Ether, Raw, defragment
 from scapy.utils import checksum
 
 import gateway_harness as h
-from test_gateway import ALL_SAS, OUT, arp, assert_no_leak, decrypt_outbound, forwarded
+from test_gateway import ALL_SAS, OUT, arp, assert_no_leak, decrypt_outbound, forwarded, tunnel_of
 
 pytestmark = pytest.mark.skipif(not h.ESPGW.exists(), reason=f"espgw not built at {h.ESPGW}")
 
@@ -235,4 +235,45 @@ def test_packets_to_the_gateway_and_through_it_alternating_in_one_burst(tmp_path
     assert [bytes(decrypt_outbound(f, OUT["aws-a1"])) for f in wan] == [bytes(forwarded(p)) for p in through]
     assert st["exception"]["to_host"] == 2
     assert st["drops"] == {k: 0 for k in st["drops"]}, st["drops"]
+    assert_no_leak(gw)
+
+
+def test_fragments_of_several_tunnels_in_one_burst_keep_each_sequence_contiguous(tmp_path):
+    # DF-clear packets of 2 and 4 fragments, on three tunnels interleaved
+    # packet by packet and in runs. Each 32-frame burst makes 80 work items:
+    # 16 packets of 2 fragments and 8 of 4 fill the 64-item work array, which
+    # the pipeline sends mid-way (counting its items per tunnel in chunks);
+    # the last 8 packets' 16 fragments are sent after the loop, counted per
+    # tunnel as they were made. Each tunnel reserves exactly the sequence
+    # numbers its fragments use: every ESP frame decrypts, each tunnel's
+    # numbers are 1, 2, 3... in wire order, and every packet reassembles.
+    tunnels = ["aws-a1", "aws-a2", "aws-b1"]
+    routes = [{"prefix": f"172.31.{i}.0/24", "via": [{"tunnel": t, "priority": 10}]} for i, t in enumerate(tunnels, 1)]
+    sizes = [2000] * 16 + [5000] * 8 + [2000] * 8  # 2 and 4 fragments of at most 1,440 bytes of data
+    order = [i % 3 for i in range(32)] + [(i // 3) % 3 for i in range(32)] + [2] * 8 + [0, 1] * 12
+    inner = []
+    for i, t in enumerate(order):
+        size = sizes[i % 32] + i % 7
+        p = IP(src="10.240.128.5", dst=f"172.31.{t + 1}.{i % 200 + 1}", flags=0, id=2000 + i) / UDP(sport=5, dport=6)
+        inner.append(IP(bytes(p / Raw(bytes((i + j) & 0xFF for j in range(size - 28))))))
+    gw = h.Gateway(tmp_path, ALL_SAS, routes=routes, lan_in=[h.lan_frame(p) for p in inner],
+                   ports_extra={"lan": {"mtu": 9000}})
+    with gw:
+        st = gw.wait_rx(lan=len(inner))
+    assert st["drops"] == {k: 0 for k in st["drops"]}, st["drops"]
+    seqs = {t: [] for t in tunnels}
+    plain = []
+    for f in gw.sent("wan"):
+        t = tunnel_of(f)
+        ip, esp = h.esp_of(f)
+        assert esp.spi == OUT[t].spi
+        seqs[t].append(esp.seq)
+        plain.append(decrypt_outbound(f, OUT[t]))
+    for t, s in seqs.items():
+        assert s == list(range(1, len(s) + 1)), f"{t}: sequence numbers not 1,2,3... in wire order: {s[:16]}"
+    assert st["fragments"] == len(plain) == sum(2 if sizes[i % 32] == 2000 else 4 for i in range(len(inner)))
+    whole = {p.id: p for p in defragment(plain)}
+    assert sorted(whole) == [p.id for p in inner]
+    for p in inner:
+        assert bytes(whole[p.id]) == bytes(forwarded(p)), f"packet id {p.id} did not reassemble"
     assert_no_leak(gw)
