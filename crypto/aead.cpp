@@ -8,7 +8,6 @@
 #include <emmintrin.h>
 
 #include <algorithm>
-#include <bit>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -44,8 +43,6 @@ enum class HashKeyLayout : uint8_t { kTail48, kHead8, kHead8Karatsuba };
 HashKeyLayout g_hash_layout = HashKeyLayout::kTail48;  // written once, as g_gcm_enc
 inline constexpr uint32_t kRoundKeyBytes = 16 * 15;     // gcm_key_data: the round keys first
 inline constexpr uint32_t kHeadKaratsuba = kRoundKeyBytes + 16 * 8;  // sse_avx.shifted_hkey_k
-
-void set_key_prefetch(IMB_MGR* mgr);  // below: which key lines to prefetch
 
 HashKeyLayout detect_hash_layout(IMB_MGR* mgr) {
   alignas(64) gcm_key_data kd;
@@ -90,10 +87,7 @@ struct ImbRuntime {
     g_gcm_dec[0] = mgr->gcm128_dec;
     g_gcm_enc[1] = mgr->gcm256_enc;
     g_gcm_dec[1] = mgr->gcm256_dec;
-    if (usable) {
-      g_hash_layout = detect_hash_layout(mgr);
-      set_key_prefetch(mgr);
-    }
+    if (usable) g_hash_layout = detect_hash_layout(mgr);
   }
   ~ImbRuntime() {
     if (mgr != nullptr) free_mb_mgr(mgr);
@@ -431,122 +425,29 @@ static_assert(offsetof(gcm_key_data, ghash_keys) == kRoundKeyBytes &&
               offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.vaes_avx512) == kHashKeyEnd);
 static_assert(offsetof(gcm_key_data, ghash_keys.sse_avx.shifted_hkey_k) == kHeadKaratsuba);
 static_assert(kHashKeyEnd == AeadContext::kImbKeyBytes);
+inline void prefetch_lines(const char* p, uint32_t from, uint32_t to) {
+  for (uint32_t off = from & ~63u; off < to; off += 64) __builtin_prefetch(p + off, 0, 3);
+}
+}  // namespace
 
-// The context lines an op of `len` bytes reads, as a mask (bit i: bytes
-// [64 i, 64 i + 64) of the context): the per-op fields and the round keys
-// (lines 0-3; 4 for both key sizes, as the algorithm is in the context), and
-// the hash-key powers its GHASH needs (the AAD, the data, the length block).
-uint16_t key_lines_for(uint32_t len) {
-  uint16_t mask = 0;
-  auto lines = [&mask](uint32_t from, uint32_t to) {  // context offsets [from, to)
-    for (uint32_t off = from & ~63u; off < to; off += 64) mask = uint16_t(mask | 1u << (off / 64));
-  };
+// Out of line: with one SA per burst it never runs past the first op, and
+// the burst loops stay small (called for every op it cost ~14 instructions
+// per packet, a call to return at once).
+__attribute__((noinline)) void AeadContext::prefetch_key(const AeadOp& op) {
+  const auto* p = reinterpret_cast<const char*>(op.ctx);
   // [from, to) of gcm_key_data
-  auto key_lines = [&lines](uint32_t from, uint32_t to) {
-    lines(AeadContext::kImbKeyOffset + from, AeadContext::kImbKeyOffset + to);
-  };
-  lines(0, AeadContext::kImbKeyOffset + kRoundKeyBytes);
-  const uint32_t blocks = (len + 15) / 16 + 2;
+  auto key_lines = [p](uint32_t from, uint32_t to) { prefetch_lines(p, kImbKeyOffset + from, kImbKeyOffset + to); };
+  prefetch_lines(p, 0, kImbKeyOffset + kRoundKeyBytes);  // the per-op fields, the round keys
+  // GHASH blocks: the AAD, the data, the length block
+  const uint32_t blocks = (op.len + 15) / 16 + 2;
   if (g_hash_layout == HashKeyLayout::kTail48) {  // powers in groups of 8, up to 48; H^1 in the last line
     const uint32_t powers = std::min<uint32_t>(48, (blocks + 7) & ~7u);
     key_lines(kHashKeyEnd - 16 * powers, kHashKeyEnd);
-    return mask;
+    return;
   }
   const uint32_t powers = std::min<uint32_t>(8, blocks);
   key_lines(kRoundKeyBytes, kRoundKeyBytes + 16 * powers);
   if (g_hash_layout == HashKeyLayout::kHead8Karatsuba) key_lines(kHeadKaratsuba, kHeadKaratsuba + 16 * powers);
-  return mask;
-}
-
-// The prefetch a new context costs, per op with one SA per packet. Ops up
-// to 96 bytes (a 64-byte frame's is 56) read the same lines: the 4 of the
-// per-op fields and round keys, and a few of hash-key powers (2 on the AVX2
-// code, which reads H^5..H^8 even for an empty op, where the formula above
-// names only H^1..H^2's line; 4 on SSE/AVX). set_key_prefetch finds those
-// once, by experiment, and they are fetched in line; longer ops that need
-// more take the formula's lines as well, out of line. Computing the mask per
-// op cost ~24 instructions per packet with a random SA (callgrind, 10,000
-// SAs).
-struct KeyPrefetch {
-  uint32_t hash[4];    // context offsets of the hash-key lines short ops read (repeated to fill)
-  uint16_t fixed;      // the lines fetched in line, as a mask
-  uint32_t long_from;  // ops this long or longer take the out-of-line path
-};
-inline constexpr uint32_t kShortOp = 96;
-KeyPrefetch g_key_prefetch = {{0, 0, 0, 0}, 0xf, 0};  // every op out of line until set
-
-// Which lines of a context IPsec-MB reads for ops of 0..kShortOp bytes on
-// its code path: each line in turn overwritten in a copy of a key, the op's
-// tag compared with the intact key's. The formula's lines are added for
-// safety (a line read only for some AAD is still fetched).
-uint16_t measure_short_op_lines(IMB_MGR* mgr) {
-  alignas(64) uint8_t block[sizeof(AeadContext)], cut[sizeof(AeadContext)];
-  std::memset(block, 0, sizeof block);
-  auto* kd = reinterpret_cast<gcm_key_data*>(block + AeadContext::kImbKeyOffset);
-  const uint8_t key[16] = {0xfe, 0xff, 0xe9, 0x92, 0x86, 0x65, 0x73, 0x1c,
-                           0x6d, 0x6a, 0x8f, 0x94, 0x67, 0x30, 0x83, 0x08};
-  IMB_AES128_GCM_PRE(mgr, key, kd);
-  uint8_t pt[kShortOp], ct[kShortOp], iv[12] = {0xca, 0xfe, 0xba, 0xbe, 0xfa, 0xce, 0xdb, 0xad, 0xde, 0xca, 0xf8, 0x88};
-  uint8_t aad[12] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12};
-  for (uint32_t i = 0; i < kShortOp; i++) pt[i] = uint8_t(i * 7 + 1);
-  gcm_context_data gctx;
-  uint16_t mask = 0xf;
-  for (uint32_t len = 0; len <= kShortOp; len++) {
-    mask = uint16_t(mask | key_lines_for(len));
-    uint8_t want[16], got[16];
-    IMB_AES128_GCM_ENC(mgr, kd, &gctx, ct, pt, len, iv, aad, sizeof aad, want, 16);
-    for (uint32_t line = 4; line < sizeof block / 64; line++) {
-      if (mask >> line & 1) continue;
-      std::memcpy(cut, block, sizeof cut);
-      std::memset(cut + 64 * line, 0xa5, 64);
-      IMB_AES128_GCM_ENC(mgr, reinterpret_cast<gcm_key_data*>(cut + AeadContext::kImbKeyOffset), &gctx, ct, pt, len,
-                         iv, aad, sizeof aad, got, 16);
-      if (std::memcmp(want, got, 16) != 0) mask = uint16_t(mask | 1u << line);
-    }
-  }
-  OPENSSL_cleanse(block, sizeof block);
-  OPENSSL_cleanse(cut, sizeof cut);
-  return mask;
-}
-
-void set_key_prefetch(IMB_MGR* mgr) {
-  const uint16_t fixed = measure_short_op_lines(mgr);
-  uint16_t hash = uint16_t(fixed & ~0xfu);
-  if (std::popcount(hash) > 4) return;  // every op out of line
-  KeyPrefetch k{{}, fixed, kShortOp + 1};
-  for (int i = 0; i < 4; i++) {
-    k.hash[i] = uint32_t(std::countr_zero(hash)) * 64;  // hash != 0: GHASH reads H^1
-    if (std::popcount(hash) > 1) hash = uint16_t(hash & (hash - 1));
-  }
-  while (k.long_from <= 65535 && (key_lines_for(k.long_from) & ~fixed) == 0) ++k.long_from;
-  g_key_prefetch = k;
-}
-
-__attribute__((noinline)) void prefetch_key_lines(const char* p, uint32_t len) {
-  for (uint16_t m = uint16_t(g_key_prefetch.fixed | key_lines_for(len)); m != 0; m = uint16_t(m & (m - 1)))
-    __builtin_prefetch(p + 64 * std::countr_zero(m), 0, 3);
-}
-}  // namespace
-
-uint16_t ipsecmb_key_prefetch_lines(uint32_t len) {
-  imb();
-  const KeyPrefetch& k = g_key_prefetch;
-  if (len < k.long_from) return k.fixed;
-  return uint16_t(k.fixed | key_lines_for(len));
-}
-
-inline void AeadContext::prefetch_key(const AeadOp& op) {
-  const auto* p = reinterpret_cast<const char*>(op.ctx);
-  const KeyPrefetch& k = g_key_prefetch;
-  if (__builtin_expect(op.len >= k.long_from, 0)) {
-    prefetch_key_lines(p, op.len);
-    return;
-  }
-  __builtin_prefetch(p, 0, 3);
-  __builtin_prefetch(p + 64, 0, 3);
-  __builtin_prefetch(p + 128, 0, 3);
-  __builtin_prefetch(p + 192, 0, 3);
-  for (uint32_t off : k.hash) __builtin_prefetch(p + off, 0, 3);  // a line twice costs an instruction
 }
 
 // No prefetch of each op's data here: espgw's prepare pass has just written

@@ -51,10 +51,6 @@ struct ByteRange {
   uint32_t begin, end;
 };
 ByteRange ipsecmb_hash_key_bytes();
-// The lines of an AeadContext (bit i: its bytes [64 i, 64 i + 64)) that the
-// burst calls prefetch for a new context before an op of `len` bytes: those
-// IPsec-MB's code path reads for it (aead.cpp).
-uint16_t ipsecmb_key_prefetch_lines(uint32_t len);
 
 class AeadContext;
 
@@ -126,8 +122,8 @@ class alignas(64) AeadContext : public InStateArena {
   void imb_encrypt(const AeadOp& op) const;
   bool imb_decrypt(const AeadOp& op) const;
   // Starts loading the key lines of the ops ahead in a burst, once per change
-  // of context (see aead.cpp): the check and the usual 6 lines in line, other
-  // line sets out of line.
+  // of context (see aead.cpp): the check is inline, the line computation (for
+  // a new context only) out of line.
   static void prefetch_ahead(const AeadOp* ops, uint32_t n, uint32_t i) {
     if (i < n && (i == 0 || ops[i].ctx != ops[i - 1].ctx)) prefetch_key(ops[i]);
   }

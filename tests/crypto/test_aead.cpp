@@ -479,55 +479,6 @@ void run_differential(uint64_t seed, int cases, uint32_t max_len, bool any_aad_l
   }
 }
 
-// The lines the burst calls prefetch for a cold context are all IPsec-MB
-// reads: a copy of a context with every other line overwritten gives
-// OpenSSL's ciphertext and tag, and decrypts, at every ESP payload length
-// from 0 to 1,600 bytes and some jumbo ones, both key sizes. A line left out
-// of ipsecmb_key_prefetch_lines that the code path reads (the second line of
-// hash-key powers, say) changes the tag.
-TEST(AeadContext, PrefetchedKeyLinesAreAllAnOpReads) {
-  if (!backend_available(Backend::kIpsecMb)) GTEST_SKIP() << "no IPsec-MB path on this CPU";
-  Rng rng(test_seed());
-  std::vector<uint32_t> lens;
-  for (uint32_t l = 0; l <= 1600; l++) lens.push_back(l);
-  for (uint32_t l : {2047u, 4096u, 9000u, 9216u, 65535u - 64}) lens.push_back(l);
-  Bytes pt(65536), ct_os(65536), ct_cut(65536), back(65536);
-  rng.fill(pt.data(), pt.size());
-  for (AeadAlgo algo : {AeadAlgo::kAes128Gcm, AeadAlgo::kAes256Gcm}) {
-    Bytes km(keymat_len(algo));
-    rng.fill(km.data(), km.size());
-    AeadContext mb(algo, km, Backend::kIpsecMb);
-    AeadContext os(algo, km, Backend::kOpenssl);
-    alignas(64) uint8_t cut[sizeof(AeadContext)];
-    uint8_t iv[kIvLen], aad[12];
-    rng.fill(iv, sizeof iv);
-    rng.fill(aad, sizeof aad);
-    for (uint32_t len : lens) {
-      const uint16_t lines = ipsecmb_key_prefetch_lines(len);
-      ASSERT_EQ(lines & 0xf, 0xf) << "the per-op fields and the round keys, len " << len;
-      std::memcpy(cut, static_cast<const void*>(&mb), sizeof cut);
-      for (uint32_t i = 0; i < sizeof cut / 64; i++)
-        if (!(lines >> i & 1)) std::memset(cut + 64 * i, 0xa5, 64);
-      const auto* c = reinterpret_cast<const AeadContext*>(cut);
-      uint8_t tag_os[kIcvLen], tag_cut[kIcvLen];
-      AeadOp op{&os, iv, aad, 12, pt.data(), ct_os.data(), len, tag_os};
-      os.encrypt(op);
-      op = AeadOp{c, iv, aad, 12, pt.data(), ct_cut.data(), len, tag_cut};
-      encrypt_burst(&op, 1);
-      ASSERT_EQ(to_hex(tag_cut, kIcvLen), to_hex(tag_os, kIcvLen))
-          << to_string(algo) << ", len " << len << ", lines 0x" << std::hex << lines;
-      ASSERT_EQ(0, std::memcmp(ct_cut.data(), ct_os.data(), len)) << to_string(algo) << ", len " << len;
-      op = AeadOp{c, iv, aad, 12, ct_os.data(), back.data(), len, tag_os};
-      uint8_t ok = 0;
-      ASSERT_EQ(decrypt_burst(&op, 1, &ok), 1u) << to_string(algo) << ", len " << len;
-      ASSERT_EQ(0, std::memcmp(back.data(), pt.data(), len)) << to_string(algo) << ", len " << len;
-    }
-  }
-  std::printf("[ note ] IPsec-MB path %s: lines 0x%04x prefetched at 64 B, 0x%04x at 1400 B\n",
-              std::string(ipsecmb_arch()).c_str(), ipsecmb_key_prefetch_lines(64),
-              ipsecmb_key_prefetch_lines(1400));
-}
-
 TEST(AeadDifferential, TenThousandRandomCasesIpsecMbVsOpenssl) {
   run_differential(test_seed(), 10000, 9000, false);
 }
