@@ -138,10 +138,14 @@ inline uint16_t fold16(uint32_t s) {
 // modulo 0xffff (0xffff standing for 0), and it is 0 only when every word is:
 // valid means a non-zero multiple of 0xffff. 64-bit words with end-around
 // carry keep that residue (2^64 = 1 mod 0xffff), and so does byte order (a
-// swapped word is 256 times the word, and 256 is invertible). The compiler
-// makes the test a multiply and a compare; folding was a chain of a dozen
-// operations (~8 cycles more per 64-byte packet outbound, ~15 inbound, which
-// checks two headers).
+// swapped word is 256 times the word, and 256 is invertible). Divisibility
+// by the odd 0xffff is a multiply by its inverse modulo 2^64 and a compare
+// (n is a multiple exactly when n * inverse <= (2^64 - 1) / 0xffff), written
+// out: left as `s % 0xffff`, GCC emitted that test at one call site and a
+// remainder (multiply, shift, multiply back, compare) at the other. Folding
+// was a chain of a dozen operations.
+inline constexpr uint64_t kInverseOf0xffff = 0xfffefffefffeffffull;
+static_assert(kInverseOf0xffff * 0xffffull == 1 && ~uint64_t{0} / 0xffff == 0x0001000100010001ull);
 inline bool ip_sum_ok(const uint8_t* p, uint32_t len) {
   uint64_t s;
   if (len == kIpv4HdrLen) {  // no options: two 64-bit words and a 32-bit one
@@ -162,7 +166,7 @@ inline bool ip_sum_ok(const uint8_t* p, uint32_t len) {
       s += w;  // at most 15 words: no carry out of 64 bits
     }
   }
-  return s != 0 && s % 0xffff == 0;
+  return s != 0 && s * kInverseOf0xffff <= ~uint64_t{0} / 0xffff;
 }
 // An IPv4 header's first byte with version 4 and an IHL of 5..15 words is
 // 0x45..0x4f: one compare for both.
@@ -324,6 +328,7 @@ struct EspInboundInfo {
   uint32_t seq_low;    // host order
   uint32_t outer_src;  // host order
   uint32_t outer_dst;
+  uint8_t* esp;        // the ESP header (valid while the mbuf's data stays where parse found it)
   uint16_t esp_off;    // offset of the ESP header from the data start
   uint16_t esp_len;    // ESP header .. end of ICV
   uint16_t udp_sport;  // valid when udp
@@ -352,7 +357,7 @@ template <bool kOuterChecked = false>
 inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t nat_t_port = kNatTPort) {
   using namespace detail;
   const uint32_t dlen = rte_pktmbuf_data_len(m);
-  const uint8_t* p = rte_pktmbuf_mtod(m, const uint8_t*);
+  uint8_t* p = rte_pktmbuf_mtod(m, uint8_t*);
   if (!kOuterChecked) {
     if (m->nb_segs != 1) return EspStatus::kUnsupported;
     if (dlen < kIpv4HdrLen) return EspStatus::kTruncated;
@@ -395,6 +400,7 @@ inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t na
   out.seq_low = ld32(p + off + 4);
   out.outer_src = ld32(p + 12);
   out.outer_dst = ld32(p + 16);
+  out.esp = p + off;
   out.esp_off = static_cast<uint16_t>(off);
   out.esp_len = static_cast<uint16_t>(esp_len);
   out.outer_tos = p[1];
@@ -408,14 +414,16 @@ inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t na
 // kFoundByDestination: the caller found `sa` by (SPI, outer destination),
 // so the destination matches and is not compared again.
 template <bool kFoundByDestination = false>
-inline EspStatus esp_inbound_prepare(rte_mbuf* m, const EspInboundInfo& info, const InboundSa& sa,
+inline EspStatus esp_inbound_prepare([[maybe_unused]] rte_mbuf* m, const EspInboundInfo& info, const InboundSa& sa,
                                      uint64_t full_seq, crypto::AeadOp& op, uint8_t* aad_scratch) {
   if (!kFoundByDestination && sa.local_addr != 0 && sa.local_addr != info.outer_dst) return EspStatus::kUnknownSpi;
   // The encapsulation: parse leaves udp_dport 0 for plain ESP and never
   // takes a datagram to port 0 for ESP, and an SA's udp_port is 0 for plain
   // ESP, so one compare says both "ESP-in-UDP when the SA is" and "on its port".
   if (info.udp_dport != sa.udp_port) return EspStatus::kUnknownSpi;
-  uint8_t* e = rte_pktmbuf_mtod_offset(m, uint8_t*, info.esp_off);
+  // From the info, not the mbuf: its buffer address and data offset would be
+  // two dependent loads ahead of the op's stores.
+  uint8_t* e = info.esp;
   detail::write_aad(aad_scratch, info.spi, full_seq, sa.esn);
   op.ctx = sa.aead;
   op.iv = e + kEspHdrLen;
@@ -428,13 +436,14 @@ inline EspStatus esp_inbound_prepare(rte_mbuf* m, const EspInboundInfo& info, co
   return EspStatus::kOk;
 }
 
-// After decryption: checks the trailer and the inner header, then strips
-// everything but the inner IPv4 packet. The mbuf is unchanged unless kOk.
-inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, bool icv_ok) {
+// After an authenticated decryption: checks the trailer and the inner
+// header, then strips everything but the inner IPv4 packet, which starts at
+// `pt`, the decrypted payload (the op's dst). The mbuf is unchanged unless
+// kOk. Taking `pt` from the op spares the burst's last pass a chain of
+// dependent loads (the mbuf's buffer address and data offset) ahead of the
+// trailer's reads.
+inline EspStatus esp_inbound_finish_payload(rte_mbuf* m, const EspInboundInfo& info, uint8_t* pt) {
   using namespace detail;
-  if (!icv_ok) return EspStatus::kIcvMismatch;
-  uint8_t* e = rte_pktmbuf_mtod_offset(m, uint8_t*, info.esp_off);
-  uint8_t* pt = e + kEspHdrLen + kEspIvLen;
   const uint32_t ct_len = info.esp_len - kEspHdrLen - kEspIvLen - kEspIcvLen;  // >= 2
   const uint32_t pad = pt[ct_len - 2];
   const uint8_t nh = pt[ct_len - 1];
@@ -501,6 +510,13 @@ inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, boo
   m->packet_type = RTE_PTYPE_L3_IPV4;
   m->tx_offload = rte_mbuf_tx_offload(0, uint64_t{pt[0] & 0xfu} * 4, 0, 0, 0, 0, 0);  // one store (see outbound)
   return EspStatus::kOk;
+}
+
+// The same from the mbuf alone, after decryption with `icv_ok` its verdict.
+inline EspStatus esp_inbound_finish(rte_mbuf* m, const EspInboundInfo& info, bool icv_ok) {
+  if (!icv_ok) return EspStatus::kIcvMismatch;
+  return esp_inbound_finish_payload(m, info,
+                                    rte_pktmbuf_mtod_offset(m, uint8_t*, info.esp_off + kEspHdrLen + kEspIvLen));
 }
 
 // Single packet: parse, SPI match, replay check, decrypt, replay update,

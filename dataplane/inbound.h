@@ -253,7 +253,8 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, v == ReplayVerdict::kReplay ? DropReason::kReplay : DropReason::kTooOld);
       continue;
     }
-    EspStatus st = esp_inbound_finish(m, info[i], true);
+    uint8_t* const pt = ops[j].dst;  // the inner packet once finished
+    EspStatus st = esp_inbound_finish_payload(m, info[i], pt);
     if (st != EspStatus::kOk) {
       if (st == EspStatus::kDummy) {  // TFC dummy packet (RFC 4303 §2.6): discarded, not an error
         w.c->tfc_dummies++;
@@ -263,7 +264,7 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, esp_drop_reason(st));
       continue;
     }
-    auto* ip = rte_pktmbuf_mtod(m, rte_ipv4_hdr*);
+    auto* ip = reinterpret_cast<rte_ipv4_hdr*>(pt);
     const uint32_t s = detail::be32(ip->src_addr);
     const uint32_t d = detail::be32(ip->dst_addr);
     const InboundSa& isa = *sa[j];

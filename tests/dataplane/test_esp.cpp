@@ -867,6 +867,7 @@ TEST_F(EspInbound, SplitApiWithoutTheConvenience) {
   EXPECT_EQ(info.seq_low, 77u);
   EXPECT_TRUE(info.udp);
   EXPECT_EQ(info.esp_off, 28);
+  EXPECT_EQ(info.esp, rte_pktmbuf_mtod_offset(m.get(), uint8_t*, 28));  // prepare takes the header from here
   EXPECT_EQ(info.esp_len, p.size() - 28);
   EXPECT_EQ(info.outer_src, kSrc);
   EXPECT_EQ(info.outer_dst, kDst);
@@ -875,6 +876,7 @@ TEST_F(EspInbound, SplitApiWithoutTheConvenience) {
   AeadOp op;
   uint8_t aad[kAadScratch];
   ASSERT_EQ(esp_inbound_prepare(m.get(), info, in, full, op, aad), EspStatus::kOk);
+  EXPECT_EQ(op.dst, info.esp + kEspHdrLen + kEspIvLen);  // the payload the pipeline's finish starts from
   uint8_t ok = 0;
   EXPECT_EQ(espgw::crypto::decrypt_burst(&op, 1, &ok), 1u);
   ASSERT_EQ(ok, 1);
@@ -886,6 +888,17 @@ TEST_F(EspInbound, SplitApiWithoutTheConvenience) {
   ASSERT_EQ(esp_inbound_parse(m2.get(), info), EspStatus::kOk);
   EXPECT_EQ(esp_inbound_finish(m2.get(), info, false), EspStatus::kIcvMismatch);
   EXPECT_EQ(from_mbuf(m2.get()), p);
+  // The pipeline's finish, from the op's payload pointer: the same inner
+  // packet (the next sequence number: 77 is in the window now).
+  Bytes p3 = good(78, 300, 4500);
+  MbufPtr m3 = to_mbuf(p3);
+  ASSERT_EQ(esp_inbound_parse(m3.get(), info), EspStatus::kOk);
+  ASSERT_EQ(in.replay.check(info.seq_low, &full), ReplayVerdict::kOk);
+  ASSERT_EQ(esp_inbound_prepare<true>(m3.get(), info, in, full, op, aad), EspStatus::kOk);
+  ASSERT_EQ(espgw::crypto::decrypt_burst(&op, 1, &ok), 1u);
+  EXPECT_EQ(esp_inbound_finish_payload(m3.get(), info, op.dst), EspStatus::kOk);
+  EXPECT_EQ(rte_pktmbuf_mtod(m3.get(), uint8_t*), op.dst);
+  EXPECT_EQ(from_mbuf(m3.get()), make_inner(300));
 }
 
 TEST(EspStatusNames, AllDistinct) {
