@@ -137,7 +137,7 @@ uint16_t esp_decap_burst(rte_mbuf** pkts, InboundSa& sa, uint16_t n, EspStatus* 
         ReplayVerdict v = sa.replay.check(info[j].seq_low, &seq[j]);
         if (v != ReplayVerdict::kOk) s = replay_status(v);
       }
-      if (s == EspStatus::kOk) s = esp_inbound_prepare(pkts[i], info[j], sa, seq[j], ops[nops], aad[nops]);
+      if (s == EspStatus::kOk) s = esp_inbound_prepare(info[j], sa, seq[j], ops[nops], aad[nops]);
       st[i] = s;
       if (s == EspStatus::kOk) idx[nops++] = static_cast<uint8_t>(j);
     }

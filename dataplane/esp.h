@@ -409,13 +409,13 @@ inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t na
 }
 
 // Checks that the packet belongs to `sa` (outer destination, encapsulation)
-// and fills `op` for in-place decryption with the 64-bit sequence number the
-// replay window inferred. kUnknownSpi on a mismatch (SPI is the caller's).
+// and fills `op` for in-place decryption of the packet the parse described
+// (`info.esp`) with the 64-bit sequence number the replay window inferred. kUnknownSpi on a mismatch (SPI is the caller's).
 // kFoundByDestination: the caller found `sa` by (SPI, outer destination),
 // so the destination matches and is not compared again.
 template <bool kFoundByDestination = false>
-inline EspStatus esp_inbound_prepare([[maybe_unused]] rte_mbuf* m, const EspInboundInfo& info, const InboundSa& sa,
-                                     uint64_t full_seq, crypto::AeadOp& op, uint8_t* aad_scratch) {
+inline EspStatus esp_inbound_prepare(const EspInboundInfo& info, const InboundSa& sa, uint64_t full_seq,
+                                     crypto::AeadOp& op, uint8_t* aad_scratch) {
   if (!kFoundByDestination && sa.local_addr != 0 && sa.local_addr != info.outer_dst) return EspStatus::kUnknownSpi;
   // The encapsulation: parse leaves udp_dport 0 for plain ESP and never
   // takes a datagram to port 0 for ESP, and an SA's udp_port is 0 for plain

@@ -193,7 +193,7 @@ inline void inbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, esp[i], v == ReplayVerdict::kReplay ? DropReason::kReplay : DropReason::kTooOld);
       continue;
     }
-    EspStatus st = esp_inbound_prepare<true>(esp[i], info[i], *s, full[i], ops[nops], aad[nops]);
+    EspStatus st = esp_inbound_prepare<true>(info[i], *s, full[i], ops[nops], aad[nops]);
     if (st != EspStatus::kOk) {
       drop(w, esp[i], esp_drop_reason(st));
       continue;

@@ -48,8 +48,7 @@ struct OutGroups {
 
   void clear() {
     n = 0;
-    memset(slot, kEmpty, sizeof(slot));
-    clear_counts();
+    memset(slot, kEmpty, sizeof(slot));  // add() zeroes a new group's item count
   }
   // The work items were sent: counts start again (the groups stay).
   void clear_counts() {

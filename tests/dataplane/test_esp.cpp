@@ -637,7 +637,7 @@ TEST_F(EspInbound, AnyPortModeEncapsulationMatchesTheSa) {
     in.udp_port = sa_port;
     AeadOp op;
     uint8_t aad[kAadScratch];
-    return esp_inbound_prepare<true>(m.get(), info, in, 1, op, aad);
+    return esp_inbound_prepare<true>(info, in, 1, op, aad);
   };
   Bytes zero = good(1, 60, 4500);
   st16(&zero[22], 0);  // UDP destination port 0
@@ -875,7 +875,7 @@ TEST_F(EspInbound, SplitApiWithoutTheConvenience) {
   ASSERT_EQ(in.replay.check(info.seq_low, &full), ReplayVerdict::kOk);
   AeadOp op;
   uint8_t aad[kAadScratch];
-  ASSERT_EQ(esp_inbound_prepare(m.get(), info, in, full, op, aad), EspStatus::kOk);
+  ASSERT_EQ(esp_inbound_prepare(info, in, full, op, aad), EspStatus::kOk);
   EXPECT_EQ(op.dst, info.esp + kEspHdrLen + kEspIvLen);  // the payload the pipeline's finish starts from
   uint8_t ok = 0;
   EXPECT_EQ(espgw::crypto::decrypt_burst(&op, 1, &ok), 1u);
@@ -894,7 +894,7 @@ TEST_F(EspInbound, SplitApiWithoutTheConvenience) {
   MbufPtr m3 = to_mbuf(p3);
   ASSERT_EQ(esp_inbound_parse(m3.get(), info), EspStatus::kOk);
   ASSERT_EQ(in.replay.check(info.seq_low, &full), ReplayVerdict::kOk);
-  ASSERT_EQ(esp_inbound_prepare<true>(m3.get(), info, in, full, op, aad), EspStatus::kOk);
+  ASSERT_EQ(esp_inbound_prepare<true>(info, in, full, op, aad), EspStatus::kOk);
   ASSERT_EQ(espgw::crypto::decrypt_burst(&op, 1, &ok), 1u);
   EXPECT_EQ(esp_inbound_finish_payload(m3.get(), info, op.dst), EspStatus::kOk);
   EXPECT_EQ(rte_pktmbuf_mtod(m3.get(), uint8_t*), op.dst);
