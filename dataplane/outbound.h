@@ -315,6 +315,14 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     runs = uint16_t(runs + (si != last));
     last = si;
   };
+  // The packet's group, tunnel and SA, and the SA's settings the loop
+  // reads: found again for each packet when the burst has several tunnels;
+  // with one (`many` false) only for the first, as its group is then group 0.
+  uint8_t si = 0;
+  const Tunnel* t = nullptr;
+  OutboundSa* sa = nullptr;
+  bool policy = false;     // a policy-based SA
+  uint16_t max_inner = 0;  // the largest inner packet sent whole
   for (uint16_t i = 0; i < k; i++) {
     rte_mbuf* m = ip_pkts[i];
     if (many) prefetch_sa(uint16_t(i + 2));
@@ -322,11 +330,17 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       drop(w, m, DropReason::kNoRoute);
       continue;
     }
-    Tunnel& t = dp.tunnels[tun[i]];
-    uint32_t where;
-    uint8_t si = groups.find(tun[i], &where);
-    if (si == OutGroups::kEmpty) si = groups.add(where, tun[i], t.out_sa.load(std::memory_order_acquire));
-    OutboundSa* sa = groups.sa[si];
+    if (many || groups.n == 0) {
+      t = &dp.tunnels[tun[i]];
+      uint32_t where;
+      si = groups.find(tun[i], &where);
+      if (si == OutGroups::kEmpty) si = groups.add(where, tun[i], t->out_sa.load(std::memory_order_acquire));
+      sa = groups.sa[si];
+      if (sa != nullptr) {
+        policy = sa->nb_remote_sel != 0;
+        max_inner = sa->udp_dst_port ? t->max_inner_udp : t->max_inner;
+      }
+    }
     if (sa == nullptr) {
       drop(w, m, DropReason::kTunnelDown);
       continue;
@@ -335,7 +349,7 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
     // A policy-based SA carries only its selectors' traffic (RFC 4301 §4.4.1:
     // what the SA's policy does not cover is not sent under it). One
     // predictable branch on route-based SAs.
-    if (__builtin_expect(sa->nb_remote_sel != 0, 0) &&
+    if (__builtin_expect(policy, 0) &&
         (!in_selectors(sa->local_sel, sa->nb_local_sel, detail::be32(ip->src_addr)) ||
          !in_selectors(sa->remote_sel, sa->nb_remote_sel, dst[i]))) {
       drop(w, m, DropReason::kPolicy);
@@ -347,9 +361,8 @@ inline void outbound(Worker& w, uint16_t port, rte_mbuf** pkts, uint16_t n) {
       continue;
     }
     uint16_t inner_len = detail::be16(ip->total_length);
-    if (t.mss_clamp && clamp_tcp_mss(ip, inner_len, t.mss_clamp)) w.c->mss_clamped++;
+    if (t->mss_clamp && clamp_tcp_mss(ip, inner_len, t->mss_clamp)) w.c->mss_clamped++;
 
-    uint16_t max_inner = sa->udp_dst_port ? t.max_inner_udp : t.max_inner;
     if (inner_len > max_inner) {
       if (ip->fragment_offset & rte_cpu_to_be_16(RTE_IPV4_HDR_DF_FLAG)) {
         send_frag_needed(w, m, port, max_inner);  // quotes the header as received

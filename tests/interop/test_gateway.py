@@ -230,6 +230,40 @@ def test_policy_based_sa_rejects_packets_outside_its_selectors(tmp_path):
     assert st["drops"]["policy"] == 1
 
 
+@pytest.mark.parametrize("tunnels", ["one tunnel per burst", "two tunnels per burst"])
+def test_policy_based_outbound_sa_encrypts_only_its_selectors_traffic(tmp_path, tunnels):
+    # RFC 4301 §4.4.1: what an SA's selectors do not cover is not sent under
+    # it. The burst's first packet is outside them, so the SA's settings are
+    # read for a packet that is then dropped; with one tunnel in the burst the
+    # later packets reuse them (outbound.h), with two each finds its own.
+    a1 = h.Sa("out", 0x1001, "aws-a1", local_selectors=["10.240.128.0/25"], remote_selectors=["172.31.0.0/17"])
+    b1 = h.Sa("out", 0x1003, "aws-b1")
+    routes = [{"prefix": "172.31.0.0/16", "via": [{"tunnel": "aws-a1", "priority": 10}]},
+              {"prefix": "172.30.0.0/16", "via": [{"tunnel": "aws-b1", "priority": 10}]}]
+    pairs = [("10.240.128.200", "172.31.1.1"), ("10.240.128.5", "172.31.1.1"), ("10.240.128.5", "172.31.200.1"),
+             ("10.240.128.6", "172.31.2.2")]
+    inner = [IP(bytes(IP(src=s, dst=d, id=i) / UDP(sport=7, dport=9) / Raw(b"s" * 30)))
+             for i, (s, d) in enumerate(pairs * 5)]
+    if tunnels == "two tunnels per burst":  # every third packet to b1's network, which has no selectors
+        inner = [IP(bytes(IP(src="10.240.128.220", dst="172.30.0.9", id=100 + i) / UDP() / Raw(b"b")))
+                 if i % 3 == 2 else p for i, p in enumerate(inner)]
+    assert len(inner) <= 32  # one burst
+    inside = [p for p in inner if p.dst.startswith("172.31.") and (p.src, p.dst) in (pairs[1], pairs[3])]
+    to_b1 = [p for p in inner if p.dst.startswith("172.30.")]
+    gw = h.Gateway(tmp_path, [a1, b1], routes=routes, lan_in=[h.lan_frame(p) for p in inner])
+    with gw:
+        st = gw.wait_rx(lan=len(inner))
+    frames = gw.sent("wan")
+    got_a1 = [f for f in frames if tunnel_of(f) == "aws-a1"]
+    got_b1 = [f for f in frames if tunnel_of(f) == "aws-b1"]
+    assert [f[ESP].seq for f in got_a1] == list(range(1, len(inside) + 1))  # before decrypting: scapy's decrypt strips it
+    assert [bytes(decrypt_outbound(f, a1)) for f in got_a1] == [bytes(forwarded(p)) for p in inside]
+    assert [bytes(decrypt_outbound(f, b1)) for f in got_b1] == [bytes(forwarded(p)) for p in to_b1]
+    assert st["drops"]["policy"] == len(inner) - len(inside) - len(to_b1)
+    assert len(frames) == len(inside) + len(to_b1)
+    assert_no_leak(gw)
+
+
 def test_failover_under_traffic(tmp_path):
     rng = random.Random(3)
     inner = inner_packets(64, rng, sizes=(60, 200))
