@@ -8,6 +8,7 @@ core would do), the figure the harness compares on a shared machine.
 """
 import json
 import sys
+import textwrap
 
 
 def panels_chart(rows, out_png, draw, ymax, headroom, ylabel, legend_ncol, legend_fontsize, title):
@@ -37,11 +38,17 @@ def panels_chart(rows, out_png, draw, ymax, headroom, ylabel, legend_ncol, legen
         ax.set_xlabel("inner IP total length")
     for i in range(len(panels), nrow * ncol):
         axes[i // ncol][i % ncol].axis("off")
+    # The title wrapped to the figure's width (~12 characters per inch at
+    # this size; a title wider than the figure was cut at both edges), each
+    # extra line pushing the legend and the panels down.
+    lines = textwrap.wrap(title, width=int(fig.get_figwidth() * 12)) or [""]
+    extra = 0.18 * (len(lines) - 1)
     h, l = axes[0][0].get_legend_handles_labels()
-    fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 1 - 0.38 / fig.get_figheight()), ncol=legend_ncol,
-               fontsize=legend_fontsize, frameon=False)
-    fig.suptitle(title, y=1 - 0.08 / fig.get_figheight(), va="top", fontsize=10.5)
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig.get_figheight()))  # room for the title and the legend, in inches
+    fig.legend(h, l, loc="upper center", bbox_to_anchor=(0.5, 1 - (0.38 + extra) / fig.get_figheight()),
+               ncol=legend_ncol, fontsize=legend_fontsize, frameon=False)
+    fig.suptitle("\n".join(lines), y=1 - 0.08 / fig.get_figheight(), va="top", fontsize=10.5)
+    # room for the title and the legend, in inches
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.75 + extra) / fig.get_figheight()))
     fig.savefig(out_png, dpi=110)
     plt.close(fig)
 
