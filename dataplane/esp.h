@@ -410,7 +410,8 @@ inline EspStatus esp_inbound_parse(rte_mbuf* m, EspInboundInfo& out, uint16_t na
 
 // Checks that the packet belongs to `sa` (outer destination, encapsulation)
 // and fills `op` for in-place decryption of the packet the parse described
-// (`info.esp`) with the 64-bit sequence number the replay window inferred. kUnknownSpi on a mismatch (SPI is the caller's).
+// (`info.esp`) with the 64-bit sequence number the replay window inferred.
+// kUnknownSpi on a mismatch (SPI is the caller's).
 // kFoundByDestination: the caller found `sa` by (SPI, outer destination),
 // so the destination matches and is not compared again.
 template <bool kFoundByDestination = false>
