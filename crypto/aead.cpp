@@ -31,6 +31,56 @@ aes_gcm_enc_dec_t g_gcm_dec[2];
 
 inline int algo_index(AeadAlgo a) { return a == AeadAlgo::kAes128Gcm ? 0 : 1; }
 
+// Two code paths. IPsec-MB 2.x has an AES-GCM for AVX2 CPUs with VAES and
+// VPCLMULQDQ (two blocks per instruction, 16 hash-key powers) that its own
+// dispatch picks only when the CPU also has GFNI, which GCM does not use:
+// on such a CPU without GFNI or AVX-512 (AMD Zen 3) it runs the AES-NI AVX2
+// code, which costs 1.5-1.9x as much from ~100 bytes up (bench/crypto/
+// gcm_floor --arch avx2 against --arch vaes-avx2: 516 bytes ~420 cycles
+// against ~250, 1,404 bytes ~960 against ~520) but less below (68 bytes:
+// ~103 against ~135). espgw then calls the VAES code
+// itself for ops of g_large_min bytes or more, with its own key block
+// (kLargeKeyOffset into the context's key area: the two paths' hash-key
+// layouts differ), and the library's pick for the shorter ones. The VAES
+// functions are exported by the library but not declared in its header.
+#if defined(IMB_VERSION_NUM) && IMB_VERSION_NUM >= 0x20000 && defined(__x86_64__)
+#define ESPGW_HAVE_VAES_AVX2_GCM 1
+extern "C" {
+void aes_gcm_pre_128_vaes_avx2(const void* key, gcm_key_data* key_data);
+void aes_gcm_pre_256_vaes_avx2(const void* key, gcm_key_data* key_data);
+void aes_gcm_enc_128_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
+                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
+void aes_gcm_dec_128_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
+                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
+void aes_gcm_enc_256_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
+                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
+void aes_gcm_dec_256_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
+                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
+}
+// The short path's key data (the AVX2/AVX-512 layout: 8 powers and their
+// reductions) and the VAES AVX2 path's (16 and 16), one after the other in
+// the key area; the second on a line of its own.
+inline constexpr uint32_t kSmallKeyBytes =
+    offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.avx2_avx512);  // 496
+inline constexpr uint32_t kLargeKeyBytes =
+    offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.vaes_avx2);  // 752
+inline constexpr uint32_t kLargeKeyOffset = 512;
+static_assert(kSmallKeyBytes <= kLargeKeyOffset && kLargeKeyOffset + kLargeKeyBytes <= AeadContext::kImbKeyBytes &&
+              (AeadContext::kImbKeyOffset + kLargeKeyOffset) % 64 == 0);
+inline constexpr bool kTwoPaths = true;
+#else
+inline constexpr uint32_t kLargeKeyOffset = 0;
+inline constexpr bool kTwoPaths = false;  // built against IPsec-MB 1.x: its pick only
+#endif
+// Ops of at least this many bytes take the VAES AVX2 path; UINT32_MAX: one
+// path (written once, as g_gcm_enc). The crossover measured on the AMD EPYC
+// (Zen 3) VM of bench/README.md: 68 bytes are cheaper on the AES-NI code, 84
+// and more on the VAES code.
+inline constexpr uint32_t kVaesAvx2MinLen = 80;
+uint32_t g_large_min = UINT32_MAX;
+aes_gcm_enc_dec_t g_gcm_enc_large[2];
+aes_gcm_enc_dec_t g_gcm_dec_large[2];
+
 // Where the GCM code IPsec-MB picked keeps the hash-key powers in
 // gcm_key_data (the header's ghash_keys union): the VAES/AVX-512 code keeps 48
 // powers at the end, H^1 last; the AVX2 code 8 powers right after the round
@@ -39,12 +89,23 @@ inline int algo_index(AeadAlgo a) { return a == AeadAlgo::kAes128Gcm ? 0 : 1; }
 // the CPU: prefetch_ahead fetches the lines an op reads, and fetching the
 // wrong ones (the AVX-512 layout on an AVX2-only CPU) leaves every hash-key
 // line of a cold SA to miss.
-enum class HashKeyLayout : uint8_t { kTail48, kHead8, kHead8Karatsuba };
+// IPsec-MB 2.x changed two of them: its AVX2 code keeps each power next to
+// its reduction (8 pairs from byte 240), its VAES/AVX-512 code 32 powers from
+// byte 240 and their reductions 512 bytes on (kPairs8, kSplit32).
+enum class HashKeyLayout : uint8_t { kTail48, kHead8, kHead8Karatsuba, kPairs8, kSplit32 };
 HashKeyLayout g_hash_layout = HashKeyLayout::kTail48;  // written once, as g_gcm_enc
 inline constexpr uint32_t kRoundKeyBytes = 16 * 15;     // gcm_key_data: the round keys first
 inline constexpr uint32_t kHeadKaratsuba = kRoundKeyBytes + 16 * 8;  // sse_avx.shifted_hkey_k
 
-HashKeyLayout detect_hash_layout(IMB_MGR* mgr) {
+HashKeyLayout detect_hash_layout(IMB_MGR* mgr, IMB_ARCH arch) {
+#if IMB_VERSION_NUM >= 0x20000
+  // The SSE code's layout is 1.3's; the others are told by the path, as
+  // where the precompute writes no longer tells them apart.
+  if (arch == IMB_ARCH_AVX2) return HashKeyLayout::kPairs8;
+  if (arch == IMB_ARCH_AVX512) return HashKeyLayout::kSplit32;
+#else
+  (void)arch;
+#endif
   alignas(64) gcm_key_data kd;
   std::memset(&kd, 0, sizeof(kd));
   const uint8_t key[16] = {0x2b, 0x7e, 0x15, 0x16, 0x28, 0xae, 0xd2, 0xa6,
@@ -87,7 +148,20 @@ struct ImbRuntime {
     g_gcm_dec[0] = mgr->gcm128_dec;
     g_gcm_enc[1] = mgr->gcm256_enc;
     g_gcm_dec[1] = mgr->gcm256_dec;
-    if (usable) g_hash_layout = detect_hash_layout(mgr);
+    if (usable) g_hash_layout = detect_hash_layout(mgr, arch);
+#ifdef ESPGW_HAVE_VAES_AVX2_GCM
+    const char* env = std::getenv("ESPGW_GCM_VAES_AVX2");  // "0": the library's pick only (A/B runs)
+    // Not when the library picked that code itself (an AVX2 CPU with GFNI):
+    // its key data then has the VAES layout, and one path is all there is.
+    if (usable && arch == IMB_ARCH_AVX2 && __builtin_cpu_supports("vaes") && __builtin_cpu_supports("vpclmulqdq") &&
+        mgr->gcm128_enc != aes_gcm_enc_128_vaes_avx2 && !(env != nullptr && std::strcmp(env, "0") == 0)) {
+      g_gcm_enc_large[0] = aes_gcm_enc_128_vaes_avx2;
+      g_gcm_dec_large[0] = aes_gcm_dec_128_vaes_avx2;
+      g_gcm_enc_large[1] = aes_gcm_enc_256_vaes_avx2;
+      g_gcm_dec_large[1] = aes_gcm_dec_256_vaes_avx2;
+      g_large_min = kVaesAvx2MinLen;
+    }
+#endif
   }
   ~ImbRuntime() {
     if (mgr != nullptr) free_mb_mgr(mgr);
@@ -204,13 +278,20 @@ std::string_view ipsecmb_arch() {
   const ImbRuntime& rt = imb();
   if (rt.mgr == nullptr) return "unavailable";
   switch (rt.arch) {
-    case IMB_ARCH_NOAESNI: return "no-aesni";
     case IMB_ARCH_SSE: return "sse";
+#if IMB_VERSION_NUM < 0x20000  // 2.x dropped its no-AES-NI and AVX code
+    case IMB_ARCH_NOAESNI: return "no-aesni";
     case IMB_ARCH_AVX: return "avx";
-    case IMB_ARCH_AVX2: return "avx2";
+#endif
+    case IMB_ARCH_AVX2: return g_large_min != UINT32_MAX ? "avx2+vaes-avx2" : "avx2";
     case IMB_ARCH_AVX512: return "avx512";
     default: return "unknown";
   }
+}
+
+uint32_t ipsecmb_vaes_avx2_min_len() {
+  imb();
+  return g_large_min;
 }
 
 ByteRange ipsecmb_hash_key_bytes() {
@@ -218,6 +299,8 @@ ByteRange ipsecmb_hash_key_bytes() {
   switch (g_hash_layout) {
     case HashKeyLayout::kHead8: return {kRoundKeyBytes, kRoundKeyBytes + 16 * 8};
     case HashKeyLayout::kHead8Karatsuba: return {kRoundKeyBytes, kHeadKaratsuba + 16 * 8};
+    case HashKeyLayout::kPairs8: return {kRoundKeyBytes, kRoundKeyBytes + 32 * 8};
+    case HashKeyLayout::kSplit32: return {kRoundKeyBytes, kRoundKeyBytes + 32 * 32};
     default: return {kRoundKeyBytes, kRoundKeyBytes + 16 * 48};
   }
 }
@@ -242,13 +325,27 @@ AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend
                                 std::string(to_string(algo)));
 
   static_assert(offsetof(AeadContext, imb_key_) == kImbKeyOffset && offsetof(AeadContext, ossl_) < kImbKeyOffset &&
-                    kImbKeyOffset + kImbKeyBytes == sizeof(AeadContext) && kImbKeyOffset % 16 == 0,
-                "the per-op fields share the first round key's line (prefetch_key)");
+                    (kImbKeyOffset + kImbKeyBytes + 63) / 64 * 64 == sizeof(AeadContext) && kImbKeyOffset % 16 == 0,
+                "the per-op fields, then the key area to the end (1.3: sharing the first round key's line)");
   const size_t klen = key_len(algo);
   std::memcpy(salt_, keymat.data() + klen, kSaltLen);
   if (backend == Backend::kIpsecMb) {
     IMB_MGR* mgr = imb().mgr;
     auto* key = reinterpret_cast<gcm_key_data*>(imb_key_);
+#ifdef ESPGW_HAVE_VAES_AVX2_GCM
+    if (g_large_min != UINT32_MAX) {
+      // Both paths' key blocks, each expanded in full and cut to what its
+      // code reads (the temporary is wiped).
+      alignas(64) gcm_key_data tmp;
+      if (algo == AeadAlgo::kAes128Gcm) IMB_AES128_GCM_PRE(mgr, keymat.data(), &tmp);
+      else IMB_AES256_GCM_PRE(mgr, keymat.data(), &tmp);
+      std::memcpy(imb_key_, &tmp, kSmallKeyBytes);
+      if (algo == AeadAlgo::kAes128Gcm) aes_gcm_pre_128_vaes_avx2(keymat.data(), &tmp);
+      else aes_gcm_pre_256_vaes_avx2(keymat.data(), &tmp);
+      std::memcpy(imb_key_ + kLargeKeyOffset, &tmp, kLargeKeyBytes);
+      OPENSSL_cleanse(&tmp, sizeof(tmp));
+    } else
+#endif
     if (algo == AeadAlgo::kAes128Gcm) IMB_AES128_GCM_PRE(mgr, keymat.data(), key);
     else IMB_AES256_GCM_PRE(mgr, keymat.data(), key);
     // PRE cannot fail on valid pointers; the manager's errno is not read
@@ -355,8 +452,11 @@ __attribute__((always_inline)) inline void AeadContext::imb_encrypt(const AeadOp
   alignas(16) uint8_t nonce[kNonceBuf];
   make_nonce(nonce, salt_, op.iv);
   gcm_context_data gctx;
-  const auto* key = reinterpret_cast<const gcm_key_data*>(imb_key_);
-  g_gcm_enc[algo_index(algo_)](key, &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len, op.icv, kIcvLen);
+  const int a = algo_index(algo_);
+  const bool large = kTwoPaths && op.len >= g_large_min;
+  const auto* key = reinterpret_cast<const gcm_key_data*>(imb_key_ + (large ? kLargeKeyOffset : 0));
+  (large ? g_gcm_enc_large[a] : g_gcm_enc[a])(key, &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len, op.icv,
+                                               kIcvLen);
 }
 
 __attribute__((always_inline)) inline bool AeadContext::imb_decrypt(const AeadOp& op) const {
@@ -364,8 +464,11 @@ __attribute__((always_inline)) inline bool AeadContext::imb_decrypt(const AeadOp
   make_nonce(nonce, salt_, op.iv);
   gcm_context_data gctx;
   alignas(16) uint8_t tag[kIcvLen];
-  const auto* key = reinterpret_cast<const gcm_key_data*>(imb_key_);
-  g_gcm_dec[algo_index(algo_)](key, &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len, tag, kIcvLen);
+  const int a = algo_index(algo_);
+  const bool large = kTwoPaths && op.len >= g_large_min;
+  const auto* key = reinterpret_cast<const gcm_key_data*>(imb_key_ + (large ? kLargeKeyOffset : 0));
+  (large ? g_gcm_dec_large[a] : g_gcm_dec[a])(key, &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len, tag,
+                                               kIcvLen);
   return ct_equal16(tag, op.icv);
 }
 
@@ -420,11 +523,16 @@ inline constexpr uint32_t kKeyAhead = 3;
 // same and their Karatsuba halves from byte 368. Fetching all 16 lines per SA
 // spent the miss slots on lines an op never reads.
 namespace {
-inline constexpr uint32_t kHashKeyEnd = 16 * 63;  // one past H^1 (offset of H^k: 16 * (63 - k))
-static_assert(offsetof(gcm_key_data, ghash_keys) == kRoundKeyBytes &&
-              offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.vaes_avx512) == kHashKeyEnd);
+inline constexpr uint32_t kHashKeyEnd = 16 * 63;  // 1.3: one past H^1 (offset of H^k: 16 * (63 - k))
+static_assert(offsetof(gcm_key_data, ghash_keys) == kRoundKeyBytes);
 static_assert(offsetof(gcm_key_data, ghash_keys.sse_avx.shifted_hkey_k) == kHeadKaratsuba);
+#if IMB_VERSION_NUM < 0x20000
+static_assert(offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.vaes_avx512) == kHashKeyEnd);
 static_assert(kHashKeyEnd == AeadContext::kImbKeyBytes);
+#else
+static_assert(sizeof(gcm_key_data::ghash_keys.avx2_avx512) == 32 * 8 &&
+              sizeof(gcm_key_data::ghash_keys.vaes_avx512) == 32 * 32);
+#endif
 inline void prefetch_lines(const char* p, uint32_t from, uint32_t to) {
   for (uint32_t off = from & ~63u; off < to; off += 64) __builtin_prefetch(p + off, 0, 3);
 }
@@ -437,9 +545,28 @@ __attribute__((noinline)) void AeadContext::prefetch_key(const AeadOp& op) {
   const auto* p = reinterpret_cast<const char*>(op.ctx);
   // [from, to) of gcm_key_data
   auto key_lines = [p](uint32_t from, uint32_t to) { prefetch_lines(p, kImbKeyOffset + from, kImbKeyOffset + to); };
-  prefetch_lines(p, 0, kImbKeyOffset + kRoundKeyBytes);  // the per-op fields, the round keys
   // GHASH blocks: the AAD, the data, the length block
   const uint32_t blocks = (op.len + 15) / 16 + 2;
+#ifdef ESPGW_HAVE_VAES_AVX2_GCM
+  if (op.len >= g_large_min) {  // the VAES AVX2 key block: 16 powers, then their reductions
+    const uint32_t powers = std::min<uint32_t>(16, blocks);
+    prefetch_lines(p, 0, 64);  // the per-op fields
+    key_lines(kLargeKeyOffset, kLargeKeyOffset + kRoundKeyBytes + 16 * powers);
+    key_lines(kLargeKeyOffset + kRoundKeyBytes + 16 * 16, kLargeKeyOffset + kRoundKeyBytes + 16 * (16 + powers));
+    return;
+  }
+#endif
+  prefetch_lines(p, 0, kImbKeyOffset + kRoundKeyBytes);  // the per-op fields, the round keys
+  if (g_hash_layout == HashKeyLayout::kPairs8) {
+    key_lines(kRoundKeyBytes, kRoundKeyBytes + 32 * std::min<uint32_t>(8, blocks));
+    return;
+  }
+  if (g_hash_layout == HashKeyLayout::kSplit32) {
+    const uint32_t powers = std::min<uint32_t>(32, (blocks + 7) & ~7u);
+    key_lines(kRoundKeyBytes, kRoundKeyBytes + 16 * powers);
+    key_lines(kRoundKeyBytes + 16 * 32, kRoundKeyBytes + 16 * (32 + powers));
+    return;
+  }
   if (g_hash_layout == HashKeyLayout::kTail48) {  // powers in groups of 8, up to 48; H^1 in the last line
     const uint32_t powers = std::min<uint32_t>(48, (blocks + 7) & ~7u);
     key_lines(kHashKeyEnd - 16 * powers, kHashKeyEnd);

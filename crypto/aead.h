@@ -43,8 +43,14 @@ Backend best_backend();
 bool backend_available(Backend b);
 
 // The code path IPsec-MB selected at run time ("avx512", "avx2", "avx",
-// "sse", "no-aesni", or "unavailable"); for logs and benchmark reports.
+// "sse", "no-aesni", or "unavailable"), with "+vaes-avx2" when espgw sends
+// the longer ops to IPsec-MB 2.x's VAES AVX2 GCM code (aead.cpp); for logs
+// and benchmark reports.
 std::string_view ipsecmb_arch();
+// Ops of at least this many bytes run IPsec-MB 2.x's VAES AVX2 GCM code
+// (called by espgw, see aead.cpp); UINT32_MAX when every op runs the
+// library's own pick. bench/crypto/gcm_floor measures the same choice.
+uint32_t ipsecmb_vaes_avx2_min_len();
 // The bytes of IPsec-MB's gcm_key_data that hold the hash-key powers on the
 // code path it picked on this CPU, [begin, end): where prefetch_ahead looks.
 struct ByteRange {
@@ -76,9 +82,11 @@ struct AeadOp {
 // calling thread's own EVP context, keyed for that op (slower, never blocks;
 // allocation only on a thread's first such op).
 //
-// One 1,024-byte block, 64-byte aligned: the per-op fields (salt, algorithm,
-// backend: 16 bytes) first, then IPsec-MB's expanded keys and hash-key powers
-// (1,008 bytes from byte 16). 16-byte alignment is all its GCM code needs
+// Built against IPsec-MB 1.3 (Debian 12's), one 1,024-byte block, 64-byte
+// aligned: the per-op fields (salt, algorithm, backend: 16 bytes) first, then
+// IPsec-MB's expanded keys and hash-key powers (1,008 bytes from byte 16).
+// (Against 2.x, 1,344 bytes: the key data, 1,264 bytes, from byte 64; see
+// kImbKeyOffset.) 16-byte alignment is all its GCM code needs
 // (its key loads are unaligned forms or 16-byte SSE operands), and at 16 the
 // hash-key powers (240 bytes into the key data) start on a line, so the
 // VAES/AVX-512 code's 64-byte loads of them no longer straddle two lines
@@ -87,9 +95,8 @@ struct AeadOp {
 // on a cold context misses only on key lines: for a 64-byte packet 6 on the
 // AVX2 and VAES code paths, 8 on SSE/AVX (which also read the Karatsuba
 // halves), one fewer on each than when the fields sat in the last line. The
-// worker starts
-// loading them from the context's address alone (no pointer to follow
-// first).
+// worker starts loading them from the context's address alone (no pointer
+// to follow first).
 class alignas(64) AeadContext : public InStateArena {
  public:
   // Throws std::invalid_argument when keymat.size() != keymat_len(algo) or the
@@ -106,10 +113,19 @@ class alignas(64) AeadContext : public InStateArena {
   void encrypt(const AeadOp& op) const;
   bool decrypt(const AeadOp& op) const;  // false: ICV mismatch (dst content undefined)
 
-  // IPsec-MB's gcm_key_data (aead.cpp checks the size against its header),
-  // and where it starts in the context (after the per-op fields).
-  static constexpr size_t kImbKeyBytes = 1008;
-  static constexpr size_t kImbKeyOffset = 16;
+  // IPsec-MB's gcm_key_data (meson reads its size off the header the build
+  // uses, aead.cpp checks it), and where it starts in the context (after the
+  // per-op fields). IPsec-MB 1.3 (Debian 12): 1,008 bytes from byte 16, the
+  // per-op fields sharing the first round key's line. 2.x (Debian 13, built
+  // with scripts/ipsec-mb.sh): 1,264 bytes from byte 64, on a line of its
+  // own as the header declares, since its VAES code's alignment needs were
+  // not measured; on CPUs with VAES but not AVX-512 the area holds two key
+  // blocks, one per GCM code path (aead.cpp, "Two code paths").
+#ifndef ESPGW_IMB_KEY_BYTES
+#define ESPGW_IMB_KEY_BYTES 1008
+#endif
+  static constexpr size_t kImbKeyBytes = ESPGW_IMB_KEY_BYTES;
+  static constexpr size_t kImbKeyOffset = kImbKeyBytes == 1008 ? 16 : 64;
 
  private:
   // OpenSSL backend state (the raw key and pre-keyed EVP contexts).
@@ -135,9 +151,10 @@ class alignas(64) AeadContext : public InStateArena {
   AeadAlgo algo_;
   Backend backend_;
   OsslState* ossl_ = nullptr;  // owned; OpenSSL backend only
-  alignas(16) uint8_t imb_key_[kImbKeyBytes];  // IPsec-MB expanded keys + hash-key powers
+  alignas(kImbKeyOffset) uint8_t imb_key_[kImbKeyBytes];  // IPsec-MB expanded keys + hash-key powers
 };
-static_assert(sizeof(AeadContext) == 1024, "AeadContext: the per-op fields and the keys fill 16 cache lines");
+static_assert(sizeof(AeadContext) == (AeadContext::kImbKeyOffset + AeadContext::kImbKeyBytes + 63) / 64 * 64,
+              "AeadContext: the per-op fields and the keys, nothing else (1.3: 16 cache lines, 2.x: 21)");
 
 // Bursts of ops (sized for kMaxBurst; any n works, n == 0 included); each op
 // carries its own context, so one burst may mix SAs and backends. Ops run in

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs espgw's build and test dependencies from Debian 12's archive.
 # Idempotent: packages already present are skipped; nothing is fetched from
-# anywhere but apt.
+# anywhere but apt. Also unpacks Intel IPsec-MB 2.x from Debian 13 into
+# .deps/ipsec-mb (scripts/ipsec-mb.sh; nothing installed system-wide;
+# ESPGW_IPSEC_MB=system skips it).
 set -euo pipefail
 
 PKGS=(
@@ -29,6 +31,12 @@ strongswan_src() {
   fi
 }
 
+ipsec_mb() {
+  # Intel IPsec-MB 2.x from Debian 13 under .deps/ipsec-mb (scripts/ipsec-mb.sh):
+  # VAES AVX2 AES-GCM; optional, meson falls back to Debian 12's 1.3.
+  bash "$(dirname "$0")/ipsec-mb.sh" || echo "setup: IPsec-MB 2.0 unavailable; building with Debian 12's IPsec-MB 1.3" >&2
+}
+
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -37,6 +45,7 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all ${#PKGS[@]} packages present"
   strongswan_src
+  ipsec_mb
   exit 0
 fi
 
@@ -52,4 +61,5 @@ echo "wireshark-common wireshark-common/install-setuid boolean false" | $SUDO de
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 strongswan_src
+ipsec_mb
 echo "setup: done"

@@ -15,13 +15,17 @@
 //   --nonce single  built per call with one 16-byte store, as espgw does now;
 //   --aad fresh     the 8-byte AAD written per call with two 4-byte stores.
 //
-// --arch picks IPsec-MB's code path instead of its own choice for this CPU
-// (init_mb_mgr_auto, what espgw uses), to see whether that choice is the
-// fastest here at a given length; the output names the path that ran.
+// --arch auto (the default) runs what espgw runs at each size: IPsec-MB's
+// own choice for this CPU (init_mb_mgr_auto), or, built against IPsec-MB 2.x
+// on an AVX2 CPU with VAES, its VAES AVX2 code from the length espgw sends
+// there (crypto::ipsecmb_vaes_avx2_min_len). The other values pick one
+// code path at every size, to see which is the fastest here at a given
+// length (avx: IPsec-MB 1.x only; vaes-avx2: 2.x only); the output names
+// the path that ran.
 //
 //   gcm_floor [--algo aes128|aes256] [--op encrypt|decrypt] [--rounds N]
 //             [--calls N] [--nonce ready|split|single] [--aad ready|fresh]
-//             [--arch auto|sse|avx|avx2|avx512] SIZE...
+//             [--arch auto|sse|avx|avx2|avx512|vaes-avx2] SIZE...
 #include <emmintrin.h>
 #include <intel-ipsec-mb.h>
 #include <x86intrin.h>
@@ -36,6 +40,24 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include "crypto/aead.h"
+
+#if IMB_VERSION_NUM >= 0x20000
+// Exported by IPsec-MB 2.x, not declared in its header (crypto/aead.cpp).
+extern "C" {
+void aes_gcm_pre_128_vaes_avx2(const void* key, gcm_key_data* key_data);
+void aes_gcm_pre_256_vaes_avx2(const void* key, gcm_key_data* key_data);
+void aes_gcm_enc_128_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
+                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
+void aes_gcm_dec_128_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
+                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
+void aes_gcm_enc_256_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
+                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
+void aes_gcm_dec_256_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
+                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
+}
+#endif
 
 namespace {
 
@@ -54,7 +76,7 @@ struct alignas(64) Buffer {
 [[noreturn]] void usage(const char* why) {
   std::fprintf(stderr, "gcm_floor: %s\nusage: gcm_floor [--algo aes128|aes256] [--op encrypt|decrypt] "
                        "[--rounds N] [--calls N] [--nonce ready|split|single] [--aad ready|fresh]\n"
-                       "                 [--arch auto|sse|avx|avx2|avx512] SIZE...\n", why);
+                       "                 [--arch auto|sse|avx|avx2|avx512|vaes-avx2] SIZE...\n", why);
   std::exit(64);
 }
 
@@ -79,7 +101,7 @@ int choice(const std::string& v, std::initializer_list<const char*> names, const
 
 int main(int argc, char** argv) {
   bool aes256 = false, decrypt = false, aad_fresh = false;
-  int arch = 0;  // 0 auto, then sse, avx, avx2, avx512
+  int arch = 0;  // 0 auto, then sse, avx, avx2, avx512, vaes-avx2
   enum class Nonce { kReady, kSplit, kSingle } nonce_mode = Nonce::kReady;
   uint64_t rounds = 50, calls = 10000;
   std::vector<uint32_t> sizes;
@@ -98,7 +120,8 @@ int main(int argc, char** argv) {
     } else if (a == "--aad") {
       aad_fresh = choice(value(), {"ready", "fresh"}, "--aad is ready or fresh") == 1;
     } else if (a == "--arch") {
-      arch = choice(value(), {"auto", "sse", "avx", "avx2", "avx512"}, "--arch is auto, sse, avx, avx2 or avx512");
+      arch = choice(value(), {"auto", "sse", "avx", "avx2", "avx512", "vaes-avx2"},
+                    "--arch is auto, sse, avx, avx2, avx512 or vaes-avx2");
     } else if (a == "--rounds") {
       rounds = parse_count(value(), 1, 100000, "--rounds: 1..100000");
     } else if (a == "--calls") {
@@ -114,22 +137,39 @@ int main(int argc, char** argv) {
   // The init_mb_mgr_<arch> calls need the CPU features of their path: check
   // them first (a missing one would be an illegal instruction, not an error).
   const uint64_t f = mgr->features;
-  const uint64_t need[] = {0, IMB_CPUFLAGS_SSE, IMB_CPUFLAGS_AVX, IMB_CPUFLAGS_AVX2, IMB_CPUFLAGS_AVX512};
+#if IMB_VERSION_NUM >= 0x20000
+  if (arch == 2) usage("--arch avx: IPsec-MB 2.x has no AVX code path (its AVX symbols run the SSE code)");
+  const bool vaes_cpu = __builtin_cpu_supports("vaes") && __builtin_cpu_supports("vpclmulqdq");
+  const uint64_t need[] = {0, IMB_CPUFLAGS_SSE, 0, IMB_CPUFLAGS_AVX2, IMB_CPUFLAGS_AVX512, IMB_CPUFLAGS_AVX2};
+  if (arch == 5 && !vaes_cpu) usage("this CPU lacks VAES or VPCLMULQDQ (--arch vaes-avx2)");
+#else
+  if (arch == 5) usage("--arch vaes-avx2 needs a build against IPsec-MB 2.x (scripts/ipsec-mb.sh)");
+  const uint64_t need[] = {0, IMB_CPUFLAGS_SSE, IMB_CPUFLAGS_AVX, IMB_CPUFLAGS_AVX2, IMB_CPUFLAGS_AVX512, 0};
+#endif
   if ((f & need[arch]) != need[arch]) usage("this CPU lacks the features of the --arch asked for");
   IMB_ARCH used = IMB_ARCH_NONE;
   switch (arch) {
     case 0: init_mb_mgr_auto(mgr, &used); break;
     case 1: init_mb_mgr_sse(mgr); used = IMB_ARCH_SSE; break;
+#if IMB_VERSION_NUM < 0x20000
     case 2: init_mb_mgr_avx(mgr); used = IMB_ARCH_AVX; break;
-    case 3: init_mb_mgr_avx2(mgr); used = IMB_ARCH_AVX2; break;
+#endif
+    case 3:
+    case 5: init_mb_mgr_avx2(mgr); used = IMB_ARCH_AVX2; break;
     default: init_mb_mgr_avx512(mgr); used = IMB_ARCH_AVX512; break;
   }
   if (imb_get_errno(mgr) != 0) usage("IPsec-MB: no usable architecture");
   const char* used_name = used == IMB_ARCH_SSE    ? "sse"
+#if IMB_VERSION_NUM < 0x20000
                           : used == IMB_ARCH_AVX  ? "avx"
+#endif
                           : used == IMB_ARCH_AVX2 ? "avx2"
                           : used == IMB_ARCH_AVX512 ? "avx512"
                                                     : "other";
+  // From this length on the VAES AVX2 code runs (UINT32_MAX: never).
+  uint32_t vaes_from = UINT32_MAX;
+  if (arch == 0) vaes_from = espgw::crypto::ipsecmb_vaes_avx2_min_len();
+  if (arch == 5) vaes_from = 0;
 
   std::mt19937 g(4106);
   uint8_t key[32];
@@ -137,11 +177,21 @@ int main(int argc, char** argv) {
   uint8_t salt[4];
   for (auto& b : salt) b = static_cast<uint8_t>(g());
   auto* kd = static_cast<gcm_key_data*>(std::aligned_alloc(64, sizeof(gcm_key_data)));
+  auto* kd_vaes = static_cast<gcm_key_data*>(std::aligned_alloc(64, sizeof(gcm_key_data)));
   auto* ctx = static_cast<gcm_context_data*>(std::aligned_alloc(64, sizeof(gcm_context_data)));
   if (aes256) IMB_AES256_GCM_PRE(mgr, key, kd);
   else IMB_AES128_GCM_PRE(mgr, key, kd);
-  aes_gcm_enc_dec_t fn = aes256 ? (decrypt ? mgr->gcm256_dec : mgr->gcm256_enc)
-                                : (decrypt ? mgr->gcm128_dec : mgr->gcm128_enc);
+  const aes_gcm_enc_dec_t lib_fn = aes256 ? (decrypt ? mgr->gcm256_dec : mgr->gcm256_enc)
+                                          : (decrypt ? mgr->gcm128_dec : mgr->gcm128_enc);
+  aes_gcm_enc_dec_t vaes_fn = nullptr;
+#if IMB_VERSION_NUM >= 0x20000
+  if (vaes_from != UINT32_MAX) {
+    if (aes256) aes_gcm_pre_256_vaes_avx2(key, kd_vaes);
+    else aes_gcm_pre_128_vaes_avx2(key, kd_vaes);
+    vaes_fn = aes256 ? (decrypt ? aes_gcm_dec_256_vaes_avx2 : aes_gcm_enc_256_vaes_avx2)
+                     : (decrypt ? aes_gcm_dec_128_vaes_avx2 : aes_gcm_enc_128_vaes_avx2);
+  }
+#endif
 
   auto bufs = std::make_unique<Buffer[]>(kBuffers);
   for (int i = 0; i < kBuffers; ++i) {
@@ -151,6 +201,9 @@ int main(int argc, char** argv) {
   }
 
   for (uint32_t size : sizes) {
+    const bool vaes = size >= vaes_from;
+    const aes_gcm_enc_dec_t fn = vaes ? vaes_fn : lib_fn;
+    const gcm_key_data* k = vaes ? kd_vaes : kd;
     uint64_t best = UINT64_MAX;
     for (uint64_t r = 0; r <= rounds; ++r) {  // round 0 warms caches and clocks
       uint64_t t0 = __rdtsc();
@@ -181,13 +234,13 @@ int main(int argc, char** argv) {
         // Keeps the compiler from merging or sinking the stores above.
         asm volatile("" : : "r"(nonce), "r"(fresh_aad) : "memory");
         // In place, as espgw encrypts and decrypts the mbuf's own bytes.
-        fn(kd, ctx, b.data, b.data, size, iv, aad, kAadLen, b.tag, kTagLen);
+        fn(k, ctx, b.data, b.data, size, iv, aad, kAadLen, b.tag, kTagLen);
       }
       uint64_t t = __rdtsc() - t0;
       if (r > 0) best = std::min(best, t);
     }
     std::printf("{\"arch\":\"%s\",\"algo\":\"%s\",\"op\":\"%s\",\"nonce\":\"%s\",\"aad\":\"%s\",\"bytes\":%u,\"cycles\":%.1f,\"rounds\":%llu,\"calls\":%llu}\n",
-                used_name, aes256 ? "aes256" : "aes128", decrypt ? "decrypt" : "encrypt",
+                vaes ? "vaes-avx2" : used_name, aes256 ? "aes256" : "aes128", decrypt ? "decrypt" : "encrypt",
                 nonce_mode == Nonce::kReady ? "ready" : nonce_mode == Nonce::kSplit ? "split" : "single",
                 aad_fresh ? "fresh" : "ready", size,
                 static_cast<double>(best) / static_cast<double>(calls), static_cast<unsigned long long>(rounds),
@@ -195,6 +248,7 @@ int main(int argc, char** argv) {
   }
   std::fflush(stdout);
   std::free(ctx);
+  std::free(kd_vaes);
   std::free(kd);
   free_mb_mgr(mgr);
   return 0;

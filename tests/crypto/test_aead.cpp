@@ -22,6 +22,23 @@
 #include <thread>
 #include <vector>
 
+#if IMB_VERSION_NUM >= 0x20000
+// IPsec-MB 2.x's VAES AVX2 GCM, which crypto/aead.cpp calls for the longer
+// ops on AVX2 CPUs with VAES (exported, not in the library's header).
+extern "C" {
+void aes_gcm_pre_128_vaes_avx2(const void* key, gcm_key_data* key_data);
+void aes_gcm_pre_256_vaes_avx2(const void* key, gcm_key_data* key_data);
+void aes_gcm_enc_128_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
+                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
+void aes_gcm_dec_128_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
+                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
+void aes_gcm_enc_256_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
+                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
+void aes_gcm_dec_256_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
+                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
+}
+#endif
+
 namespace espgw::crypto {
 
 // Reaches the OpenSSL backend's fallback path (taken when every pre-keyed
@@ -324,21 +341,24 @@ TEST(AeadContext, HashKeyBytesAreWhereIpsecMbWritesThem) {
 }
 
 // AeadContext keeps IPsec-MB's key data 16 bytes into a 64-byte-aligned
-// block (the per-op fields first), while the library declares gcm_key_data
-// 64-byte aligned. Every GCM code path this CPU can run must accept key data
-// at that offset (the SSE code's legacy memory operands fault below 16-byte
-// alignment) and give the published results: GCM spec test cases 4 and 16,
-// both directions, through a manager forced onto each path.
+// block with IPsec-MB 1.3 (the per-op fields first), while the library
+// declares gcm_key_data 64-byte aligned (2.x: 64 bytes in). Every GCM code
+// path this CPU can run must accept key data at that offset (the SSE code's
+// legacy memory operands fault below 16-byte alignment) and give the
+// published results: GCM spec test cases 4 and 16, both directions, through
+// a manager forced onto each path.
 TEST(AeadContext, EveryIpsecMbCodePathAcceptsTheContextsKeyOffset) {
   if (!backend_available(Backend::kIpsecMb)) GTEST_SKIP() << "no IPsec-MB path on this CPU";
-  static_assert(AeadContext::kImbKeyOffset % 16 == 0 && AeadContext::kImbKeyOffset % 64 != 0);
+  static_assert(AeadContext::kImbKeyOffset % 16 == 0);
   struct Path {
     const char* name;
     void (*init)(IMB_MGR*);
     uint64_t needs;
   };
   const Path paths[] = {{"sse", init_mb_mgr_sse, IMB_CPUFLAGS_SSE},
+#if IMB_VERSION_NUM < 0x20000
                         {"avx", init_mb_mgr_avx, IMB_CPUFLAGS_AVX},
+#endif
                         {"avx2", init_mb_mgr_avx2, IMB_CPUFLAGS_AVX2},
                         {"avx512", init_mb_mgr_avx512, IMB_CPUFLAGS_AVX512}};
   int ran = 0;
@@ -355,7 +375,7 @@ TEST(AeadContext, EveryIpsecMbCodePathAcceptsTheContextsKeyOffset) {
     for (int id : {4, 16}) {
       const Vector& v = *std::find_if(std::begin(kVectors), std::end(kVectors), [&](const Vector& x) { return x.id == id; });
       const Bytes key = hex(v.key), pt = hex(v.pt), aad = hex(v.aad), iv = hex(v.iv);
-      alignas(64) uint8_t block[1024];
+      alignas(64) uint8_t block[sizeof(AeadContext)];
       std::memset(block, 0, sizeof(block));
       auto* kd = reinterpret_cast<gcm_key_data*>(block + AeadContext::kImbKeyOffset);
       gcm_context_data gctx;
@@ -379,6 +399,87 @@ TEST(AeadContext, EveryIpsecMbCodePathAcceptsTheContextsKeyOffset) {
   }
   EXPECT_GE(ran, 1);
   std::printf("[ note ] key data at offset %zu checked on %d IPsec-MB code path(s)\n", AeadContext::kImbKeyOffset, ran);
+}
+
+// IPsec-MB 2.x's VAES AVX2 code, as espgw calls it: its own key block 512
+// bytes into the context's key area, the published results for GCM spec
+// test cases 3, 4, 15 and 16 (AES-128 and AES-256, with and without AAD).
+TEST(AeadContext, VaesAvx2PathGivesTheSpecResultsAtItsKeyOffset) {
+#if IMB_VERSION_NUM >= 0x20000
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("vaes") && __builtin_cpu_supports("vpclmulqdq")))
+    GTEST_SKIP() << "this CPU has no VAES AVX2";
+  for (int id : {3, 4, 15, 16}) {
+    const Vector& v = *std::find_if(std::begin(kVectors), std::end(kVectors), [&](const Vector& x) { return x.id == id; });
+    const Bytes key = hex(v.key), pt = hex(v.pt), aad = hex(v.aad), iv = hex(v.iv);
+    alignas(64) uint8_t block[sizeof(AeadContext)];
+    std::memset(block, 0, sizeof(block));
+    auto* kd = reinterpret_cast<gcm_key_data*>(block + AeadContext::kImbKeyOffset + 512);
+    gcm_context_data gctx;
+    Bytes ct(pt.size()), back(pt.size());
+    uint8_t tag[16], tag2[16];
+    const bool a128 = v.algo == AeadAlgo::kAes128Gcm;
+    (a128 ? aes_gcm_pre_128_vaes_avx2 : aes_gcm_pre_256_vaes_avx2)(key.data(), kd);
+    (a128 ? aes_gcm_enc_128_vaes_avx2 : aes_gcm_enc_256_vaes_avx2)(kd, &gctx, ct.data(), pt.data(), pt.size(),
+                                                                   iv.data(), aad.data(), aad.size(), tag, 16);
+    (a128 ? aes_gcm_dec_128_vaes_avx2 : aes_gcm_dec_256_vaes_avx2)(kd, &gctx, back.data(), ct.data(), ct.size(),
+                                                                   iv.data(), aad.data(), aad.size(), tag2, 16);
+    EXPECT_EQ(to_hex(ct), v.ct) << "test case " << id;
+    EXPECT_EQ(to_hex(tag, 16), v.tag) << "test case " << id;
+    EXPECT_EQ(to_hex(tag2, 16), v.tag) << "test case " << id;
+    EXPECT_EQ(back, pt) << "test case " << id;
+  }
+#else
+  GTEST_SKIP() << "built against IPsec-MB " << IMB_VERSION_STR << ": no VAES AVX2 path";
+#endif
+}
+
+// Which GCM code runs at which length: built against IPsec-MB 2.x on an
+// AVX2 CPU with VAES (and neither AVX-512 nor GFNI, with which the library
+// picks VAES code itself), ops from ipsecmb_vaes_avx2_min_len() bytes on take the VAES
+// AVX2 path; otherwise every op takes the library's pick. Either way every
+// length from 0 to 300 (both sides of the switch) and both key sizes give
+// OpenSSL's ciphertext and tag, and each side decrypts the other's output.
+TEST(AeadContext, BothCodePathsAgreeWithOpensslAroundTheSwitch) {
+  if (!backend_available(Backend::kIpsecMb)) GTEST_SKIP() << "no IPsec-MB path on this CPU";
+  const char* env = std::getenv("ESPGW_GCM_VAES_AVX2");
+  // (With GFNI the library picks its VAES AVX2 code itself: one path.)
+  const bool two = IMB_VERSION_NUM >= 0x20000 && std::string_view(ipsecmb_arch()).starts_with("avx2") &&
+                   __builtin_cpu_supports("vaes") && __builtin_cpu_supports("vpclmulqdq") &&
+                   !__builtin_cpu_supports("gfni") && !(env != nullptr && std::string_view(env) == "0");
+  const uint32_t from = ipsecmb_vaes_avx2_min_len();
+  EXPECT_EQ(from != UINT32_MAX, two) << "arch " << ipsecmb_arch();
+  EXPECT_EQ(std::string_view(ipsecmb_arch()).ends_with("+vaes-avx2"), two);
+  if (two) {
+    EXPECT_TRUE(from > 16 && from < 300) << from;
+  }
+  std::mt19937 g(4106);
+  auto fill = [&g](uint8_t* p, size_t n) {
+    for (size_t i = 0; i < n; i++) p[i] = static_cast<uint8_t>(g());
+  };
+  for (AeadAlgo algo : {AeadAlgo::kAes128Gcm, AeadAlgo::kAes256Gcm}) {
+    Bytes km(keymat_len(algo));
+    fill(km.data(), km.size());
+    AeadContext mb(algo, km, Backend::kIpsecMb);
+    AeadContext os(algo, km, Backend::kOpenssl);
+    for (uint32_t len = 0; len <= 300; len++) {
+      SCOPED_TRACE(std::string(to_string(algo)) + " len " + std::to_string(len));
+      uint8_t iv[kIvLen], aad[8];
+      fill(iv, sizeof iv);
+      fill(aad, sizeof aad);
+      Bytes pt(len + 1), ct_mb(len + 1), ct_os(len + 1), back(len + 1);
+      fill(pt.data(), len);
+      uint8_t tag_mb[kIcvLen], tag_os[kIcvLen];
+      mb.encrypt(AeadOp{&mb, iv, aad, 8, pt.data(), ct_mb.data(), len, tag_mb});
+      os.encrypt(AeadOp{&os, iv, aad, 8, pt.data(), ct_os.data(), len, tag_os});
+      ASSERT_EQ(0, std::memcmp(ct_mb.data(), ct_os.data(), len));
+      ASSERT_EQ(to_hex(tag_mb, kIcvLen), to_hex(tag_os, kIcvLen));
+      ASSERT_TRUE(mb.decrypt(AeadOp{&mb, iv, aad, 8, ct_os.data(), back.data(), len, tag_os}));
+      ASSERT_EQ(0, std::memcmp(back.data(), pt.data(), len));
+      ASSERT_TRUE(os.decrypt(AeadOp{&os, iv, aad, 8, ct_mb.data(), back.data(), len, tag_mb}));
+      tag_mb[len % kIcvLen] ^= 1;
+      ASSERT_FALSE(mb.decrypt(AeadOp{&mb, iv, aad, 8, ct_os.data(), back.data(), len, tag_mb}));
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
