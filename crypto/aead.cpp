@@ -1,6 +1,7 @@
 // AES-GCM AEAD contexts: IPsec-MB direct GCM calls (hot path) and an OpenSSL 3
 // EVP backend (fallback on CPUs without AES-NI/PCLMULQDQ, and test oracle).
 #include "crypto/aead.h"
+#include "crypto/vaes_avx2_gcm.h"
 
 #include <intel-ipsec-mb.h>
 #include <openssl/crypto.h>
@@ -38,25 +39,11 @@ inline int algo_index(AeadAlgo a) { return a == AeadAlgo::kAes128Gcm ? 0 : 1; }
 // code, which costs 1.5-1.9x as much from ~100 bytes up (bench/crypto/
 // gcm_floor --arch avx2 against --arch vaes-avx2: 516 bytes ~420 cycles
 // against ~250, 1,404 bytes ~960 against ~520) but less below (68 bytes:
-// ~103 against ~135). espgw then calls the VAES code
-// itself for ops of g_large_min bytes or more, with its own key block
-// (kLargeKeyOffset into the context's key area: the two paths' hash-key
-// layouts differ), and the library's pick for the shorter ones. The VAES
-// functions are exported by the library but not declared in its header.
-#if defined(IMB_VERSION_NUM) && IMB_VERSION_NUM >= 0x20000 && defined(__x86_64__)
-#define ESPGW_HAVE_VAES_AVX2_GCM 1
-extern "C" {
-void aes_gcm_pre_128_vaes_avx2(const void* key, gcm_key_data* key_data);
-void aes_gcm_pre_256_vaes_avx2(const void* key, gcm_key_data* key_data);
-void aes_gcm_enc_128_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
-                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
-void aes_gcm_dec_128_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
-                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
-void aes_gcm_enc_256_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
-                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
-void aes_gcm_dec_256_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
-                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
-}
+// ~103 against ~135). espgw then calls the VAES code itself for ops of
+// g_large_min bytes or more, with its own key block (kLargeKeyOffset into
+// the context's key area: the two paths' hash-key layouts differ), and the
+// library's pick for the shorter ones.
+#ifdef ESPGW_HAVE_VAES_AVX2_GCM  // crypto/vaes_avx2_gcm.h
 // The short path's key data (the AVX2/AVX-512 layout: 8 powers and their
 // reductions) and the VAES AVX2 path's (16 and 16), one after the other in
 // the key area; the second on a line of its own.
@@ -153,8 +140,7 @@ struct ImbRuntime {
     const char* env = std::getenv("ESPGW_GCM_VAES_AVX2");  // "0": the library's pick only (A/B runs)
     // Not when the library picked that code itself (an AVX2 CPU with GFNI):
     // its key data then has the VAES layout, and one path is all there is.
-    if (usable && arch == IMB_ARCH_AVX2 && __builtin_cpu_supports("vaes") && __builtin_cpu_supports("vpclmulqdq") &&
-        mgr->gcm128_enc != aes_gcm_enc_128_vaes_avx2 && !(env != nullptr && std::strcmp(env, "0") == 0)) {
+    if (usable && arch == IMB_ARCH_AVX2 && vaes_avx2_gcm_runs(mgr->features) && mgr->gcm128_enc != aes_gcm_enc_128_vaes_avx2 && !(env != nullptr && std::strcmp(env, "0") == 0)) {
       g_gcm_enc_large[0] = aes_gcm_enc_128_vaes_avx2;
       g_gcm_dec_large[0] = aes_gcm_dec_128_vaes_avx2;
       g_gcm_enc_large[1] = aes_gcm_enc_256_vaes_avx2;

@@ -42,22 +42,7 @@
 #include <vector>
 
 #include "crypto/aead.h"
-
-#if IMB_VERSION_NUM >= 0x20000
-// Exported by IPsec-MB 2.x, not declared in its header (crypto/aead.cpp).
-extern "C" {
-void aes_gcm_pre_128_vaes_avx2(const void* key, gcm_key_data* key_data);
-void aes_gcm_pre_256_vaes_avx2(const void* key, gcm_key_data* key_data);
-void aes_gcm_enc_128_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
-                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
-void aes_gcm_dec_128_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
-                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
-void aes_gcm_enc_256_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
-                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
-void aes_gcm_dec_256_vaes_avx2(const gcm_key_data*, gcm_context_data*, uint8_t*, const uint8_t*, uint64_t,
-                               const uint8_t*, const uint8_t*, uint64_t, uint8_t*, uint64_t);
-}
-#endif
+#include "crypto/vaes_avx2_gcm.h"
 
 namespace {
 
@@ -139,7 +124,11 @@ int main(int argc, char** argv) {
   const uint64_t f = mgr->features;
 #if IMB_VERSION_NUM >= 0x20000
   if (arch == 2) usage("--arch avx: IPsec-MB 2.x has no AVX code path (its AVX symbols run the SSE code)");
-  const bool vaes_cpu = __builtin_cpu_supports("vaes") && __builtin_cpu_supports("vpclmulqdq");
+#ifdef ESPGW_HAVE_VAES_AVX2_GCM
+  const bool vaes_cpu = vaes_avx2_gcm_runs(f);
+#else
+  const bool vaes_cpu = false;
+#endif
   const uint64_t need[] = {0, IMB_CPUFLAGS_SSE, 0, IMB_CPUFLAGS_AVX2, IMB_CPUFLAGS_AVX512, IMB_CPUFLAGS_AVX2};
   if (arch == 5 && !vaes_cpu) usage("this CPU lacks VAES or VPCLMULQDQ (--arch vaes-avx2)");
 #else
@@ -184,7 +173,7 @@ int main(int argc, char** argv) {
   const aes_gcm_enc_dec_t lib_fn = aes256 ? (decrypt ? mgr->gcm256_dec : mgr->gcm256_enc)
                                           : (decrypt ? mgr->gcm128_dec : mgr->gcm128_enc);
   aes_gcm_enc_dec_t vaes_fn = nullptr;
-#if IMB_VERSION_NUM >= 0x20000
+#ifdef ESPGW_HAVE_VAES_AVX2_GCM
   if (vaes_from != UINT32_MAX) {
     if (aes256) aes_gcm_pre_256_vaes_avx2(key, kd_vaes);
     else aes_gcm_pre_128_vaes_avx2(key, kd_vaes);
