@@ -140,7 +140,8 @@ struct ImbRuntime {
     const char* env = std::getenv("ESPGW_GCM_VAES_AVX2");  // "0": the library's pick only (A/B runs)
     // Not when the library picked that code itself (an AVX2 CPU with GFNI):
     // its key data then has the VAES layout, and one path is all there is.
-    if (usable && arch == IMB_ARCH_AVX2 && vaes_avx2_gcm_runs(mgr->features) && mgr->gcm128_enc != aes_gcm_enc_128_vaes_avx2 && !(env != nullptr && std::strcmp(env, "0") == 0)) {
+    if (usable && arch == IMB_ARCH_AVX2 && vaes_avx2_gcm_runs(mgr->features) &&
+        mgr->gcm128_enc != aes_gcm_enc_128_vaes_avx2 && !(env != nullptr && std::strcmp(env, "0") == 0)) {
       g_gcm_enc_large[0] = aes_gcm_enc_128_vaes_avx2;
       g_gcm_dec_large[0] = aes_gcm_dec_128_vaes_avx2;
       g_gcm_enc_large[1] = aes_gcm_enc_256_vaes_avx2;
