@@ -51,8 +51,8 @@ inline constexpr uint32_t kSmallKeyBytes =
     offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.avx2_avx512);  // 496
 inline constexpr uint32_t kLargeKeyBytes =
     offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.vaes_avx2);  // 752
-inline constexpr uint32_t kLargeKeyOffset = 512;
-static_assert(kSmallKeyBytes <= kLargeKeyOffset && kLargeKeyOffset + kLargeKeyBytes <= AeadContext::kImbKeyBytes &&
+inline constexpr uint32_t kLargeKeyOffset = 560;  // byte 576 of the context
+static_assert(kSmallKeyBytes <= kLargeKeyOffset && kLargeKeyOffset + kLargeKeyBytes <= AeadContext::kImbAreaBytes &&
               (AeadContext::kImbKeyOffset + kLargeKeyOffset) % 64 == 0);
 inline constexpr bool kTwoPaths = true;
 #else
@@ -65,6 +65,14 @@ inline constexpr bool kTwoPaths = false;  // built against IPsec-MB 1.x: its pic
 // and more on the VAES code.
 inline constexpr uint32_t kVaesAvx2MinLen = 80;
 uint32_t g_large_min = UINT32_MAX;
+// The library's pick's key data: this many bytes into the key area (0, or
+// 48 for IPsec-MB 2.x's AVX-512 code, whose vmovdqa64 loads of the key
+// data need it 64-byte aligned). Written once, as g_gcm_enc.
+#if IMB_VERSION_NUM >= 0x20000
+uint32_t g_key_shift = 0;
+#else
+inline constexpr uint32_t g_key_shift = 0;  // 1.3: every code path takes 16-byte aligned key data
+#endif
 aes_gcm_enc_dec_t g_gcm_enc_large[2];
 aes_gcm_enc_dec_t g_gcm_dec_large[2];
 
@@ -136,6 +144,9 @@ struct ImbRuntime {
     g_gcm_enc[1] = mgr->gcm256_enc;
     g_gcm_dec[1] = mgr->gcm256_dec;
     if (usable) g_hash_layout = detect_hash_layout(mgr, arch);
+#if IMB_VERSION_NUM >= 0x20000
+    if (arch == IMB_ARCH_AVX512) g_key_shift = AeadContext::kImbKeyOffsetAligned - AeadContext::kImbKeyOffset;
+#endif
 #ifdef ESPGW_HAVE_VAES_AVX2_GCM
     const char* env = std::getenv("ESPGW_GCM_VAES_AVX2");  // "0": the library's pick only (A/B runs)
     // Not when the library picked that code itself (an AVX2 CPU with GFNI):
@@ -281,6 +292,11 @@ uint32_t ipsecmb_vaes_avx2_min_len() {
   return g_large_min;
 }
 
+size_t ipsecmb_key_offset() {
+  imb();
+  return AeadContext::kImbKeyOffset + g_key_shift;
+}
+
 ByteRange ipsecmb_hash_key_bytes() {
   imb();
   switch (g_hash_layout) {
@@ -312,13 +328,15 @@ AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend
                                 std::string(to_string(algo)));
 
   static_assert(offsetof(AeadContext, imb_key_) == kImbKeyOffset && offsetof(AeadContext, ossl_) < kImbKeyOffset &&
-                    (kImbKeyOffset + kImbKeyBytes + 63) / 64 * 64 == sizeof(AeadContext) && kImbKeyOffset % 16 == 0,
-                "the per-op fields, then the key area to the end (1.3: sharing the first round key's line)");
+                    (kImbKeyOffset + kImbAreaBytes + 63) / 64 * 64 == sizeof(AeadContext) && kImbKeyOffset % 16 == 0 &&
+                    (kImbKeyOffsetAligned == kImbKeyOffset || kImbKeyOffsetAligned % 64 == 0) &&
+                    kImbKeyOffsetAligned + kImbKeyBytes == kImbKeyOffset + kImbAreaBytes,
+                "the per-op fields, then the key area to the end, sharing the first round key's line");
   const size_t klen = key_len(algo);
   std::memcpy(salt_, keymat.data() + klen, kSaltLen);
   if (backend == Backend::kIpsecMb) {
     IMB_MGR* mgr = imb().mgr;
-    auto* key = reinterpret_cast<gcm_key_data*>(imb_key_);
+    auto* key = reinterpret_cast<gcm_key_data*>(imb_key_ + g_key_shift);
 #ifdef ESPGW_HAVE_VAES_AVX2_GCM
     if (g_large_min != UINT32_MAX) {
       // Both paths' key blocks, each expanded in full and cut to what its
@@ -326,7 +344,7 @@ AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend
       alignas(64) gcm_key_data tmp;
       if (algo == AeadAlgo::kAes128Gcm) IMB_AES128_GCM_PRE(mgr, keymat.data(), &tmp);
       else IMB_AES256_GCM_PRE(mgr, keymat.data(), &tmp);
-      std::memcpy(imb_key_, &tmp, kSmallKeyBytes);
+      std::memcpy(imb_key_ + g_key_shift, &tmp, kSmallKeyBytes);
       if (algo == AeadAlgo::kAes128Gcm) aes_gcm_pre_128_vaes_avx2(keymat.data(), &tmp);
       else aes_gcm_pre_256_vaes_avx2(keymat.data(), &tmp);
       std::memcpy(imb_key_ + kLargeKeyOffset, &tmp, kLargeKeyBytes);
@@ -441,7 +459,7 @@ __attribute__((always_inline)) inline void AeadContext::imb_encrypt(const AeadOp
   gcm_context_data gctx;
   const int a = algo_index(algo_);
   const bool large = kTwoPaths && op.len >= g_large_min;
-  const auto* key = reinterpret_cast<const gcm_key_data*>(imb_key_ + (large ? kLargeKeyOffset : 0));
+  const auto* key = reinterpret_cast<const gcm_key_data*>(imb_key_ + (large ? kLargeKeyOffset : g_key_shift));
   (large ? g_gcm_enc_large[a] : g_gcm_enc[a])(key, &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len, op.icv,
                                                kIcvLen);
 }
@@ -453,7 +471,7 @@ __attribute__((always_inline)) inline bool AeadContext::imb_decrypt(const AeadOp
   alignas(16) uint8_t tag[kIcvLen];
   const int a = algo_index(algo_);
   const bool large = kTwoPaths && op.len >= g_large_min;
-  const auto* key = reinterpret_cast<const gcm_key_data*>(imb_key_ + (large ? kLargeKeyOffset : 0));
+  const auto* key = reinterpret_cast<const gcm_key_data*>(imb_key_ + (large ? kLargeKeyOffset : g_key_shift));
   (large ? g_gcm_dec_large[a] : g_gcm_dec[a])(key, &gctx, op.dst, op.src, op.len, nonce, op.aad, op.aad_len, tag,
                                                kIcvLen);
   return ct_equal16(tag, op.icv);
@@ -503,7 +521,7 @@ inline constexpr uint32_t kKeyAhead = 3;
 // hash-key powers, the ones its length needs (a 64-byte packet's GHASH
 // covers 7 blocks: the AAD, 5 of data, the lengths). Where they are depends
 // on the code path (HashKeyLayout; offsets below are gcm_key_data's, which
-// starts kImbKeyOffset bytes into the context): the VAES code keeps
+// starts ipsecmb_key_offset() bytes into the context): the VAES code keeps
 // H^48 .. H^1 at the end (H^k at 16 * (63 - k), its
 // gcm_keys_vaes_avx512.inc), so a 64-byte packet reads 2 of its 12 hash-key
 // lines; the AVX2 code keeps H^1 .. H^8 from byte 240; the SSE/AVX code the
@@ -531,19 +549,21 @@ inline void prefetch_lines(const char* p, uint32_t from, uint32_t to) {
 __attribute__((noinline)) void AeadContext::prefetch_key(const AeadOp& op) {
   const auto* p = reinterpret_cast<const char*>(op.ctx);
   // [from, to) of gcm_key_data
-  auto key_lines = [p](uint32_t from, uint32_t to) { prefetch_lines(p, kImbKeyOffset + from, kImbKeyOffset + to); };
   // GHASH blocks: the AAD, the data, the length block
   const uint32_t blocks = (op.len + 15) / 16 + 2;
 #ifdef ESPGW_HAVE_VAES_AVX2_GCM
   if (op.len >= g_large_min) {  // the VAES AVX2 key block: 16 powers, then their reductions
     const uint32_t powers = std::min<uint32_t>(16, blocks);
+    constexpr uint32_t at = kImbKeyOffset + kLargeKeyOffset;
     prefetch_lines(p, 0, 64);  // the per-op fields
-    key_lines(kLargeKeyOffset, kLargeKeyOffset + kRoundKeyBytes + 16 * powers);
-    key_lines(kLargeKeyOffset + kRoundKeyBytes + 16 * 16, kLargeKeyOffset + kRoundKeyBytes + 16 * (16 + powers));
+    prefetch_lines(p, at, at + kRoundKeyBytes + 16 * powers);
+    prefetch_lines(p, at + kRoundKeyBytes + 16 * 16, at + kRoundKeyBytes + 16 * (16 + powers));
     return;
   }
 #endif
-  prefetch_lines(p, 0, kImbKeyOffset + kRoundKeyBytes);  // the per-op fields, the round keys
+  const uint32_t at = kImbKeyOffset + g_key_shift;  // the library's pick's key data
+  auto key_lines = [p, at](uint32_t from, uint32_t to) { prefetch_lines(p, at + from, at + to); };
+  prefetch_lines(p, 0, at + kRoundKeyBytes);  // the per-op fields, the round keys
   if (g_hash_layout == HashKeyLayout::kPairs8) {
     key_lines(kRoundKeyBytes, kRoundKeyBytes + 32 * std::min<uint32_t>(8, blocks));
     return;

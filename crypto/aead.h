@@ -57,6 +57,10 @@ struct ByteRange {
   uint32_t begin, end;
 };
 ByteRange ipsecmb_hash_key_bytes();
+// Where IPsec-MB's key data for the library's pick starts in an
+// AeadContext: AeadContext::kImbKeyOffset (16), or kImbKeyOffsetAligned (64)
+// when the pick is IPsec-MB 2.x's AVX-512 code.
+size_t ipsecmb_key_offset();
 
 class AeadContext;
 
@@ -85,16 +89,20 @@ struct AeadOp {
 // Built against IPsec-MB 1.3 (Debian 12's), one 1,024-byte block, 64-byte
 // aligned: the per-op fields (salt, algorithm, backend: 16 bytes) first, then
 // IPsec-MB's expanded keys and hash-key powers (1,008 bytes from byte 16).
-// (Against 2.x, 1,344 bytes: the key data, 1,264 bytes, from byte 64; see
-// kImbKeyOffset.) 16-byte alignment is all its GCM code needs
-// (its key loads are unaligned forms or 16-byte SSE operands), and at 16 the
-// hash-key powers (240 bytes into the key data) start on a line, so the
-// VAES/AVX-512 code's 64-byte loads of them no longer straddle two lines
-// (the AVX2 and SSE code load them 16 bytes at a time). The per-op
+// Against 2.x, 1,344 bytes: the key data (1,264 bytes) from byte 16 too,
+// except on 2.x's AVX-512 code path, whose 64-byte aligned loads
+// (vmovdqa64) of the key data need it at byte 64 (kImbKeyOffsetAligned).
+// 16-byte alignment is all the other code needs (its key loads are
+// unaligned forms or 16-byte SSE operands), and at 16 the hash-key powers
+// (240 bytes into the key data) start on a line, so 1.3's VAES/AVX-512
+// code's 64-byte loads of them do not straddle two lines (the AVX2 and SSE
+// code load them 16 or 32 bytes at a time). The per-op
 // fields share the first round key's line, which every GCM op reads: an op
 // on a cold context misses only on key lines: for a 64-byte packet 6 on the
 // AVX2 and VAES code paths, 8 on SSE/AVX (which also read the Karatsuba
-// halves), one fewer on each than when the fields sat in the last line. The
+// halves), one fewer on each than when the fields sat in the last line;
+// 2.x's AVX2 code (each power beside its reduction) 7, 2 fewer than with
+// its key data at byte 64. The
 // worker starts loading them from the context's address alone (no pointer
 // to follow first).
 class alignas(64) AeadContext : public InStateArena {
@@ -114,18 +122,20 @@ class alignas(64) AeadContext : public InStateArena {
   bool decrypt(const AeadOp& op) const;  // false: ICV mismatch (dst content undefined)
 
   // IPsec-MB's gcm_key_data (meson reads its size off the header the build
-  // uses, aead.cpp checks it), and where it starts in the context (after the
-  // per-op fields). IPsec-MB 1.3 (Debian 12): 1,008 bytes from byte 16, the
-  // per-op fields sharing the first round key's line. 2.x (Debian 13, built
-  // with scripts/ipsec-mb.sh): 1,264 bytes from byte 64, on a line of its
-  // own as the header declares, since its VAES code's alignment needs were
-  // not measured; on CPUs with VAES but not AVX-512 the area holds two key
-  // blocks, one per GCM code path (aead.cpp, "Two code paths").
+  // uses, aead.cpp checks it), and where the key area starts in the context
+  // (after the per-op fields, sharing their line). IPsec-MB 1.3 (Debian 12):
+  // 1,008 bytes from byte 16. 2.x (Debian 13, built with
+  // scripts/ipsec-mb.sh): 1,264 bytes, from byte 16 as well, or from byte 64
+  // (kImbKeyOffsetAligned) on its AVX-512 code path; on CPUs with VAES but
+  // not AVX-512 the area holds two key blocks, one per GCM code path
+  // (aead.cpp, "Two code paths").
 #ifndef ESPGW_IMB_KEY_BYTES
 #define ESPGW_IMB_KEY_BYTES 1008
 #endif
   static constexpr size_t kImbKeyBytes = ESPGW_IMB_KEY_BYTES;
-  static constexpr size_t kImbKeyOffset = kImbKeyBytes == 1008 ? 16 : 64;
+  static constexpr size_t kImbKeyOffset = 16;
+  static constexpr size_t kImbKeyOffsetAligned = kImbKeyBytes == 1008 ? 16 : 64;
+  static constexpr size_t kImbAreaBytes = kImbKeyBytes + (kImbKeyOffsetAligned - kImbKeyOffset);
 
  private:
   // OpenSSL backend state (the raw key and pre-keyed EVP contexts).
@@ -151,9 +161,9 @@ class alignas(64) AeadContext : public InStateArena {
   AeadAlgo algo_;
   Backend backend_;
   OsslState* ossl_ = nullptr;  // owned; OpenSSL backend only
-  alignas(kImbKeyOffset) uint8_t imb_key_[kImbKeyBytes];  // IPsec-MB expanded keys + hash-key powers
+  alignas(kImbKeyOffset) uint8_t imb_key_[kImbAreaBytes];  // IPsec-MB expanded keys + hash-key powers
 };
-static_assert(sizeof(AeadContext) == (AeadContext::kImbKeyOffset + AeadContext::kImbKeyBytes + 63) / 64 * 64,
+static_assert(sizeof(AeadContext) == (AeadContext::kImbKeyOffset + AeadContext::kImbAreaBytes + 63) / 64 * 64,
               "AeadContext: the per-op fields and the keys, nothing else (1.3: 16 cache lines, 2.x: 21)");
 
 // Bursts of ops (sized for kMaxBurst; any n works, n == 0 included); each op

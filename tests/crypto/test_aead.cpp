@@ -337,10 +337,11 @@ TEST(AeadContext, HashKeyBytesAreWhereIpsecMbWritesThem) {
 }
 
 // AeadContext keeps IPsec-MB's key data 16 bytes into a 64-byte-aligned
-// block with IPsec-MB 1.3 (the per-op fields first), while the library
-// declares gcm_key_data 64-byte aligned (2.x: 64 bytes in). Every GCM code
-// path this CPU can run must accept key data at that offset (the SSE code's
-// legacy memory operands fault below 16-byte alignment) and give the
+// block (the per-op fields first), while the library declares gcm_key_data
+// 64-byte aligned; with 2.x the AVX-512 path's key data sits 64 bytes in
+// (its vmovdqa64 loads fault otherwise). Every GCM code path this CPU can
+// run must accept key data at the offset the context gives it (the SSE
+// code's legacy memory operands fault below 16-byte alignment) and give the
 // published results: GCM spec test cases 4 and 16, both directions, through
 // a manager forced onto each path.
 TEST(AeadContext, EveryIpsecMbCodePathAcceptsTheContextsKeyOffset) {
@@ -350,13 +351,16 @@ TEST(AeadContext, EveryIpsecMbCodePathAcceptsTheContextsKeyOffset) {
     const char* name;
     void (*init)(IMB_MGR*);
     uint64_t needs;
+    size_t key_offset;
   };
-  const Path paths[] = {{"sse", init_mb_mgr_sse, IMB_CPUFLAGS_SSE},
+  constexpr size_t k16 = AeadContext::kImbKeyOffset, k64 = AeadContext::kImbKeyOffsetAligned;
+  static_assert(k16 == 16 && (AeadContext::kImbKeyBytes == 1008 ? k64 == 16 : k64 == 64));
+  const Path paths[] = {{"sse", init_mb_mgr_sse, IMB_CPUFLAGS_SSE, k16},
 #if IMB_VERSION_NUM < 0x20000
-                        {"avx", init_mb_mgr_avx, IMB_CPUFLAGS_AVX},
+                        {"avx", init_mb_mgr_avx, IMB_CPUFLAGS_AVX, k16},
 #endif
-                        {"avx2", init_mb_mgr_avx2, IMB_CPUFLAGS_AVX2},
-                        {"avx512", init_mb_mgr_avx512, IMB_CPUFLAGS_AVX512}};
+                        {"avx2", init_mb_mgr_avx2, IMB_CPUFLAGS_AVX2, k16},
+                        {"avx512", init_mb_mgr_avx512, IMB_CPUFLAGS_AVX512, k64}};
   int ran = 0;
   for (const Path& path : paths) {
     IMB_MGR* mgr = alloc_mb_mgr(0);
@@ -373,7 +377,7 @@ TEST(AeadContext, EveryIpsecMbCodePathAcceptsTheContextsKeyOffset) {
       const Bytes key = hex(v.key), pt = hex(v.pt), aad = hex(v.aad), iv = hex(v.iv);
       alignas(64) uint8_t block[sizeof(AeadContext)];
       std::memset(block, 0, sizeof(block));
-      auto* kd = reinterpret_cast<gcm_key_data*>(block + AeadContext::kImbKeyOffset);
+      auto* kd = reinterpret_cast<gcm_key_data*>(block + path.key_offset);
       gcm_context_data gctx;
       Bytes ct(pt.size()), back(pt.size());
       uint8_t tag[16], tag2[16];
@@ -394,11 +398,15 @@ TEST(AeadContext, EveryIpsecMbCodePathAcceptsTheContextsKeyOffset) {
     free_mb_mgr(mgr);
   }
   EXPECT_GE(ran, 1);
-  std::printf("[ note ] key data at offset %zu checked on %d IPsec-MB code path(s)\n", AeadContext::kImbKeyOffset, ran);
+  // The context itself places the library's pick's key data as above.
+  const std::string_view arch = ipsecmb_arch();
+  EXPECT_EQ(ipsecmb_key_offset(), arch.starts_with("avx512") ? k64 : k16) << arch;
+  std::printf("[ note ] key data checked on %d IPsec-MB code path(s); this CPU's pick (%s) at offset %zu\n", ran,
+              std::string(arch).c_str(), ipsecmb_key_offset());
 }
 
-// IPsec-MB 2.x's VAES AVX2 code, as espgw calls it: its own key block 512
-// bytes into the context's key area, the published results for GCM spec
+// IPsec-MB 2.x's VAES AVX2 code, as espgw calls it: its own key block 576
+// bytes into the context (560 into the key area), the published results for GCM spec
 // test cases 3, 4, 15 and 16 (AES-128 and AES-256, with and without AAD).
 TEST(AeadContext, VaesAvx2PathGivesTheSpecResultsAtItsKeyOffset) {
 #ifdef ESPGW_HAVE_VAES_AVX2_GCM
@@ -408,7 +416,7 @@ TEST(AeadContext, VaesAvx2PathGivesTheSpecResultsAtItsKeyOffset) {
     const Bytes key = hex(v.key), pt = hex(v.pt), aad = hex(v.aad), iv = hex(v.iv);
     alignas(64) uint8_t block[sizeof(AeadContext)];
     std::memset(block, 0, sizeof(block));
-    auto* kd = reinterpret_cast<gcm_key_data*>(block + AeadContext::kImbKeyOffset + 512);
+    auto* kd = reinterpret_cast<gcm_key_data*>(block + 576);
     gcm_context_data gctx;
     Bytes ct(pt.size()), back(pt.size());
     uint8_t tag[16], tag2[16];
