@@ -51,9 +51,9 @@ inline constexpr uint32_t kSmallKeyBytes =
     offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.avx2_avx512);  // 496
 inline constexpr uint32_t kLargeKeyBytes =
     offsetof(gcm_key_data, ghash_keys) + sizeof(gcm_key_data::ghash_keys.vaes_avx2);  // 752
-inline constexpr uint32_t kLargeKeyOffset = 560;  // byte 576 of the context
+inline constexpr uint32_t kLargeKeyOffset = AeadContext::kVaesAvx2KeyAt - AeadContext::kImbKeyOffset;  // into the area
 static_assert(kSmallKeyBytes <= kLargeKeyOffset && kLargeKeyOffset + kLargeKeyBytes <= AeadContext::kImbAreaBytes &&
-              (AeadContext::kImbKeyOffset + kLargeKeyOffset) % 64 == 0);
+              AeadContext::kVaesAvx2KeyAt % 64 == 0);
 inline constexpr bool kTwoPaths = true;
 #else
 inline constexpr uint32_t kLargeKeyOffset = 0;
@@ -329,8 +329,7 @@ AeadContext::AeadContext(AeadAlgo algo, std::span<const uint8_t> keymat, Backend
 
   static_assert(offsetof(AeadContext, imb_key_) == kImbKeyOffset && offsetof(AeadContext, ossl_) < kImbKeyOffset &&
                     (kImbKeyOffset + kImbAreaBytes + 63) / 64 * 64 == sizeof(AeadContext) && kImbKeyOffset % 16 == 0 &&
-                    (kImbKeyOffsetAligned == kImbKeyOffset || kImbKeyOffsetAligned % 64 == 0) &&
-                    kImbKeyOffsetAligned + kImbKeyBytes == kImbKeyOffset + kImbAreaBytes,
+                    (kImbKeyOffsetAligned == kImbKeyOffset || kImbKeyOffsetAligned % 64 == 0),
                 "the per-op fields, then the key area to the end, sharing the first round key's line");
   const size_t klen = key_len(algo);
   std::memcpy(salt_, keymat.data() + klen, kSaltLen);
@@ -554,7 +553,7 @@ __attribute__((noinline)) void AeadContext::prefetch_key(const AeadOp& op) {
 #ifdef ESPGW_HAVE_VAES_AVX2_GCM
   if (op.len >= g_large_min) {  // the VAES AVX2 key block: 16 powers, then their reductions
     const uint32_t powers = std::min<uint32_t>(16, blocks);
-    constexpr uint32_t at = kImbKeyOffset + kLargeKeyOffset;
+    constexpr uint32_t at = kVaesAvx2KeyAt;
     prefetch_lines(p, 0, 64);  // the per-op fields
     prefetch_lines(p, at, at + kRoundKeyBytes + 16 * powers);
     prefetch_lines(p, at + kRoundKeyBytes + 16 * 16, at + kRoundKeyBytes + 16 * (16 + powers));

@@ -136,6 +136,9 @@ class alignas(64) AeadContext : public InStateArena {
   static constexpr size_t kImbKeyOffset = 16;
   static constexpr size_t kImbKeyOffsetAligned = kImbKeyBytes == 1008 ? 16 : 64;
   static constexpr size_t kImbAreaBytes = kImbKeyBytes + (kImbKeyOffsetAligned - kImbKeyOffset);
+  // 2.x on AVX2 CPUs with VAES: where the VAES AVX2 code's own key block
+  // starts in the context (aead.cpp, "Two code paths"), on a line of its own.
+  static constexpr size_t kVaesAvx2KeyAt = 576;
 
  private:
   // OpenSSL backend state (the raw key and pre-keyed EVP contexts).

@@ -405,8 +405,8 @@ TEST(AeadContext, EveryIpsecMbCodePathAcceptsTheContextsKeyOffset) {
               std::string(arch).c_str(), ipsecmb_key_offset());
 }
 
-// IPsec-MB 2.x's VAES AVX2 code, as espgw calls it: its own key block 576
-// bytes into the context (560 into the key area), the published results for GCM spec
+// IPsec-MB 2.x's VAES AVX2 code, as espgw calls it: its own key block
+// kVaesAvx2KeyAt (576) bytes into the context, the published results for GCM spec
 // test cases 3, 4, 15 and 16 (AES-128 and AES-256, with and without AAD).
 TEST(AeadContext, VaesAvx2PathGivesTheSpecResultsAtItsKeyOffset) {
 #ifdef ESPGW_HAVE_VAES_AVX2_GCM
@@ -416,7 +416,7 @@ TEST(AeadContext, VaesAvx2PathGivesTheSpecResultsAtItsKeyOffset) {
     const Bytes key = hex(v.key), pt = hex(v.pt), aad = hex(v.aad), iv = hex(v.iv);
     alignas(64) uint8_t block[sizeof(AeadContext)];
     std::memset(block, 0, sizeof(block));
-    auto* kd = reinterpret_cast<gcm_key_data*>(block + 576);
+    auto* kd = reinterpret_cast<gcm_key_data*>(block + AeadContext::kVaesAvx2KeyAt);
     gcm_context_data gctx;
     Bytes ct(pt.size()), back(pt.size());
     uint8_t tag[16], tag2[16];
